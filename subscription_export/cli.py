@@ -1,0 +1,371 @@
+"""`subscription-export`: set up capture, run exports, inspect state."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from subscription_export.db import engine_for, redact
+from subscription_export.errors import RangeError, SubscriptionExportError
+from subscription_export.settings import Settings
+
+app = typer.Typer(
+    help="Change data capture and incremental export of a subscription database, on Dagster.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+class OutputFormat(StrEnum):
+    parquet = "parquet"
+    csv = "csv"
+    jsonl = "jsonl"
+
+
+@dataclass
+class Context:
+    settings: Settings
+    debug: bool
+
+
+def _ctx(ctx: typer.Context) -> Context:
+    return ctx.ensure_object(Context)  # type: ignore[no-any-return]
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    source_url: Annotated[
+        str | None, typer.Option(help="Source DB [env SUBSCRIPTION_EXPORT_SOURCE_URL].")
+    ] = None,
+    state_url: Annotated[
+        str | None, typer.Option(help="State DB [env SUBSCRIPTION_EXPORT_STATE_URL].")
+    ] = None,
+    export_dir: Annotated[
+        Path | None, typer.Option(help="Export folder [env SUBSCRIPTION_EXPORT_EXPORT_DIR].")
+    ] = None,
+    watermark_url: Annotated[
+        str | None,
+        typer.Option(
+            help="redis://… for watermarks in Redis [env SUBSCRIPTION_EXPORT_WATERMARK_URL]."
+        ),
+    ] = None,
+    window_max_changes: Annotated[
+        int | None, typer.Option(min=1, help="Changes per window at most.")
+    ] = None,
+    window_max_age: Annotated[
+        float | None, typer.Option(min=0, help="Seconds before a partial window closes.")
+    ] = None,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    settings = (
+        Settings.from_env()
+        .with_overrides(
+            source_url=source_url,
+            state_url=state_url,
+            export_dir=export_dir,
+            watermark_url=watermark_url,
+            window_max_changes=window_max_changes,
+            window_max_age_s=window_max_age,
+        )
+        .resolved()
+    )
+    ctx.obj = Context(settings, debug)
+
+
+@app.command()
+def init(ctx: typer.Context) -> None:
+    """Create the source tables and capture triggers (idempotent; re-run after adding columns)."""
+    from subscription_export.db import check_reachable
+    from subscription_export.source.schema import init_source
+    from subscription_export.state.tables import init_state
+
+    settings = _ctx(ctx).settings
+    source = engine_for(settings.source_url, writer=True)
+    check_reachable(source, "source")
+    schema = init_source(source)
+    state = engine_for(settings.state_url, writer=True)
+    check_reachable(state, "state")
+    init_state(state)
+    console.print(
+        f"capture installed on {redact(settings.source_url)}: schema version {schema.version},"
+        f" {len(schema.columns)} columns captured; state in {redact(settings.state_url)}"
+    )
+
+
+def _progress(quiet: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        disable=quiet or not err_console.is_terminal,
+    )
+
+
+@app.command()
+def run(
+    ctx: typer.Context,
+    once: Annotated[bool, typer.Option("--once", help="One cycle, then exit (default).")] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Repeat every --interval seconds.")
+    ] = False,
+    interval: Annotated[
+        float, typer.Option(min=0.1, help="Seconds between cycles with --watch.")
+    ] = 5.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
+) -> None:
+    """Sequence new changes, cut windows and export them through Dagster (runs show in the UI)."""
+    if once and watch:
+        raise typer.BadParameter("choose --once or --watch, not both")
+    settings = _ctx(ctx).settings
+    while True:
+        failed = _run_one_cycle(settings, as_json, quiet)
+        if not watch:
+            if failed:
+                raise typer.Exit(1)
+            return
+        time.sleep(interval)
+
+
+def _run_one_cycle(settings: Settings, as_json: bool, quiet: bool) -> bool:
+    from subscription_export.defs.runner import run_cycle
+
+    with _progress(quiet) as progress:
+        task = progress.add_task("exporting windows", total=None)
+        result = run_cycle(settings, on_done=lambda _run: progress.advance(task))
+    summary = {
+        "sequenced": result.cut.sequenced.numbered,
+        "last_lsn": result.cut.sequenced.last_lsn,
+        "new_windows": [w.key for w in result.cut.new_windows],
+        "runs": [
+            {"window": r.window.key, "run_id": r.run_id, "success": r.success, "error": r.error}
+            for r in result.runs
+        ],
+        "pending_changes": result.cut.pending,
+        "waiting_for_read_horizon": result.cut.sequenced.waiting,
+    }
+    if as_json:
+        console.print_json(json.dumps(summary))
+    elif not quiet:
+        console.print(
+            f"last LSN {summary['last_lsn']}: {len(result.cut.new_windows)} new window(s),"
+            f" {len(result.runs)} exported, {len(result.failed)} failed,"
+            f" {result.cut.pending} change(s) waiting for the next window"
+        )
+        for failure in result.failed:
+            err_console.print(f"[red]window {failure.window.key} failed[/red]: {failure.error}")
+    return bool(result.failed)
+
+
+def gather_status(settings: Settings, recent: int = 5) -> dict[str, Any]:
+    from subscription_export.formats.writers import FORMATS
+    from subscription_export.pipeline import Project
+    from subscription_export.source.sequencer import last_lsn
+    from subscription_export.state.windows import last_window_end, recent_windows
+
+    project = Project(settings)
+    top = last_lsn(project.source)
+    with project.source.connect() as conn:
+        unsequenced = conn.execute(
+            sa.text("SELECT COUNT(*) FROM subscription_change_log WHERE lsn IS NULL")
+        ).scalar_one()
+    marks = project.watermarks.all()
+    consumers = {
+        fmt: {"watermark": marks.get(fmt, 0), "lag": top - marks.get(fmt, 0)} for fmt in FORMATS
+    }
+    return {
+        "source": redact(settings.source_url),
+        "state": redact(settings.state_url),
+        "export_dir": str(settings.export_dir),
+        "last_lsn": top,
+        "unsequenced_changes": int(unsequenced),
+        "changes_not_in_a_window": top - last_window_end(project.state),
+        "consumers": consumers,
+        "recent_windows": [
+            {"key": w.key, "changes": w.changes} for w in recent_windows(project.state, recent)
+        ],
+    }
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Watermark and lag per consumer, pending changes, recent windows."""
+    report = gather_status(_ctx(ctx).settings)
+    if as_json:
+        console.print_json(json.dumps(report))
+        return
+    console.print(f"source {report['source']}  last LSN [bold]{report['last_lsn']}[/bold]")
+    console.print(
+        f"pending: {report['changes_not_in_a_window']} change(s) not yet in a window,"
+        f" {report['unsequenced_changes']} not yet sequenced"
+    )
+    table = Table("consumer", "watermark", "lag")
+    for name, info in report["consumers"].items():
+        table.add_row(name, str(info["watermark"]), str(info["lag"]))
+    console.print(table)
+    windows = Table("recent window", "changes")
+    for w in report["recent_windows"]:
+        windows.add_row(w["key"], str(w["changes"]))
+    console.print(windows)
+
+
+@app.command()
+def export(
+    ctx: typer.Context,
+    from_lsn: Annotated[int, typer.Option("--from-lsn", min=1, help="First LSN (inclusive).")],
+    to_lsn: Annotated[int, typer.Option("--to-lsn", min=1, help="Last LSN (inclusive).")],
+    fmt: Annotated[OutputFormat, typer.Option("--format", help="File format.")],
+    out: Annotated[Path, typer.Option("--out", help="File to write.")],
+) -> None:
+    """Export any LSN range to one file (no watermark moves); same bytes as the window files."""
+    from subscription_export.formats.window import open_window
+    from subscription_export.formats.writers import write_atomically
+    from subscription_export.pipeline import Project
+
+    if to_lsn < from_lsn:
+        raise RangeError(f"--to-lsn {to_lsn} is before --from-lsn {from_lsn}")
+    settings = _ctx(ctx).settings
+    project = Project(settings)
+    stream = open_window(project.source, from_lsn, to_lsn, settings.read_batch_size)
+    written = write_atomically(fmt.value, stream.batches(), stream.schema, out)
+    console.print(
+        f"wrote {written.rows} rows ({dict(stream.rows_by_op)}) to {written.path},"
+        f" {written.bytes} bytes, sha256 {written.sha256}"
+    )
+    if stream.quarantined:
+        err_console.print(
+            f"[yellow]{len(stream.quarantined)} row(s) could not be exported:[/yellow]"
+        )
+        for q in stream.quarantined[:20]:
+            err_console.print(f"  LSN {q.lsn} field {q.field}: {q.reason}")
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    subscriptions: Annotated[
+        int, typer.Option(min=0, help="Subscriptions on a fresh source.")
+    ] = 5_000,
+    changes: Annotated[int, typer.Option(min=1, help="Changes on a fresh source.")] = 50_000,
+    more_changes: Annotated[int, typer.Option(min=0, help="Changes added on later runs.")] = 5_000,
+    seed: Annotated[int, typer.Option(help="Random seed of the sandbox data.")] = 7,
+    window_size: Annotated[
+        int, typer.Option(min=1, help="Changes per window in the demo.")
+    ] = 10_000,
+    quiet: Annotated[bool, typer.Option(help="Only the summary.")] = False,
+) -> None:
+    """Seed a sandbox source, export everything through Dagster, print what happened."""
+    from dataclasses import replace
+
+    from subscription_export.defs.runner import run_cycle
+    from subscription_export.sandbox.generator import generate
+    from subscription_export.source.schema import init_source
+    from subscription_export.state.tables import init_state
+
+    # A demo should not wait for a partial window to age.
+    settings = replace(_ctx(ctx).settings, window_max_age_s=0.0, window_max_changes=window_size)
+    source = engine_for(settings.source_url, writer=True)
+    init_source(source)
+    init_state(engine_for(settings.state_url, writer=True))
+    with source.connect() as conn:
+        existing = conn.execute(
+            sa.text("SELECT COUNT(*) FROM subscription_change_log")
+        ).scalar_one()
+    todo = changes if existing == 0 else more_changes
+    with _progress(quiet) as progress:
+        task = progress.add_task("writing sandbox changes", total=todo)
+        made = generate(
+            source,
+            subscriptions=subscriptions if existing == 0 else max(1, todo // 20),
+            changes=todo,
+            seed=seed,
+            progress=lambda n: progress.advance(task, n),
+        )
+        export_task = progress.add_task("exporting windows", total=None)
+        result = run_cycle(settings, on_done=lambda _run: progress.advance(export_task))
+    report = gather_status(settings, recent=len(result.runs) or 1)
+    console.print(
+        f"[bold]source[/bold] {report['source']}: wrote {made.changes} changes"
+        f" ({made.created} creates, {made.updated} updates, {made.deleted} deletes)"
+    )
+    console.print(
+        f"[bold]windows[/bold]: {len(result.cut.new_windows)} new,"
+        f" {len(result.runs) - len(result.failed)}/{len(result.runs)} exported through Dagster"
+    )
+    for r in result.runs:
+        mark = "[green]ok[/green]" if r.success else f"[red]failed: {r.error}[/red]"
+        console.print(
+            f"  {r.window.key}  {r.window.changes:>7} changes  run {r.run_id[:8]}  {mark}"
+        )
+    console.print(
+        "[bold]watermarks[/bold]: "
+        + ", ".join(
+            f"{k}={v['watermark']} (lag {v['lag']})" for k, v in report["consumers"].items()
+        )
+    )
+    console.print(f"[bold]files[/bold] under {settings.export_dir}/ (manifests in _manifests/)")
+    console.print("see the runs and partitions in the Dagster UI: make ui")
+    if result.failed:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    """Entry point: user errors as one line and exit code 2, tracebacks only with --debug."""
+    debug = "--debug" in sys.argv
+    try:
+        app(standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except SubscriptionExportError as exc:
+        if debug:
+            traceback.print_exc()
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(exc.exit_code)
+    except sa.exc.SQLAlchemyError as exc:
+        if debug:
+            traceback.print_exc()
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        err_console.print(f"[red]database error:[/red] {reason}", highlight=False)
+        sys.exit(2)
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if debug:
+            raise
+        err_console.print(
+            f"[red]unexpected error:[/red] {type(exc).__name__}: {exc} (rerun with --debug)",
+            highlight=False,
+        )
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

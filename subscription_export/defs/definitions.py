@@ -1,0 +1,25 @@
+"""Build the one Definitions object from settings (the CLI passes its own)."""
+
+import dagster as dg
+
+from subscription_export.defs.assets import window_assets
+from subscription_export.defs.io_managers import CsvIOManager, JsonLinesIOManager, ParquetIOManager
+from subscription_export.defs.jobs import export_window_job
+from subscription_export.defs.resources import ExportSettings
+from subscription_export.defs.sensors import change_log_sensor
+from subscription_export.settings import Settings
+
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    export_settings = ExportSettings.from_settings(settings)
+    return dg.Definitions(
+        assets=window_assets,
+        jobs=[export_window_job],
+        sensors=[change_log_sensor],
+        resources={
+            "settings": export_settings,
+            "parquet_io_manager": ParquetIOManager(settings=export_settings),
+            "csv_io_manager": CsvIOManager(settings=export_settings),
+            "jsonl_io_manager": JsonLinesIOManager(settings=export_settings),
+        },
+    )

@@ -1,0 +1,91 @@
+"""Run window exports in-process through Dagster, recorded in the $DAGSTER_HOME instance, so
+CLI runs show up in the UI next to sensor and backfill runs."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import dagster as dg
+
+from subscription_export.dagster_home import ensure_dagster_home
+from subscription_export.defs.definitions import build_definitions
+from subscription_export.defs.jobs import EXPORT_WINDOW_JOB
+from subscription_export.defs.partitions import cdc_windows
+from subscription_export.pipeline import CutResult, Project, cut_windows, incomplete_windows
+from subscription_export.settings import Settings
+from subscription_export.state.windows import Window
+
+# The CLI prints its own summary; Dagster's per-step DEBUG lines stay in the instance (UI).
+_QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+@dataclass(frozen=True)
+class WindowRun:
+    window: Window
+    run_id: str
+    success: bool
+    error: str | None
+
+
+@dataclass(frozen=True)
+class CycleResult:
+    cut: CutResult
+    runs: list[WindowRun]
+
+    @property
+    def failed(self) -> list[WindowRun]:
+        return [r for r in self.runs if not r.success]
+
+
+def materialize_windows(
+    settings: Settings,
+    windows: list[Window],
+    instance: dg.DagsterInstance | None = None,
+    on_done: Callable[[WindowRun], None] | None = None,
+) -> list[WindowRun]:
+    if not windows:
+        return []
+    if instance is None:
+        ensure_dagster_home()
+        instance = dg.DagsterInstance.get()
+    job = build_definitions(settings).resolve_job_def(EXPORT_WINDOW_JOB)
+    known = set(instance.get_dynamic_partitions(cdc_windows.name))
+    new_keys = [w.key for w in windows if w.key not in known]
+    if new_keys:
+        instance.add_dynamic_partitions(cdc_windows.name, new_keys)
+    runs = []
+    for window in windows:
+        result = job.execute_in_process(
+            partition_key=window.key,
+            instance=instance,
+            raise_on_error=False,
+            tags={"subscription_export/trigger": "cli"},
+            run_config=_QUIET_LOGS,
+        )
+        error = None
+        if not result.success:
+            failures = [e for e in result.all_events if e.is_step_failure]
+            error = (
+                "; ".join(
+                    str(e.step_failure_data.error.message).strip().splitlines()[0]  # type: ignore[union-attr]
+                    for e in failures
+                    if e.step_failure_data and e.step_failure_data.error
+                )
+                or "run failed"
+            )
+        run = WindowRun(window, result.run_id, result.success, error)
+        runs.append(run)
+        if on_done:
+            on_done(run)
+    return runs
+
+
+def run_cycle(
+    settings: Settings,
+    instance: dg.DagsterInstance | None = None,
+    on_done: Callable[[WindowRun], None] | None = None,
+) -> CycleResult:
+    """One cycle: sequence, cut due windows, export every window not yet fully exported."""
+    project = Project(settings)
+    cut = cut_windows(project)
+    todo = incomplete_windows(project)
+    return CycleResult(cut, materialize_windows(settings, todo, instance, on_done))

@@ -1,0 +1,29 @@
+"""Errors a user can act on. The CLI prints their message on one line and exits non-zero."""
+
+from __future__ import annotations
+
+
+class SubscriptionExportError(Exception):
+    """Base class: the message says what is wrong and what to do."""
+
+    exit_code = 2
+
+
+class ConfigError(SubscriptionExportError):
+    """A setting or URL is malformed."""
+
+
+class SourceUnavailableError(SubscriptionExportError):
+    """A database or server cannot be reached."""
+
+
+class SchemaMissingError(SubscriptionExportError):
+    """The source database has no capture schema yet."""
+
+
+class RangeError(SubscriptionExportError):
+    """An LSN range that the change log cannot serve."""
+
+
+class WatermarkConflict(SubscriptionExportError):
+    """A compare-and-set on a watermark lost or was refused."""

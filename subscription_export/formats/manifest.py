@@ -1,0 +1,88 @@
+"""Per-window manifests: what a file holds and its hash, so anyone can verify it later.
+
+`produced_at` is informational and left out of `content_sha256`, so re-exporting a window
+gives the same manifest hash.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from subscription_export.formats.schema import SCHEMA_VERSION_KEY
+from subscription_export.formats.writers import WrittenFile
+
+MANIFEST_DIR = "_manifests"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    content: dict[str, Any]
+    content_sha256: str
+    path: Path
+
+
+def manifest_path(export_dir: Path, asset: str, window_key: str) -> Path:
+    return export_dir / MANIFEST_DIR / asset / f"{window_key}.json"
+
+
+def build_content(
+    *,
+    asset: str,
+    fmt: str,
+    window_key: str,
+    lo: int,
+    hi: int,
+    schema: pa.Schema,
+    rows_by_op: dict[str, int],
+    quarantined: int,
+    written: WrittenFile,
+    export_dir: Path,
+) -> dict[str, Any]:
+    version = (schema.metadata or {}).get(SCHEMA_VERSION_KEY, b"0").decode()
+    return {
+        "asset": asset,
+        "format": fmt,
+        "window": window_key,
+        "lsn_range": [lo, hi],
+        "rows": written.rows,
+        "rows_by_op": {op: int(rows_by_op.get(op, 0)) for op in ("c", "u", "d")},
+        "quarantined": quarantined,
+        "schema_version": int(version),
+        "fields": [{"name": f.name, "type": str(f.type)} for f in schema],
+        "file": {
+            "path": written.path.relative_to(export_dir).as_posix(),
+            "bytes": written.bytes,
+            "sha256": written.sha256,
+        },
+    }
+
+
+def canonical_sha256(content: dict[str, Any]) -> str:
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def write_manifest(path: Path, content: dict[str, Any]) -> Manifest:
+    digest = canonical_sha256(content)
+    document = {
+        **content,
+        "content_sha256": digest,
+        "produced_at": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return Manifest(content, digest, path)
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())

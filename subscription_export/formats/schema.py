@@ -1,0 +1,44 @@
+"""The export row shape: metadata columns first, then subscription columns, as Arrow types."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from subscription_export.source.columns import LogicalType, SourceColumn
+
+DECIMAL_PRECISION = 18
+DECIMAL_SCALE = 4
+UTC_TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+ARROW_TYPES: dict[LogicalType, pa.DataType] = {
+    "text": pa.string(),
+    "integer": pa.int64(),
+    "decimal": pa.decimal128(DECIMAL_PRECISION, DECIMAL_SCALE),
+    "float": pa.float64(),
+    "boolean": pa.bool_(),
+    "date": pa.date32(),
+    "timestamp": UTC_TIMESTAMP,
+}
+
+METADATA_FIELDS: tuple[pa.Field, ...] = (
+    pa.field("_lsn", pa.int64(), nullable=False),
+    pa.field("_op", pa.string(), nullable=False),
+    pa.field("_changed_at", UTC_TIMESTAMP, nullable=False),
+    pa.field("_origin", pa.string(), nullable=False),
+    pa.field("_deleted", pa.bool_(), nullable=False),
+    pa.field("_schema_version", pa.int32(), nullable=False),
+)
+
+SCHEMA_VERSION_KEY = b"subscription_export.schema_version"
+WINDOW_KEY = b"subscription_export.window"
+
+
+def export_schema(
+    columns: tuple[SourceColumn, ...], schema_version: int, window_key: str | None = None
+) -> pa.Schema:
+    """Arrow schema of one window's export; metadata is part of the hashed file content."""
+    fields = [*METADATA_FIELDS, *(pa.field(c.name, ARROW_TYPES[c.type]) for c in columns)]
+    metadata = {SCHEMA_VERSION_KEY: str(schema_version).encode()}
+    if window_key is not None:
+        metadata[WINDOW_KEY] = window_key.encode()
+    return pa.schema(fields, metadata=metadata)

@@ -1,0 +1,174 @@
+"""Deterministic, streaming writers: the same rows give the same bytes, whatever the batching.
+
+Parquet row groups are cut at fixed row counts (not at incoming batch boundaries) and no
+wall-clock value enters any file, so re-exporting a window reproduces it byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+Format = Literal["parquet", "csv", "jsonl"]
+FORMATS: tuple[Format, ...] = ("parquet", "csv", "jsonl")
+EXTENSIONS: dict[Format, str] = {"parquet": ".parquet", "csv": ".csv", "jsonl": ".jsonl"}
+
+PARQUET_ROW_GROUP = 128 * 1024
+_ISO_UTC = "%Y-%m-%dT%H:%M:%SZ"  # Arrow's %S carries the microseconds for timestamp[us]
+
+
+@dataclass(frozen=True)
+class WrittenFile:
+    path: Path
+    rows: int
+    bytes: int
+    sha256: str
+
+
+def rechunk(batches: Iterable[pa.RecordBatch], schema: pa.Schema, size: int) -> Iterator[pa.Table]:
+    """Tables of exactly `size` rows (the last may be shorter), independent of input batching."""
+    pending: list[pa.RecordBatch] = []
+    pending_rows = 0
+    for batch in batches:
+        pending.append(batch)
+        pending_rows += batch.num_rows
+        while pending_rows >= size:
+            table = pa.Table.from_batches(pending, schema=schema)
+            yield table.slice(0, size)
+            rest = table.slice(size)
+            pending, pending_rows = rest.to_batches(), rest.num_rows
+    if pending_rows:
+        yield pa.Table.from_batches(pending, schema=schema)
+
+
+def write_parquet(batches: Iterable[pa.RecordBatch], schema: pa.Schema, sink: BinaryIO) -> int:
+    rows = 0
+    with pq.ParquetWriter(
+        sink, schema, compression="zstd", compression_level=3, use_dictionary=True
+    ) as writer:
+        for table in rechunk(batches, schema, PARQUET_ROW_GROUP):
+            writer.write_table(table, row_group_size=PARQUET_ROW_GROUP)
+            rows += table.num_rows
+        if rows == 0:
+            writer.write_table(schema.empty_table())
+    return rows
+
+
+def _as_text(column: pa.Array) -> pa.Array:
+    """Text form of a column for CSV and JSONL: ISO-8601 UTC with Z, exact decimals."""
+    if pa.types.is_timestamp(column.type):
+        return pc.strftime(column, format=_ISO_UTC)
+    if pa.types.is_decimal(column.type) or pa.types.is_date(column.type):
+        return column.cast(pa.string())
+    return column
+
+
+def write_csv(batches: Iterable[pa.RecordBatch], schema: pa.Schema, sink: BinaryIO) -> int:
+    """RFC 4180: header, CRLF line ends, text fields quoted, UTF-8; NULL is an empty field."""
+    text_schema = pa.schema(
+        [pa.field(f.name, pa.string() if _needs_text(f.type) else f.type) for f in schema]
+    )
+    options = pacsv.WriteOptions(include_header=True, eol="\r\n", quoting_style="needed")
+    rows = 0
+    with pacsv.CSVWriter(sink, text_schema, write_options=options) as writer:
+        for batch in batches:
+            columns = [_as_text(c) if _needs_text(c.type) else c for c in batch.columns]
+            writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=text_schema))
+            rows += batch.num_rows
+    return rows
+
+
+def _needs_text(t: pa.DataType) -> bool:
+    return pa.types.is_timestamp(t) or pa.types.is_decimal(t) or pa.types.is_date(t)
+
+
+def _json_string(column: pa.Array) -> pa.Array:
+    """JSON string literals, vectorized; values with control characters take the slow path."""
+    text = column.cast(pa.string())
+    if pc.any(pc.match_substring_regex(text, r"[\x00-\x1f]")).as_py():
+        return pa.array(
+            [None if v is None else json.dumps(v, ensure_ascii=False) for v in text.to_pylist()],
+            pa.string(),
+        )
+    escaped = pc.replace_substring(pc.replace_substring(text, "\\", "\\\\"), '"', '\\"')
+    return pc.binary_join_element_wise('"', escaped, '"', "")
+
+
+def _json_values(column: pa.Array) -> pa.Array:
+    """Each value as JSON text; decimals and timestamps as strings; NULL as null."""
+    t = column.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        encoded = _json_string(column)
+    elif pa.types.is_timestamp(t) or pa.types.is_decimal(t) or pa.types.is_date(t):
+        encoded = _json_string(_as_text(column))
+    elif pa.types.is_boolean(t) or pa.types.is_integer(t):
+        encoded = column.cast(pa.string())
+    elif pa.types.is_floating(t):
+        encoded = pa.array(
+            [None if v is None else json.dumps(v) for v in column.to_pylist()], pa.string()
+        )
+    else:
+        raise TypeError(f"no JSON encoding for column type {t}")
+    return pc.fill_null(encoded, "null")
+
+
+def jsonl_chunk(batch: pa.RecordBatch) -> memoryview:
+    """The JSON Lines text of a batch: one object per row, keys in column order."""
+    parts: list[pa.Array | str] = []
+    for i, (name, column) in enumerate(zip(batch.schema.names, batch.columns, strict=True)):
+        parts.append(("{" if i == 0 else ",") + json.dumps(name) + ":")
+        parts.append(_json_values(column))
+    parts.append("}\n")
+    lines = pc.binary_join_element_wise(*parts, "")
+    # A string array's data buffer holds its values back to back: exactly the file's bytes.
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)
+    begin, stop = offsets[lines.offset], offsets[lines.offset + len(lines)]
+    return memoryview(lines.buffers()[2])[begin:stop]
+
+
+def write_jsonl(batches: Iterable[pa.RecordBatch], schema: pa.Schema, sink: BinaryIO) -> int:
+    rows = 0
+    for batch in batches:
+        if batch.num_rows:
+            sink.write(jsonl_chunk(batch))
+            rows += batch.num_rows
+    return rows
+
+
+WRITERS = {"parquet": write_parquet, "csv": write_csv, "jsonl": write_jsonl}
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_atomically(
+    fmt: Format, batches: Iterable[pa.RecordBatch], schema: pa.Schema, path: Path
+) -> WrittenFile:
+    """Write to a temp name beside it, fsync, then rename: readers never see a torn file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as sink:
+            rows = WRITERS[fmt](batches, schema, sink)
+            sink.flush()
+            os.fsync(sink.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return WrittenFile(path, rows, path.stat().st_size, sha256_of(path))

@@ -1,0 +1,255 @@
+"""The export flow as plain functions: cut windows, export one window to a format, finish it.
+
+Dagster assets, IO managers and sensors call these; so does the CLI.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sqlalchemy.engine import Engine
+
+from subscription_export.db import check_reachable, engine_for
+from subscription_export.formats.manifest import build_content, manifest_path, write_manifest
+from subscription_export.formats.window import QuarantinedRow, WindowStream, open_window
+from subscription_export.formats.writers import EXTENSIONS, FORMATS, Format, write_atomically
+from subscription_export.settings import Settings
+from subscription_export.source.reader import changed_at_of
+from subscription_export.source.schema import require_source_schema
+from subscription_export.source.sequencer import SequenceResult, sequence
+from subscription_export.state.progress import (
+    CompletedExport,
+    advance,
+    completed_keys,
+    record_completed,
+)
+from subscription_export.state.quarantine import record_quarantine
+from subscription_export.state.tables import init_state
+from subscription_export.state.watermark_stores import WatermarkStore, watermark_store
+from subscription_export.state.windows import (
+    Window,
+    insert_windows,
+    last_window_end,
+    list_windows,
+    plan_windows,
+)
+
+ASSET_FOR_FORMAT: dict[Format, str] = {
+    "parquet": "subscription_changes",
+    "csv": "subscription_changes_csv",
+    "jsonl": "subscription_changes_jsonl",
+}
+
+
+class Project:
+    """Settings plus the connections they imply, opened lazily and checked once."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def source(self) -> Engine:
+        engine = engine_for(self.settings.source_url)
+        check_reachable(engine, "source")
+        require_source_schema(engine)
+        return engine
+
+    @cached_property
+    def state(self) -> Engine:
+        engine = engine_for(self.settings.state_url, writer=True)
+        check_reachable(engine, "state")
+        init_state(engine)
+        return engine
+
+    @cached_property
+    def watermarks(self) -> WatermarkStore:
+        return watermark_store(self.settings.watermark_url, self.state)
+
+    def file_path(self, fmt: Format, window_key: str) -> Path:
+        return self.settings.export_dir / ASSET_FOR_FORMAT[fmt] / f"{window_key}{EXTENSIONS[fmt]}"
+
+
+@dataclass(frozen=True)
+class CutResult:
+    sequenced: SequenceResult
+    new_windows: list[Window]
+    pending: int  # sequenced changes not yet in a window
+
+
+def cut_windows(project: Project, now: dt.datetime | None = None) -> CutResult:
+    """Sequence new changes, then cut whatever windows are due. Safe to run concurrently."""
+    settings = project.settings
+    seq = sequence(project.source)
+    moment = now or dt.datetime.now(dt.UTC)
+
+    def age_of(lsn: int) -> float | None:
+        changed = changed_at_of(project.source, lsn)
+        return None if changed is None else (moment - changed).total_seconds()
+
+    for _attempt in range(5):
+        last_hi = last_window_end(project.state)
+        planned = plan_windows(
+            last_hi, seq.last_lsn, age_of, settings.window_max_changes, settings.window_max_age_s
+        )
+        if not planned:
+            return CutResult(seq, [], seq.last_lsn - last_hi)
+        created = insert_windows(project.state, planned)
+        if created:
+            return CutResult(seq, created, seq.last_lsn - created[-1].hi)
+    return CutResult(seq, [], seq.last_lsn - last_window_end(project.state))
+
+
+@dataclass(frozen=True)
+class ExportOutcome:
+    fmt: Format
+    window: Window
+    path: Path
+    rows: int
+    rows_by_op: dict[str, int]
+    bytes: int
+    sha256: str
+    quarantined: list[QuarantinedRow]
+    manifest_sha256: str
+    schema: pa.Schema
+    seconds: float
+
+    def metadata(self) -> dict[str, object]:
+        return {
+            "lsn_from": self.window.lo,
+            "lsn_to": self.window.hi,
+            "rows": self.rows,
+            "rows_created": self.rows_by_op.get("c", 0),
+            "rows_updated": self.rows_by_op.get("u", 0),
+            "rows_deleted": self.rows_by_op.get("d", 0),
+            "quarantined": len(self.quarantined),
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+            "manifest_sha256": self.manifest_sha256,
+            "seconds": round(self.seconds, 4),
+            "rows_per_s": round(self.rows / self.seconds, 1) if self.seconds > 0 else 0.0,
+            "path": str(self.path),
+        }
+
+
+def _write(
+    project: Project,
+    fmt: Format,
+    window: Window,
+    schema: pa.Schema,
+    batches: Iterable[pa.RecordBatch],
+    path: Path,
+    rows_by_op: dict[str, int] | None,
+    quarantined: list[QuarantinedRow],
+) -> ExportOutcome:
+    started = dt.datetime.now(dt.UTC)
+    written = write_atomically(fmt, batches, schema, path)
+    counts = rows_by_op if rows_by_op is not None else {}
+    content = build_content(
+        asset=ASSET_FOR_FORMAT[fmt],
+        fmt=fmt,
+        window_key=window.key,
+        lo=window.lo,
+        hi=window.hi,
+        schema=schema,
+        rows_by_op=counts,
+        quarantined=len(quarantined),
+        written=written,
+        export_dir=project.settings.export_dir,
+    )
+    manifest = write_manifest(
+        manifest_path(project.settings.export_dir, ASSET_FOR_FORMAT[fmt], window.key), content
+    )
+    seconds = (dt.datetime.now(dt.UTC) - started).total_seconds()
+    return ExportOutcome(
+        fmt,
+        window,
+        path,
+        written.rows,
+        dict(counts),
+        written.bytes,
+        written.sha256,
+        quarantined,
+        manifest.content_sha256,
+        schema,
+        seconds,
+    )
+
+
+def stream_window(project: Project, window: Window) -> WindowStream:
+    return open_window(project.source, window.lo, window.hi, project.settings.read_batch_size)
+
+
+def export_canonical(project: Project, window: Window, path: Path | None = None) -> ExportOutcome:
+    """Source → Parquet (the canonical copy the other formats are made from)."""
+    stream = stream_window(project, window)
+    target = path or project.file_path("parquet", window.key)
+    outcome = _write(
+        project,
+        "parquet",
+        window,
+        stream.schema,
+        stream.batches(),
+        target,
+        stream.rows_by_op,
+        stream.quarantined,
+    )
+    if stream.quarantined:
+        record_quarantine(project.state, window.key, stream.quarantined)
+    return outcome
+
+
+def parquet_counts(path: Path) -> dict[str, int]:
+    ops = pq.read_table(path, columns=["_op"]).column("_op").value_counts().to_pylist()
+    return {item["values"]: item["counts"] for item in ops}
+
+
+def export_derived(
+    project: Project, fmt: Format, window: Window, parquet: Path, path: Path | None = None
+) -> ExportOutcome:
+    """Parquet → CSV/JSONL, streamed batch by batch."""
+    if fmt == "parquet":
+        raise ValueError("parquet is the canonical export; use export_canonical")
+    source = pq.ParquetFile(parquet)
+    schema = source.schema_arrow
+    target = path or project.file_path(fmt, window.key)
+    batches = source.iter_batches(batch_size=project.settings.read_batch_size)
+    return _write(project, fmt, window, schema, batches, target, parquet_counts(parquet), [])
+
+
+def finish(project: Project, outcome: ExportOutcome) -> int:
+    """Record the export, then move the consumer's watermark as far as it contiguously can."""
+    record_completed(
+        project.state,
+        CompletedExport(
+            consumer=outcome.fmt,
+            window_key=outcome.window.key,
+            lo=outcome.window.lo,
+            hi=outcome.window.hi,
+            rows=outcome.rows,
+            bytes=outcome.bytes,
+            sha256=outcome.sha256,
+            path=str(outcome.path),
+        ),
+    )
+    return advance(project.watermarks, project.state, outcome.fmt)
+
+
+def windows_to_run(project: Project, after_hi: int) -> list[Window]:
+    """Registered windows past `after_hi` whose canonical export has not completed yet."""
+    done = completed_keys(project.state, "parquet", after_hi)
+    return [w for w in list_windows(project.state, after_hi=after_hi) if w.key not in done]
+
+
+def incomplete_windows(project: Project) -> list[Window]:
+    """Windows some format has not finished (new ones, or ones a crash interrupted)."""
+    floor = min(project.watermarks.get(fmt) for fmt in FORMATS)
+    done = [completed_keys(project.state, fmt, floor) for fmt in FORMATS]
+    return [
+        w for w in list_windows(project.state, after_hi=floor) if not all(w.key in d for d in done)
+    ]

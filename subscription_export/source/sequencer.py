@@ -1,0 +1,84 @@
+"""Give committed changes gap-free LSNs.
+
+SQLite numbers rows in the trigger (one writer at a time). PostgreSQL writers commit out of
+order, so a serial column would let an exporter skip a late commit; instead one sequencer
+(advisory lock) numbers only rows of transactions below the read horizon
+(`txid < pg_snapshot_xmin(pg_current_snapshot())`), i.e. transactions that can no longer commit
+new log rows with a smaller number. Rows are numbered in insertion (`id`) order, and never past
+a visible-but-not-yet-eligible row, so changes to one subscription (serialized by its row lock)
+keep their commit order even when an older transaction commits after a newer one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from subscription_export.db import is_postgres
+
+_SEQUENCER_LOCK = "subscription_export.sequencer"
+_BATCH = 200_000
+
+_SEQUENCE_PG = sa.text(
+    """
+    WITH snap AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin),
+    blocked AS (
+        SELECT MIN(l.id) AS id FROM subscription_change_log l, snap
+        WHERE l.lsn IS NULL AND l.txid >= snap.xmin
+    ),
+    ready AS (
+        SELECT l.id, row_number() OVER (ORDER BY l.id) AS rn
+        FROM subscription_change_log l, snap, blocked
+        WHERE l.lsn IS NULL AND l.txid < snap.xmin AND (blocked.id IS NULL OR l.id < blocked.id)
+        ORDER BY l.id
+        LIMIT :batch
+    ),
+    top AS (SELECT COALESCE(MAX(lsn), 0) AS lsn FROM subscription_change_log)
+    UPDATE subscription_change_log l SET lsn = top.lsn + ready.rn
+    FROM ready, top WHERE l.id = ready.id
+    """
+)
+
+_HORIZON_PG = sa.text(
+    """
+    SELECT COUNT(*), MIN(changed_at) FROM subscription_change_log
+    WHERE lsn IS NULL
+    """
+)
+
+
+@dataclass(frozen=True)
+class SequenceResult:
+    numbered: int
+    last_lsn: int
+    waiting: int  # committed changes held back by an open older transaction (PostgreSQL)
+
+
+def last_lsn(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.text("SELECT COALESCE(MAX(lsn), 0) FROM subscription_change_log")
+            ).scalar_one()
+        )
+
+
+def sequence(engine: Engine, batch: int = _BATCH) -> SequenceResult:
+    """Number every eligible change; a no-op on SQLite. Safe to call from many processes."""
+    if not is_postgres(engine):
+        return SequenceResult(0, last_lsn(engine), 0)
+    numbered = 0
+    while True:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": _SEQUENCER_LOCK}
+            )
+            count = conn.execute(_SEQUENCE_PG, {"batch": batch}).rowcount
+        numbered += count
+        if count < batch:
+            break
+    with engine.connect() as conn:
+        waiting = int(conn.execute(_HORIZON_PG).first()[0])  # type: ignore[index]
+    return SequenceResult(numbered, last_lsn(engine), waiting)

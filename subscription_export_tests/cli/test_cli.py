@@ -1,0 +1,135 @@
+"""The CLI as a user runs it: real processes, real files, one clear line on bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pyarrow.parquet as pq
+import pytest
+from dagster._core.instance.ref import InstanceRef
+
+from subscription_export.settings import Settings
+from subscription_export_tests.helpers import delete, insert, update, writer
+
+CLI = [sys.executable, "-m", "subscription_export.cli"]
+
+
+def _run(args: list[str], settings: Settings | None, tmp_path: Path, check: bool = True):  # type: ignore[no-untyped-def]
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster_home")}
+    if settings is not None:
+        env.update(settings.as_env())
+    result = subprocess.run(
+        CLI + args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240
+    )
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def test_run_once_twice_exports_only_new_changes(settings: Settings, tmp_path: Path) -> None:
+    engine = writer(settings.source_url)
+    with engine.begin() as conn:
+        for i in range(30):
+            insert(conn, f"s{i}")
+    first = json.loads(_run(["run", "--once", "--json"], settings, tmp_path).stdout)
+    assert first["last_lsn"] == 30 and all(r["success"] for r in first["runs"])
+
+    with engine.begin() as conn:
+        update(conn, "s1", status="cancelled")
+        delete(conn, "s2")
+        delete(conn, "s3")
+    second = json.loads(_run(["run", "--once", "--json"], settings, tmp_path).stdout)
+    assert second["new_windows"] == ["00000000000000000031-00000000000000000033"]
+    table = pq.read_table(
+        settings.export_dir / "subscription_changes" / f"{second['new_windows'][0]}.parquet"
+    )
+    assert table.column("_op").to_pylist() == ["u", "d", "d"]
+    assert table.column("id").to_pylist() == ["s1", "s2", "s3"]
+
+    status = json.loads(_run(["status", "--json"], settings, tmp_path).stdout)
+    assert {k: v["watermark"] for k, v in status["consumers"].items()} == {
+        "parquet": 33,
+        "csv": 33,
+        "jsonl": 33,
+    }
+    # Runs were recorded in the DAGSTER_HOME instance, so the UI shows them.
+    instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(tmp_path / "dagster_home")))
+    runs = instance.get_runs()
+    assert sorted(r.tags["dagster/partition"] for r in runs) == sorted(
+        [r["window"] for r in first["runs"] + second["runs"]]
+    )
+    assert all(r.is_success for r in runs)
+
+
+def test_export_range_matches_window_file(settings: Settings, tmp_path: Path) -> None:
+    engine = writer(settings.source_url)
+    with engine.begin() as conn:
+        for i in range(12):
+            insert(conn, f"s{i}")
+    _run(["run", "--once"], settings, tmp_path)
+    key = "00000000000000000001-00000000000000000012"
+    for fmt, asset in (
+        ("csv", "subscription_changes_csv"),
+        ("jsonl", "subscription_changes_jsonl"),
+    ):
+        out = tmp_path / f"range.{fmt}"
+        _run(
+            ["export", "--from-lsn", "1", "--to-lsn", "12", "--format", fmt, "--out", str(out)],
+            settings,
+            tmp_path,
+        )
+        assert out.read_bytes() == (settings.export_dir / asset / f"{key}.{fmt}").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (["status"], {"SUBSCRIPTION_EXPORT_SOURCE_URL": "not a url"}, "is not a database URL"),
+        (["status"], {"SUBSCRIPTION_EXPORT_SOURCE_URL": "mysql://x@y/z"}, "unsupported database"),
+        (
+            ["status"],
+            {"SUBSCRIPTION_EXPORT_SOURCE_URL": "postgresql://nobody@127.0.0.1:1/nowhere"},
+            "cannot reach the source database",
+        ),
+        (["status"], {"SUBSCRIPTION_EXPORT_WINDOW_MAX_CHANGES": "lots"}, "is not a whole number"),
+    ],
+)
+def test_bad_configuration_gives_one_clear_line(
+    args: list[str], env: dict[str, str], expected: str, tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        CLI + args,
+        env={**os.environ, **env},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2
+
+
+def test_source_without_schema_and_range_past_the_end(tmp_path: Path) -> None:
+    bare = Settings(
+        source_url=f"sqlite:///{tmp_path / 'empty.db'}",
+        state_url=f"sqlite:///{tmp_path / 'state.db'}",
+        export_dir=tmp_path / "out",
+    )
+    result = _run(["status"], bare, tmp_path, check=False)
+    assert result.returncode == 2 and "run `subscription-export init` first" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    _run(["init"], bare, tmp_path)
+    args = ["export", "--from-lsn", "5", "--to-lsn", "9", "--format", "csv", "--out", "x.csv"]
+    result = _run(args, bare, tmp_path, check=False)
+    assert result.returncode == 2
+    assert "last sequenced LSN is 0" in result.stderr and "Traceback" not in result.stderr
+    debug = _run(["--debug", *args], bare, tmp_path, check=False)
+    assert "Traceback" in debug.stderr

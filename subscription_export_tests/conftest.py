@@ -1,0 +1,94 @@
+"""Shared fixtures: real SQLite files, a fresh PostgreSQL schema per test, a Redis namespace.
+
+With SUBSCRIPTION_EXPORT_REQUIRE_SERVICES=1 (CI), a missing PostgreSQL or Redis fails the test
+instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from subscription_export.db import engine_for
+from subscription_export.settings import Settings
+from subscription_export.source.schema import init_source
+
+PG_DSN = os.environ.get("SUBSCRIPTION_EXPORT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("SUBSCRIPTION_EXPORT_TEST_REDIS", "redis://127.0.0.1:6379/0")
+REQUIRE = os.environ.get("SUBSCRIPTION_EXPORT_REQUIRE_SERVICES") == "1"
+
+
+def _unavailable(what: str, exc: Exception) -> None:
+    message = f"{what} is not reachable ({exc})"
+    if REQUIRE:
+        pytest.fail(message + " and SUBSCRIPTION_EXPORT_REQUIRE_SERVICES=1")
+    pytest.skip(message)
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A SQLAlchemy URL whose search_path is a brand-new schema, dropped afterwards."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    try:
+        with psycopg.connect(PG_DSN, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE SCHEMA "{schema}"')
+    except psycopg.OperationalError as exc:
+        _unavailable("PostgreSQL", exc)
+    yield f"{PG_DSN}?options=-csearch_path%3D{schema}"
+    engine_for.cache_clear()
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    namespace = f"test-{uuid.uuid4().hex[:12]}"
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        _unavailable("Redis", exc)
+    yield f"{REDIS_URL}?namespace={namespace}"
+    for key in client.scan_iter(f"{namespace}:*"):
+        client.delete(key)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'source.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def source_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Run the test on a SQLite file and on a PostgreSQL schema."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'source.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def settings(source_url: str, tmp_path: Path) -> Settings:
+    init_source(engine_for(source_url, writer=True))
+    return Settings(
+        source_url=source_url,
+        state_url=f"sqlite:///{tmp_path / 'state.db'}",
+        export_dir=tmp_path / "exports",
+        window_max_changes=1_000,
+        window_max_age_s=0.0,
+        read_batch_size=256,
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """PostgreSQL's read horizon is cluster-wide: one test's open transaction holds back another
+    test's sequencer. Keep PostgreSQL tests on one xdist worker (`--dist loadgroup`)."""
+    for item in items:
+        uses_pg = "pg_url" in getattr(item, "fixturenames", ()) or "postgresql" in item.name
+        if uses_pg:
+            item.add_marker(pytest.mark.xdist_group("postgresql"))
