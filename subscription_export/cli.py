@@ -331,11 +331,63 @@ def demo(
         raise typer.Exit(1)
 
 
+@app.command()
+def verify(
+    ctx: typer.Context,
+    window: Annotated[str | None, typer.Option(help="Only this window key.")] = None,
+) -> None:
+    """Re-hash every exported file against its manifest; exit 1 on any drift."""
+    from subscription_export.formats.verify import check_manifest, manifests
+
+    export_dir = _ctx(ctx).settings.export_dir
+    found = manifests(export_dir, window)
+    if not found:
+        raise RangeError(
+            f"no manifests under {export_dir}" + (f" for window {window}" if window else "")
+        )
+    bad = 0
+    for manifest in found:
+        outcome = check_manifest(export_dir, manifest)
+        bad += not outcome.passed
+        mark = "[green]ok[/green]" if outcome.passed else "[red]DRIFT[/red]"
+        console.print(f"{mark}  {outcome.description}", highlight=False)
+    console.print(f"{len(found) - bad}/{len(found)} file(s) match their manifests")
+    if bad:
+        raise typer.Exit(1)
+
+
+quarantine_app = typer.Typer(help="Rows that could not be exported.", no_args_is_help=True)
+app.add_typer(quarantine_app, name="quarantine")
+
+
+@quarantine_app.command("list")
+def quarantine_list(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option(min=1)] = 100,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Quarantined rows with their LSN, field and reason (newest first)."""
+    from subscription_export.pipeline import Project
+    from subscription_export.state.quarantine import list_quarantine
+
+    rows = list_quarantine(Project(_ctx(ctx).settings).state, limit)
+    if as_json:
+        console.print_json(json.dumps(rows, default=str))
+        return
+    table = Table("window", "LSN", "field", "reason")
+    for r in rows:
+        table.add_row(str(r["window_key"]), str(r["lsn"]), str(r["field"] or ""), str(r["reason"]))
+    console.print(table)
+    console.print(f"{len(rows)} quarantined row(s) shown")
+
+
 def main() -> None:
     """Entry point: user errors as one line and exit code 2, tracebacks only with --debug."""
     debug = "--debug" in sys.argv
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns a command's exit code instead of exiting.
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:

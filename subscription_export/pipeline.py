@@ -6,6 +6,8 @@ Dagster assets, IO managers and sensors call these; so does the CLI.
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
@@ -23,6 +25,7 @@ from subscription_export.settings import Settings
 from subscription_export.source.reader import changed_at_of
 from subscription_export.source.schema import require_source_schema
 from subscription_export.source.sequencer import SequenceResult, sequence
+from subscription_export.state.leases import default_holder, lease
 from subscription_export.state.progress import (
     CompletedExport,
     advance,
@@ -45,6 +48,10 @@ ASSET_FOR_FORMAT: dict[Format, str] = {
     "csv": "subscription_changes_csv",
     "jsonl": "subscription_changes_jsonl",
 }
+
+
+# A cycle waits this long for short write transactions to commit before cutting windows.
+SEQUENCE_WAIT_S = 2.0
 
 
 class Project:
@@ -85,7 +92,7 @@ class CutResult:
 def cut_windows(project: Project, now: dt.datetime | None = None) -> CutResult:
     """Sequence new changes, then cut whatever windows are due. Safe to run concurrently."""
     settings = project.settings
-    seq = sequence(project.source)
+    seq = sequence(project.source, wait_s=SEQUENCE_WAIT_S)
     moment = now or dt.datetime.now(dt.UTC)
 
     def age_of(lsn: int) -> float | None:
@@ -199,9 +206,25 @@ def export_canonical(project: Project, window: Window, path: Path | None = None)
         stream.rows_by_op,
         stream.quarantined,
     )
-    if stream.quarantined:
-        record_quarantine(project.state, window.key, stream.quarantined)
+    # Re-exporting replaces the window's quarantine, so a fixed row leaves it.
+    record_quarantine(project.state, window.key, stream.quarantined)
+    write_quarantine_file(project.settings.export_dir, window.key, stream.quarantined)
     return outcome
+
+
+def write_quarantine_file(export_dir: Path, window_key: str, rows: list[QuarantinedRow]) -> None:
+    """`_quarantine/{window}.jsonl`: one line per row that could not be exported."""
+    path = export_dir / "_quarantine" / f"{window_key}.jsonl"
+    if not rows:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as f:
+        for r in rows:
+            f.write(json.dumps({"lsn": r.lsn, "field": r.field, "reason": r.reason, "raw": r.raw}))
+            f.write("\n")
+    os.replace(tmp, path)
 
 
 def parquet_counts(path: Path) -> dict[str, int]:
@@ -220,6 +243,29 @@ def export_derived(
     target = path or project.file_path(fmt, window.key)
     batches = source.iter_batches(batch_size=project.settings.read_batch_size)
     return _write(project, fmt, window, schema, batches, target, parquet_counts(parquet), [])
+
+
+def export_window_file(
+    project: Project,
+    fmt: Format,
+    window: Window,
+    path: Path | None = None,
+    parquet: Path | None = None,
+    holder: str | None = None,
+) -> tuple[ExportOutcome, int]:
+    """Export one window to one format under a lease, record it, advance the watermark.
+
+    A second run of the same (format, window) waits for the first, then re-exports: the bytes
+    are identical and the watermark advance is a no-op, so the result is the same either way.
+    """
+    who = holder or default_holder()
+    with lease(project.state, f"{fmt}:{window.key}", who, wait_s=project.settings.lease_wait_s):
+        if fmt == "parquet":
+            outcome = export_canonical(project, window, path)
+        else:
+            source = parquet or project.file_path("parquet", window.key)
+            outcome = export_derived(project, fmt, window, source, path)
+        return outcome, finish(project, outcome)
 
 
 def finish(project: Project, outcome: ExportOutcome) -> int:

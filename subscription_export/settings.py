@@ -56,6 +56,7 @@ class Settings:
     window_max_changes: int = 100_000
     window_max_age_s: float = 60.0
     read_batch_size: int = 50_000
+    lease_wait_s: float = 300.0  # how long a run waits for another run exporting the same window
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -75,6 +76,7 @@ class Settings:
             read_batch_size=_positive_int(
                 "READ_BATCH_SIZE", _env("READ_BATCH_SIZE"), defaults.read_batch_size
             ),
+            lease_wait_s=_seconds("LEASE_WAIT", _env("LEASE_WAIT"), defaults.lease_wait_s),
         )
 
     def resolved(self) -> Settings:
@@ -103,6 +105,7 @@ class Settings:
             ENV_PREFIX + "WINDOW_MAX_CHANGES": str(self.window_max_changes),
             ENV_PREFIX + "WINDOW_MAX_AGE": str(self.window_max_age_s),
             ENV_PREFIX + "READ_BATCH_SIZE": str(self.read_batch_size),
+            ENV_PREFIX + "LEASE_WAIT": str(self.lease_wait_s),
         }
         if self.watermark_url:
             env[ENV_PREFIX + "WATERMARK_URL"] = self.watermark_url

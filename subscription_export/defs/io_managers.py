@@ -10,13 +10,8 @@ from upath import UPath
 from subscription_export.defs.resources import ExportSettings
 from subscription_export.formats.window import parse_window_key
 from subscription_export.formats.writers import EXTENSIONS, Format
-from subscription_export.pipeline import (
-    ExportOutcome,
-    Project,
-    export_canonical,
-    export_derived,
-    finish,
-)
+from subscription_export.pipeline import ExportOutcome, Project, export_window_file
+from subscription_export.state.leases import default_holder
 from subscription_export.state.windows import Window
 
 
@@ -43,8 +38,7 @@ class _WindowFileIOManager(dg.UPathIOManager):
         self.extension = EXTENSIONS[fmt]
 
     def dump_to_path(self, context: dg.OutputContext, obj: object, path: UPath) -> None:
-        outcome = self._export(obj, Path(str(path)))
-        watermark = finish(self.project, outcome)
+        outcome, watermark = self._export(obj, Path(str(path)), default_holder(context.run_id))
         metadata: dict[str, object] = dict(outcome.metadata())
         metadata.pop("path")  # UPathIOManager reports the path itself
         metadata["watermark"] = watermark
@@ -53,11 +47,13 @@ class _WindowFileIOManager(dg.UPathIOManager):
         )
         context.add_output_metadata(metadata)
 
-    def _export(self, obj: object, path: Path) -> ExportOutcome:
+    def _export(self, obj: object, path: Path, holder: str) -> tuple[ExportOutcome, int]:
         if isinstance(obj, WindowRequest) and self.fmt == "parquet":
-            return export_canonical(self.project, obj.window, path)
+            return export_window_file(self.project, "parquet", obj.window, path, holder=holder)
         if isinstance(obj, WindowFile) and self.fmt != "parquet":
-            return export_derived(self.project, self.fmt, obj.window, obj.path, path)
+            return export_window_file(
+                self.project, self.fmt, obj.window, path, parquet=obj.path, holder=holder
+            )
         raise TypeError(f"{self.fmt} IO manager cannot store {type(obj).__name__}")
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> WindowFile:

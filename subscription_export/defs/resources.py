@@ -20,6 +20,7 @@ class ExportSettings(dg.ConfigurableResource):
     window_max_changes: int = 100_000
     window_max_age_s: float = 60.0
     read_batch_size: int = 50_000
+    lease_wait_s: float = 300.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ExportSettings":
@@ -31,6 +32,7 @@ class ExportSettings(dg.ConfigurableResource):
             window_max_changes=settings.window_max_changes,
             window_max_age_s=settings.window_max_age_s,
             read_batch_size=settings.read_batch_size,
+            lease_wait_s=settings.lease_wait_s,
         )
 
     def settings(self) -> Settings:
@@ -42,6 +44,7 @@ class ExportSettings(dg.ConfigurableResource):
             window_max_changes=self.window_max_changes,
             window_max_age_s=self.window_max_age_s,
             read_batch_size=self.read_batch_size,
+            lease_wait_s=self.lease_wait_s,
         )
 
     def project(self) -> Project:

@@ -11,6 +11,7 @@ keep their commit order even when an older transaction commits after a newer one
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -41,12 +42,8 @@ _SEQUENCE_PG = sa.text(
     """
 )
 
-_HORIZON_PG = sa.text(
-    """
-    SELECT COUNT(*), MIN(changed_at) FROM subscription_change_log
-    WHERE lsn IS NULL
-    """
-)
+# Committed changes still without an LSN: held back by an older open transaction.
+_WAITING_PG = sa.text("SELECT COUNT(*) FROM subscription_change_log WHERE lsn IS NULL")
 
 
 @dataclass(frozen=True)
@@ -65,11 +62,16 @@ def last_lsn(engine: Engine) -> int:
         )
 
 
-def sequence(engine: Engine, batch: int = _BATCH) -> SequenceResult:
-    """Number every eligible change; a no-op on SQLite. Safe to call from many processes."""
+def sequence(engine: Engine, batch: int = _BATCH, wait_s: float = 0.0) -> SequenceResult:
+    """Number every eligible change; a no-op on SQLite. Safe to call from many processes.
+
+    With `wait_s`, keep trying while committed changes are held back by an open transaction
+    (most write transactions are short), up to that many seconds.
+    """
     if not is_postgres(engine):
         return SequenceResult(0, last_lsn(engine), 0)
     numbered = 0
+    deadline = time.monotonic() + wait_s
     while True:
         with engine.begin() as conn:
             conn.execute(
@@ -77,8 +79,10 @@ def sequence(engine: Engine, batch: int = _BATCH) -> SequenceResult:
             )
             count = conn.execute(_SEQUENCE_PG, {"batch": batch}).rowcount
         numbered += count
-        if count < batch:
-            break
-    with engine.connect() as conn:
-        waiting = int(conn.execute(_HORIZON_PG).first()[0])  # type: ignore[index]
-    return SequenceResult(numbered, last_lsn(engine), waiting)
+        if count == batch:
+            continue
+        with engine.connect() as conn:
+            waiting = int(conn.execute(_WAITING_PG).scalar_one())
+        if waiting == 0 or time.monotonic() >= deadline:
+            return SequenceResult(numbered, last_lsn(engine), waiting)
+        time.sleep(0.05)

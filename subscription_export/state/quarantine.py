@@ -24,6 +24,8 @@ def record_quarantine(engine: Engine, window_key: str, rows: Sequence[Quarantine
     now = dt.datetime.now(dt.UTC)
     with engine.begin() as conn:
         conn.execute(sa.delete(quarantine).where(quarantine.c.window_key == window_key))
+        if not rows:
+            return
         conn.execute(
             sa.insert(quarantine),
             [
@@ -46,3 +48,11 @@ def list_quarantine(engine: Engine, limit: int = 100) -> list[dict[str, object]]
             sa.select(quarantine).order_by(quarantine.c.lsn.desc()).limit(limit)
         ).mappings()
         return [dict(r) for r in rows]
+
+
+def quarantined_lsns(engine: Engine, window_key: str) -> set[int]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(quarantine.c.lsn).where(quarantine.c.window_key == window_key)
+        ).all()
+    return {int(r[0]) for r in rows}

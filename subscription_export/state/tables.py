@@ -57,6 +57,16 @@ quarantine = sa.Table(
     sa.UniqueConstraint("window_key", "lsn", name="quarantine_once_per_window"),
 )
 
+# Who is exporting a (consumer, window) right now: two runs of one window never write at once.
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("holder", sa.String(200), nullable=False),
+    sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 
 def init_state(engine: Engine) -> None:
     metadata.create_all(engine)

@@ -15,7 +15,7 @@ from subscription_export_tests.helpers import delete, insert, update, writer
 
 
 def _log(engine: sa.Engine) -> list[dict]:
-    sequence(engine)
+    sequence(engine, wait_s=10.0)  # other tests may hold the cluster-wide horizon briefly
     with engine.connect() as conn:
         rows = conn.execute(
             sa.text(
