@@ -239,15 +239,15 @@ def export(
     out: Annotated[Path, typer.Option("--out", help="File to write.")],
 ) -> None:
     """Export any LSN range to one file (no watermark moves); same bytes as the window files."""
-    from subscription_export.formats.window import open_window
     from subscription_export.formats.writers import write_atomically
-    from subscription_export.pipeline import Project
+    from subscription_export.pipeline import Project, stream_window
+    from subscription_export.state.windows import Window
 
     if to_lsn < from_lsn:
         raise RangeError(f"--to-lsn {to_lsn} is before --from-lsn {from_lsn}")
     settings = _ctx(ctx).settings
     project = Project(settings)
-    stream = open_window(project.source, from_lsn, to_lsn, settings.read_batch_size)
+    stream = stream_window(project, Window(from_lsn, to_lsn))
     written = write_atomically(fmt.value, stream.batches(), stream.schema, out)
     console.print(
         f"wrote {written.rows} rows ({dict(stream.rows_by_op)}) to {written.path},"

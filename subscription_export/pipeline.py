@@ -9,7 +9,7 @@ import datetime as dt
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -18,8 +18,15 @@ import pyarrow.parquet as pq
 from sqlalchemy.engine import Engine
 
 from subscription_export.db import check_reachable, engine_for
+from subscription_export.formats.contract import DatasetPlan, evolve, parse_mode, restrict
 from subscription_export.formats.manifest import build_content, manifest_path, write_manifest
-from subscription_export.formats.window import QuarantinedRow, WindowStream, open_window
+from subscription_export.formats.window import (
+    QuarantinedRow,
+    WindowStream,
+    capture_columns,
+    check_range,
+    open_window,
+)
 from subscription_export.formats.writers import EXTENSIONS, FORMATS, Format, write_atomically
 from subscription_export.settings import Settings
 from subscription_export.source.reader import changed_at_of
@@ -33,6 +40,8 @@ from subscription_export.state.progress import (
     record_completed,
 )
 from subscription_export.state.quarantine import record_quarantine
+from subscription_export.state.schema_registry import latest as latest_schema
+from subscription_export.state.schema_registry import register as register_schema
 from subscription_export.state.tables import init_state
 from subscription_export.state.watermark_stores import WatermarkStore, watermark_store
 from subscription_export.state.windows import (
@@ -125,9 +134,11 @@ class ExportOutcome:
     manifest_sha256: str
     schema: pa.Schema
     seconds: float
+    dropped_values: dict[str, int] = field(default_factory=dict)  # schema contract discard_value
 
     def metadata(self) -> dict[str, object]:
-        return {
+        dropped = {f"dropped_values.{k}": v for k, v in sorted(self.dropped_values.items())}
+        return dropped | {
             "lsn_from": self.window.lo,
             "lsn_to": self.window.hi,
             "rows": self.rows,
@@ -188,8 +199,25 @@ def _write(
     )
 
 
+def plan_dataset(project: Project, lo: int, hi: int) -> tuple[DatasetPlan, int]:
+    """The window's dataset schema under the schema contract, and its registered version."""
+    check_range(project.source, lo, hi)
+    capture, present = capture_columns(project.source, lo, hi)
+    mode = parse_mode(project.settings.schema_contract)
+    reference = latest_schema(project.state)
+    if mode == "evolve" or reference is None:
+        plan = evolve(capture, max(present))
+    else:
+        plan = restrict(reference.columns, capture, present, mode)
+    version = register_schema(project.state, plan.columns, first_lsn=present[max(present)])
+    return plan, version
+
+
 def stream_window(project: Project, window: Window) -> WindowStream:
-    return open_window(project.source, window.lo, window.hi, project.settings.read_batch_size)
+    plan, version = plan_dataset(project, window.lo, window.hi)
+    return open_window(
+        project.source, window.lo, window.hi, project.settings.read_batch_size, plan, version
+    )
 
 
 def export_canonical(project: Project, window: Window, path: Path | None = None) -> ExportOutcome:
@@ -206,6 +234,7 @@ def export_canonical(project: Project, window: Window, path: Path | None = None)
         stream.rows_by_op,
         stream.quarantined,
     )
+    outcome = replace(outcome, dropped_values=dict(stream.dropped_values))
     # Re-exporting replaces the window's quarantine, so a fixed row leaves it.
     record_quarantine(project.state, window.key, stream.quarantined)
     write_quarantine_file(project.settings.export_dir, window.key, stream.quarantined)

@@ -57,6 +57,7 @@ class Settings:
     window_max_age_s: float = 60.0
     read_batch_size: int = 50_000
     lease_wait_s: float = 300.0  # how long a run waits for another run exporting the same window
+    schema_contract: str = "evolve"  # evolve | freeze | discard_row | discard_value
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -77,6 +78,7 @@ class Settings:
                 "READ_BATCH_SIZE", _env("READ_BATCH_SIZE"), defaults.read_batch_size
             ),
             lease_wait_s=_seconds("LEASE_WAIT", _env("LEASE_WAIT"), defaults.lease_wait_s),
+            schema_contract=_contract(_env("SCHEMA_CONTRACT") or defaults.schema_contract),
         )
 
     def resolved(self) -> Settings:
@@ -106,10 +108,17 @@ class Settings:
             ENV_PREFIX + "WINDOW_MAX_AGE": str(self.window_max_age_s),
             ENV_PREFIX + "READ_BATCH_SIZE": str(self.read_batch_size),
             ENV_PREFIX + "LEASE_WAIT": str(self.lease_wait_s),
+            ENV_PREFIX + "SCHEMA_CONTRACT": self.schema_contract,
         }
         if self.watermark_url:
             env[ENV_PREFIX + "WATERMARK_URL"] = self.watermark_url
         return env
+
+
+def _contract(raw: str) -> str:
+    from subscription_export.formats.contract import parse_mode
+
+    return parse_mode(raw)
 
 
 def _absolute_sqlite(url: str) -> str:

@@ -21,6 +21,7 @@ class ExportSettings(dg.ConfigurableResource):
     window_max_age_s: float = 60.0
     read_batch_size: int = 50_000
     lease_wait_s: float = 300.0
+    schema_contract: str = "evolve"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ExportSettings":
@@ -33,6 +34,7 @@ class ExportSettings(dg.ConfigurableResource):
             window_max_age_s=settings.window_max_age_s,
             read_batch_size=settings.read_batch_size,
             lease_wait_s=settings.lease_wait_s,
+            schema_contract=settings.schema_contract,
         )
 
     def settings(self) -> Settings:
@@ -45,6 +47,7 @@ class ExportSettings(dg.ConfigurableResource):
             window_max_age_s=self.window_max_age_s,
             read_batch_size=self.read_batch_size,
             lease_wait_s=self.lease_wait_s,
+            schema_contract=self.schema_contract,
         )
 
     def project(self) -> Project:

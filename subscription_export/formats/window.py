@@ -22,6 +22,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from subscription_export.errors import RangeError, SchemaMissingError
+from subscription_export.formats.contract import DatasetPlan
+from subscription_export.formats.currencies import ISO_4217
 from subscription_export.formats.schema import UTC_TIMESTAMP, export_schema
 from subscription_export.formats.values import BadValue, convert, to_utc
 from subscription_export.source.columns import SourceColumn
@@ -29,6 +31,7 @@ from subscription_export.source.reader import LogRow, iter_log_batches, range_st
 from subscription_export.source.schema import capture_schemas
 
 _JSON_BLOCK = 64 << 20
+_ISO_ARRAY = pa.array(sorted(ISO_4217), pa.string())
 # What Arrow's JSON reader should expect per logical type; text forms are cast afterwards.
 _JSON_READ_TYPES: dict[str, pa.DataType] = {
     "integer": pa.int64(),
@@ -52,10 +55,15 @@ class WindowStream:
     lo: int
     hi: int
     schema: pa.Schema
-    columns: tuple[SourceColumn, ...]
+    plan: DatasetPlan
     _rows: Iterator[list[LogRow]]
     rows_by_op: Counter[str] = field(default_factory=Counter)
     quarantined: list[QuarantinedRow] = field(default_factory=list)
+    dropped_values: Counter[str] = field(default_factory=Counter)  # discard_value, per column
+
+    @property
+    def columns(self) -> tuple[SourceColumn, ...]:
+        return self.plan.columns
 
     @property
     def key(self) -> str:
@@ -72,19 +80,33 @@ class WindowStream:
                 yield batch
 
     def _convert_fast(self, rows: list[LogRow]) -> pa.RecordBatch | None:
-        """All images parsed by Arrow; None if any value does not convert cleanly."""
+        """All images parsed by Arrow; None if the batch needs the row-by-row path (mixed
+        schema versions, discarded rows or dropped values, or any value that does not
+        convert cleanly)."""
+        versions = {r.schema_version for r in rows}
+        if len(versions) != 1:
+            return None
+        mapping = self.plan.by_version.get(versions.pop())
+        if mapping is None or mapping.discard_reason or mapping.dropped_values:
+            return None
         images = [r.before if r.op == "d" else r.after for r in rows]
         if any(i is None for i in images):
             return None
+        wanted = {
+            src: col.type for src, col in zip(mapping.sources, self.columns, strict=True) if src
+        }
         json_schema = pa.schema(
-            [pa.field(c.name, _JSON_READ_TYPES.get(c.type, pa.string())) for c in self.columns]
+            [pa.field(src, _JSON_READ_TYPES.get(typ, pa.string())) for src, typ in wanted.items()]
         )
         try:
             table = pajson.read_json(
                 io.BytesIO("\n".join(images).encode()),  # type: ignore[arg-type]
                 read_options=pajson.ReadOptions(block_size=_JSON_BLOCK),
+                # A key outside the capture schema (PostgreSQL captures whole rows) sends the
+                # batch to the row path, which quarantines it instead of dropping the value.
                 parse_options=pajson.ParseOptions(
-                    explicit_schema=json_schema, unexpected_field_behavior="ignore"
+                    explicit_schema=_with_captured(json_schema, mapping.captured),
+                    unexpected_field_behavior="error",
                 ),
             )
             if table.num_rows != len(rows):
@@ -99,9 +121,13 @@ class WindowStream:
             ]
             data_fields = list(self.schema)[len(meta) :]
             values = [
-                _cast_column(table.column(c.name).combine_chunks(), f.type)
-                for c, f in zip(self.columns, data_fields, strict=True)
+                pa.nulls(len(rows), f.type)
+                if src is None
+                else _cast_column(table.column(src).combine_chunks(), f.type)
+                for src, f in zip(mapping.sources, data_fields, strict=True)
             ]
+            if not _valid_currencies(self.schema, values, len(meta)):
+                return None
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
             return None
         return pa.RecordBatch.from_arrays(meta + values, schema=self.schema)
@@ -128,6 +154,28 @@ class WindowStream:
         if not isinstance(image, dict):
             self._quarantine(row.lsn, None, "the change has no row image", raw)
             return None
+        mapping = self.plan.by_version.get(row.schema_version)
+        if mapping is None:
+            self._quarantine(row.lsn, "_schema_version", "unknown capture schema version", raw)
+            return None
+        if mapping.discard_reason:
+            self._quarantine(row.lsn, mapping.discard_field, mapping.discard_reason, raw)
+            return None
+        # PostgreSQL captures whole rows: a column added but not yet `init`-ed shows up as an
+        # extra key. Null carries nothing; a value must not vanish, so it is quarantined.
+        unknown = sorted(k for k in set(image) - mapping.captured if image[k] is not None)
+        if unknown:
+            self._quarantine(
+                row.lsn,
+                unknown[0],
+                f"column(s) {', '.join(unknown)} not in capture schema version"
+                f" {row.schema_version}: run `subscription-export init` after ALTER TABLE",
+                raw,
+            )
+            return None
+        for dropped in mapping.dropped_values:
+            if image.get(dropped) is not None:
+                self.dropped_values[dropped] += 1
         name = "_changed_at"
         try:
             values: list[object] = [
@@ -138,9 +186,12 @@ class WindowStream:
                 row.op == "d",
                 row.schema_version,
             ]
-            for column in self.columns:
+            for column, source in zip(self.columns, mapping.sources, strict=True):
                 name = column.name
-                values.append(convert(image.get(name), column.type))
+                value = None if source is None else convert(image.get(source), column.type)
+                if name == "currency" and value is not None and value not in ISO_4217:
+                    raise BadValue(f"{value!r} is not an ISO 4217 currency code")
+                values.append(value)
         except BadValue as exc:
             self._quarantine(row.lsn, name, str(exc), raw)
             return None
@@ -148,6 +199,20 @@ class WindowStream:
 
     def _quarantine(self, lsn: int, field: str | None, reason: str, raw: str | None) -> None:
         self.quarantined.append(QuarantinedRow(lsn, field, reason, raw or ""))
+
+
+def _valid_currencies(schema: pa.Schema, values: list[pa.Array], offset: int) -> bool:
+    index = schema.get_field_index("currency") - offset
+    if index < 0:
+        return True
+    column = values[index].drop_null()
+    return bool(pc.all(pc.is_in(column, value_set=_ISO_ARRAY)).as_py() in (True, None))
+
+
+def _with_captured(schema: pa.Schema, captured: frozenset[str]) -> pa.Schema:
+    """Captured keys the dataset does not use are still expected (read as JSON, then unused)."""
+    extra = sorted(captured - set(schema.names))
+    return pa.schema(list(schema) + [pa.field(name, pa.string()) for name in extra])
 
 
 def _cast_column(column: pa.Array, arrow_type: pa.DataType) -> pa.Array:
@@ -190,17 +255,8 @@ def parse_window_key(key: str) -> tuple[int, int]:
     return lo, hi
 
 
-def unified_columns(versions: list[tuple[SourceColumn, ...]]) -> tuple[SourceColumn, ...]:
-    """Columns of all versions in first-seen order; a column keeps its latest type."""
-    order: dict[str, SourceColumn] = {}
-    for columns in versions:
-        for column in columns:
-            order[column.name] = column  # an update keeps the first-seen position
-    return tuple(order.values())
-
-
-def open_window(engine: Engine, lo: int, hi: int, batch_size: int) -> WindowStream:
-    """Check that [lo, hi] is fully sequenced, then stream it."""
+def check_range(engine: Engine, lo: int, hi: int) -> None:
+    """Every LSN of [lo, hi] is in the change log, or a clear error."""
     count, _first, _last = range_stats(engine, lo, hi)
     if count != hi - lo + 1:
         with engine.connect() as conn:
@@ -211,14 +267,27 @@ def open_window(engine: Engine, lo: int, hi: int, batch_size: int) -> WindowStre
             f"LSNs {lo}..{hi} are not all in the change log (found {count}, last sequenced LSN"
             f" is {top}); export a range at or below {top}"
         )
-    versions = schema_versions(engine, lo, hi)
+
+
+def capture_columns(
+    engine: Engine, lo: int, hi: int
+) -> tuple[dict[int, tuple[SourceColumn, ...]], dict[int, int]]:
+    """(all capture schema versions → columns, versions in [lo, hi] → their first LSN)."""
+    present = schema_versions(engine, lo, hi)
     with engine.connect() as conn:
-        known = capture_schemas(conn)
-    missing = [v for v in versions if v not in known]
+        known = {v: s.columns for v, s in capture_schemas(conn).items()}
+    missing = sorted(set(present) - set(known))
     if missing:
         raise SchemaMissingError(
-            f"capture schema versions {missing} are not registered in the source"
+            f"capture schema versions {missing} are not registered in the source;"
+            " run `subscription-export init`"
         )
-    columns = unified_columns([known[v].columns for v in versions])
-    schema = export_schema(columns, max(versions), window_key(lo, hi))
-    return WindowStream(lo, hi, schema, columns, iter_log_batches(engine, lo, hi, batch_size))
+    return known, present
+
+
+def open_window(
+    engine: Engine, lo: int, hi: int, batch_size: int, plan: DatasetPlan, dataset_version: int
+) -> WindowStream:
+    """Stream [lo, hi] (checked with `check_range` first) shaped by `plan`."""
+    schema = export_schema(plan.columns, dataset_version, window_key(lo, hi))
+    return WindowStream(lo, hi, schema, plan, iter_log_batches(engine, lo, hi, batch_size))

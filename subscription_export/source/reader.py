@@ -55,16 +55,17 @@ def range_stats(engine: Engine, lo: int, hi: int) -> tuple[int, int | None, int 
     return int(row[0]), row[1], row[2]
 
 
-def schema_versions(engine: Engine, lo: int, hi: int) -> list[int]:
+def schema_versions(engine: Engine, lo: int, hi: int) -> dict[int, int]:
+    """Capture schema versions present in [lo, hi] → the first LSN carrying each."""
     with engine.connect() as conn:
         rows = conn.execute(
             sa.text(
-                "SELECT DISTINCT schema_version FROM subscription_change_log"
-                " WHERE lsn BETWEEN :lo AND :hi ORDER BY schema_version"
+                "SELECT schema_version, MIN(lsn) FROM subscription_change_log"
+                " WHERE lsn BETWEEN :lo AND :hi GROUP BY schema_version ORDER BY schema_version"
             ),
             {"lo": lo, "hi": hi},
         ).all()
-    return [int(r[0]) for r in rows]
+    return {int(v): int(first) for v, first in rows}
 
 
 def changed_at_of(engine: Engine, lsn: int) -> dt.datetime | None:

@@ -212,6 +212,10 @@ def init_source(engine: Engine) -> CaptureSchema:
             conn.execute(
                 sa.text("SELECT pg_advisory_xact_lock(hashtext('subscription_export.init'))")
             )
+            if sa.inspect(conn).has_table("subscriptions"):
+                # Writers lock subscriptions, then the change log (in the trigger). Take the
+                # same order here, or re-installing triggers under load deadlocks.
+                conn.execute(sa.text("LOCK TABLE subscriptions IN SHARE ROW EXCLUSIVE MODE"))
         for ddl in _PG_TABLES if postgres else _SQLITE_TABLES:
             conn.exec_driver_sql(ddl)
         columns = _current_columns(conn)

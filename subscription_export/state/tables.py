@@ -68,5 +68,18 @@ leases = sa.Table(
 )
 
 
+# Dataset schema versions (what the export files carry), per dataset.
+schema_registry = sa.Table(
+    "schema_registry",
+    metadata,
+    sa.Column("dataset", sa.String(100), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("fields", sa.Text, nullable=False),  # JSON [[name, logical type], ...]
+    sa.Column("arrow_schema", sa.Text, nullable=False),
+    sa.Column("first_lsn", sa.BigInteger, nullable=False),
+    sa.Column("registered_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
 def init_state(engine: Engine) -> None:
     metadata.create_all(engine)
