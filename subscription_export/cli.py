@@ -131,11 +131,19 @@ def run(
     ] = 5.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
+    window: Annotated[
+        list[str] | None,
+        typer.Option(help="Re-export these registered windows only (repeatable)."),
+    ] = None,
 ) -> None:
     """Sequence new changes, cut windows and export them through Dagster (runs show in the UI)."""
     if once and watch:
         raise typer.BadParameter("choose --once or --watch, not both")
     settings = _ctx(ctx).settings
+    if window:
+        if _export_windows(settings, window, as_json, quiet):
+            raise typer.Exit(1)
+        return
     while True:
         failed = _run_one_cycle(settings, as_json, quiet)
         if not watch:
@@ -143,6 +151,33 @@ def run(
                 raise typer.Exit(1)
             return
         time.sleep(interval)
+
+
+def _export_windows(settings: Settings, keys: list[str], as_json: bool, quiet: bool) -> bool:
+    from subscription_export.defs.runner import materialize_windows
+    from subscription_export.pipeline import Project
+    from subscription_export.state.windows import find_window
+
+    state = Project(settings).state
+    windows = []
+    for key in keys:
+        found = find_window(state, key)
+        if found is None:
+            raise RangeError(f"{key} is not a registered window; see `subscription-export status`")
+        windows.append(found)
+    with _progress(quiet) as progress:
+        task = progress.add_task("exporting windows", total=len(windows))
+        runs = materialize_windows(settings, windows, on_done=lambda _r: progress.advance(task))
+    report = [
+        {"window": r.window.key, "run_id": r.run_id, "success": r.success, "error": r.error}
+        for r in runs
+    ]
+    if as_json:
+        console.print_json(json.dumps({"runs": report}))
+    for r in runs:
+        if not r.success:
+            err_console.print(f"[red]window {r.window.key} failed[/red]: {r.error}")
+    return any(not r.success for r in runs)
 
 
 def _run_one_cycle(settings: Settings, as_json: bool, quiet: bool) -> bool:

@@ -1,10 +1,12 @@
 """Run window exports in-process through Dagster, recorded in the $DAGSTER_HOME instance, so
 CLI runs show up in the UI next to sensor and backfill runs."""
 
+import fcntl
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import dagster as dg
+import sqlalchemy as sa
 
 from subscription_export.dagster_home import ensure_dagster_home
 from subscription_export.defs.definitions import build_definitions
@@ -45,13 +47,9 @@ def materialize_windows(
     if not windows:
         return []
     if instance is None:
-        ensure_dagster_home()
-        instance = dg.DagsterInstance.get()
+        instance = open_instance()
     job = build_definitions(settings).resolve_job_def(EXPORT_WINDOW_JOB)
-    known = set(instance.get_dynamic_partitions(cdc_windows.name))
-    new_keys = [w.key for w in windows if w.key not in known]
-    if new_keys:
-        instance.add_dynamic_partitions(cdc_windows.name, new_keys)
+    add_partitions(instance, [w.key for w in windows])
     runs = []
     for window in windows:
         result = job.execute_in_process(
@@ -77,6 +75,32 @@ def materialize_windows(
         if on_done:
             on_done(run)
     return runs
+
+
+def open_instance() -> dg.DagsterInstance:
+    """The $DAGSTER_HOME instance. A file lock keeps two CLI processes from creating a fresh
+    instance's SQLite tables at the same moment."""
+    home = ensure_dagster_home()
+    with (home / ".subscription_export.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return dg.DagsterInstance.get()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def add_partitions(instance: dg.DagsterInstance, keys: list[str]) -> None:
+    """Add missing window partitions; another process adding the same key is fine."""
+    for _attempt in range(3):
+        known = set(instance.get_dynamic_partitions(cdc_windows.name))
+        missing = [k for k in keys if k not in known]
+        if not missing:
+            return
+        try:
+            instance.add_dynamic_partitions(cdc_windows.name, missing)
+            return
+        except sa.exc.IntegrityError:
+            continue  # a concurrent run registered some of them; look again
 
 
 def run_cycle(
