@@ -37,3 +37,9 @@ ui: $(STAMP)
 
 clean:
 	rm -rf .subscription_export exports .pytest_cache
+
+# Long benchmarks, never part of `make test`. Results land in bench/results/*.json.
+BENCH_CHANGES ?= 1000000
+bench: $(STAMP)
+	$(BIN)/subscription-export bench --changes $(BENCH_CHANGES) --source postgresql
+	$(BIN)/subscription-export bench --changes $(BENCH_CHANGES) --source sqlite --skip-pandas

@@ -416,6 +416,34 @@ def quarantine_list(
     console.print(f"{len(rows)} quarantined row(s) shown")
 
 
+@app.command()
+def bench(
+    changes: Annotated[
+        int, typer.Option(min=10_000, help="Changes in the benchmark window.")
+    ] = 1_000_000,
+    source: Annotated[str, typer.Option(help="sqlite or postgresql.")] = "sqlite",
+    pg_url: Annotated[
+        str, typer.Option(help="PostgreSQL for --source postgresql.")
+    ] = "postgresql://postgres@127.0.0.1:5432/test",
+    workdir: Annotated[Path, typer.Option(help="Scratch folder.")] = Path(
+        ".subscription_export/bench"
+    ),
+    results: Annotated[Path, typer.Option(help="Where the JSON result goes.")] = Path(
+        "bench/results"
+    ),
+    skip_pandas: Annotated[
+        bool, typer.Option(help="Skip the (slow, memory-hungry) pandas baseline.")
+    ] = False,
+) -> None:
+    """Export one window of N generated changes to all formats; write bench/results/*.json."""
+    from subscription_export.bench import run_bench
+
+    if source not in ("sqlite", "postgresql"):
+        raise typer.BadParameter("--source is sqlite or postgresql")
+    report = run_bench(changes, source, workdir, results, pg_url, skip_pandas)
+    console.print_json(json.dumps(report))
+
+
 def main() -> None:
     """Entry point: user errors as one line and exit code 2, tracebacks only with --debug."""
     debug = "--debug" in sys.argv

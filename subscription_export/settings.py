@@ -55,7 +55,7 @@ class Settings:
     watermark_url: str | None = None  # None: watermarks live in the state DB
     window_max_changes: int = 100_000
     window_max_age_s: float = 60.0
-    read_batch_size: int = 50_000
+    read_batch_size: int = 10_000
     lease_wait_s: float = 300.0  # how long a run waits for another run exporting the same window
     schema_contract: str = "evolve"  # evolve | freeze | discard_row | discard_value
 

@@ -19,7 +19,7 @@ class ExportSettings(dg.ConfigurableResource):
     watermark_url: str | None = None
     window_max_changes: int = 100_000
     window_max_age_s: float = 60.0
-    read_batch_size: int = 50_000
+    read_batch_size: int = 10_000
     lease_wait_s: float = 300.0
     schema_contract: str = "evolve"
 

@@ -8,13 +8,13 @@ field and reason. Both paths give the same values, so file bytes never depend on
 
 from __future__ import annotations
 
-import io
 import json
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
@@ -27,7 +27,13 @@ from subscription_export.formats.currencies import ISO_4217
 from subscription_export.formats.schema import UTC_TIMESTAMP, export_schema
 from subscription_export.formats.values import BadValue, convert, to_utc
 from subscription_export.source.columns import SourceColumn
-from subscription_export.source.reader import LogRow, iter_log_batches, range_stats, schema_versions
+from subscription_export.source.reader import (
+    LogRow,
+    iter_log_tables,
+    log_rows,
+    range_stats,
+    schema_versions,
+)
 from subscription_export.source.schema import capture_schemas
 
 _JSON_BLOCK = 64 << 20
@@ -56,7 +62,7 @@ class WindowStream:
     hi: int
     schema: pa.Schema
     plan: DatasetPlan
-    _rows: Iterator[list[LogRow]]
+    _tables: Iterator[pa.Table]
     rows_by_op: Counter[str] = field(default_factory=Counter)
     quarantined: list[QuarantinedRow] = field(default_factory=list)
     dropped_values: Counter[str] = field(default_factory=Counter)  # discard_value, per column
@@ -70,27 +76,27 @@ class WindowStream:
         return window_key(self.lo, self.hi)
 
     def batches(self) -> Iterator[pa.RecordBatch]:
-        for rows in self._rows:
-            batch = self._convert_fast(rows)
+        for table in self._tables:
+            batch = self._convert_fast(table)
             if batch is None:
-                batch = self._convert_slow(rows)
+                batch = self._convert_slow(log_rows(table))
             else:
-                self.rows_by_op.update(r.op for r in rows)
+                self.rows_by_op.update(_counts(table.column("op")))
             if batch.num_rows:
                 yield batch
 
-    def _convert_fast(self, rows: list[LogRow]) -> pa.RecordBatch | None:
+    def _convert_fast(self, log: pa.Table) -> pa.RecordBatch | None:
         """All images parsed by Arrow; None if the batch needs the row-by-row path (mixed
         schema versions, discarded rows or dropped values, or any value that does not
         convert cleanly)."""
-        versions = {r.schema_version for r in rows}
+        versions = pc.unique(log.column("schema_version")).to_pylist()
         if len(versions) != 1:
             return None
-        mapping = self.plan.by_version.get(versions.pop())
+        mapping = self.plan.by_version.get(versions[0])
         if mapping is None or mapping.discard_reason or mapping.dropped_values:
             return None
-        images = [r.before if r.op == "d" else r.after for r in rows]
-        if any(i is None for i in images):
+        images = log.column("image").combine_chunks()
+        if images.null_count:
             return None
         wanted = {
             src: col.type for src, col in zip(mapping.sources, self.columns, strict=True) if src
@@ -100,7 +106,7 @@ class WindowStream:
         )
         try:
             table = pajson.read_json(
-                io.BytesIO("\n".join(images).encode()),  # type: ignore[arg-type]
+                pa.BufferReader(_lines(images)),
                 read_options=pajson.ReadOptions(block_size=_JSON_BLOCK),
                 # A key outside the capture schema (PostgreSQL captures whole rows) sends the
                 # batch to the row path, which quarantines it instead of dropping the value.
@@ -109,19 +115,22 @@ class WindowStream:
                     unexpected_field_behavior="error",
                 ),
             )
-            if table.num_rows != len(rows):
+            if table.num_rows != log.num_rows:
                 return None
+            ops = log.column("op").combine_chunks()
             meta = [
-                pa.array([r.lsn for r in rows], pa.int64()),
-                pa.array([r.op for r in rows], pa.string()),
-                _timestamps([r.changed_at for r in rows]),
-                pa.array([r.origin for r in rows], pa.string()),
-                pa.array([r.op == "d" for r in rows], pa.bool_()),
-                pa.array([r.schema_version for r in rows], pa.int32()),
+                log.column("lsn").combine_chunks(),
+                ops,
+                log.column("changed_at").combine_chunks().cast(UTC_TIMESTAMP),
+                log.column("origin").combine_chunks(),
+                pc.equal(ops, "d"),
+                log.column("schema_version").combine_chunks(),
             ]
+            if any(m.null_count for m in meta):
+                return None
             data_fields = list(self.schema)[len(meta) :]
             values = [
-                pa.nulls(len(rows), f.type)
+                pa.nulls(log.num_rows, f.type)
                 if src is None
                 else _cast_column(table.column(src).combine_chunks(), f.type)
                 for src, f in zip(mapping.sources, data_fields, strict=True)
@@ -145,7 +154,7 @@ class WindowStream:
         return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
 
     def _convert_row(self, row: LogRow) -> list[object] | None:
-        raw = row.before if row.op == "d" else row.after
+        raw = row.image
         try:
             image = json.loads(raw, parse_float=Decimal) if raw else None
         except ValueError as exc:
@@ -223,10 +232,16 @@ def _cast_column(column: pa.Array, arrow_type: pa.DataType) -> pa.Array:
     return column.cast(arrow_type)  # a safe cast: raises on data loss or unparseable text
 
 
-def _timestamps(values: list[object]) -> pa.Array:
-    if values and isinstance(values[0], str):
-        return pa.array(values, pa.string()).cast(UTC_TIMESTAMP)
-    return pa.array(values, UTC_TIMESTAMP)
+def _lines(images: pa.Array) -> pa.Buffer:
+    """NDJSON bytes: each image followed by a newline, straight from Arrow's buffers."""
+    lines = pc.binary_join_element_wise(images, "", "\n")
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)
+    begin, stop = offsets[lines.offset], offsets[lines.offset + len(lines)]
+    return lines.buffers()[2].slice(int(begin), int(stop - begin))
+
+
+def _counts(ops: pa.ChunkedArray) -> dict[str, int]:
+    return {v["values"]: v["counts"] for v in pc.value_counts(ops).to_pylist()}
 
 
 def _arrow_array(values: list[object], arrow_type: pa.DataType) -> pa.Array:
@@ -290,4 +305,4 @@ def open_window(
 ) -> WindowStream:
     """Stream [lo, hi] (checked with `check_range` first) shaped by `plan`."""
     schema = export_schema(plan.columns, dataset_version, window_key(lo, hi))
-    return WindowStream(lo, hi, schema, plan, iter_log_batches(engine, lo, hi, batch_size))
+    return WindowStream(lo, hi, schema, plan, iter_log_tables(engine, lo, hi, batch_size))

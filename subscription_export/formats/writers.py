@@ -24,7 +24,7 @@ Format = Literal["parquet", "csv", "jsonl"]
 FORMATS: tuple[Format, ...] = ("parquet", "csv", "jsonl")
 EXTENSIONS: dict[Format, str] = {"parquet": ".parquet", "csv": ".csv", "jsonl": ".jsonl"}
 
-PARQUET_ROW_GROUP = 128 * 1024
+PARQUET_ROW_GROUP = 64 * 1024
 _ISO_UTC = "%Y-%m-%dT%H:%M:%SZ"  # Arrow's %S carries the microseconds for timestamp[us]
 
 
