@@ -444,6 +444,25 @@ def bench(
     console.print_json(json.dumps(report))
 
 
+sandbox_app = typer.Typer(help="Mock ERP, CRM and accounting systems.", no_args_is_help=True)
+app.add_typer(sandbox_app, name="sandbox")
+
+
+@sandbox_app.command("serve")
+def sandbox_serve(
+    system: Annotated[str, typer.Option(help="erp, crm or accounting.")] = "erp",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port on 127.0.0.1.")] = 8701,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+) -> None:
+    """Serve one sandbox external system over HTTP until Ctrl-C."""
+    from subscription_export.sandbox.server import serve_forever
+
+    if system not in ("erp", "crm", "accounting"):
+        raise typer.BadParameter("--system is erp, crm or accounting")
+    console.print(f"sandbox {system} on http://{host}:{port} (Ctrl-C stops it)")
+    serve_forever(system, port, host=host)
+
+
 def main() -> None:
     """Entry point: user errors as one line and exit code 2, tracebacks only with --debug."""
     debug = "--debug" in sys.argv

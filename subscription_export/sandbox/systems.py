@@ -1,0 +1,221 @@
+"""The three mock destinations, each with the API shape its real counterpart would have.
+
+* ERP - one resource per subscription: `PUT /subscriptions/{id}` upserts the record,
+  `DELETE /subscriptions/{id}` (version in the JSON body or `?version=`) removes it. A write
+  older than the stored version (or than the version a deleted record had) is refused with
+  409 `stale_version`; equal versions are accepted. Deleting an unknown record is 404
+  `not_found` (the delivery client counts that as already deleted).
+* CRM - `POST /batch` of `{"op": "upsert"|"delete", "id", "record"|"version",
+  "idempotency_key"}` items, answered 200 with one status per item. Deleting an unknown
+  record is `ok` (with `"absent": true`): the CRM is idempotent about deletes.
+* Accounting - `POST /journal/batch` of journal entries, answered per entry. It is a ledger:
+  entries are only appended, an `entry_id` posted before under another key is 409
+  `duplicate_entry` (double booking is the one error a ledger must refuse), and it has no
+  change feed because its users do not edit subscriptions.
+
+ERP and CRM serve `GET /changes?after=&limit=` with the edits made by their own users.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from subscription_export.sandbox.base import (
+    ApiError,
+    RecordSystem,
+    Request,
+    Response,
+    Route,
+    SandboxSystem,
+    iso_z,
+    require_choice,
+    require_currency,
+    require_date,
+    require_decimal,
+    require_str,
+    require_version,
+)
+from subscription_export.source.columns import STATUSES
+
+JOURNAL_KINDS = ("revenue", "refund", "credit")
+_CHANGES = re.compile(r"/changes")
+
+
+class ErpSystem(RecordSystem):
+    name = "erp"
+
+    def _build_routes(self) -> tuple[Route, ...]:
+        item = re.compile(r"/subscriptions/(?P<id>[^/]+)")
+        return (
+            Route("PUT", item, "PUT /subscriptions", self._put, mutating=True),
+            Route("DELETE", item, "DELETE /subscriptions", self._delete, mutating=True),
+            Route("GET", _CHANGES, "GET /changes", self._changes_route, mutating=False),
+        )
+
+    @staticmethod
+    def validate(ident: str, record: Any) -> dict[str, Any]:
+        if not isinstance(record, dict):
+            raise ApiError(422, "invalid_record", "the body must be a JSON object")
+        if record.get("id") != ident:
+            raise ApiError(422, "invalid_record", f"body id {record.get('id')!r} != path {ident!r}")
+        require_str(record, "user_id")
+        require_str(record, "name")
+        require_decimal(record, "amount")
+        require_currency(record)
+        require_choice(record, "status", STATUSES)
+        require_version(record)
+        return record
+
+    def _put(
+        self, request: Request, params: dict[str, str], body: Any, key: str | None
+    ) -> Response:
+        ident = params["id"]
+        record = self.validate(ident, body)
+        with self._lock:
+            self._check_version(ident, record["version"])
+            created = ident not in self._records
+            self._store(ident, record)
+            remote_version = self._bump(ident)
+            self._applied(key)
+        answer = {"id": ident, "version": record["version"], "remote_version": remote_version}
+        return Response.json(201 if created else 200, answer)
+
+    def _delete(
+        self, request: Request, params: dict[str, str], body: Any, key: str | None
+    ) -> Response:
+        ident = params["id"]
+        given = body if isinstance(body, dict) else {}
+        version = given.get("version", request.query.get("version"))
+        if isinstance(version, str) and version.isdigit():
+            version = int(version)
+        if version is not None:
+            version = require_version({"version": version})
+        with self._lock:
+            if ident not in self._records:
+                raise ApiError(404, "not_found", f"no subscription {ident!r}")
+            if version is not None:
+                self._check_version(ident, version)
+            self._remove(ident)
+            remote_version = self._bump(ident)
+            self._applied(key)
+        return Response.json(200, {"id": ident, "deleted": True, "remote_version": remote_version})
+
+
+class CrmSystem(RecordSystem):
+    name = "crm"
+    batch_endpoint = "POST /batch"
+
+    def _build_routes(self) -> tuple[Route, ...]:
+        return (
+            Route("POST", re.compile(r"/batch"), self.batch_endpoint, self._batch, mutating=True),
+            Route("GET", _CHANGES, "GET /changes", self._changes_route, mutating=False),
+        )
+
+    @staticmethod
+    def validate(record: Any) -> dict[str, Any]:
+        if not isinstance(record, dict):
+            raise ApiError(422, "invalid_record", "record must be an object")
+        require_str(record, "customer_id")
+        require_str(record, "plan_name")
+        require_decimal(record, "price")
+        require_currency(record)
+        require_choice(record, "status", STATUSES)
+        require_version(record)
+        return record
+
+    def _batch(
+        self, request: Request, params: dict[str, str], body: Any, key: str | None
+    ) -> Response:
+        items = body.get("items") if isinstance(body, dict) else None
+        results = self._process_items(items, self.batch_endpoint, "id", self._apply_item)
+        return self._batch_answer(results)
+
+    def _apply_item(self, item: dict[str, Any]) -> dict[str, Any]:
+        """Apply one item; the caller holds the state lock."""
+        ident = require_str(item, "id")
+        op = require_choice(item, "op", ("upsert", "delete"))
+        if op == "upsert":
+            record = self.validate(item.get("record"))
+            self._check_version(ident, record["version"])
+            self._store(ident, record)
+            return {"remote_version": self._bump(ident)}
+        version = item.get("version")
+        if ident not in self._records:
+            return {"absent": True}
+        if version is not None:
+            self._check_version(ident, require_version(item))
+        self._remove(ident)
+        return {"remote_version": self._bump(ident)}
+
+
+class AccountingSystem(SandboxSystem):
+    name = "accounting"
+    batch_endpoint = "POST /journal/batch"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._journal: list[dict[str, Any]] = []
+        self._entry_ids: set[str] = set()
+        super().__init__(*args, **kwargs)
+
+    @property
+    def journal(self) -> list[dict[str, Any]]:
+        """Posted entries in posting order, each with the `posted_at` the ledger stamped."""
+        with self._lock:
+            return [dict(entry) for entry in self._journal]
+
+    def _system_state(self) -> dict[str, Any]:
+        return {"journal": self._journal}
+
+    def _build_routes(self) -> tuple[Route, ...]:
+        batch = re.compile(r"/journal/batch")
+        return (Route("POST", batch, self.batch_endpoint, self._batch, mutating=True),)
+
+    @staticmethod
+    def validate(entry: dict[str, Any]) -> dict[str, Any]:
+        require_str(entry, "entry_id")
+        require_str(entry, "subscription_id")
+        require_choice(entry, "kind", JOURNAL_KINDS)
+        require_decimal(entry, "amount", positive=True)
+        require_currency(entry)
+        require_date(entry, "billing_date")
+        lsn = entry.get("lsn")
+        if isinstance(lsn, bool) or not isinstance(lsn, int):
+            raise ApiError(422, "invalid_field", "lsn must be an integer")
+        return entry
+
+    def _batch(
+        self, request: Request, params: dict[str, str], body: Any, key: str | None
+    ) -> Response:
+        entries = body.get("entries") if isinstance(body, dict) else None
+        results = self._process_items(entries, self.batch_endpoint, "entry_id", self._post)
+        return self._batch_answer(results)
+
+    def _post(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """Append one entry; the caller holds the state lock."""
+        self.validate(entry)
+        if entry["entry_id"] in self._entry_ids:
+            raise ApiError(409, "duplicate_entry", f"entry {entry['entry_id']} already posted")
+        posted = {k: v for k, v in entry.items() if k != "idempotency_key"}
+        posted["posted_at"] = iso_z(self._clock())
+        self._journal.append(posted)
+        self._entry_ids.add(entry["entry_id"])
+        return {}
+
+
+SYSTEMS: dict[str, type[SandboxSystem]] = {
+    "erp": ErpSystem,
+    "crm": CrmSystem,
+    "accounting": AccountingSystem,
+}
+
+
+def make_system(name: str, **kwargs: Any) -> SandboxSystem:
+    """Build a system by name (`erp`, `crm`, `accounting`); kwargs go to its constructor."""
+    try:
+        cls = SYSTEMS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown sandbox system {name!r}; choose one of {sorted(SYSTEMS)}"
+        ) from None
+    return cls(**kwargs)

@@ -1,0 +1,191 @@
+"""Item-level HTTP retries: exponential backoff with full jitter, a delay cap and a time budget.
+
+Why these choices:
+
+* Full jitter (`uniform(0, min(cap, base * 2**(n-1)))`, as tenacity's `wait_random_exponential`)
+  spreads the retries of many clients that failed together, so a recovering server is not hit
+  by synchronized waves.
+* `Retry-After` from the server is honoured (it knows when it will take traffic again), but
+  capped by the delay cap so a hostile or buggy header cannot stall a run.
+* A total budget bounds the time one operation may take: the retry loop stops when the next
+  sleep would end past the budget (tenacity's `stop_before_delay`), and after `max_attempts`.
+* Only failures that may succeed later are retried: 429, 500, 502, 503, 504, connection errors,
+  timeouts, and 409 `request_in_progress` (the server still holds our idempotency key).
+  Everything else (400, 404, 409 stale version, 422, ...) is a `PermanentDeliveryError` at
+  once: repeating the same request cannot change the answer.
+
+Sleep, clock and random source are injectable so tests run instantly and deterministically.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import requests
+import tenacity
+
+T = TypeVar("T")
+
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+IN_FLIGHT_ERROR = "request_in_progress"
+
+
+class DeliveryError(Exception):
+    """A request (or batch item) that did not succeed."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.attempts = 0  # set by RetryPolicy.call when it gives up
+
+
+class RetryableDeliveryError(DeliveryError):
+    """May succeed if repeated; `retry_after_s` is the server's hint, if it gave one."""
+
+    def __init__(
+        self, message: str, status: int | None = None, retry_after_s: float | None = None
+    ) -> None:
+        super().__init__(message, status)
+        self.retry_after_s = retry_after_s
+
+
+class PermanentDeliveryError(DeliveryError):
+    """Repeating the request cannot help; the item becomes a dead letter."""
+
+
+def parse_retry_after(value: str | None, now: Callable[[], float] = time.time) -> float | None:
+    """Seconds to wait from a `Retry-After` header: delta-seconds or an HTTP date."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            moment = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError):
+            return None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.UTC)
+        seconds = moment.timestamp() - now()
+    return max(0.0, seconds)
+
+
+def is_retryable(status: int, error_code: str | None = None) -> bool:
+    return status in RETRYABLE_STATUSES or (status == 409 and error_code == IN_FLIGHT_ERROR)
+
+
+def _error_code(response: requests.Response) -> str | None:
+    try:
+        payload = response.json()
+    except ValueError:
+        return None
+    return payload.get("error") if isinstance(payload, dict) else None
+
+
+def raise_for_delivery(
+    response: requests.Response, *, ok_statuses: frozenset[int] = frozenset()
+) -> None:
+    """Classify an HTTP answer: return on success, raise retryable or permanent otherwise."""
+    status = response.status_code
+    if 200 <= status < 300 or status in ok_statuses:
+        return
+    code = _error_code(response)
+    message = (
+        f"HTTP {status}"
+        + (f" {code}" if code else "")
+        + f" from {response.request.method} {response.url}"
+    )
+    if is_retryable(status, code):
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        raise RetryableDeliveryError(message, status, retry_after)
+    detail = response.text[:300]
+    raise PermanentDeliveryError(f"{message}: {detail}", status)
+
+
+def send(call: Callable[[], requests.Response]) -> requests.Response:
+    """Run one HTTP call, turning transport failures (reset, timeout) into retryable errors."""
+    try:
+        return call()
+    except (requests.ConnectionError, requests.Timeout) as exc:
+        raise RetryableDeliveryError(f"{type(exc).__name__}: {exc}") from exc
+    except requests.exceptions.ChunkedEncodingError as exc:
+        raise RetryableDeliveryError(f"truncated answer: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try one operation. Defaults suit production; tests shrink them."""
+
+    max_attempts: int = 8
+    base_delay_s: float = 0.25
+    max_delay_s: float = 30.0
+    budget_s: float = 120.0
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+    rng: random.Random = field(default_factory=random.Random)
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.base_delay_s < 0 or self.max_delay_s < 0 or self.budget_s < 0:
+            raise ValueError("delays and budget must not be negative")
+
+    def backoff_s(self, attempt_number: int) -> float:
+        """Full-jitter delay after the `attempt_number`-th failed attempt (1-based)."""
+        ceiling = min(self.max_delay_s, self.base_delay_s * 2 ** (attempt_number - 1))
+        return self.rng.uniform(0.0, ceiling)
+
+    def delay_s(self, attempt_number: int, error: BaseException | None) -> float:
+        """The server's `Retry-After` (capped) when given, else full-jitter backoff."""
+        hint = getattr(error, "retry_after_s", None)
+        if hint is not None:
+            return min(float(hint), self.max_delay_s)
+        return self.backoff_s(attempt_number)
+
+    def retrying(self) -> tenacity.Retrying:
+        """A fresh tenacity loop; its budget starts now.
+
+        Use as `for attempt in policy.retrying(): with attempt: ...`. On exhaustion the last
+        `RetryableDeliveryError` is re-raised; a `PermanentDeliveryError` is raised at once.
+        """
+        started = self.clock()
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            error = state.outcome.exception() if state.outcome else None
+            return self.delay_s(state.attempt_number, error)
+
+        def stop(state: tenacity.RetryCallState) -> bool:
+            if state.attempt_number >= self.max_attempts:
+                return True
+            return self.clock() - started + state.upcoming_sleep > self.budget_s
+
+        return tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(RetryableDeliveryError),
+            wait=wait,
+            stop=stop,
+            sleep=self.sleep,
+            reraise=True,
+        )
+
+    def call(self, fn: Callable[[], T]) -> tuple[T, int]:
+        """Run `fn` under this policy; returns its result and the number of attempts made.
+
+        A final `DeliveryError` carries the attempts made in its `attempts` attribute.
+        """
+        attempts = 0
+        try:
+            for attempt in self.retrying():
+                with attempt:
+                    attempts += 1
+                    result = fn()
+        except DeliveryError as exc:
+            exc.attempts = attempts
+            raise
+        return result, attempts
