@@ -27,3 +27,9 @@ class RangeError(SubscriptionExportError):
 
 class WatermarkConflict(SubscriptionExportError):
     """A compare-and-set on a watermark lost or was refused."""
+
+
+class ExportVerificationError(SubscriptionExportError):
+    """A written window does not hold what the change log says it should."""
+
+    exit_code = 3

@@ -18,8 +18,10 @@ import pyarrow.parquet as pq
 from sqlalchemy.engine import Engine
 
 from subscription_export.db import check_reachable, engine_for
+from subscription_export.errors import ExportVerificationError
 from subscription_export.formats.contract import DatasetPlan, evolve, parse_mode, restrict
 from subscription_export.formats.manifest import build_content, manifest_path, write_manifest
+from subscription_export.formats.verify import check_lsn_coverage
 from subscription_export.formats.window import (
     QuarantinedRow,
     WindowStream,
@@ -291,10 +293,26 @@ def export_window_file(
     with lease(project.state, f"{fmt}:{window.key}", who, wait_s=project.settings.lease_wait_s):
         if fmt == "parquet":
             outcome = export_canonical(project, window, path)
+            _verify_canonical(outcome)
         else:
             source = parquet or project.file_path("parquet", window.key)
             outcome = export_derived(project, fmt, window, source, path)
         return outcome, finish(project, outcome)
+
+
+def _verify_canonical(outcome: ExportOutcome) -> None:
+    """Before anything is recorded: every LSN of the window is in the file or quarantined.
+
+    The Dagster asset checks repeat this where the UI shows it, but the watermark must not
+    move over a bad window even when the export runs outside Dagster.
+    """
+    held = {q.lsn for q in outcome.quarantined}
+    coverage = check_lsn_coverage(outcome.path, outcome.window.lo, outcome.window.hi, held)
+    if not coverage.passed:
+        raise ExportVerificationError(
+            f"window {outcome.window.key} failed verification: {coverage.description};"
+            " nothing was recorded and no watermark moved"
+        )
 
 
 def finish(project: Project, outcome: ExportOutcome) -> int:

@@ -8,6 +8,8 @@ import dagster as dg
 from upath import UPath
 
 from subscription_export.defs.resources import ExportSettings
+from subscription_export.errors import ExportVerificationError
+from subscription_export.formats.contract import ContractViolation
 from subscription_export.formats.window import parse_window_key
 from subscription_export.formats.writers import EXTENSIONS, Format
 from subscription_export.pipeline import ExportOutcome, Project, export_window_file
@@ -38,7 +40,11 @@ class _WindowFileIOManager(dg.UPathIOManager):
         self.extension = EXTENSIONS[fmt]
 
     def dump_to_path(self, context: dg.OutputContext, obj: object, path: UPath) -> None:
-        outcome, watermark = self._export(obj, Path(str(path)), default_holder(context.run_id))
+        try:
+            outcome, watermark = self._export(obj, Path(str(path)), default_holder(context.run_id))
+        except (ContractViolation, ExportVerificationError) as exc:
+            # Deterministic: a retry would fail the same way, so fail the step at once.
+            raise dg.Failure(str(exc), allow_retries=False) from exc
         metadata: dict[str, object] = dict(outcome.metadata())
         metadata.pop("path")  # UPathIOManager reports the path itself
         metadata["watermark"] = watermark

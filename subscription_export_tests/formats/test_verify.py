@@ -38,10 +38,11 @@ def test_verify_cli_reports_drift(settings: Settings, tmp_path: Path) -> None:
     assert drift.returncode == 1 and "DRIFT" in drift.stdout and "2/3" in drift.stdout
 
 
-def test_blocking_checks_stop_downstream_formats(
+def test_a_lossy_export_moves_nothing_and_stops_downstream(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A (simulated) exporter bug that loses a row fails the checks, and CSV/JSONL never run."""
+    """A (simulated) exporter bug that loses a row: the window is not recorded, no watermark
+    moves, CSV/JSONL never run, and the step is not retried (it would fail the same way)."""
     import subscription_export.pipeline as pipeline
 
     real_stream = pipeline.stream_window
@@ -58,20 +59,36 @@ def test_blocking_checks_stop_downstream_formats(
             insert(conn, f"s{i}")
     instance = dg.DagsterInstance.ephemeral()
     result = run_cycle(settings, instance=instance)
-    assert [r.success for r in result.runs] == [False]
-    run_id = result.runs[0].run_id
+    [run] = result.runs
+    assert not run.success and "failed verification" in (run.error or "")
+    assert "LSNs are not" in (run.error or "") or "!= 10" in (run.error or "")
+    assert pipeline.Project(settings).watermarks.all() == {}
+    assert not list((settings.export_dir / "subscription_changes_csv").glob("*.csv"))
+    assert not list((settings.export_dir / "subscription_changes_jsonl").glob("*.jsonl"))
+    attempts = [
+        e
+        for e in instance.all_logs(run.run_id)
+        if e.dagster_event and e.dagster_event.event_type_value == "STEP_START"
+    ]
+    assert len(attempts) == 1  # not retried
+
+
+def test_checks_pass_on_a_good_window(settings: Settings) -> None:
+    with writer(settings.source_url).begin() as conn:
+        for i in range(10):
+            insert(conn, f"s{i}")
+    instance = dg.DagsterInstance.ephemeral()
+    [run] = run_cycle(settings, instance=instance).runs
     evaluations = {
         e.dagster_event.event_specific_data.check_name: e.dagster_event.event_specific_data.passed
-        for e in instance.all_logs(run_id)
+        for e in instance.all_logs(run.run_id)
         if e.dagster_event and e.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"
     }
     assert evaluations == {
-        "row_count_matches_change_log": False,
-        "lsns_contiguous": False,
+        "row_count_matches_change_log": True,
+        "lsns_contiguous": True,
         "manifest_hash_matches": True,
     }
-    assert not list((settings.export_dir / "subscription_changes_csv").glob("*.csv"))
-    assert not list((settings.export_dir / "subscription_changes_jsonl").glob("*.jsonl"))
 
 
 def test_coverage_and_counts_as_functions(tmp_path: Path) -> None:
