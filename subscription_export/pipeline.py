@@ -21,6 +21,7 @@ from subscription_export.db import check_reachable, engine_for
 from subscription_export.errors import ExportVerificationError
 from subscription_export.formats.contract import DatasetPlan, evolve, parse_mode, restrict
 from subscription_export.formats.manifest import build_content, manifest_path, write_manifest
+from subscription_export.formats.schema import SCHEMA_VERSION_KEY
 from subscription_export.formats.verify import check_lsn_coverage
 from subscription_export.formats.window import (
     QuarantinedRow,
@@ -30,6 +31,14 @@ from subscription_export.formats.window import (
     open_window,
 )
 from subscription_export.formats.writers import EXTENSIONS, FORMATS, Format, write_atomically
+from subscription_export.metrics.store import (
+    ExportMetrics,
+    init_metrics,
+    latency_percentiles,
+    record_capture_sample,
+    record_export_metrics,
+    sample_capture,
+)
 from subscription_export.settings import Settings
 from subscription_export.source.reader import changed_at_of
 from subscription_export.source.schema import require_source_schema
@@ -83,6 +92,7 @@ class Project:
         engine = engine_for(self.settings.state_url, writer=True)
         check_reachable(engine, "state")
         init_state(engine)
+        init_metrics(engine)
         return engine
 
     @cached_property
@@ -104,6 +114,7 @@ def cut_windows(project: Project, now: dt.datetime | None = None) -> CutResult:
     """Sequence new changes, then cut whatever windows are due. Safe to run concurrently."""
     settings = project.settings
     seq = sequence(project.source, wait_s=SEQUENCE_WAIT_S)
+    record_capture_sample(project.state, sample_capture(project.source))
     moment = now or dt.datetime.now(dt.UTC)
 
     def age_of(lsn: int) -> float | None:
@@ -137,24 +148,30 @@ class ExportOutcome:
     schema: pa.Schema
     seconds: float
     dropped_values: dict[str, int] = field(default_factory=dict)  # schema contract discard_value
+    latency_s: dict[str, float] = field(default_factory=dict)  # commit → exported: p50, p95, max
 
     def metadata(self) -> dict[str, object]:
         dropped = {f"dropped_values.{k}": v for k, v in sorted(self.dropped_values.items())}
-        return dropped | {
-            "lsn_from": self.window.lo,
-            "lsn_to": self.window.hi,
-            "rows": self.rows,
-            "rows_created": self.rows_by_op.get("c", 0),
-            "rows_updated": self.rows_by_op.get("u", 0),
-            "rows_deleted": self.rows_by_op.get("d", 0),
-            "quarantined": len(self.quarantined),
-            "bytes": self.bytes,
-            "sha256": self.sha256,
-            "manifest_sha256": self.manifest_sha256,
-            "seconds": round(self.seconds, 4),
-            "rows_per_s": round(self.rows / self.seconds, 1) if self.seconds > 0 else 0.0,
-            "path": str(self.path),
-        }
+        latency = {f"latency_{k}_s": round(v, 3) for k, v in self.latency_s.items()}
+        return (
+            dropped
+            | latency
+            | {
+                "lsn_from": self.window.lo,
+                "lsn_to": self.window.hi,
+                "rows": self.rows,
+                "rows_created": self.rows_by_op.get("c", 0),
+                "rows_updated": self.rows_by_op.get("u", 0),
+                "rows_deleted": self.rows_by_op.get("d", 0),
+                "quarantined": len(self.quarantined),
+                "bytes": self.bytes,
+                "sha256": self.sha256,
+                "manifest_sha256": self.manifest_sha256,
+                "seconds": round(self.seconds, 4),
+                "rows_per_s": round(self.rows / self.seconds, 1) if self.seconds > 0 else 0.0,
+                "path": str(self.path),
+            }
+        )
 
 
 def _write(
@@ -297,7 +314,13 @@ def export_window_file(
         else:
             source = parquet or project.file_path("parquet", window.key)
             outcome = export_derived(project, fmt, window, source, path)
-        return outcome, finish(project, outcome)
+        mark, metrics = finish(project, outcome)
+        latency = {
+            "p50": metrics.latency_p50_s,
+            "p95": metrics.latency_p95_s,
+            "max": metrics.latency_max_s,
+        }
+        return replace(outcome, latency_s={k: v for k, v in latency.items() if v is not None}), mark
 
 
 def _verify_canonical(outcome: ExportOutcome) -> None:
@@ -315,8 +338,9 @@ def _verify_canonical(outcome: ExportOutcome) -> None:
         )
 
 
-def finish(project: Project, outcome: ExportOutcome) -> int:
-    """Record the export, then move the consumer's watermark as far as it contiguously can."""
+def finish(project: Project, outcome: ExportOutcome) -> tuple[int, ExportMetrics]:
+    """Record the export, move the consumer's watermark as far as it contiguously can, then
+    record its metrics (after the watermark, so metrics never hold data back)."""
     record_completed(
         project.state,
         CompletedExport(
@@ -330,7 +354,40 @@ def finish(project: Project, outcome: ExportOutcome) -> int:
             path=str(outcome.path),
         ),
     )
-    return advance(project.watermarks, project.state, outcome.fmt)
+    mark = advance(project.watermarks, project.state, outcome.fmt)
+    metrics = export_metrics_of(project, outcome)
+    record_export_metrics(project.state, metrics)
+    return mark, metrics
+
+
+def export_metrics_of(project: Project, outcome: ExportOutcome) -> ExportMetrics:
+    """Metrics of one finished export; latency is commit (`_changed_at`) to now."""
+    finished = dt.datetime.now(dt.UTC)
+    parquet = (
+        outcome.path
+        if outcome.fmt == "parquet"
+        else project.file_path("parquet", outcome.window.key)
+    )
+    changed = pq.read_table(parquet, columns=["_changed_at"]).column("_changed_at")
+    p50, p95, top = latency_percentiles(changed, finished)
+    version = int((outcome.schema.metadata or {}).get(SCHEMA_VERSION_KEY, b"0"))
+    return ExportMetrics(
+        consumer=outcome.fmt,
+        window_key=outcome.window.key,
+        lsn_from=outcome.window.lo,
+        lsn_to=outcome.window.hi,
+        created=outcome.rows_by_op.get("c", 0),
+        updated=outcome.rows_by_op.get("u", 0),
+        deleted=outcome.rows_by_op.get("d", 0),
+        bytes=outcome.bytes,
+        duration_s=outcome.seconds,
+        finished_at=finished,
+        latency_p50_s=p50,
+        latency_p95_s=p95,
+        latency_max_s=top,
+        quarantined=len(outcome.quarantined),
+        schema_version=version or None,
+    )
 
 
 def windows_to_run(project: Project, after_hi: int) -> list[Window]:

@@ -1,0 +1,146 @@
+"""The dashboard's HTML and server without a browser: charts, escaping, CSP, HTTP routes."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import re
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from subscription_export.metrics.dashboard import build_charts, render_dashboard, serve_dashboard
+from subscription_export.metrics.store import (
+    DashboardData,
+    ExportMetrics,
+    load_dashboard_data,
+    record_export_metrics,
+)
+from subscription_export_tests.metrics.seed import LAST_LSN, T0, WATERMARKS, key, seed
+
+EVIL = '</script><img src=x onerror="window.__pwned=1">&amp;'
+
+
+@pytest.fixture
+def data(sqlite_metrics: Engine) -> DashboardData:
+    seed(sqlite_metrics)
+    return load_dashboard_data(sqlite_metrics, WATERMARKS, LAST_LSN, 15, 3)
+
+
+def _payload(page: str) -> dict:
+    block = re.search(r'<script type="application/json" id="dashboard-data">(.*?)</script>', page)
+    assert block is not None
+    return json.loads(block.group(1))
+
+
+def test_charts_hold_the_store_values(data: DashboardData) -> None:
+    charts = build_charts(data)
+    assert list(charts) == ["volume", "throughput", "latency", "error_rate"]
+    x = [e.finished_at.timestamp() for e in data.exports]
+    for chart in charts.values():
+        assert chart.x == x
+    volume = {s.consumer: s.values for s in charts["volume"].series}
+    erp_volume = [v for v in volume["erp"] if v is not None]
+    assert erp_volume == [990, 1000, 995, 0]
+    # One series per consumer, with a value exactly at that consumer's exports.
+    for consumer, values in volume.items():
+        assert [v is not None for v in values] == [e.consumer == consumer for e in data.exports]
+    latency = [s.label for s in charts["latency"].series]
+    assert latency == [f"{c} {p}" for c in ("parquet", "csv", "erp") for p in ("p50", "p95")]
+    # erp's empty last window has no latency and no throughput: a gap, not a zero.
+    assert charts["latency"].points == 2 * 12 - 2
+    assert charts["throughput"].points == 12 - 1
+    erp_rates = next(s for s in charts["error_rate"].series if s.consumer == "erp").values
+    assert [v for v in erp_rates if v is not None] == [0.01, 0.0, 0.005, 0.0]
+
+
+def test_page_is_self_contained_and_consistent(data: DashboardData) -> None:
+    page = render_dashboard(data)
+
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # nothing to fetch
+    assert 'http-equiv="refresh"' not in page
+    payload = _payload(page)
+    assert payload["charts"]["volume"]["points"] == 12
+    for name, chart in build_charts(data).items():
+        assert f'data-chart="{name}" data-points="{chart.points}"' in page
+        assert payload["charts"][name]["series"] == chart.as_dict()["series"]
+    assert "<td>erp</td><td>2,000</td><td>2,500</td>" in page
+    assert 'data-card="open-dead-letters"><div class="value">15<' in page
+
+
+def test_csp_allows_exactly_the_inline_scripts(data: DashboardData) -> None:
+    page = render_dashboard(data)
+    csp = re.search(r'http-equiv="Content-Security-Policy" content="([^"]*)"', page)
+    assert csp is not None
+    policy = csp.group(1).replace("&#x27;", "'")
+    scripts = re.findall(r"<script>(.*?)</script>", page, flags=re.S)
+    assert len(scripts) == 2  # uPlot, then the page's own
+    for script in scripts:
+        digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+        assert f"'sha256-{digest}'" in policy
+    assert "connect-src 'none'" in policy and "default-src 'none'" in policy
+
+
+def test_consumer_names_cannot_inject_html(sqlite_metrics: Engine) -> None:
+    record_export_metrics(
+        sqlite_metrics, ExportMetrics(EVIL, key(1, 10), 1, 10, 10, 0, 0, 1, 1.0, T0)
+    )
+    page = render_dashboard(load_dashboard_data(sqlite_metrics, {EVIL: 10}, 10, 0, 0))
+
+    assert "<img" not in page
+    assert page.count("</script>") == 3  # the JSON block and the two scripts, nothing more
+    assert (
+        "<td>&lt;/script&gt;&lt;img src=x onerror=&quot;window.__pwned=1&quot;&gt;&amp;amp;" in page
+    )
+    labels = [s["label"] for s in _payload(page)["charts"]["volume"]["series"]]
+    assert labels == [EVIL]  # JSON.parse gives the name back unchanged
+
+
+@pytest.fixture
+def server(data: DashboardData) -> Iterator[str]:
+    calls = {"n": 0}
+
+    def load() -> DashboardData:
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise RuntimeError("state database went away")
+        return data
+
+    httpd = serve_dashboard(load, "127.0.0.1", 0, refresh_s=7, background=True)
+    host, port = httpd.server_address[:2]
+    yield f"http://{host}:{port}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _get(url: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.headers["Content-Type"], resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers["Content-Type"], err.read().decode()
+
+
+def test_server_routes(server: str, data: DashboardData) -> None:
+    status, kind, page = _get(server + "/")
+    assert (status, kind) == (200, "text/html; charset=utf-8")
+    assert '<meta http-equiv="refresh" content="7">' in page
+    status, kind, body = _get(server + "/data.json?x=1")
+    assert (status, kind) == (200, "application/json")
+    assert json.loads(body) == json.loads(data.to_json())
+    assert _get(server + "/nope")[0] == 404
+    status, _, body = _get(server + "/data.json")  # load() now fails
+    assert status == 500 and "state database went away" in body
+
+
+def test_empty_store_renders(sqlite_metrics: Engine) -> None:
+    data = load_dashboard_data(sqlite_metrics, {"parquet": 0}, 0, 0, 0, since=T0)
+    page = render_dashboard(data)
+    assert page.count("no exports recorded yet") == 4
+    assert "no capture samples yet" in page
+    assert data.generated_at.tzinfo == dt.UTC
