@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import multiprocessing
 import os
 import platform
 import resource
@@ -169,13 +170,31 @@ def pandas_baseline(engine: sa.Engine, hi: int, out: Path) -> float:
     return hi / (time.perf_counter() - started)
 
 
+def export_formats(settings: Settings, lo: int, hi: int) -> tuple[dict[str, Any], float]:
+    """Export one window to the three formats; (figures per format, peak RSS in MB)."""
+    from subscription_export.pipeline import Project, export_window_file
+    from subscription_export.state.windows import Window
+
+    project = Project(settings)
+    formats: dict[str, Any] = {}
+    for fmt in ("parquet", "csv", "jsonl"):
+        (outcome, _), seconds = _timed(lambda f=fmt: export_window_file(project, f, Window(lo, hi)))
+        formats[fmt] = {
+            "rows_per_s": round(outcome.rows / seconds),
+            "wall_s": round(seconds, 3),
+            "bytes": outcome.bytes,
+            "peak_rss_mb_after": round(peak_rss_mb(), 1),
+        }
+    return formats, peak_rss_mb()
+
+
 def run_bench(
     changes: int, source: str, workdir: Path, results_dir: Path, pg_dsn: str, skip_pandas: bool
 ) -> dict[str, Any]:
     import dagster as dg
 
     from subscription_export.defs.runner import run_cycle
-    from subscription_export.pipeline import Project, cut_windows, export_window_file
+    from subscription_export.pipeline import Project, cut_windows
     from subscription_export.sandbox.generator import generate
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -193,15 +212,10 @@ def run_bench(
         )
         project = Project(settings)
         [window] = cut_windows(project).new_windows
-        formats: dict[str, dict[str, float]] = {}
-        for fmt in ("parquet", "csv", "jsonl"):
-            (outcome, _), seconds = _timed(lambda f=fmt: export_window_file(project, f, window))
-            formats[fmt] = {
-                "rows_per_s": round(outcome.rows / seconds),
-                "wall_s": round(seconds, 3),
-                "bytes": outcome.bytes,
-            }
-        peak = peak_rss_mb()
+        # The exports run in a fresh process, so its peak RSS is the exporter's own (this
+        # process has Dagster and the data generator loaded).
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            formats, peak = pool.apply(export_formats, (settings, window.lo, window.hi))
         baselines = {"copy_to_devnull": {"rows_per_s": round(copy_baseline(engine, changes))}}
         if not skip_pandas:
             pandas_rate = pandas_baseline(engine, changes, workdir / "pandas_naive.parquet")
