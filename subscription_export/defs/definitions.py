@@ -4,6 +4,7 @@ import dagster as dg
 
 from subscription_export.defs.assets import window_assets
 from subscription_export.defs.checks import window_checks
+from subscription_export.defs.daily import daily_assets
 from subscription_export.defs.io_managers import CsvIOManager, JsonLinesIOManager, ParquetIOManager
 from subscription_export.defs.jobs import export_window_job
 from subscription_export.defs.resources import ExportSettings
@@ -14,7 +15,7 @@ from subscription_export.settings import Settings
 def build_definitions(settings: Settings) -> dg.Definitions:
     export_settings = ExportSettings.from_settings(settings)
     return dg.Definitions(
-        assets=window_assets,
+        assets=[*window_assets, *daily_assets],
         asset_checks=window_checks,
         jobs=[export_window_job],
         sensors=[change_log_sensor],

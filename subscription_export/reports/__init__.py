@@ -1,0 +1,1 @@
+"""Reports computed from the exported change windows (plain functions, no Dagster)."""
