@@ -70,10 +70,6 @@ ASSET_FOR_FORMAT: dict[Format, str] = {
 }
 
 
-# Arrow's default (mimalloc) pool keeps freed pages for reuse; between large windows the system
-# allocator gives them back, which keeps a long-running exporter's RSS flat (measured by bench).
-pa.set_memory_pool(pa.system_memory_pool())
-
 # A cycle waits this long for short write transactions to commit before cutting windows.
 SEQUENCE_WAIT_S = 2.0
 
