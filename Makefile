@@ -43,3 +43,4 @@ BENCH_CHANGES ?= 1000000
 bench: $(STAMP)
 	$(BIN)/subscription-export bench --changes $(BENCH_CHANGES) --source postgresql
 	$(BIN)/subscription-export bench --changes $(BENCH_CHANGES) --source sqlite --skip-pandas
+	$(BIN)/python bench/delivery_bench.py

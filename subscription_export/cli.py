@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import traceback
+import warnings
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -223,8 +225,10 @@ def gather_status(settings: Settings, recent: int = 5) -> dict[str, Any]:
             sa.text("SELECT COUNT(*) FROM subscription_change_log WHERE lsn IS NULL")
         ).scalar_one()
     marks = project.watermarks.all()
+    # Formats always; destinations once they have a watermark.
+    names = [*FORMATS, *sorted(set(marks) - set(FORMATS))]
     consumers = {
-        fmt: {"watermark": marks.get(fmt, 0), "lag": top - marks.get(fmt, 0)} for fmt in FORMATS
+        name: {"watermark": marks.get(name, 0), "lag": top - marks.get(name, 0)} for name in names
     }
     return {
         "source": redact(settings.source_url),
@@ -316,6 +320,7 @@ def demo(
 
     from subscription_export.defs.runner import run_cycle
     from subscription_export.sandbox.generator import generate
+    from subscription_export.sandbox.server import running_sandbox
     from subscription_export.source.schema import init_source
     from subscription_export.state.tables import init_state
 
@@ -338,8 +343,20 @@ def demo(
             seed=seed,
             progress=lambda n: progress.advance(task, n),
         )
-        export_task = progress.add_task("exporting windows", total=None)
-        result = run_cycle(settings, on_done=lambda _run: progress.advance(export_task))
+        export_task = progress.add_task("exporting and delivering windows", total=None)
+        with running_sandbox() as servers:
+            # The sandbox systems live as long as this command; point the destinations at them.
+            destinations = settings.state_url.removeprefix("sqlite:///")
+            config = Path(destinations).with_name("demo_destinations.toml")
+            config.write_text(
+                "".join(
+                    f'[destinations.{name}]\nbase_url = "{server.url}"\nmax_concurrency = 8\n'
+                    for name, server in servers.items()
+                )
+            )
+            os.environ["SUBSCRIPTION_EXPORT_DESTINATIONS"] = str(config)
+            result = run_cycle(settings, on_done=lambda _run: progress.advance(export_task))
+            held = {name: server.system.state() for name, server in servers.items()}
     report = gather_status(settings, recent=len(result.runs) or 1)
     console.print(
         f"[bold]source[/bold] {report['source']}: wrote {made.changes} changes"
@@ -360,10 +377,21 @@ def demo(
             f"{k}={v['watermark']} (lag {v['lag']})" for k, v in report["consumers"].items()
         )
     )
+    console.print(
+        "[bold]sandbox systems[/bold] (this run's deliveries): "
+        + ", ".join(f"{name} {_sandbox_summary(state)}" for name, state in held.items())
+    )
     console.print(f"[bold]files[/bold] under {settings.export_dir}/ (manifests in _manifests/)")
     console.print("see the runs and partitions in the Dagster UI: make ui")
     if result.failed:
         raise typer.Exit(1)
+
+
+def _sandbox_summary(state: dict[str, Any]) -> str:
+    applied = sum(state.get("applications", {}).values())
+    if "journal" in state:
+        return f"{len(state['journal'])} journal entries ({applied} applied operations)"
+    return f"{len(state.get('records', {}))} records ({applied} applied operations)"
 
 
 @app.command()
@@ -444,28 +472,218 @@ def bench(
     console.print_json(json.dumps(report))
 
 
+dead_letters_app = typer.Typer(
+    help="Changes a destination did not accept (see destinations.toml).", no_args_is_help=True
+)
+app.add_typer(dead_letters_app, name="dead-letters")
+
+
+class DeadLetterStatus(StrEnum):
+    open = "open"
+    replayed = "replayed"
+    discarded = "discarded"
+    all = "all"
+
+
+@dead_letters_app.command("list")
+def dead_letters_list(
+    ctx: typer.Context,
+    destination: Annotated[str | None, typer.Option(help="Only this destination.")] = None,
+    status: Annotated[DeadLetterStatus, typer.Option(help="Which ones.")] = DeadLetterStatus.open,
+    limit: Annotated[int, typer.Option(min=1)] = 100,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Dead letters by destination and LSN, with their error and attempts."""
+    from subscription_export.pipeline import Project
+    from subscription_export.sync.dead_letters import list_dead_letters
+
+    wanted = None if status is DeadLetterStatus.all else status.value
+    letters = list_dead_letters(
+        Project(_ctx(ctx).settings).state,
+        destination,
+        status=wanted,
+        limit=limit,  # type: ignore[arg-type]
+    )
+    if as_json:
+        console.print_json(json.dumps([d.as_json() for d in letters]))
+        return
+    table = Table(
+        "id", "destination", "window", "LSN", "subscription", "attempts", "status", "error"
+    )
+    for d in letters:
+        table.add_row(
+            str(d.id),
+            d.destination,
+            d.window_key,
+            str(d.lsn),
+            d.subscription_id,
+            str(d.attempts),
+            d.status,
+            d.error[:120],
+        )
+    console.print(table)
+    console.print(f"{len(letters)} dead letter(s) shown")
+
+
+@dead_letters_app.command("replay")
+def dead_letters_replay(
+    ctx: typer.Context,
+    destination: Annotated[str | None, typer.Option(help="Only this destination.")] = None,
+    ids: Annotated[
+        list[int] | None, typer.Option("--id", help="Only these ids (repeatable).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Re-send open dead letters with their original idempotency keys, then deliver the windows
+    that waited behind them. Exit 1 if some still fail."""
+    from subscription_export.pipeline import Project
+    from subscription_export.state.leases import default_holder
+    from subscription_export.sync.config import load_destinations
+    from subscription_export.sync.dead_letters import list_dead_letters
+    from subscription_export.sync.window_delivery import replay_dead_letters
+
+    project = Project(_ctx(ctx).settings)
+    config = load_destinations()
+    todo = len(list_dead_letters(project.state, destination, status="open", ids=ids))
+    if todo == 0:
+        console.print("no open dead letters" + (f" for {destination}" if destination else ""))
+        return
+    with _progress(quiet) as progress:
+        task = progress.add_task("replaying dead letters", total=todo)
+        summary = replay_dead_letters(
+            project,
+            config,
+            default_holder(),
+            destination=destination,
+            ids=ids,
+            on_result=lambda _result: progress.advance(task),
+        )
+    console.print(f"replayed {summary.replayed}/{len(summary.results)} dead letter(s)")
+    for r in summary.results:
+        if not r.replayed:
+            console.print(
+                f"  [red]still open[/red] #{r.letter.id} {r.letter.destination} LSN"
+                f" {r.letter.lsn}: {r.error}",
+                highlight=False,
+            )
+    for name, key in summary.completed_windows:
+        console.print(f"  {name}: window {key} completed")
+    for outcome in summary.caught_up:
+        console.print(
+            f"  {outcome.destination}: window {outcome.window.key} {outcome.status}"
+            f" ({outcome.delivered} delivered, {outcome.dead_lettered} dead-lettered)"
+        )
+    console.print(
+        "[bold]watermarks[/bold]: "
+        + ", ".join(f"{name}={lsn}" for name, lsn in summary.watermarks.items())
+    )
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@dead_letters_app.command("discard")
+def dead_letters_discard(
+    ctx: typer.Context,
+    ids: Annotated[list[int], typer.Option("--id", help="Ids to give up on (repeatable).")],
+) -> None:
+    """Give up on dead letters: they stop blocking; re-run the window's sync to complete it."""
+    from subscription_export.pipeline import Project
+    from subscription_export.sync.dead_letters import discard
+
+    count = discard(Project(_ctx(ctx).settings).state, ids)
+    console.print(f"discarded {count} open dead letter(s)")
+
+
 sandbox_app = typer.Typer(help="Mock ERP, CRM and accounting systems.", no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
 
 
+class SandboxSystemName(StrEnum):
+    erp = "erp"
+    crm = "crm"
+    accounting = "accounting"
+
+
 @sandbox_app.command("serve")
 def sandbox_serve(
-    system: Annotated[str, typer.Option(help="erp, crm or accounting.")] = "erp",
-    port: Annotated[int, typer.Option(min=0, max=65535, help="Port on 127.0.0.1.")] = 8701,
+    system: Annotated[SandboxSystemName, typer.Option(help="Which system.")],
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free one).")] = 0,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    faults: Annotated[
+        Path | None, typer.Option(help="JSON fault plan (see sandbox/faults.py).")
+    ] = None,
 ) -> None:
-    """Serve one sandbox external system over HTTP until Ctrl-C."""
-    from subscription_export.sandbox.server import serve_forever
+    """Serve one sandbox system in the foreground until Ctrl-C."""
+    from subscription_export.errors import ConfigError
+    from subscription_export.sandbox.faults import FaultPlan
+    from subscription_export.sandbox.server import SandboxServer
+    from subscription_export.sandbox.systems import make_system
 
-    if system not in ("erp", "crm", "accounting"):
-        raise typer.BadParameter("--system is erp, crm or accounting")
-    console.print(f"sandbox {system} on http://{host}:{port} (Ctrl-C stops it)")
-    serve_forever(system, port, host=host)
+    plan = None
+    if faults is not None:
+        try:
+            plan = FaultPlan.from_json(json.loads(faults.read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise ConfigError(f"{faults}: not a fault plan ({exc})") from None
+    server = SandboxServer(make_system(system.value, faults=plan), host=host, port=port)
+    console.print(f"sandbox {system.value} listening on {server.url} (Ctrl-C stops it)")
+    server.serve_in_foreground()
+
+
+@app.command()
+def dashboard(
+    ctx: typer.Context,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write one self-contained HTML file.")
+    ] = None,
+    serve: Annotated[
+        bool, typer.Option("--serve", help="Serve a live page (refreshes every 10 s).")
+    ] = False,
+    host: Annotated[str, typer.Option(help="Address for --serve.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port for --serve.")] = 8765,
+    since_hours: Annotated[
+        float | None, typer.Option("--since-hours", min=0, help="Only the last N hours.")
+    ] = None,
+) -> None:
+    """Export metrics as an offline HTML dashboard (--out FILE) or a live page (--serve)."""
+    import datetime as dt
+
+    from subscription_export.metrics.dashboard import render_dashboard, serve_dashboard
+    from subscription_export.metrics.store import DashboardData, load_dashboard_data
+    from subscription_export.pipeline import Project, open_problem_counts
+    from subscription_export.source.sequencer import last_lsn
+
+    if (out is None) == (not serve):
+        raise typer.BadParameter("give exactly one of --out FILE or --serve")
+    project = Project(_ctx(ctx).settings)
+    since = (
+        None if since_hours is None else dt.datetime.now(dt.UTC) - dt.timedelta(hours=since_hours)
+    )
+
+    def load() -> DashboardData:
+        dead, conflicts = open_problem_counts(project)
+        return load_dashboard_data(
+            project.state,
+            project.watermarks.all(),
+            last_lsn(project.source),
+            open_dead_letters=dead,
+            open_conflicts=conflicts,
+            since=since,
+        )
+
+    if out is not None:
+        out.write_text(render_dashboard(load()), encoding="utf-8")
+        console.print(f"dashboard written to {out}")
+        return
+    console.print(f"dashboard on http://{host}:{port}/ (Ctrl-C stops)")
+    serve_dashboard(load, host, port)
 
 
 def main() -> None:
     """Entry point: user errors as one line and exit code 2, tracebacks only with --debug."""
     debug = "--debug" in sys.argv
+    # Dagster flags beta/preview APIs we use on purpose (partitioned checks, backfill policy).
+    warnings.filterwarnings("ignore", message=r".*(beta|preview)", category=Warning)
     try:
         # Without standalone mode click returns a command's exit code instead of exiting.
         code = app(standalone_mode=False)

@@ -62,6 +62,7 @@ from subscription_export.state.windows import (
     list_windows,
     plan_windows,
 )
+from subscription_export.sync.dead_letters import init_dead_letters
 
 ASSET_FOR_FORMAT: dict[Format, str] = {
     "parquet": "subscription_changes",
@@ -93,6 +94,7 @@ class Project:
         check_reachable(engine, "state")
         init_state(engine)
         init_metrics(engine)
+        init_dead_letters(engine)
         return engine
 
     @cached_property
@@ -403,3 +405,18 @@ def incomplete_windows(project: Project) -> list[Window]:
     return [
         w for w in list_windows(project.state, after_hi=floor) if not all(w.key in d for d in done)
     ]
+
+
+def open_problem_counts(project: Project) -> tuple[int, int]:
+    """(open dead letters, conflicts queued for a person) for dashboards and status."""
+    import sqlalchemy as sa
+
+    from subscription_export.sync.dead_letters import dead_letters
+
+    with project.state.connect() as conn:
+        dead = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(dead_letters)
+            .where(dead_letters.c.status == "open")
+        ).scalar_one()
+    return int(dead), 0

@@ -5,6 +5,11 @@ import dagster as dg
 from subscription_export.defs.assets import window_assets
 from subscription_export.defs.checks import window_checks
 from subscription_export.defs.daily import daily_assets
+from subscription_export.defs.destinations import (
+    DestinationsResource,
+    destination_assets,
+    sync_window_job,
+)
 from subscription_export.defs.io_managers import CsvIOManager, JsonLinesIOManager, ParquetIOManager
 from subscription_export.defs.jobs import export_window_job
 from subscription_export.defs.resources import ExportSettings
@@ -15,14 +20,15 @@ from subscription_export.settings import Settings
 def build_definitions(settings: Settings) -> dg.Definitions:
     export_settings = ExportSettings.from_settings(settings)
     return dg.Definitions(
-        assets=[*window_assets, *daily_assets],
+        assets=[*window_assets, *daily_assets, *destination_assets()],
         asset_checks=window_checks,
-        jobs=[export_window_job],
+        jobs=[export_window_job, sync_window_job],
         sensors=[change_log_sensor],
         resources={
             "settings": export_settings,
             "parquet_io_manager": ParquetIOManager(settings=export_settings),
             "csv_io_manager": CsvIOManager(settings=export_settings),
             "jsonl_io_manager": JsonLinesIOManager(settings=export_settings),
+            "destinations": DestinationsResource.from_env(),
         },
     )

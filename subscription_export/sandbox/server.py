@@ -82,6 +82,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
+        if len(body) < length:  # the client went away mid-request: never process a partial one
+            self.close_connection = True
+            return
         url = urlsplit(self.path)
         request = Request(
             method=self.command,

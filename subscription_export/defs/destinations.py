@@ -1,0 +1,156 @@
+"""Destination sync assets: one per external system, partitioned by CDC window.
+
+`erp_sync`, `crm_sync` and `accounting_sync` (plus `{name}_sync` for any other destination
+declared in the destinations file) depend on `subscription_changes` for lineage only
+(`deps=`): they read the window's Parquet file themselves, batch by batch, through
+`sync.window_delivery.deliver_window`, because delivery needs the rows in bounded batches and
+its own lease and watermark bookkeeping, not a loaded object. The blocking checks on
+`subscription_changes` still gate them: a window whose checks fail is never delivered.
+
+A destination missing from the configuration is skipped with a log line and metadata
+`configured: False`, so the demo runs without any external system. Under dead-letter policy
+`block`, a window left with open dead letters fails the step with `allow_retries=False`
+(retrying cannot help; an operator replays or discards), as does a window queued behind one.
+Transient trouble (a lease held by another run, an earlier window not exported yet, an
+exception) fails the step normally and `STEP_RETRY` retries it.
+"""
+
+import dagster as dg
+
+from subscription_export.defs.assets import STEP_RETRY, subscription_changes
+from subscription_export.defs.partitions import cdc_windows
+from subscription_export.defs.resources import ExportSettings
+from subscription_export.formats.window import parse_window_key
+from subscription_export.state.leases import default_holder
+from subscription_export.state.windows import Window, find_window
+from subscription_export.sync.config import (
+    KINDS,
+    DestinationsConfig,
+    destinations_path,
+    load_destinations,
+)
+from subscription_export.sync.dead_letters import Policy, dead_letter_policy
+from subscription_export.sync.window_delivery import (
+    DestinationBlocked,
+    blocked_message,
+    deliver_window,
+)
+
+SYNC_WINDOW_JOB = "sync_window"
+DESTINATIONS_GROUP = "destinations"
+
+
+class DestinationsResource(dg.ConfigurableResource):
+    """Where the destinations file is and what to do with dead letters.
+
+    The file is read (and tokens resolved from the environment) in the run's process, each
+    time a sync step starts, so a changed token or file needs no redeploy.
+    """
+
+    path: str | None = None  # None: $SUBSCRIPTION_EXPORT_DESTINATIONS, else ./destinations.toml
+    on_dead_letter: str | None = None  # None: $SUBSCRIPTION_EXPORT_ON_DEAD_LETTER (block)
+
+    @classmethod
+    def from_env(cls) -> "DestinationsResource":
+        """The file the environment points at, made absolute so daemon-launched runs find it."""
+        found = destinations_path()
+        return cls(path=str(found.absolute()) if found else None)
+
+    def load(self) -> DestinationsConfig:
+        return load_destinations(self.path)
+
+    def policy(self) -> Policy:
+        if self.on_dead_letter is None:
+            return dead_letter_policy()
+        return dead_letter_policy({"SUBSCRIPTION_EXPORT_ON_DEAD_LETTER": self.on_dead_letter})
+
+
+def _sync(
+    context: dg.AssetExecutionContext,
+    name: str,
+    settings: ExportSettings,
+    destinations: DestinationsResource,
+) -> dg.MaterializeResult:
+    key = context.partition_key
+    lo, hi = parse_window_key(key)
+    project = settings.project()
+    if find_window(project.state, key) != Window(lo, hi):
+        raise dg.Failure(f"{key} is not a window cut by the change-log sensor; not delivered")
+    config = destinations.load()
+    destination = config.get(name)
+    if destination is None:
+        context.log.info(
+            f"{name} is not configured ({config.describe()}): window {key} is not delivered to"
+            f" it; declare [destinations.{name}] to sync it"
+        )
+        return dg.MaterializeResult(metadata={"configured": False, "destination": name})
+    holder = default_holder(context.run_id)
+    try:
+        outcome = deliver_window(
+            project, destination, Window(lo, hi), holder, policy=destinations.policy()
+        )
+    except DestinationBlocked as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
+    metadata = {"configured": True, **outcome.metadata()}
+    if outcome.status == "blocked":
+        raise dg.Failure(
+            description=blocked_message(name, key, outcome.open_dead_letters),
+            metadata=metadata,  # type: ignore[arg-type]
+            allow_retries=False,
+        )
+    context.log.info(
+        f"{name}: window {key} {outcome.status}: {outcome.delivered} delivered,"
+        f" {outcome.skipped} skipped, {outcome.dead_lettered} dead-lettered,"
+        f" {outcome.retried} retries, watermark {outcome.watermark}"
+        + (f", caught up {len(outcome.caught_up)} earlier window(s)" if outcome.caught_up else "")
+    )
+    return dg.MaterializeResult(metadata=metadata)  # type: ignore[arg-type]
+
+
+def sync_asset(name: str) -> dg.AssetsDefinition:
+    """The `{name}_sync` asset (one definition per name per process)."""
+    if name not in _assets:
+
+        @dg.asset(
+            name=f"{name}_sync",
+            partitions_def=cdc_windows,
+            deps=[subscription_changes],
+            group_name=DESTINATIONS_GROUP,
+            retry_policy=STEP_RETRY,
+            kinds={"http"},
+            description=(
+                f"The window's changes delivered to {name} over HTTP (batched, bounded"
+                " concurrency, idempotency keys, retries, dead letters); its watermark advances"
+                " contiguously."
+            ),
+        )
+        def _asset(
+            context: dg.AssetExecutionContext,
+            settings: ExportSettings,
+            destinations: DestinationsResource,
+        ) -> dg.MaterializeResult:
+            return _sync(context, name, settings, destinations)
+
+        _assets[name] = _asset
+    return _assets[name]
+
+
+_assets: dict[str, dg.AssetsDefinition] = {}
+
+erp_sync = sync_asset("erp")
+crm_sync = sync_asset("crm")
+accounting_sync = sync_asset("accounting")
+
+
+def destination_assets(config: DestinationsConfig | None = None) -> list[dg.AssetsDefinition]:
+    """The three standard sync assets, plus one per other destination `config` declares."""
+    extra = [name for name in (config.names if config else []) if name not in KINDS]
+    return [sync_asset(name) for name in (*KINDS, *extra)]
+
+
+sync_window_job = dg.define_asset_job(
+    SYNC_WINDOW_JOB,
+    selection=dg.AssetSelection.groups(DESTINATIONS_GROUP),
+    partitions_def=cdc_windows,
+    description="Deliver one CDC window (already exported to Parquet) to every destination.",
+)
