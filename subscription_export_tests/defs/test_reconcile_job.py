@@ -1,0 +1,179 @@
+"""The Dagster layer of the bidirectional sync: `external_changes_sensor` and the `reconcile`
+job, on an ephemeral instance against real sandbox servers and a real source."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+
+from subscription_export.db import engine_for
+from subscription_export.defs.destinations import DestinationsResource
+from subscription_export.defs.reconcile import (
+    ConflictPoliciesResource,
+    external_changes_sensor,
+    reconcile_job,
+    run_config,
+)
+from subscription_export.defs.resources import ExportSettings
+from subscription_export.settings import Settings
+from subscription_export.source.schema import init_source
+from subscription_export.sync import sync_state as st
+from subscription_export_tests.sync.test_reconcile import World, record, seeded, world
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """SQLite only: the domain tests cover PostgreSQL; these cover the Dagster wiring."""
+    source = f"sqlite:///{tmp_path / 'source.db'}"
+    init_source(engine_for(source, writer=True))
+    return Settings(
+        source_url=source,
+        state_url=f"sqlite:///{tmp_path / 'state.db'}",
+        export_dir=tmp_path / "exports",
+        window_max_age_s=0.0,
+    )
+
+
+@contextmanager
+def dagster_world(
+    settings: Settings, tmp_path: Path, strategy: str
+) -> Iterator[tuple[World, dict[str, Any], dg.DagsterInstance]]:
+    with world(settings, tmp_path, {"strategy": strategy}) as w:
+        resources = {
+            "settings": ExportSettings.from_settings(settings),
+            "destinations": DestinationsResource(path=str(tmp_path / "destinations.toml")),
+            "conflict_policies": ConflictPoliciesResource(strategy=strategy),
+        }
+        with dg.instance_for_test() as instance:
+            yield w, resources, instance
+
+
+def tick(
+    instance: dg.DagsterInstance, resources: Mapping[str, Any], cursor: str | None
+) -> dg.SensorResult:
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
+    result = external_changes_sensor(context)
+    assert isinstance(result, dg.SensorResult)
+    return result
+
+
+def output_metadata(result: dg.ExecuteInProcessResult, op: str) -> dict[str, Any]:
+    (event,) = [e for e in result.all_node_events if e.is_successful_output and e.node_name == op]
+    data = event.step_output_data.metadata
+    return {k: getattr(v, "value", v) for k, v in data.items()}
+
+
+def test_the_sensor_launches_one_run_per_system_and_the_runs_apply_the_edits(
+    settings: Settings, tmp_path: Path
+) -> None:
+    with dagster_world(settings, tmp_path, "last_writer_wins") as (w, resources, instance):
+        seeded(w)
+        w.remote_edit("erp", "s1", 1, name="ERP name")
+        w.remote_edit("erp", "s1", 2, status="paused")
+        w.remote_edit("crm", "s1", 3, category="crm")
+
+        first = tick(instance, resources, None)
+        requests = {r.run_key: r for r in first.run_requests or []}
+        assert sorted(requests) == ["crm:0-1", "erp:0-2"]
+        assert requests["erp:0-2"].run_config == run_config("erp", 0, 2)
+        assert json.loads(first.cursor or "") == {"crm": 1, "erp": 2}
+        mirrored = st.all_cursors(w.project.state)
+        assert {k: (c.requested, c.applied) for k, c in mirrored.items()} == {
+            "crm": (1, 0),
+            "erp": (2, 0),
+        }
+
+        for key in sorted(requests):
+            request = requests[key]
+            run = reconcile_job.execute_in_process(
+                run_config=request.run_config,
+                instance=instance,
+                resources=resources,
+                tags=request.tags,
+            )
+            assert run.success
+            applied = output_metadata(run, "apply_resolutions")
+            assert applied["outcome.merged"] == (2 if key.startswith("erp") else 1)
+            assert applied["written_back"] == applied["outcome.merged"]
+            planned = output_metadata(run, "resolve_changes")
+            assert planned["planned.merged"] == applied["outcome.merged"]
+            tags = instance.get_run_by_id(run.run_id).tags  # type: ignore[union-attr]
+            assert tags["reconcile/outcome.merged"] == str(applied["outcome.merged"])
+            assert tags["subscription_export/system"] == key.split(":")[0]
+
+        applied_cursors = st.all_cursors(w.project.state)
+        assert {k: c.applied for k, c in applied_cursors.items()} == {"crm": 1, "erp": 2}
+        second = tick(instance, resources, first.cursor)
+        assert not second.run_requests
+        assert "no new changes" in str(second.skip_reason)
+
+        w.settle()
+        w.assert_converged("s1", record(name="ERP name", status="paused", category="crm"))
+
+
+def test_a_run_starts_from_the_applied_cursor_and_stops_at_its_range(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A run that failed leaves its changes to the next run of the system; a run never goes
+    past the end of the range it was launched for."""
+    with dagster_world(settings, tmp_path, "manual") as (w, resources, instance):
+        seeded(w)
+        w.update("s1", 1, amount="12.00")
+        w.remote_edit("erp", "s1", 2, amount="15.00")
+        w.remote_edit("erp", "s1", 3, name="Later")
+        partial = reconcile_job.execute_in_process(
+            run_config=run_config("erp", 0, 1), instance=instance, resources=resources
+        )
+        assert partial.success
+        assert output_metadata(partial, "apply_resolutions")["outcome.queued"] == 1
+        assert output_metadata(partial, "advance_feed_cursor")["applied_cursor"] == 1
+
+        # launched for (1, 2] but after a failed run of (0, 1]: starts where the state says
+        with w.project.state.begin() as conn:
+            conn.execute(st.feed_cursors.update().values(applied=0))
+        rest = reconcile_job.execute_in_process(
+            run_config=run_config("erp", 1, 2), instance=instance, resources=resources
+        )
+        assert rest.success
+        fetched = output_metadata(rest, "fetch_remote_changes")
+        assert (fetched["cursor_from"], fetched["cursor_to"], fetched["changes"]) == (0, 2, 2)
+        applied = output_metadata(rest, "apply_resolutions")
+        assert (applied["outcome.already_applied"], applied["outcome.queued"]) == (1, 1)
+        (queued,) = st.list_conflicts(w.project.state)
+        assert queued.remote["name"] == "Later"  # type: ignore[index]
+
+
+def test_the_sensor_skips_when_no_system_has_a_feed(settings: Settings, tmp_path: Path) -> None:
+    with (
+        world(settings, tmp_path, {"strategy": "manual"}, ("accounting",)),
+        dg.instance_for_test() as instance,
+    ):
+        resources = {
+            "settings": ExportSettings.from_settings(settings),
+            "destinations": DestinationsResource(path=str(tmp_path / "destinations.toml")),
+        }
+        result = tick(instance, resources, None)
+    assert not result.run_requests
+    assert "no system with a change feed" in str(result.skip_reason)
+
+
+def test_definitions_with_the_job_and_the_sensor_load(settings: Settings, tmp_path: Path) -> None:
+    (tmp_path / "destinations.toml").write_text("")
+    defs = dg.Definitions(
+        jobs=[reconcile_job],
+        sensors=[external_changes_sensor],
+        resources={
+            "settings": ExportSettings.from_settings(settings),
+            "destinations": DestinationsResource(path=str(tmp_path / "destinations.toml")),
+            "conflict_policies": ConflictPoliciesResource(),
+        },
+    )
+    dg.Definitions.validate_loadable(defs)
+    assert defs.resolve_job_def("reconcile").name == "reconcile"
+    assert defs.resolve_sensor_def("external_changes_sensor").job_name == "reconcile"
