@@ -94,8 +94,8 @@ def main_options(
 def init(ctx: typer.Context) -> None:
     """Create the source tables and capture triggers (idempotent; re-run after adding columns)."""
     from subscription_export.db import check_reachable
+    from subscription_export.pipeline import init_state_tables
     from subscription_export.source.schema import init_source
-    from subscription_export.state.tables import init_state
 
     settings = _ctx(ctx).settings
     source = engine_for(settings.source_url, writer=True)
@@ -103,7 +103,7 @@ def init(ctx: typer.Context) -> None:
     schema = init_source(source)
     state = engine_for(settings.state_url, writer=True)
     check_reachable(state, "state")
-    init_state(state)
+    init_state_tables(state)
     console.print(
         f"capture installed on {redact(settings.source_url)}: schema version {schema.version},"
         f" {len(schema.columns)} columns captured; state in {redact(settings.state_url)}"
@@ -214,9 +214,10 @@ def _run_one_cycle(settings: Settings, as_json: bool, quiet: bool) -> bool:
 
 def gather_status(settings: Settings, recent: int = 5) -> dict[str, Any]:
     from subscription_export.formats.writers import FORMATS
-    from subscription_export.pipeline import Project
+    from subscription_export.pipeline import Project, open_problem_counts
     from subscription_export.source.sequencer import last_lsn
     from subscription_export.state.windows import last_window_end, recent_windows
+    from subscription_export.sync.sync_state import all_cursors
 
     project = Project(settings)
     top = last_lsn(project.source)
@@ -230,6 +231,11 @@ def gather_status(settings: Settings, recent: int = 5) -> dict[str, Any]:
     consumers = {
         name: {"watermark": marks.get(name, 0), "lag": top - marks.get(name, 0)} for name in names
     }
+    dead, conflicts = open_problem_counts(project)
+    feeds = {
+        name: {"applied": c.applied, "requested": c.requested}
+        for name, c in sorted(all_cursors(project.state).items())
+    }
     return {
         "source": redact(settings.source_url),
         "state": redact(settings.state_url),
@@ -241,6 +247,9 @@ def gather_status(settings: Settings, recent: int = 5) -> dict[str, Any]:
         "recent_windows": [
             {"key": w.key, "changes": w.changes} for w in recent_windows(project.state, recent)
         ],
+        "open_dead_letters": dead,
+        "open_conflicts": conflicts,
+        "feed_cursors": feeds,
     }
 
 
@@ -267,6 +276,21 @@ def status(
     for w in report["recent_windows"]:
         windows.add_row(w["key"], str(w["changes"]))
     console.print(windows)
+    if report["feed_cursors"]:
+        console.print(
+            "change feeds (applied/seen): "
+            + ", ".join(
+                f"{name} {c['applied']}/{c['requested']}"
+                for name, c in report["feed_cursors"].items()
+            ),
+            highlight=False,
+        )
+    console.print(
+        f"open dead letters: {report['open_dead_letters']}"
+        " (subscription-export dead-letters list), conflicts queued for a person:"
+        f" {report['open_conflicts']} (subscription-export conflicts list)",
+        highlight=False,
+    )
 
 
 @app.command()
@@ -319,16 +343,16 @@ def demo(
     from dataclasses import replace
 
     from subscription_export.defs.runner import run_cycle
+    from subscription_export.pipeline import init_state_tables
     from subscription_export.sandbox.generator import generate
     from subscription_export.sandbox.server import running_sandbox
     from subscription_export.source.schema import init_source
-    from subscription_export.state.tables import init_state
 
     # A demo should not wait for a partial window to age.
     settings = replace(_ctx(ctx).settings, window_max_age_s=0.0, window_max_changes=window_size)
     source = engine_for(settings.source_url, writer=True)
     init_source(source)
-    init_state(engine_for(settings.state_url, writer=True))
+    init_state_tables(engine_for(settings.state_url, writer=True))
     with source.connect() as conn:
         existing = conn.execute(
             sa.text("SELECT COUNT(*) FROM subscription_change_log")
@@ -592,6 +616,213 @@ def dead_letters_discard(
 
     count = discard(Project(_ctx(ctx).settings).state, ids)
     console.print(f"discarded {count} open dead letter(s)")
+
+
+conflicts_app = typer.Typer(
+    help="Bidirectional sync: conflicts queued for a person, and every sync decision.",
+    no_args_is_help=True,
+)
+app.add_typer(conflicts_app, name="conflicts")
+
+
+class Take(StrEnum):
+    local = "local"
+    remote = "remote"
+    merged = "merged"
+
+
+def _record_cell(record: dict[str, Any] | None, name: str) -> str:
+    if record is None:
+        return "(deleted)"
+    return "(absent)" if name not in record else json.dumps(record[name])
+
+
+@conflicts_app.command("list")
+def conflicts_list(
+    ctx: typer.Context,
+    destination: Annotated[str | None, typer.Option(help="Only this system.")] = None,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Resolved ones too (default: open only).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Conflicts a `manual` strategy queued: system, subscription, conflicting fields."""
+    from subscription_export.pipeline import Project
+    from subscription_export.sync import reconcile as rc
+    from subscription_export.sync import sync_state as st
+
+    found = st.list_conflicts(
+        Project(_ctx(ctx).settings).state,
+        status=None if show_all else "open",
+        destination=destination,
+    )
+    if as_json:
+        console.print_json(json.dumps([rc.describe_conflict(c) for c in found]))
+        return
+    table = Table("id", "system", "subscription", "fields", "status", "opened (UTC)")
+    for c in found:
+        table.add_row(
+            str(c.id),
+            c.destination,
+            c.subscription_id,
+            ", ".join(c.fields),
+            c.status,
+            c.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+        )
+    console.print(table)
+    what = "conflict(s)" if show_all else "open conflict(s)"
+    console.print(f"{len(found)} {what}")
+
+
+@conflicts_app.command("show")
+def conflicts_show(
+    ctx: typer.Context,
+    conflict_id: Annotated[int, typer.Argument(metavar="ID", help="Conflict id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """One conflict: base, local and remote side by side, conflicting fields marked."""
+    from subscription_export.pipeline import Project
+    from subscription_export.sync import reconcile as rc
+    from subscription_export.sync import sync_state as st
+
+    conflict = st.get_conflict(Project(_ctx(ctx).settings).state, conflict_id)
+    if conflict is None:
+        raise rc.ReconcileError(
+            f"no conflict {conflict_id}; see `subscription-export conflicts list`"
+        )
+    shown = rc.describe_conflict(conflict)
+    if as_json:
+        console.print_json(json.dumps(shown))
+        return
+    console.print(
+        f"conflict [bold]{conflict.id}[/bold] ({conflict.status}): {conflict.destination}"
+        f" subscription {conflict.subscription_id}, strategy {conflict.strategy}",
+        highlight=False,
+    )
+    console.print(
+        f"local changed {shown['local_changed_at']}, {conflict.destination} changed"
+        f" {shown['remote_changed_at']} (feed cursor {conflict.cursor})",
+        highlight=False,
+    )
+    base, local, remote = shown["base"], shown["local"], shown["remote"]
+    names = sorted({*(base or {}), *(local or {}), *(remote or {})} - {"id"})
+    table = Table("field", "base", "local (source)", f"remote ({conflict.destination})", "")
+    for name in names:
+        mark = "[red]conflict[/red]" if name in conflict.fields else ""
+        table.add_row(
+            name,
+            _record_cell(base, name) if base is not None else "(none)",
+            _record_cell(local, name),
+            _record_cell(remote, name),
+            mark,
+        )
+    console.print(table)
+    if conflict.resolution is not None:
+        console.print(f"resolution: {json.dumps(conflict.resolution)}", highlight=False)
+    else:
+        console.print(
+            f"resolve with: subscription-export conflicts resolve {conflict.id}"
+            " --take local|remote|merged [--set field=value ...]"
+        )
+
+
+@conflicts_app.command("resolve")
+def conflicts_resolve(
+    ctx: typer.Context,
+    conflict_id: Annotated[int, typer.Argument(metavar="ID", help="Conflict id.")],
+    take: Annotated[
+        Take,
+        typer.Option(
+            help="local: keep the source row; remote: the queued remote record (or deletion);"
+            " merged: the three-way merge with every conflicting field given by --set."
+        ),
+    ],
+    sets: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="field=value (repeatable; `null` sets NULL)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Settle a conflict through the reconcile's apply path: write-back (origin = the system),
+    sync base, audit entry, and a push of the result to the system."""
+    from subscription_export.pipeline import Project
+    from subscription_export.sync import reconcile as rc
+    from subscription_export.sync import sync_state as st
+    from subscription_export.sync.config import load_destinations
+
+    report = rc.resolve_conflict(
+        Project(_ctx(ctx).settings),
+        load_destinations(),
+        conflict_id,
+        take.value,  # type: ignore[arg-type]
+        sets or [],
+    )
+    pushes = report.pushes
+    if as_json:
+        console.print_json(
+            json.dumps(
+                {
+                    "conflict": report.conflict_id,
+                    "destination": report.destination,
+                    "subscription": report.subscription_id,
+                    "take": report.take,
+                    "record": st.loads(st.dumps(report.target)),
+                    "written_back": report.written_back,
+                    "push_planned": report.push_planned,
+                    **pushes.metadata(),
+                }
+            )
+        )
+    else:
+        result = "deleted" if report.target is None else "updated"
+        console.print(
+            f"conflict {report.conflict_id} resolved (--take {report.take}):"
+            f" subscription {report.subscription_id} {result}"
+            + (" in the source" if report.written_back else " (the source already held it)"),
+            highlight=False,
+        )
+        if report.push_planned:
+            console.print(
+                f"{report.destination}: {pushes.pushed} pushed, {pushes.deferred} waiting for the"
+                " window delivery",
+                highlight=False,
+            )
+    for error in pushes.errors:
+        err_console.print(
+            f"[yellow]push not accepted yet[/yellow] (the next reconcile run re-sends it): {error}",
+            highlight=False,
+        )
+
+
+@conflicts_app.command("history")
+def conflicts_history(
+    ctx: typer.Context,
+    subscription: Annotated[str, typer.Option("--subscription", help="Subscription id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Every sync decision about a subscription, oldest first (the audit log)."""
+    from subscription_export.pipeline import Project
+    from subscription_export.sync import reconcile as rc
+
+    entries = rc.history(Project(_ctx(ctx).settings), subscription)
+    if as_json:
+        console.print_json(json.dumps(entries))
+        return
+    table = Table("at (UTC)", "system", "ref", "strategy", "outcome", "decisions")
+    for e in entries:
+        decisions = "; ".join(
+            f"{d['field']}: {d['winner']}" for d in e["detail"].get("decisions", [])
+        )
+        table.add_row(
+            e["at"].replace("T", " ")[:19],
+            e["destination"],
+            e["ref"],
+            e["strategy"],
+            e["outcome"],
+            decisions,
+        )
+    console.print(table)
+    console.print(f"{len(entries)} decision(s) about {subscription}", highlight=False)
 
 
 sandbox_app = typer.Typer(help="Mock ERP, CRM and accounting systems.", no_args_is_help=True)

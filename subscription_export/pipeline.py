@@ -63,6 +63,7 @@ from subscription_export.state.windows import (
     plan_windows,
 )
 from subscription_export.sync.dead_letters import init_dead_letters
+from subscription_export.sync.sync_state import init_sync_state
 
 ASSET_FOR_FORMAT: dict[Format, str] = {
     "parquet": "subscription_changes",
@@ -73,6 +74,16 @@ ASSET_FOR_FORMAT: dict[Format, str] = {
 
 # A cycle waits this long for short write transactions to commit before cutting windows.
 SEQUENCE_WAIT_S = 2.0
+
+
+def init_state_tables(engine: Engine) -> None:
+    """Every table of the project's state database (idempotent): windows and watermarks,
+    metrics, dead letters, and the bidirectional sync's bases, cursors, pushes, conflicts and
+    audit log."""
+    init_state(engine)
+    init_metrics(engine)
+    init_dead_letters(engine)
+    init_sync_state(engine)
 
 
 class Project:
@@ -92,9 +103,7 @@ class Project:
     def state(self) -> Engine:
         engine = engine_for(self.settings.state_url, writer=True)
         check_reachable(engine, "state")
-        init_state(engine)
-        init_metrics(engine)
-        init_dead_letters(engine)
+        init_state_tables(engine)
         return engine
 
     @cached_property
@@ -412,6 +421,7 @@ def open_problem_counts(project: Project) -> tuple[int, int]:
     import sqlalchemy as sa
 
     from subscription_export.sync.dead_letters import dead_letters
+    from subscription_export.sync.sync_state import conflicts
 
     with project.state.connect() as conn:
         dead = conn.execute(
@@ -419,4 +429,7 @@ def open_problem_counts(project: Project) -> tuple[int, int]:
             .select_from(dead_letters)
             .where(dead_letters.c.status == "open")
         ).scalar_one()
-    return int(dead), 0
+        queued = conn.execute(
+            sa.select(sa.func.count()).select_from(conflicts).where(conflicts.c.status == "open")
+        ).scalar_one()
+    return int(dead), int(queued)

@@ -12,6 +12,11 @@ from subscription_export.defs.destinations import (
 )
 from subscription_export.defs.io_managers import CsvIOManager, JsonLinesIOManager, ParquetIOManager
 from subscription_export.defs.jobs import export_window_job
+from subscription_export.defs.reconcile import (
+    ConflictPoliciesResource,
+    reconcile_jobs,
+    reconcile_sensors,
+)
 from subscription_export.defs.resources import ExportSettings
 from subscription_export.defs.sensors import change_log_sensor
 from subscription_export.settings import Settings
@@ -22,13 +27,14 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=[*window_assets, *daily_assets, *destination_assets()],
         asset_checks=window_checks,
-        jobs=[export_window_job, sync_window_job],
-        sensors=[change_log_sensor],
+        jobs=[export_window_job, sync_window_job, *reconcile_jobs],
+        sensors=[change_log_sensor, *reconcile_sensors],
         resources={
             "settings": export_settings,
             "parquet_io_manager": ParquetIOManager(settings=export_settings),
             "csv_io_manager": CsvIOManager(settings=export_settings),
             "jsonl_io_manager": JsonLinesIOManager(settings=export_settings),
             "destinations": DestinationsResource.from_env(),
+            "conflict_policies": ConflictPoliciesResource.from_env(),
         },
     )

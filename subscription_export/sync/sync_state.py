@@ -326,40 +326,39 @@ def all_cursors(engine: Engine) -> dict[str, FeedCursor]:
         return {name: get_cursor(conn, name) for name in sorted(names)}
 
 
+def _move_cursors(conn: Connection, system: str, applied: int, requested: int) -> None:
+    """Raise the stored cursors to at least these values, in one statement (never back, even
+    when the sensor and a run write at the same moment)."""
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    greater = sa.func.greatest if conn.dialect.name == "postgresql" else sa.func.max
+    stmt = insert(feed_cursors).values(
+        system=system, applied=applied, requested=max(applied, requested), updated_at=now()
+    )
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["system"],
+            set_={
+                "applied": greater(feed_cursors.c.applied, stmt.excluded.applied),
+                "requested": greater(
+                    feed_cursors.c.requested, stmt.excluded.requested, stmt.excluded.applied
+                ),
+                "updated_at": stmt.excluded.updated_at,
+            },
+        )
+    )
+
+
 def advance_applied(engine: Engine, system: str, cursor: int) -> int:
     """Move the applied cursor forward (never back); returns the cursor now stored."""
     with engine.begin() as conn:
-        current = get_cursor(conn, system)
-        applied = max(current.applied, cursor)
-        _upsert(
-            conn,
-            feed_cursors,
-            {
-                "system": system,
-                "applied": applied,
-                "requested": max(current.requested, applied),
-                "updated_at": now(),
-            },
-            ("system",),
-        )
-    return applied
+        _move_cursors(conn, system, cursor, cursor)
+        return get_cursor(conn, system).applied
 
 
 def record_requested(engine: Engine, system: str, cursor: int) -> None:
     """Mirror of the sensor cursor (what has been handed to a run, not yet necessarily applied)."""
     with engine.begin() as conn:
-        current = get_cursor(conn, system)
-        _upsert(
-            conn,
-            feed_cursors,
-            {
-                "system": system,
-                "applied": current.applied,
-                "requested": max(current.requested, cursor),
-                "updated_at": now(),
-            },
-            ("system",),
-        )
+        _move_cursors(conn, system, 0, cursor)
 
 
 # -- field provenance --------------------------------------------------------------------------

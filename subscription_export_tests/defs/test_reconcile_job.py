@@ -13,6 +13,7 @@ import dagster as dg
 import pytest
 
 from subscription_export.db import engine_for
+from subscription_export.defs.definitions import build_definitions
 from subscription_export.defs.destinations import DestinationsResource
 from subscription_export.defs.reconcile import (
     ConflictPoliciesResource,
@@ -163,17 +164,20 @@ def test_the_sensor_skips_when_no_system_has_a_feed(settings: Settings, tmp_path
     assert "no system with a change feed" in str(result.skip_reason)
 
 
-def test_definitions_with_the_job_and_the_sensor_load(settings: Settings, tmp_path: Path) -> None:
+def test_the_project_definitions_hold_the_job_the_sensor_and_their_resources(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "destinations.toml").write_text("")
-    defs = dg.Definitions(
-        jobs=[reconcile_job],
-        sensors=[external_changes_sensor],
-        resources={
-            "settings": ExportSettings.from_settings(settings),
-            "destinations": DestinationsResource(path=str(tmp_path / "destinations.toml")),
-            "conflict_policies": ConflictPoliciesResource(),
-        },
-    )
+    policies = tmp_path / "conflicts.toml"
+    policies.write_text('[destinations.crm]\nstrategy = "manual"\n')
+    monkeypatch.setenv("SUBSCRIPTION_EXPORT_DESTINATIONS", str(tmp_path / "destinations.toml"))
+    monkeypatch.setenv("SUBSCRIPTION_EXPORT_CONFLICTS", str(policies))
+    defs = build_definitions(settings)
     dg.Definitions.validate_loadable(defs)
     assert defs.resolve_job_def("reconcile").name == "reconcile"
-    assert defs.resolve_sensor_def("external_changes_sensor").job_name == "reconcile"
+    sensor = defs.resolve_sensor_def("external_changes_sensor")
+    assert sensor.job_name == "reconcile"
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    loaded = defs.resources["conflict_policies"].load()  # type: ignore[union-attr]
+    assert loaded.for_destination("crm").strategy.value == "manual"
+    assert defs.resolve_sensor_def("change_log_sensor").name == "change_log_sensor"

@@ -286,7 +286,6 @@ def world(
     with sandbox(clock, names) as servers:
         destinations = write_destinations(tmp_path / "destinations.toml", servers, read_s=2.0)
         project = Project(settings)
-        st.init_sync_state(project.state)  # Project.state does this once it is wired in
         yield World(project, servers, destinations, policies_of(policy), clock)
 
 
@@ -548,13 +547,25 @@ raise SystemExit("the crash hook did not fire")
 
 
 @pytest.mark.parametrize(
-    ("point", "one_database"),
-    [("after_write_back", False), ("after_write_back", True), ("before_push", False)],
+    ("backend", "point", "one_database"),
+    [
+        ("sqlite", "after_write_back", False),
+        ("sqlite", "after_write_back", True),
+        ("sqlite", "before_push", False),
+        pytest.param("postgresql", "after_write_back", True, marks=pytest.mark.integration),
+        pytest.param("postgresql", "before_push", True, marks=pytest.mark.integration),
+    ],
 )
 def test_a_reconcile_killed_before_its_push_converges_on_rerun_without_duplicates(
-    tmp_path: Path, point: str, one_database: bool
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str, point: str, one_database: bool
 ) -> None:
-    source = f"sqlite:///{tmp_path / 'source.db'}"
+    """The child process dies (`os._exit`, no cleanup) right after the write-back committed, or
+    right before the push is sent; `one_database`: the state lives in the source database, so
+    the sync base and the pending push commit with the write-back."""
+    if backend == "postgresql":
+        source = request.getfixturevalue("pg_url")
+    else:
+        source = f"sqlite:///{tmp_path / 'source.db'}"
     init_source(engine_for(source, writer=True))
     settings = Settings(
         source_url=source,
