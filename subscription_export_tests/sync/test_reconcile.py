@@ -43,6 +43,7 @@ from subscription_export.sync.mapping import (
 )
 from subscription_export.sync.strategies import DEFAULT_IGNORED
 from subscription_export.sync.window_delivery import catch_up
+from subscription_export_tests.helpers import read_exported
 from subscription_export_tests.sync.test_window_delivery import export_all, write_destinations
 
 UTC = dt.UTC
@@ -408,6 +409,9 @@ def test_an_erp_edit_comes_back_once_and_never_returns_to_the_erp(
             assert w.fingerprint() == before
         assert rounds <= 3
         assert w.change_log("s1") == [("c", "app"), ("u", "erp")]
+        exported = read_exported(w.project.settings.export_dir / "subscription_changes")
+        rows = [r for r in exported.to_pylist() if r["id"] == "s1"]
+        assert [(r["_op"], r["_origin"]) for r in rows] == [("c", "app"), ("u", "erp")]
         assert erp.applications == erp_writes_before  # the ERP received no write for its edit
         assert len(erp.feed) == 1
         lsn = _last_lsn(w, "s1")
