@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.subscription_export/dagster_home
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 .PHONY: install demo test lint format ui bench clean
 
@@ -19,7 +20,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/subscription-export demo
 
+# The browser tests drive Debian's chromium (/usr/bin/chromium); playwright never downloads one.
 test: $(STAMP)
+	bash scripts/ensure-chromium.sh
 	$(BIN)/pytest -q -n 2 --dist loadgroup
 
 lint: $(STAMP)
