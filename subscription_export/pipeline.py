@@ -300,7 +300,7 @@ def export_derived(
     source = pq.ParquetFile(parquet)
     schema = source.schema_arrow
     target = path or project.file_path(fmt, window.key)
-    batches = source.iter_batches(batch_size=project.settings.read_batch_size)
+    batches = source.iter_batches(batch_size=project.settings.read_batch_size, use_threads=False)
     return _write(project, fmt, window, schema, batches, target, parquet_counts(parquet), [])
 
 

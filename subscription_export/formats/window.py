@@ -36,7 +36,7 @@ from subscription_export.source.reader import (
 )
 from subscription_export.source.schema import capture_schemas
 
-_JSON_BLOCK = 64 << 20
+_JSON_BLOCK = 8 << 20
 _ISO_ARRAY = pa.array(sorted(ISO_4217), pa.string())
 # What Arrow's JSON reader should expect per logical type; text forms are cast afterwards.
 _JSON_READ_TYPES: dict[str, pa.DataType] = {
@@ -107,7 +107,7 @@ class WindowStream:
         try:
             table = pajson.read_json(
                 pa.BufferReader(_lines(images)),
-                read_options=pajson.ReadOptions(block_size=_JSON_BLOCK),
+                read_options=pajson.ReadOptions(block_size=_JSON_BLOCK, use_threads=False),
                 # A key outside the capture schema (PostgreSQL captures whole rows) sends the
                 # batch to the row path, which quarantines it instead of dropping the value.
                 parse_options=pajson.ParseOptions(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-import io
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from queue import Empty, Full, Queue
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -55,7 +57,7 @@ def iter_log_tables(engine: Engine, lo: int, hi: int, batch_size: int) -> Iterat
     SQLite goes through a cursor in batches.
     """
     if is_postgres(engine):
-        yield from _rechunk(_copy_tables(engine, lo, hi), batch_size)
+        yield from _prefetched(_copy_tables(engine, lo, hi, batch_size), depth=2)
         return
     query = (
         f"SELECT {_COLUMNS.format(cast='', changed='changed_at')}"
@@ -71,29 +73,19 @@ def iter_log_tables(engine: Engine, lo: int, hi: int, batch_size: int) -> Iterat
             )
 
 
-class _CopyStream(io.RawIOBase):
-    """A file over COPY's data blocks, for Arrow's streaming CSV reader."""
-
-    def __init__(self, blocks: Iterator[memoryview]) -> None:
-        self._blocks = blocks
-        self._pending = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
-        while not self._pending:
-            block = next(self._blocks, None)
-            if block is None:
-                return 0
-            self._pending = memoryview(bytes(block))
-        size = min(len(buffer), len(self._pending))
-        buffer[:size] = self._pending[:size]
-        self._pending = self._pending[size:]
-        return size
+_CSV_PARSE = pacsv.ParseOptions(newlines_in_values=True)
+_CSV_CONVERT = pacsv.ConvertOptions(
+    column_types=LOG_SCHEMA, strings_can_be_null=True, quoted_strings_can_be_null=False
+)
 
 
-def _copy_tables(engine: Engine, lo: int, hi: int) -> Iterator[pa.Table]:
+def _copy_tables(engine: Engine, lo: int, hi: int, batch_size: int) -> Iterator[pa.Table]:
+    """COPY ... TO STDOUT (csv), parsed by Arrow `batch_size` rows at a time.
+
+    The server sends one CopyData message per row, so joining messages gives whole rows and
+    each batch is parsed synchronously. (Arrow's streaming CSV reader would read ahead up to
+    32 blocks on a background thread: hundreds of MB when the writers are slower than COPY.)
+    """
     select = (
         f"SELECT {_COLUMNS.format(cast='::text', changed=_PG_CHANGED)}"
         f" FROM subscription_change_log WHERE lsn BETWEEN {int(lo)} AND {int(hi)} ORDER BY lsn"
@@ -102,37 +94,79 @@ def _copy_tables(engine: Engine, lo: int, hi: int) -> Iterator[pa.Table]:
     try:
         cursor = raw.cursor()
         with cursor.copy(f"COPY ({select}) TO STDOUT WITH (FORMAT csv)") as copy:  # type: ignore[attr-defined]
-            reader = pacsv.open_csv(
-                io.BufferedReader(_CopyStream(iter(copy)), buffer_size=1 << 20),
-                read_options=pacsv.ReadOptions(
-                    column_names=LOG_SCHEMA.names, block_size=8 << 20, use_threads=False
-                ),
-                parse_options=pacsv.ParseOptions(newlines_in_values=True),
-                convert_options=pacsv.ConvertOptions(
-                    column_types=LOG_SCHEMA,
-                    strings_can_be_null=True,
-                    quoted_strings_can_be_null=False,
-                ),
-            )
-            for batch in reader:
-                yield pa.Table.from_batches([batch], schema=LOG_SCHEMA)
+            rows: list[memoryview] = []
+            for row in copy:
+                rows.append(row)
+                if len(rows) == batch_size:
+                    yield _parse_csv(rows)
+                    rows = []
+            if rows:
+                yield _parse_csv(rows)
     finally:
         raw.close()
 
 
-def _rechunk(tables: Iterator[pa.Table], size: int) -> Iterator[pa.Table]:
-    pending: list[pa.Table] = []
-    rows = 0
-    for table in tables:
-        pending.append(table)
-        rows += table.num_rows
-        while rows >= size:
-            joined = pa.concat_tables(pending)
-            yield joined.slice(0, size)
-            rest = joined.slice(size)
-            pending, rows = [rest], rest.num_rows
-    if rows:
-        yield pa.concat_tables(pending)
+def _parse_csv(rows: list[memoryview]) -> pa.Table:
+    data = b"".join(rows)
+    return pacsv.read_csv(
+        pa.BufferReader(data),
+        # One block for the whole batch: a row never straddles blocks, however long.
+        read_options=pacsv.ReadOptions(
+            column_names=LOG_SCHEMA.names, use_threads=False, block_size=len(data) + 1
+        ),
+        parse_options=_CSV_PARSE,
+        convert_options=_CSV_CONVERT,
+    )
+
+
+_DONE = object()
+
+
+def _prefetched(tables: Iterator[pa.Table], depth: int) -> Iterator[pa.Table]:
+    """Read the next `depth` batches on a thread while the caller converts and writes this one.
+
+    COPY's server side and Arrow's parsing overlap the caller's work (both release the GIL);
+    memory stays bounded at `depth` batches. Errors are re-raised in the caller; a caller that
+    stops early stops the reader at its next batch.
+    """
+    queue: Queue[object] = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            for table in tables:
+                while not stop.is_set():
+                    try:
+                        queue.put(table, timeout=0.1)
+                        break
+                    except Full:
+                        continue
+                if stop.is_set():
+                    return
+            queue.put(_DONE)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            queue.put(exc)
+        finally:
+            close = getattr(tables, "close", None)
+            if close is not None:
+                close()
+
+    reader = threading.Thread(target=read, name="change-log-reader", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item = queue.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        while reader.is_alive():  # unblock a reader waiting on a full queue
+            with contextlib.suppress(Empty):
+                queue.get(timeout=0.1)
+        reader.join()
 
 
 def range_stats(engine: Engine, lo: int, hi: int) -> tuple[int, int | None, int | None]:
