@@ -99,3 +99,18 @@ def test_coverage_and_counts_as_functions(tmp_path: Path) -> None:
     pq.write_table(pa.table({"_lsn": pa.array([2, 1], pa.int64())}), path)
     assert "not strictly increasing" in check_lsn_coverage(path, 1, 2, set()).description
     assert check_row_count(path, 3, 1).passed and not check_row_count(path, 3, 0).passed
+
+
+def test_coverage_is_checked_across_row_groups(tmp_path: Path) -> None:
+    path = tmp_path / "w.parquet"
+    good = pa.table({"_lsn": pa.array(range(1, 11), pa.int64())})
+    pq.write_table(good, path, row_group_size=3)
+    assert pq.ParquetFile(path).num_row_groups == 4
+    assert check_lsn_coverage(path, 1, 10, set()).passed
+    # Each row group is increasing; the step back is only at a row-group boundary.
+    pq.write_table(
+        pa.table({"_lsn": pa.array([1, 2, 3, 3, 4, 5], pa.int64())}), path, row_group_size=3
+    )
+    assert "not strictly increasing" in check_lsn_coverage(path, 1, 6, set()).description
+    pq.write_table(good, path, row_group_size=3)
+    assert "outside 2..11" in check_lsn_coverage(path, 2, 11, set()).description
