@@ -63,8 +63,10 @@ def launch_browser(playwright: Any) -> Browser:
     return browser
 
 
-def new_page(browser: Browser, timeout_ms: float = UI_TIMEOUT_MS) -> Page:
-    context = browser.new_context(viewport=VIEWPORT)  # type: ignore[arg-type]
+def new_page(
+    browser: Browser, timeout_ms: float = UI_TIMEOUT_MS, viewport: dict[str, int] | None = None
+) -> Page:
+    context = browser.new_context(viewport=viewport or VIEWPORT)  # type: ignore[arg-type]
     context.add_init_script(_SKIP_COMMUNITY_DIALOG)
     context.set_default_timeout(timeout_ms)
     return context.new_page()
@@ -81,6 +83,15 @@ def open_lineage(page: Page, base: str, selection: str | None, assets: Sequence[
         expect(_graph_node(page, name)).to_be_visible()
     # Nodes show "Loading..." until their partition and check statuses arrive.
     expect(page.locator("svg foreignObject").get_by_text(re.compile(r"^Loading"))).to_have_count(0)
+
+
+def open_downstream_lineage(page: Page, base: str, asset: str, groups: Sequence[str]) -> None:
+    """The asset's Lineage tab, everything downstream: the whole graph, grouped."""
+    page.goto(f"{base}/assets/{asset}?view=lineage&lineageScope=downstream")
+    for group in groups:
+        expect(_graph_node(page, group)).to_be_visible()
+    expect(page.locator("svg foreignObject").get_by_text(re.compile(r"^Loading"))).to_have_count(0)
+    page.mouse.move(5, VIEWPORT["height"] - 5)
 
 
 def _graph_node(page: Page, asset: str) -> Any:
