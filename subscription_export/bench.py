@@ -43,7 +43,7 @@ LATERAL (SELECT jsonb_build_object(
     'user_id', 'user_' || (g % 99991)::text,
     'name', 'Plan "' || (g % 7)::text || '", monthly',
     'category', (ARRAY['streaming','software','news','fitness'])[1 + g % 4],
-    'amount', ((g % 49999) / 100.0)::numeric(18,4)::text,
+    'amount', ((g % 49999) / 100.0)::numeric(18,4),  -- a JSON number, as to_jsonb(NEW) writes
     'currency', (ARRAY['USD','EUR','GBP','JPY'])[1 + g % 4],
     'billing_cycle', (ARRAY['monthly','yearly','weekly'])[1 + g % 3],
     'status', (ARRAY['active','paused','cancelled','past_due'])[1 + g % 4],

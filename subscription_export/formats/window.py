@@ -98,11 +98,8 @@ class WindowStream:
         images = log.column("image").combine_chunks()
         if images.null_count:
             return None
-        wanted = {
-            src: col.type for src, col in zip(mapping.sources, self.columns, strict=True) if src
-        }
         json_schema = pa.schema(
-            [pa.field(src, _JSON_READ_TYPES.get(typ, pa.string())) for src, typ in wanted.items()]
+            list(_json_read_types(mapping.sources, self.columns, self.schema).items())
         )
         try:
             table = pajson.read_json(
@@ -208,6 +205,30 @@ class WindowStream:
 
     def _quarantine(self, lsn: int, field: str | None, reason: str, raw: str | None) -> None:
         self.quarantined.append(QuarantinedRow(lsn, field, reason, raw or ""))
+
+
+def _json_read_types(
+    sources: tuple[str | None, ...], columns: tuple[SourceColumn, ...], schema: pa.Schema
+) -> dict[str, pa.DataType]:
+    """The type Arrow's JSON reader should give each image key.
+
+    Decimals are read as the exported decimal directly: PostgreSQL's `to_jsonb` writes numeric
+    as a JSON number, SQLite as text, and Arrow reads both exactly (failing on lost scale,
+    which sends the batch to the row path). Other text forms are read as strings and cast.
+    """
+    data_fields = list(schema)[len(schema) - len(columns) :]
+    types: dict[str, pa.DataType] = {}
+    for src, column, exported in zip(sources, columns, data_fields, strict=True):
+        if src is None:
+            continue
+        wanted = (
+            exported.type
+            if pa.types.is_decimal(exported.type)
+            else _JSON_READ_TYPES.get(column.type, pa.string())
+        )
+        # Two dataset columns from one key (a type change under `evolve`) read it as text.
+        types[src] = wanted if types.get(src, wanted) == wanted else pa.string()
+    return types
 
 
 def _valid_currencies(schema: pa.Schema, values: list[pa.Array], offset: int) -> bool:
