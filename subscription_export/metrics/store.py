@@ -309,8 +309,14 @@ def record_export_metrics(engine: Engine, metrics: ExportMetrics) -> None:
         _upsert(conn, export_metrics, values)
 
 
+# Capture samples are taken every sensor tick or CLI cycle; older ones are pruned so the table
+# stays small (export metrics, one row per window and consumer, are kept).
+CAPTURE_SAMPLE_RETENTION = dt.timedelta(days=14)
+
+
 def record_capture_sample(engine: Engine, sample: CaptureSample) -> None:
-    """Append one sample (a time series: samples are never replaced)."""
+    """Append one sample (a time series: samples are never replaced) and prune samples older
+    than `CAPTURE_SAMPLE_RETENTION` before it."""
     init_metrics(engine)
     values = {
         "sampled_at": sample.sampled_at.astimezone(UTC),
@@ -320,8 +326,10 @@ def record_capture_sample(engine: Engine, sample: CaptureSample) -> None:
         "waiting": sample.waiting,
         "horizon_stall_s": sample.horizon_stall_s,
     }
+    cutoff = values["sampled_at"] - CAPTURE_SAMPLE_RETENTION
     with engine.begin() as conn:
         conn.execute(sa.insert(capture_lag).values(**values))
+        conn.execute(sa.delete(capture_lag).where(capture_lag.c.sampled_at < cutoff))
 
 
 def sample_capture(source: Engine, now: dt.datetime | None = None) -> CaptureSample:

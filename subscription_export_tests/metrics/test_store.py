@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 
 from subscription_export.db import engine_for
 from subscription_export.metrics.store import (
+    CAPTURE_SAMPLE_RETENTION,
     CaptureSample,
     ExportMetrics,
     error_rate,
@@ -22,6 +23,7 @@ from subscription_export.metrics.store import (
     load_capture_samples,
     load_dashboard_data,
     load_exports,
+    record_capture_sample,
     record_export_metrics,
     sample_capture,
 )
@@ -238,3 +240,16 @@ def test_sample_capture_sees_the_read_horizon(source_url: str) -> None:
     assert (after.last_lsn, after.waiting, after.horizon_stall_s) == (3, 0, 0.0)
     assert after.last_change_at == after.last_sequenced_at
     assert after.last_change_at is not None and after.last_change_at.tzinfo == dt.UTC
+
+
+def test_capture_samples_older_than_the_retention_are_pruned(sqlite_metrics: Engine) -> None:
+    start = T0 + dt.timedelta(days=400)  # after every seeded sample
+    for day in range(0, 20, 2):
+        record_capture_sample(
+            sqlite_metrics, CaptureSample(start + dt.timedelta(days=day), day, None, None)
+        )
+    newest = start + dt.timedelta(days=18)
+    kept = load_capture_samples(sqlite_metrics)
+    assert kept, "the newest samples are kept"
+    assert min(s.sampled_at for s in kept) >= newest - CAPTURE_SAMPLE_RETENTION
+    assert [s.last_lsn for s in kept] == [4, 6, 8, 10, 12, 14, 16, 18]
