@@ -300,8 +300,12 @@ def export(
     to_lsn: Annotated[int, typer.Option("--to-lsn", min=1, help="Last LSN (inclusive).")],
     fmt: Annotated[OutputFormat, typer.Option("--format", help="File format.")],
     out: Annotated[Path, typer.Option("--out", help="File to write.")],
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
     """Export any LSN range to one file (no watermark moves); same bytes as the window files."""
+    from collections.abc import Iterator
+
     from subscription_export.formats.writers import write_atomically
     from subscription_export.pipeline import Project, stream_window
     from subscription_export.state.windows import Window
@@ -311,11 +315,33 @@ def export(
     settings = _ctx(ctx).settings
     project = Project(settings)
     stream = stream_window(project, Window(from_lsn, to_lsn))
-    written = write_atomically(fmt.value, stream.batches(), stream.schema, out)
-    console.print(
-        f"wrote {written.rows} rows ({dict(stream.rows_by_op)}) to {written.path},"
-        f" {written.bytes} bytes, sha256 {written.sha256}"
-    )
+    with _progress(quiet) as progress:
+        task = progress.add_task("exporting changes", total=to_lsn - from_lsn + 1)
+
+        def counted() -> Iterator[Any]:
+            for batch in stream.batches():
+                yield batch
+                progress.advance(task, batch.num_rows)
+
+        written = write_atomically(fmt.value, counted(), stream.schema, out)
+    if as_json:
+        summary = {
+            "path": str(written.path),
+            "format": fmt.value,
+            "from_lsn": from_lsn,
+            "to_lsn": to_lsn,
+            "rows": written.rows,
+            "rows_by_op": dict(stream.rows_by_op),
+            "bytes": written.bytes,
+            "sha256": written.sha256,
+            "quarantined": len(stream.quarantined),
+        }
+        console.print_json(json.dumps(summary))
+    else:
+        console.print(
+            f"wrote {written.rows} rows ({dict(stream.rows_by_op)}) to {written.path},"
+            f" {written.bytes} bytes, sha256 {written.sha256}"
+        )
     if stream.quarantined:
         err_console.print(
             f"[yellow]{len(stream.quarantined)} row(s) could not be exported:[/yellow]"
@@ -338,6 +364,7 @@ def demo(
         int, typer.Option(min=1, help="Changes per window in the demo.")
     ] = 10_000,
     quiet: Annotated[bool, typer.Option(help="Only the summary.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
     """Seed a sandbox source, export everything through Dagster, print what happened."""
     from dataclasses import replace
@@ -382,6 +409,29 @@ def demo(
             result = run_cycle(settings, on_done=lambda _run: progress.advance(export_task))
             held = {name: server.system.state() for name, server in servers.items()}
     report = gather_status(settings, recent=len(result.runs) or 1)
+    if as_json:
+        summary = {
+            "source": report["source"],
+            "changes": {
+                "written": made.changes,
+                "created": made.created,
+                "updated": made.updated,
+                "deleted": made.deleted,
+            },
+            "new_windows": len(result.cut.new_windows),
+            "runs": [
+                {"window": r.window.key, "changes": r.window.changes, "run_id": r.run_id}
+                | {"success": r.success, "error": r.error}
+                for r in result.runs
+            ],
+            "consumers": report["consumers"],
+            "sandbox": {name: _sandbox_summary(state) for name, state in held.items()},
+            "export_dir": str(settings.export_dir),
+        }
+        console.print_json(json.dumps(summary, default=str))
+        if result.failed:
+            raise typer.Exit(1)
+        return
     console.print(
         f"[bold]source[/bold] {report['source']}: wrote {made.changes} changes"
         f" ({made.created} creates, {made.updated} updates, {made.deleted} deletes)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -133,3 +134,46 @@ def test_source_without_schema_and_range_past_the_end(tmp_path: Path) -> None:
     assert "last sequenced LSN is 0" in result.stderr and "Traceback" not in result.stderr
     debug = _run(["--debug", *args], bare, tmp_path, check=False)
     assert "Traceback" in debug.stderr
+
+
+def test_export_json_summary_describes_the_file(settings: Settings, tmp_path: Path) -> None:
+    engine = writer(settings.source_url)
+    with engine.begin() as conn:
+        for i in range(12):
+            insert(conn, f"s{i}")
+        delete(conn, "s3")
+    _run(["run", "--once"], settings, tmp_path)
+    out = tmp_path / "range.parquet"
+    args = ["export", "--from-lsn", "2", "--to-lsn", "13", "--format", "parquet"]
+    result = _run([*args, "--out", str(out), "--json", "--quiet"], settings, tmp_path)
+    summary = json.loads(result.stdout)
+    assert summary == {
+        "path": str(out),
+        "format": "parquet",
+        "from_lsn": 2,
+        "to_lsn": 13,
+        "rows": 12,
+        "rows_by_op": {"c": 11, "d": 1},
+        "bytes": out.stat().st_size,
+        "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
+        "quarantined": 0,
+    }
+    assert result.stderr == ""  # --quiet: no progress bar, no chatter
+
+
+@pytest.mark.slow
+def test_demo_json_summary(tmp_path: Path) -> None:
+    settings = Settings(
+        source_url=f"sqlite:///{tmp_path / 'source.db'}",
+        state_url=f"sqlite:///{tmp_path / 'state.db'}",
+        export_dir=tmp_path / "exports",
+    )
+    args = ["demo", "--subscriptions", "50", "--changes", "600", "--window-size", "200"]
+    summary = json.loads(_run([*args, "--json", "--quiet"], settings, tmp_path).stdout)
+    assert summary["changes"]["written"] == 600
+    assert summary["new_windows"] == 3
+    assert [r["changes"] for r in summary["runs"]] == [200, 200, 200]
+    assert all(r["success"] for r in summary["runs"])
+    assert {name: c["watermark"] for name, c in summary["consumers"].items()} == {
+        name: 600 for name in ("parquet", "csv", "jsonl", "erp", "crm", "accounting")
+    }
