@@ -52,6 +52,9 @@ _SQLITE_TABLES = [
         origin TEXT NOT NULL DEFAULT 'app',
         schema_version INTEGER NOT NULL
     )""",
+    # The reconcile looks up one subscription's changes (newest first).
+    """CREATE INDEX IF NOT EXISTS subscription_change_log_by_subscription
+        ON subscription_change_log (subscription_id, id)""",
     """CREATE TABLE IF NOT EXISTS subscription_capture_origin (
         id INTEGER PRIMARY KEY CHECK (id = 1),
         origin TEXT NOT NULL
@@ -93,6 +96,8 @@ _PG_TABLES = [
     )""",
     """CREATE INDEX IF NOT EXISTS subscription_change_log_unsequenced
         ON subscription_change_log (id) WHERE lsn IS NULL""",
+    """CREATE INDEX IF NOT EXISTS subscription_change_log_by_subscription
+        ON subscription_change_log (subscription_id, id)""",
     """CREATE TABLE IF NOT EXISTS subscription_capture_schema (
         version integer PRIMARY KEY,
         columns text NOT NULL,

@@ -85,6 +85,13 @@ def state_writes(
     Idempotent: the same decision written twice leaves the same rows."""
     system, ident = snap.destination, snap.subscription_id
     current = st.get_base(conn, system, ident)
+    if snap.error is None:  # the base of the system's next edit of the same image
+        feed = {"feed_record": snap.remote.record, "feed_version": snap.remote_version}
+    else:
+        feed = {
+            "feed_record": current.feed_record if current else None,
+            "feed_version": current.feed_version if current else None,
+        }
     if verdict.applies:
         if verdict.push:
             held, held_version, log_id = (
@@ -103,9 +110,12 @@ def state_writes(
             agreed_record=verdict.target,
             log_id=log_id,
             remote_cursor=snap.cursor,
+            **feed,
         )
         if provenance is not None:
             st.put_provenance(conn, ident, *provenance)
+        if not verdict.push:  # the remote already holds the result: earlier pushes are moot
+            st.supersede_pushes(conn, system, ident)
         if verdict.push:
             target = verdict.target
             st.add_push(
@@ -129,6 +139,7 @@ def state_writes(
             agreed_record=current.agreed_record if current else snap.base,
             log_id=snap.remote_now_log_id,
             remote_cursor=snap.cursor,
+            **feed,
         )
     else:  # queued, invalid: the change is handled (recorded), the base stays
         st.put_base(
@@ -140,6 +151,7 @@ def state_writes(
             agreed_record=current.agreed_record if current else snap.base,
             log_id=current.log_id if current else snap.base_log_id,
             remote_cursor=snap.cursor,
+            **feed,
         )
     if verdict.outcome == "queued" and conflict_id is None:
         open_now = st.open_conflict(conn, system, ident)

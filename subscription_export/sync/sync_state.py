@@ -50,6 +50,10 @@ sync_base = sa.Table(
     sa.Column("agreed_record", sa.Text, nullable=False),  # JSON; the last merged state
     sa.Column("log_id", sa.BigInteger, nullable=False),  # change-log id the held state follows
     sa.Column("remote_cursor", sa.BigInteger, nullable=False),
+    # The last feed record of the subscription (JSON; "null": a delete) and the version it
+    # carries: the image a later edit with the same version was made on.
+    sa.Column("feed_record", sa.Text),
+    sa.Column("feed_version", sa.BigInteger),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
 
@@ -218,6 +222,8 @@ class SyncBase:
     log_id: int
     remote_cursor: int
     updated_at: dt.datetime
+    feed_record: dict[str, Any] | None = None
+    feed_version: int | None = None
 
 
 def get_base(conn: Connection, destination: str, subscription_id: str) -> SyncBase | None:
@@ -238,6 +244,8 @@ def get_base(conn: Connection, destination: str, subscription_id: str) -> SyncBa
         int(row.log_id),
         int(row.remote_cursor),
         utc(row.updated_at),  # type: ignore[arg-type]
+        loads(row.feed_record),
+        row.feed_version,
     )
 
 
@@ -251,10 +259,15 @@ def put_base(
     agreed_record: Mapping[str, Any] | None,
     log_id: int,
     remote_cursor: int,
+    feed_record: Mapping[str, Any] | None,
+    feed_version: int | None,
 ) -> None:
-    """Upsert; `remote_cursor` never moves backwards (a late re-run cannot un-apply)."""
+    """Upsert; `remote_cursor` never moves backwards (a late re-run cannot un-apply), and the
+    feed record is only replaced by the record of a later feed change."""
     current = get_base(conn, destination, subscription_id)
     cursor = max(remote_cursor, current.remote_cursor) if current else remote_cursor
+    if current is not None and remote_cursor < current.remote_cursor:
+        feed_record, feed_version = current.feed_record, current.feed_version
     _upsert(
         conn,
         sync_base,
@@ -266,6 +279,8 @@ def put_base(
             "agreed_record": dumps(agreed_record),
             "log_id": log_id,
             "remote_cursor": cursor,
+            "feed_record": dumps(feed_record),
+            "feed_version": feed_version,
             "updated_at": now(),
         },
         ("destination", "subscription_id"),
@@ -437,16 +452,7 @@ def add_push(
 ) -> None:
     """Queue a push; an older pending push of the same record is superseded (only the latest
     merged state needs to reach the remote). Re-adding the same key changes nothing."""
-    conn.execute(
-        sa.update(pushes)
-        .where(
-            pushes.c.destination == destination,
-            pushes.c.subscription_id == subscription_id,
-            pushes.c.status == "pending",
-            pushes.c.idempotency_key != key,
-        )
-        .values(status="superseded", updated_at=now())
-    )
+    supersede_pushes(conn, destination, subscription_id, keep=key)
     moment = now()
     _insert_ignore(
         conn,
@@ -466,6 +472,21 @@ def add_push(
             "updated_at": moment,
         },
     )
+
+
+def supersede_pushes(
+    conn: Connection, destination: str, subscription_id: str, keep: str | None = None
+) -> None:
+    """A later decision about the record replaces what earlier ones still wanted to send (it
+    was made knowing that those pushes had not reached the remote)."""
+    query = sa.update(pushes).where(
+        pushes.c.destination == destination,
+        pushes.c.subscription_id == subscription_id,
+        pushes.c.status == "pending",
+    )
+    if keep is not None:
+        query = query.where(pushes.c.idempotency_key != keep)
+    conn.execute(query.values(status="superseded", updated_at=now()))
 
 
 def pending_pushes(engine: Engine, destination: str) -> list[Push]:

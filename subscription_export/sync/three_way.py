@@ -91,9 +91,12 @@ def load_snapshot(
 ) -> Snapshot:
     """Base, local row and remote state of one feed change (`conn`: source, `state`: state).
 
-    `remote_now` is what the remote will hold once the window delivery has sent it every
-    change made since its base (the newest such change), else the feed record itself: a
-    decision must make *that* equal to the merged record, not the feed record alone.
+    `remote_now` is what the remote holds, or will hold once the window delivery has sent it
+    every change made since its base: of the feed record, the newest such change and what we
+    last left there (`held_*`), the one with the highest version (our writes carry ever higher
+    versions and the systems refuse older ones; a user's edit keeps the version of the image it
+    was made on). A decision must make *that* equal to the merged record, not the feed record
+    alone: a push sent after this edit was made may have replaced it.
     """
     system, ident = config.name, change.id
     local = read_local(conn, ident, types, lock)
@@ -108,6 +111,14 @@ def load_snapshot(
         now_record, now_version, now_log = sent.record, sent.version, sent.id
     else:
         now_record, now_version, now_log = remote.record, remote_version, base_log_id
+    if (
+        base_row is not None
+        and base_row.held_version is not None
+        and remote_version is not None
+        and base_row.held_version > max(remote_version, now_version or 0)
+    ):  # we wrote a newer image there after this edit was made
+        now_record = normalize(base_row.held_record, types)
+        now_version, now_log = base_row.held_version, base_row.log_id
     field_origins, record_origin = _origins(conn, state, ident, base, local, remote, ignored, types)
     conflict = st.open_conflict(state, system, ident)
     return Snapshot(
@@ -137,9 +148,19 @@ def _base_for(
     version: int | None,
     types: Types,
 ) -> tuple[dict[str, Any] | None, int]:
-    """The image the remote's user edited: what the remote held after our last decision if
-    the versions match, else the change-log image with that version (delivered to it), else
-    the last held state, else nothing (the record is new to us)."""
+    """The image the remote's user edited: the system's previous feed record if it carries
+    the same version (two edits of one image in a row: the second was made on the first),
+    else what the remote held after our last decision if the versions match, else the
+    change-log image with that version (delivered to it), else the last held state, else
+    nothing (the record is new to us)."""
+    if (
+        row is not None
+        and version is not None
+        and row.feed_version == version
+        and row.feed_record is not None
+    ):
+        image = image_by_version(conn, ident, version, types)
+        return normalize(row.feed_record, types), image.id if image else row.log_id
     held = row is not None and row.held_record is not None  # nobody edits a deleted record
     if held and version is not None and row.held_version == version:  # type: ignore[union-attr]
         return normalize(row.held_record, types), row.log_id  # type: ignore[union-attr]
