@@ -10,11 +10,14 @@ import sqlalchemy as sa
 
 from subscription_export.dagster_home import ensure_dagster_home
 from subscription_export.defs.definitions import build_definitions
+from subscription_export.defs.destinations import SYNC_WINDOW_JOB, DestinationsResource
 from subscription_export.defs.jobs import EXPORT_WINDOW_JOB
 from subscription_export.defs.partitions import cdc_windows
+from subscription_export.errors import ConfigError
 from subscription_export.pipeline import CutResult, Project, cut_windows, incomplete_windows
 from subscription_export.settings import Settings
 from subscription_export.state.windows import Window
+from subscription_export.sync.window_delivery import lagging_window
 
 # The CLI prints its own summary; Dagster's per-step DEBUG lines stay in the instance (UI).
 _QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -43,12 +46,14 @@ def materialize_windows(
     windows: list[Window],
     instance: dg.DagsterInstance | None = None,
     on_done: Callable[[WindowRun], None] | None = None,
+    job_name: str = EXPORT_WINDOW_JOB,
+    trigger: str = "cli",
 ) -> list[WindowRun]:
     if not windows:
         return []
     if instance is None:
         instance = open_instance()
-    job = build_definitions(settings).resolve_job_def(EXPORT_WINDOW_JOB)
+    job = build_definitions(settings).resolve_job_def(job_name)
     add_partitions(instance, [w.key for w in windows])
     runs = []
     for window in windows:
@@ -56,7 +61,7 @@ def materialize_windows(
             partition_key=window.key,
             instance=instance,
             raise_on_error=False,
-            tags={"subscription_export/trigger": "cli"},
+            tags={"subscription_export/trigger": trigger},
             run_config=_QUIET_LOGS,
         )
         error = None
@@ -112,4 +117,20 @@ def run_cycle(
     project = Project(settings)
     cut = cut_windows(project)
     todo = incomplete_windows(project)
-    return CycleResult(cut, materialize_windows(settings, todo, instance, on_done))
+    runs = materialize_windows(settings, todo, instance, on_done)
+    behind = destination_catch_up(project)
+    if behind is not None and behind not in todo:
+        runs += materialize_windows(
+            settings, [behind], instance, on_done, SYNC_WINDOW_JOB, trigger="cli-catch-up"
+        )
+    return CycleResult(cut, runs)
+
+
+def destination_catch_up(project: Project) -> Window | None:
+    """A window to re-run `sync_window` for, when a destination fell behind the exports (a
+    failure that outlasted its retries) and no new window would otherwise catch it up."""
+    try:
+        names = DestinationsResource.from_env().load().names
+    except ConfigError:
+        return None  # the export runs' sync steps report a bad destinations file
+    return lagging_window(project, names)

@@ -459,6 +459,30 @@ def catch_up(
             active.close()
 
 
+def lagging_window(project: Project, names: Sequence[str]) -> Window | None:
+    """The newest exported window some destination in `names` has not completed, or None.
+
+    Delivering it delivers every earlier window the destination lacks first (in order), so one
+    run catches a destination up after a failure outlasted its retries. A destination with open
+    dead letters is skipped: it is blocked until an operator replays or discards them.
+    """
+    newest: Window | None = None
+    for name in names:
+        if open_windows(project.state, name):
+            continue
+        mark = project.watermarks.get(name)
+        exported = completed_keys(project.state, "parquet", mark)
+        delivered = completed_keys(project.state, name, mark)
+        behind = [
+            w
+            for w in list_windows(project.state, after_hi=mark)
+            if w.key in exported and w.key not in delivered
+        ]
+        if behind and (newest is None or behind[-1].hi > newest.hi):
+            newest = behind[-1]
+    return newest
+
+
 # -- replay ------------------------------------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ from subscription_export.defs.io_managers import (
 )
 from subscription_export.defs.partitions import cdc_windows
 from subscription_export.defs.resources import ExportSettings
+from subscription_export.defs.runner import run_cycle
 from subscription_export.pipeline import Project, cut_windows
 from subscription_export.sandbox.faults import FaultPlan, FaultSpec
 from subscription_export.sandbox.server import running_sandbox
@@ -216,3 +217,32 @@ def test_destination_assets_add_one_asset_per_extra_destination(tmp_path: Path) 
     names = [a.key.to_user_string() for a in destination_assets(load_destinations(path))]
     assert names == ["erp_sync", "crm_sync", "accounting_sync", "crm_eu_sync"]
     assert destination_assets()[:3] == SYNC  # one definition per name: selections stay valid
+
+
+def test_a_cycle_catches_up_a_destination_behind_the_exports(
+    project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A destination added later (or left behind by a crash) is delivered every exported
+    window by the next `run --once`, even when no new window was cut."""
+    instance = dg.DagsterInstance.ephemeral()
+    path = tmp_path / "destinations.toml"
+    monkeypatch.setenv("SUBSCRIPTION_EXPORT_DESTINATIONS", str(path))
+    with running_sandbox() as servers:
+        write_destinations(path, {n: s for n, s in servers.items() if n != "crm"})
+        first = run_cycle(project.settings, instance=instance)
+        assert [r.success for r in first.runs] == [True, True]
+        last = list_windows(project.state)[-1]
+        assert project.watermarks.get("erp") == last.hi and project.watermarks.get("crm") == 0
+
+        write_destinations(path, servers)  # the CRM is configured now
+        second = run_cycle(project.settings, instance=instance)
+        assert second.cut.new_windows == []
+        [catch_up] = second.runs
+        assert catch_up.success and catch_up.window == last
+        run = instance.get_run_by_id(catch_up.run_id)
+        assert run is not None and run.job_name == SYNC_WINDOW_JOB
+        assert run.tags["subscription_export/trigger"] == "cli-catch-up"
+        assert project.watermarks.get("crm") == last.hi
+        assert_in_sync(project, servers)
+
+        assert run_cycle(project.settings, instance=instance).runs == []  # nothing behind
