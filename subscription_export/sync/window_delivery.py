@@ -46,9 +46,11 @@ Dagster import here: the assets in `defs/destinations.py` and the CLI call these
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -57,6 +59,11 @@ from typing import Any, Literal
 import pyarrow.parquet as pq
 
 from subscription_export.errors import SubscriptionExportError
+from subscription_export.metrics.store import (
+    ExportMetrics,
+    latency_percentiles,
+    record_export_metrics,
+)
 from subscription_export.pipeline import Project
 from subscription_export.state.leases import lease
 from subscription_export.state.progress import (
@@ -173,8 +180,16 @@ class _Totals:
     batches: int = 0
     p50s: list[float] = field(default_factory=list)
     latency_max: float = 0.0
+    delivered_by_op: Counter[str] = field(default_factory=Counter)
 
-    def add(self, stats: DeliveryStats, results: Sequence[DeliveryResult]) -> None:
+    def add(
+        self,
+        stats: DeliveryStats,
+        results: Sequence[DeliveryResult],
+        rows: Sequence[Mapping[str, Any]],
+    ) -> None:
+        op_of = {row["_lsn"]: row["_op"] for row in rows}
+        self.delivered_by_op.update(op_of[r.lsn] for r in results if r.status == "delivered")
         self.rows += stats.rows
         self.sent += sum(r.attempts > 0 for r in results)
         self.delivered += stats.delivered
@@ -288,7 +303,7 @@ def _deliver_one(
                 max_concurrency=destination.max_concurrency,
                 prior_state=prior if accounting else None,
             )
-            totals.add(report.stats, report.results)
+            totals.add(report.stats, report.results, rows)
             if report.dead_letters:
                 letters.extend(_dead_letters(client, rows, report.results, window.key, prior))
             got_through.extend(
@@ -310,6 +325,7 @@ def _deliver_one(
             record_completed(state, _completion(name, window, parquet, totals.rows))
             status = "delivered"
             watermark = advance(project.watermarks, state, name)
+        _record_metrics(project, name, window, parquet, totals, time.monotonic() - started)
         return WindowDeliveryOutcome(
             destination=name,
             window=window,
@@ -327,6 +343,37 @@ def _deliver_one(
             batch_latency_p50_s=statistics.median(totals.p50s) if totals.p50s else 0.0,
             batch_latency_max_s=totals.latency_max,
         )
+
+
+def _record_metrics(
+    project: Project, name: str, window: Window, parquet: Path, totals: _Totals, seconds: float
+) -> None:
+    """The delivery's row in the metrics store, beside the formats' (after the watermark, so
+    metrics never hold data back). Records are the rows the destination accepted; latency runs
+    from each change's commit to the end of this delivery."""
+    finished = dt.datetime.now(dt.UTC)
+    changed = pq.read_table(parquet, columns=["_changed_at"]).column("_changed_at")
+    p50, p95, top = latency_percentiles(changed, finished)
+    record_export_metrics(
+        project.state,
+        ExportMetrics(
+            consumer=name,
+            window_key=window.key,
+            lsn_from=window.lo,
+            lsn_to=window.hi,
+            created=totals.delivered_by_op.get("c", 0),
+            updated=totals.delivered_by_op.get("u", 0),
+            deleted=totals.delivered_by_op.get("d", 0),
+            bytes=0,  # not measured for HTTP deliveries
+            duration_s=seconds,
+            finished_at=finished,
+            latency_p50_s=p50,
+            latency_p95_s=p95,
+            latency_max_s=top,
+            retries=totals.retried,
+            dead_letters=totals.dead_lettered,
+        ),
+    )
 
 
 # -- ordering ----------------------------------------------------------------------------------

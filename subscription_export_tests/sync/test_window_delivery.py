@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
+from subscription_export.metrics.store import load_exports
 from subscription_export.pipeline import Project, cut_windows, export_window_file
 from subscription_export.sandbox.faults import FaultPlan, FaultSpec
 from subscription_export.sandbox.server import SandboxServer, running_sandbox
@@ -298,6 +299,18 @@ def test_windows_reach_every_system_under_seeded_faults(settings: Settings, tmp_
             assert servers[name].system.faults_injected.get("item_failure", 0) > 0
         assert servers["erp"].system.faults_injected.get("timeout", 0) > 0
 
+        # Each delivery is in the metrics store beside the formats, with its exact counts.
+        recorded = {(m.consumer, m.window_key): m for m in load_exports(project.state)}
+        for name, outcome in [*((n, o) for n in ("erp", "accounting") for o in outcomes[n])]:
+            metrics = recorded[(name, outcome.window.key)]
+            assert metrics.records == outcome.delivered
+            assert (metrics.retries, metrics.dead_letters) == (outcome.retried, 0)
+            assert metrics.latency_p50_s is not None and metrics.error_rate == 0.0
+        # The CRM's caught-up windows are recorded one by one too.
+        assert {k for k in recorded if k[0] == "crm"} == {("crm", w.key) for w in windows}
+        assert recorded[("crm", windows[-1].key)].retries == crm.retried
+        assert recorded[("crm", windows[-1].key)].records == crm.delivered
+
         # Asking again sends nothing: every window is already delivered.
         before = {name: server.system.requests_by_status for name, server in servers.items()}
         again = deliver_window(project, config.destinations["erp"], windows[1], HOLDER)
@@ -469,6 +482,10 @@ def test_skip_records_dead_letters_and_moves_on(
     )
     assert project.watermarks.get("erp") == second.hi
     assert len(list_dead_letters(project.state, "erp")) == 10
+    metrics = {m.window_key: m for m in load_exports(project.state) if m.consumer == "erp"}
+    assert (metrics[first.key].dead_letters, metrics[first.key].records) == (10, one.delivered)
+    assert metrics[first.key].error_rate == 10 / (one.delivered + 10)
+    assert (metrics[second.key].errors, metrics[second.key].records) == (0, 10)
     summary = replay_dead_letters(project, config, HOLDER, policy="skip")
     assert summary.replayed == 10 and summary.completed_windows == []  # already completed
     assert_in_sync(project, {"erp": erp})
