@@ -21,6 +21,7 @@ from subscription_export.db import check_reachable, engine_for
 from subscription_export.errors import ExportVerificationError
 from subscription_export.formats.contract import DatasetPlan, evolve, parse_mode, restrict
 from subscription_export.formats.manifest import build_content, manifest_path, write_manifest
+from subscription_export.formats.memory import configure_arrow_memory
 from subscription_export.formats.schema import SCHEMA_VERSION_KEY
 from subscription_export.formats.verify import check_lsn_coverage
 from subscription_export.formats.window import (
@@ -317,6 +318,7 @@ def export_window_file(
     A second run of the same (format, window) waits for the first, then re-exports: the bytes
     are identical and the watermark advance is a no-op, so the result is the same either way.
     """
+    configure_arrow_memory()
     who = holder or default_holder()
     with lease(project.state, f"{fmt}:{window.key}", who, wait_s=project.settings.lease_wait_s):
         if fmt == "parquet":
