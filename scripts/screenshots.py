@@ -1,13 +1,14 @@
 """Regenerate the README's screenshots: docs/images/dagster-*.png and docs/images/dashboard.png.
 
-    .venv/bin/python scripts/screenshots.py [--out docs/images]
+    .venv/bin/python scripts/screenshots.py [--out docs/images] [--dashboard-only]
 
 Seeds a throwaway project exactly like `make demo` (50,000 changes, five windows of 10,000,
 delivered to the sandbox ERP/CRM/accounting systems) in a temporary folder, renders its metrics
 dashboard, starts `dagster-webserver` and `dagster-daemon` on it, then walks the UI journeys in
 headless Chromium: the asset lineage, the partitions page, a backfill of three windows launched by
 clicks, and a `change_log_sensor` run for changes written afterwards. Needs the test extras
-(playwright) and /usr/bin/chromium (scripts/ensure-chromium.sh).
+(playwright) and /usr/bin/chromium (scripts/ensure-chromium.sh). `--dashboard-only` stops after
+docs/images/dashboard.png (same demo run, no Dagster services, a few minutes shorter).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' UI helpers
 
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Browser, Page, sync_playwright
 
 from subscription_export.state.windows import Window
 from subscription_export_tests.ui import (
@@ -57,10 +58,27 @@ def report(path: Path) -> None:
     print(f"{path}  {path.stat().st_size // 1024} KB")
 
 
+def save_dashboard(browser: Browser, dashboard: Path, out: Path) -> Path:
+    page = new_page(browser, viewport={"width": 1400, "height": 900})
+    page.goto(dashboard.as_uri())
+    # Wait for the axes too: they are recorded after uPlot's first draw.
+    page.wait_for_function(
+        "() => window.__DASHBOARD__ && window.__DASHBOARD__.rendered.error_rate"
+        " && window.__DASHBOARD__.rendered.error_rate.axes"
+    )
+    return save(page, out / "dashboard.png", full_page=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "images")
-    out: Path = parser.parse_args().out
+    parser.add_argument(
+        "--dashboard-only",
+        action="store_true",
+        help="Only dashboard.png (after the same demo run); skip the Dagster UI journeys.",
+    )
+    args = parser.parse_args()
+    out: Path = args.out
     problem = ensure_chromium()
     if problem:
         print(problem, file=sys.stderr)
@@ -71,15 +89,17 @@ def main() -> int:
         print(project.cli("demo", "--quiet", timeout_s=900))
         dashboard = root / "dashboard.html"
         project.cli("dashboard", "--out", str(dashboard))
+        if args.dashboard_only:
+            with sync_playwright() as pw:
+                browser = launch_browser(pw)
+                save_dashboard(browser, dashboard, out)
+                browser.close()
+            return 0
         windows = project.windows()
         keys = [w.key for w in windows]
         with DagsterServices(project, root / "logs") as services, sync_playwright() as pw:
             browser = launch_browser(pw)
-
-            page = new_page(browser, viewport={"width": 1400, "height": 900})
-            page.goto(dashboard.as_uri())
-            page.wait_for_function("() => window.__DASHBOARD__ && window.__DASHBOARD__.rendered")
-            save(page, out / "dashboard.png", full_page=True)
+            save_dashboard(browser, dashboard, out)
 
             base = services.url
             page = new_page(browser, timeout_ms=180_000, viewport=TALL)

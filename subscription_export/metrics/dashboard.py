@@ -23,19 +23,32 @@ import html
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.resources import files
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from subscription_export.formats.writers import FORMATS
 from subscription_export.metrics.store import DashboardData, ExportMetrics
 
 log = logging.getLogger(__name__)
 
 CHARTS = ("volume", "throughput", "latency", "error_rate")
+
+
+def consumer_kind(consumer: str) -> str:
+    """The consumer's kind: "format" for the file exports (parquet, csv, jsonl), else
+    "destination".
+
+    The store does not say which is which; every consumer other than the formats is a delivery to
+    a configured destination (ERP, CRM, accounting, under whatever name the config gives it).
+    Destinations record `bytes=0` (not measured for HTTP), so bytes are shown for formats only.
+    """
+    return "format" if consumer in FORMATS else "destination"
+
 
 # Distinct on white and for common colour blindness (Okabe-Ito, then a few extras).
 _PALETTE = (
@@ -52,12 +65,21 @@ _PALETTE = (
 )
 
 
+_T = TypeVar("_T")
+
+
+def _formats_first(items: Iterable[_T], name: Callable[[_T], str]) -> list[_T]:
+    """Formats, then destinations, each group in its given order."""
+    return sorted(items, key=lambda item: consumer_kind(name(item)) != "format")
+
+
 @dataclass(frozen=True)
 class Series:
     label: str
     consumer: str
     values: list[float | None]  # aligned with the chart's x; None where the consumer has no point
     dashed: bool = False
+    kind: str = "format"  # or "destination" (see `consumer_kind`)
 
 
 @dataclass(frozen=True)
@@ -69,6 +91,7 @@ class Chart:
     unit: str
     x: list[float]
     series: list[Series]
+    note: str = ""  # a line under the title
 
     @property
     def points(self) -> int:
@@ -81,7 +104,13 @@ class Chart:
             "points": self.points,
             "x": self.x,
             "series": [
-                {"label": s.label, "consumer": s.consumer, "values": s.values, "dashed": s.dashed}
+                {
+                    "label": s.label,
+                    "consumer": s.consumer,
+                    "kind": s.kind,
+                    "values": s.values,
+                    "dashed": s.dashed,
+                }
                 for s in self.series
             ],
         }
@@ -97,6 +126,7 @@ def _chart(
     exports: list[ExportMetrics],
     consumers: list[str],
     metrics: list[tuple[str, _Metric, bool]],
+    note: str = "",
 ) -> Chart:
     """One x entry per export (so two exports finishing in the same microsecond both show), and
     per consumer and metric a series that has a value only at that consumer's exports."""
@@ -106,14 +136,19 @@ def _chart(
         for suffix, metric, dashed in metrics:
             values = [metric(e) if e.consumer == consumer else None for e in exports]
             label = f"{consumer} {suffix}" if suffix else consumer
-            series.append(Series(label, consumer, values, dashed))
-    return Chart(name, title, unit, x, series)
+            series.append(Series(label, consumer, values, dashed, consumer_kind(consumer)))
+    return Chart(name, title, unit, x, series, note)
 
 
 def build_charts(data: DashboardData) -> dict[str, Chart]:
-    """The four charts, from the store's rows as loaded (oldest first)."""
+    """The four charts, from the store's rows as loaded (oldest first).
+
+    Every chart has one series per consumer, formats first, then destinations (each group in
+    order of first appearance): all four measure rows and time, which formats and destinations
+    both report. Bytes, which deliveries do not measure, are not charted.
+    """
     exports = data.exports
-    consumers = list(dict.fromkeys(e.consumer for e in exports))
+    consumers = _formats_first(dict.fromkeys(e.consumer for e in exports), lambda c: c)
     return {
         "volume": _chart(
             "volume",
@@ -122,6 +157,8 @@ def build_charts(data: DashboardData) -> dict[str, Chart]:
             exports,
             consumers,
             [("", lambda e: e.records, False)],
+            "Rows, not bytes: formats count rows written to their files, destinations rows the"
+            " system accepted (deliveries do not measure bytes).",
         ),
         "throughput": _chart(
             "throughput",
@@ -198,13 +235,22 @@ def _table(headers: list[str], rows: list[list[str]], cls: str, empty: str) -> s
 
 
 def _consumers_table(data: DashboardData) -> str:
+    """One row per consumer. Bytes are summed for formats only: deliveries to destinations go
+    over HTTP and record `bytes=0` (not measured), which would read as "nothing sent"."""
+    written: dict[str, int] = {}
+    for e in data.exports:
+        written[e.consumer] = written.get(e.consumer, 0) + e.bytes
     rows = [
         [
             _e(c.consumer),
+            consumer_kind(c.consumer),
             _num(c.watermark),
             _num(c.lag),
             _num(c.windows),
             _num(c.records),
+            _num(written.get(c.consumer, 0))
+            if consumer_kind(c.consumer) == "format"
+            else '<span title="not measured for HTTP deliveries">—</span>',
             _pct(c.error_rate),
             _num(c.retries),
             _num(c.dead_letters),
@@ -212,14 +258,16 @@ def _consumers_table(data: DashboardData) -> str:
             _num(c.last_latency_p95_s, 2),
             _e(_utc_text(c.last_finished_at)),
         ]
-        for c in data.consumers
+        for c in _formats_first(data.consumers, lambda c: c.consumer)
     ]
     headers = [
         "consumer",
+        "kind",
         "watermark",
         "lag (LSNs)",
         "windows",
         "records",
+        "bytes written",
         "error rate",
         "retries",
         "dead letters",
@@ -276,7 +324,9 @@ def _chart_blocks(charts: dict[str, Chart]) -> str:
         f'<section class="chart" data-chart="{name}" data-points="{chart.points}">'
         f"<h2>{_e(chart.title)}</h2>"
         + ("" if chart.points else '<p class="empty">no exports recorded yet</p>')
-        + '<div class="plot"></div></section>'
+        + '<div class="plot"></div>'
+        + (f'<p class="note">{_e(chart.note)}</p>' if chart.note else "")
+        + "</section>"
         for name, chart in charts.items()
     )
 
@@ -296,50 +346,93 @@ main{padding:16px 24px;max-width:1400px}
 .charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:16px}
 .chart{background:#fff;border:1px solid #d0d7de;border-radius:6px;padding:8px 12px;min-width:0}
 .chart h2,h2{font-size:15px;margin:4px 0 8px}
-table{border-collapse:collapse;background:#fff;margin:8px 0 20px;width:100%}
-th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:right;white-space:nowrap}
-th{background:#f0f3f6}
-td:first-child,th:first-child{text-align:left;white-space:normal;word-break:break-all}
+.tables table{border-collapse:collapse;background:#fff;margin:8px 0 20px;width:100%}
+.tables th,.tables td{border:1px solid #d0d7de;padding:4px 8px;text-align:right;
+white-space:nowrap}
+.tables th{background:#f0f3f6;white-space:normal;vertical-align:bottom}
+.tables td:first-child,.tables th:first-child{text-align:left;white-space:normal;
+overflow-wrap:anywhere;min-width:7em}
 .empty{color:#57606a;font-style:italic;text-align:left}
+.note{color:#57606a;font-size:12px;margin:4px 0}
 .tables{overflow-x:auto}
 """
 
-# Reads the JSON block, draws each [data-chart] with uPlot, then records what uPlot holds.
+# Reads the JSON block, draws each [data-chart] with uPlot, then records what uPlot holds: the
+# plotted data and, after each draw, every axis's ticks (value, label, pixel position and label
+# width), so a browser test can check the labels' range and that they do not overlap.
 _SCRIPT = """
 (function () {
   "use strict";
   var D = JSON.parse(document.getElementById("dashboard-data").textContent);
   D.rendered = {};
   window.__DASHBOARD__ = D;
-  var units = {
-    "%": function (u, vals) { return vals.map(function (v) {
-      return v == null ? "" : (v * 100).toFixed(1) + "%"; }); }
-  };
+  var NICE = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1];
+  // Error rates are fractions in [0, 1]. The axis runs from 0 to the next nice step above the
+  // highest rate (0-1% when all are 0), never past 1 (100%).
+  function rateRange(u, min, max) {
+    if (!(max > 0)) { return [0, 0.01]; }
+    for (var i = 0; i < NICE.length; i++) { if (NICE[i] >= max * 1.05) { return [0, NICE[i]]; } }
+    return [0, 1];
+  }
+  function percent(v, digits) { return (v * 100).toFixed(digits) + "%"; }
+  function rateTicks(u, splits, axis, space, incr) {
+    var digits = Math.max(0, Math.min(3, Math.ceil(-Math.log10(incr * 100) - 1e-9)));
+    return splits.map(function (v) { return v == null ? null : percent(v, digits); });
+  }
+  // UTC times as short as the tick spacing allows; the date goes on a second line, on the
+  // first tick and where the day changes.
+  function timeTicks(u, splits, axis, space, incr) {
+    var day = null;
+    return splits.map(function (ts) {
+      if (ts == null) { return null; }
+      var iso = new Date(ts * 1e3).toISOString(), date = iso.slice(5, 10);
+      var time = incr >= 86400 ? "" : iso.slice(11, incr >= 60 ? 16 : incr >= 1 ? 19 : 22);
+      var label = time === "" ? date : date !== day ? time + "\\n" + date : time;
+      day = date;
+      return label;
+    });
+  }
+  var measure = document.createElement("canvas").getContext("2d");
+  function ticks(u) {
+    return u.axes.map(function (a) {
+      var labels = (a._values || []).map(function (l) { return l == null ? null : String(l); });
+      measure.font = a.font[0].replace(/[0-9.]+px/, a.font[2] + "px");
+      return { scale: a.scale, values: (a._splits || []).slice(), labels: labels,
+        pos: (a._splits || []).map(function (v) { return u.valToPos(v, a.scale); }),
+        widths: labels.map(function (l) { return l == null ? 0 : Math.max.apply(null,
+          l.split("\\n").map(function (line) { return measure.measureText(line).width; })); }) };
+    });
+  }
   function utc(ts) { return uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"); }
   function build(el) {
-    var name = el.getAttribute("data-chart"), c = D.charts[name];
+    var name = el.getAttribute("data-chart"), c = D.charts[name], rate = c.unit === "%";
     var target = el.querySelector(".plot");
     var series = [{ label: "finished (UTC)" }];
     c.series.forEach(function (s) {
       series.push({ label: s.label, stroke: D.colors[s.consumer], width: 2, spanGaps: true,
         dash: s.dashed ? [6, 4] : undefined, points: { show: true, size: 5 },
-        value: c.unit === "%" ? function (u, v) {
-          return v == null ? "--" : (v * 100).toFixed(2) + "%"; } : undefined });
+        value: rate ? function (u, v) { return v == null ? "--" : percent(v, 2); } : undefined });
     });
-    var y = { label: c.unit === "%" ? "error rate" : c.unit, size: 70 };
-    if (units[c.unit]) { y.values = units[c.unit]; }
-    var x = { values: function (u, splits) { return splits.map(function (ts) {
-      return new Date(ts * 1e3).toISOString().slice(5, 16).replace("T", " "); }); } };
+    var y = { label: rate ? "error rate" : c.unit, size: 70 };
+    if (rate) { y.values = rateTicks; }
+    var x = { values: timeTicks, space: 90, size: 56 };
+    var scales = { x: { time: true } };
+    // Counts, rates and latencies from 0 (or below, for a negative skewed latency), so a dip
+    // in one consumer's line is not magnified by an axis starting near its minimum.
+    scales.y = { range: rate ? rateRange : function (u, min, max) {
+      return uPlot.rangeNum(Math.min(0, min), max, 0.1, true); } };
     var opts = { width: Math.max(320, target.clientWidth), height: 260, tzDate: utc,
-      series: series, axes: [x, y], scales: { x: { time: true } }, legend: { live: false },
-      padding: [12, 40, 0, 0] };
+      series: series, axes: [x, y], scales: scales, legend: { live: false },
+      padding: [12, 40, 0, 0],
+      hooks: { draw: [function (u) {
+        if (D.rendered[name]) { D.rendered[name].axes = ticks(u); } }] } };
     var u = new uPlot(opts, [c.x].concat(c.series.map(function (s) { return s.values; })), target);
     var plotted = u.data.map(function (a) { return Array.prototype.slice.call(a); });
     var points = 0;
     plotted.slice(1).forEach(function (a) {
       a.forEach(function (v) { if (v != null) { points += 1; } }); });
     el.setAttribute("data-rendered-points", String(points));
-    D.rendered[name] = { points: points, data: plotted,
+    D.rendered[name] = { points: points, data: plotted, axes: ticks(u),
       labels: u.series.slice(1).map(function (s) { return s.label; }) };
     return u;
   }
@@ -359,7 +452,7 @@ def render_dashboard(data: DashboardData, refresh_s: int | None = None) -> str:
     `refresh_s` adds a meta refresh, for the served page; a saved file stays a snapshot.
     """
     charts = build_charts(data)
-    consumers = list(dict.fromkeys([c.consumer for c in data.consumers]))
+    consumers = _formats_first(dict.fromkeys(c.consumer for c in data.consumers), lambda c: c)
     colors = {name: _PALETTE[i % len(_PALETTE)] for i, name in enumerate(consumers)}
     payload = {
         "generated_at": data.generated_at.astimezone(dt.UTC).isoformat(),

@@ -59,6 +59,31 @@ def test_charts_hold_the_store_values(data: DashboardData) -> None:
     assert [v for v in erp_rates if v is not None] == [0.01, 0.0, 0.005, 0.0]
 
 
+def test_destinations_chart_beside_formats(sqlite_metrics: Engine) -> None:
+    """Deliveries are series of every chart (rows and time, not bytes), after the formats."""
+    first = T0 - dt.timedelta(minutes=1)  # crm finished before any format: still listed after
+    record_export_metrics(
+        sqlite_metrics, ExportMetrics("crm", key(1, 1000), 1, 1000, 900, 0, 0, 0, 3.0, first)
+    )
+    seed(sqlite_metrics)
+    charts = build_charts(load_dashboard_data(sqlite_metrics, WATERMARKS, LAST_LSN, 0, 0))
+    for chart in charts.values():
+        kinds = {s.consumer: s.kind for s in chart.series}
+        assert kinds == {
+            "parquet": "format",
+            "csv": "format",
+            "erp": "destination",
+            "crm": "destination",
+        }
+        assert [s.consumer for s in chart.series][:: len(chart.series) // 4] == [
+            "parquet",
+            "csv",
+            "crm",
+            "erp",
+        ]
+    assert charts["volume"].note and "not bytes" in charts["volume"].note
+
+
 def test_page_is_self_contained_and_consistent(data: DashboardData) -> None:
     page = render_dashboard(data)
 
@@ -69,7 +94,11 @@ def test_page_is_self_contained_and_consistent(data: DashboardData) -> None:
     for name, chart in build_charts(data).items():
         assert f'data-chart="{name}" data-points="{chart.points}"' in page
         assert payload["charts"][name]["series"] == chart.as_dict()["series"]
-    assert "<td>erp</td><td>2,000</td><td>2,500</td>" in page
+    assert "<td>erp</td><td>destination</td><td>2,000</td><td>2,500</td>" in page
+    # Bytes for formats only: deliveries record 0 (not measured), which must not read as "none".
+    assert "<td>parquet</td><td>format</td><td>4,000</td><td>500</td><td>4</td>" in page
+    assert "<td>206,000</td>" in page  # parquet's bytes, 50,000 + 51,000 + 52,000 + 53,000
+    assert '<td><span title="not measured for HTTP deliveries">—</span></td>' in page
     assert 'data-card="open-dead-letters"><div class="value">15<' in page
 
 

@@ -6,6 +6,8 @@ rows read straight from the metrics table, and saves `artifacts/dashboard.png` f
 
 from __future__ import annotations
 
+import datetime as dt
+import itertools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,7 +29,7 @@ from subscription_export.metrics.store import (
     record_export_metrics,
 )
 from subscription_export.sync.dead_letters import dead_letters
-from subscription_export_tests.metrics.seed import LAST_LSN, T0, WATERMARKS, key, seed
+from subscription_export_tests.metrics.seed import LAST_LSN, T0, WATERMARKS, WINDOWS, key, seed
 from subscription_export_tests.ui.dagster_processes import DagsterProject
 
 pytestmark = pytest.mark.browser
@@ -44,6 +46,8 @@ ARGS = [
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 EVIL = '<img src=x onerror="window.__pwned=1">'
+FORMATS = ("parquet", "csv", "jsonl")
+DESTINATIONS = ("erp", "crm", "accounting")
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +176,129 @@ def test_served_dashboard_renders_fresh_store_values(browser: Any, store: Engine
     assert problems == []
 
 
+def _delivery(consumer: str, i: int, spacing: dt.timedelta, dead: int = 0) -> ExportMetrics:
+    """Window `i` as a format (bytes written) or a destination delivery (bytes=0, HTTP)."""
+    lo, hi = WINDOWS[i]
+    offset = (FORMATS + DESTINATIONS).index(consumer)
+    return ExportMetrics(
+        consumer=consumer,
+        window_key=key(lo, hi),
+        lsn_from=lo,
+        lsn_to=hi,
+        created=hi - lo + 1 - dead,
+        updated=0,
+        deleted=0,
+        bytes=0 if consumer in DESTINATIONS else 40_000,
+        duration_s=0.5 + offset,
+        finished_at=T0 + i * spacing + dt.timedelta(seconds=2 * offset),
+        latency_p50_s=1.0 + offset,
+        latency_p95_s=2.0 + offset,
+        dead_letters=dead,
+    )
+
+
+def _open(browser: Any, engine: Engine, tmp_path: Path) -> tuple[Any, Any, list[str]]:
+    out = tmp_path / "dashboard.html"
+    out.write_text(render_dashboard(_load(engine)()), encoding="utf-8")
+    context, page, problems = _offline_page(browser, out.as_uri())
+    page.goto(out.as_uri())
+    page.wait_for_function("() => window.__DASHBOARD__ && window.__DASHBOARD__.rendered.error_rate")
+    return context, page, problems
+
+
+def _check_x_labels_readable(page: Any) -> None:
+    """Every chart's time labels are distinct and far enough apart not to overlap."""
+    for name, rendered in page.evaluate("window.__DASHBOARD__.rendered").items():
+        x = rendered["axes"][0]
+        ticks = [(p, w, t) for p, w, t in zip(x["pos"], x["widths"], x["labels"], strict=True) if t]
+        assert len(ticks) >= 2, (name, x)
+        assert len({t for _p, _w, t in ticks}) == len(ticks), (name, x["labels"])
+        for (p1, w1, t1), (p2, w2, t2) in itertools.pairwise(ticks):
+            assert p2 - p1 >= (w1 + w2) / 2 + 8, f"{name}: {t1!r} and {t2!r} overlap"
+
+
+# (dead letters per window, for every consumer), minutes between windows, highest % tick allowed
+RATE_CASES = {
+    "all zero": ([0, 0, 0, 0], 0.75, 1.0),
+    "small": ([0, 5, 10, 0], 20, 2.0),
+    "everything failed": ([1000, 0, 300, 0], 24 * 60, 100.0),
+}
+
+
+@pytest.mark.parametrize("case", list(RATE_CASES))
+def test_error_rate_axis_is_a_percentage_range(
+    browser: Any, sqlite_metrics: Engine, tmp_path: Path, case: str
+) -> None:
+    """Rates are fractions in [0, 1]: ticks read 0-1% when nothing failed, never above 100%,
+    and the highest rate is on the chart. Time labels stay readable, seconds to days apart."""
+    dead, minutes, top_allowed = RATE_CASES[case]
+    spacing = dt.timedelta(minutes=minutes)
+    for i in range(len(WINDOWS)):
+        for consumer in FORMATS + DESTINATIONS:
+            failed = dead[i] if consumer == "erp" else 0
+            record_export_metrics(sqlite_metrics, _delivery(consumer, i, spacing, failed))
+    context, page, problems = _open(browser, sqlite_metrics, tmp_path)
+    try:
+        y = page.evaluate("window.__DASHBOARD__.rendered.error_rate.axes[1]")
+        _check_x_labels_readable(page)
+    finally:
+        context.close()
+    assert problems == []
+    labels = [t for t in y["labels"] if t]
+    assert labels and all(t.endswith("%") for t in labels), labels
+    shown = [float(t.rstrip("%")) for t in labels]
+    assert shown == sorted(shown) and shown[0] == 0.0
+    assert max(shown) <= top_allowed <= 100.0, labels
+    highest = max(error_rate(d, 1000 - d) for d in dead) * 100
+    assert max(shown) >= highest  # the worst window is inside the axis, not clipped
+    # Each label is its tick's value as a percentage (0.01 -> "1.0%", not "100.0%").
+    for value, text in zip(y["values"], y["labels"], strict=True):
+        assert text is None or abs(float(text.rstrip("%")) - value * 100) < 1e-6, (value, text)
+
+
+def test_destinations_chart_beside_formats(browser: Any, store: Engine, tmp_path: Path) -> None:
+    """erp (seeded), crm and accounting deliveries are series of all four charts, the way the
+    formats are; the table gives their kind and no bytes (HTTP deliveries do not measure them)."""
+    for i in range(len(WINDOWS)):
+        for consumer in ("jsonl", "crm", "accounting"):
+            record_export_metrics(store, _delivery(consumer, i, dt.timedelta(minutes=10)))
+    expected = _expected(store)
+    context, page, problems = _open(browser, store, tmp_path)
+    try:
+        _check_charts(page, expected)
+        _check_x_labels_readable(page)
+        rendered = page.evaluate("window.__DASHBOARD__.rendered")
+        series = page.evaluate("window.__DASHBOARD__.charts")
+        kinds = {
+            row.locator("td").nth(0).inner_text(): row.locator("td").nth(1).inner_text()
+            for row in page.locator("table.consumers tbody tr").all()
+        }
+        bytes_column = page.locator("table.consumers th").all_text_contents().index("bytes written")
+        written = {
+            row.locator("td").nth(0).inner_text(): row.locator("td").nth(bytes_column).inner_text()
+            for row in page.locator("table.consumers tbody tr").all()
+        }
+    finally:
+        context.close()
+    assert problems == []
+    for name in ("volume", "throughput", "error_rate"):
+        labels = rendered[name]["labels"]
+        assert set(FORMATS + DESTINATIONS) <= set(labels), (name, labels)
+        # formats first, then destinations
+        assert labels.index("jsonl") < min(labels.index(d) for d in DESTINATIONS), labels
+        by_label = {s["label"]: s["kind"] for s in series[name]["series"]}
+        assert {c: by_label[c] for c in FORMATS + DESTINATIONS} == {
+            **dict.fromkeys(FORMATS, "format"),
+            **dict.fromkeys(DESTINATIONS, "destination"),
+        }
+    latency = rendered["latency"]["labels"]
+    assert {f"{d} {p}" for d in DESTINATIONS for p in ("p50", "p95")} <= set(latency)
+    assert {kinds[c] for c in FORMATS} == {"format"}
+    assert {kinds[c] for c in DESTINATIONS} == {"destination"}
+    assert {written[c] for c in DESTINATIONS} == {"—"}
+    assert written["jsonl"] == "160,000" and written["parquet"] == "206,000"
+
+
 @pytest.mark.slow
 def test_dashboard_after_a_demo_run_matches_the_store(browser: Any, tmp_path: Path) -> None:
     """`subscription-export demo` (a tenth of its default size: 5 windows through Dagster, all
@@ -186,10 +313,10 @@ def test_dashboard_after_a_demo_run_matches_the_store(browser: Any, tmp_path: Pa
     project.cli("dashboard", "--out", str(out))
     state = engine_for(project.settings.state_url)
     expected = _expected(state)
-    consumers = {label for points in expected.values() for label, _x, _y in points}
-    # Formats record one row per window. (Deliveries report to Dagster's metadata only so far.)
-    assert {"parquet", "csv", "jsonl"} <= consumers
-    assert all(len(expected[name]) >= 5 * 3 for name in ("volume", "error_rate"))  # 5 windows
+    consumers = {label for label, _x, _y in expected["volume"]}
+    # Formats and destination deliveries both record one row per window.
+    assert set(FORMATS + DESTINATIONS) <= consumers
+    assert all(len(expected[name]) >= 5 * 6 for name in ("volume", "error_rate"))  # 5 windows
     with state.connect() as conn:
         open_letters = conn.execute(
             sa.select(sa.func.count()).where(dead_letters.c.status == "open")
@@ -198,6 +325,9 @@ def test_dashboard_after_a_demo_run_matches_the_store(browser: Any, tmp_path: Pa
     try:
         page.goto(out.as_uri())
         _check_charts(page, expected)
+        _check_x_labels_readable(page)
+        y = page.evaluate("window.__DASHBOARD__.rendered.error_rate.axes[1]")
+        assert all(0 <= v <= 1 for v in y["values"]), y
         expect(page.locator('[data-card="open-dead-letters"] .value')).to_have_text(
             str(open_letters)
         )
