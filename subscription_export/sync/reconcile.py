@@ -22,9 +22,10 @@ as rc`). Tables: `sync_state`.
 
 Why the base is found by `version`: the sandbox systems keep the `version` our last write gave
 a record when their users edit it, so a feed record's version names the image it was edited
-from - an image in the change log (delivered by the window delivery) or the record we pushed
-(`sync_base.held_*`). Using that image as the base keeps the three-way merge exact even when the
-window delivery overwrote the remote after its user's edit.
+from - the system's previous edit of that image (`sync_base.feed_*`), the record we pushed
+(`sync_base.held_*`) or an image in the change log (delivered by the window delivery).
+Using that image as the base keeps the three-way merge exact even when the window delivery or
+a push overwrote the remote after its user's edit.
 
 Why pushes wait: the window delivery sends the source's changes to each system in LSN order,
 and the ERP refuses a version older than the one it holds. A push of a merged record (which

@@ -5,7 +5,7 @@ decision itself (`decide`, pure): per-field three-way merge under the destinatio
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy.engine import Connection
@@ -17,6 +17,7 @@ from subscription_export.sync.conflicts import RECORD, Change, Decision, Outcome
 from subscription_export.sync.feeds import remote_fields
 from subscription_export.sync.mapping import MappingError
 from subscription_export.sync.source_side import (
+    EPOCH,
     LocalState,
     Origin,
     Types,
@@ -65,6 +66,9 @@ class Snapshot:
     already_applied: bool = False
     open_conflict_id: int | None = None
     error: str | None = None  # the feed record could not be read
+    # Fields only the remote changed whose local value another system asserted after the
+    # remote's base (the remote never saw it): decided like conflicts (docs/conflicts.md).
+    unseen: Mapping[str, Origin] = field(default_factory=dict)
 
 
 def _remote_side(
@@ -120,6 +124,7 @@ def load_snapshot(
         now_record = normalize(base_row.held_record, types)
         now_version, now_log = base_row.held_version, base_row.log_id
     field_origins, record_origin = _origins(conn, state, ident, base, local, remote, ignored, types)
+    unseen = _unseen(state, ident, system, base, local, remote, ignored)
     conflict = st.open_conflict(state, system, ident)
     return Snapshot(
         destination=system,
@@ -138,7 +143,40 @@ def load_snapshot(
         already_applied=done,
         open_conflict_id=conflict.id if conflict else None,
         error=error,
+        unseen=unseen,
     )
+
+
+def _unseen(
+    state: Connection,
+    ident: str,
+    system: str,
+    base: dict[str, Any] | None,
+    local: LocalState,
+    remote: SideState,
+    ignored: frozenset[str],
+) -> dict[str, Origin]:
+    """Fields the remote alone changed, whose local value (equal to the base's) was set again by
+    another remote system after the remote's base was made (its `updated_at`): that system's
+    edit is concurrent with this one although it left the value as it was."""
+    if base is None or local.record is None or remote.record is None:
+        return {}
+    names = [
+        f.field for f in detect(base, local.record, remote.record, ignored).of(Change.REMOTE_ONLY)
+    ]
+    if not names:
+        return {}
+    recorded = st.get_provenance(state, ident)
+    seen_at = as_time(base.get("updated_at"), EPOCH)
+    out: dict[str, Origin] = {}
+    for name in names:
+        prov = recorded.get(name)
+        value = local.record.get(name, MISSING)
+        if prov is None or value is MISSING or prov.system in (SOURCE, system):
+            continue
+        if st.dumps(prov.value) == st.dumps(value) and prov.changed_at > seen_at:
+            out[name] = Origin(prov.system, prov.changed_at)
+    return out
 
 
 def _base_for(
@@ -288,8 +326,14 @@ def decide(snap: Snapshot, policy: ConflictPolicy) -> Verdict:
         return finish(snap, policy, res.outcome.value, res.merged, res.conflicts, res.decisions)
     assert local is not None and remote is not None
     picks: dict[str, Decision] = {}
-    for f in diff.of(Change.BOTH_DIFFERENT):
-        origin = snap.field_origins.get(f.field, Origin(SOURCE, snap.local.changed_at))
+    contested = [] if policy.strategy is Strategy.MANUAL else list(snap.unseen)
+    for f in diff.fields:
+        if f.change is Change.BOTH_DIFFERENT:
+            origin = snap.field_origins.get(f.field, Origin(SOURCE, snap.local.changed_at))
+        elif f.change is Change.REMOTE_ONLY and f.field in contested:
+            origin = snap.unseen[f.field]
+        else:
+            continue
         side = SideState(origin.system, origin.changed_at, local)
         chosen = _effective(policy, f.field, origin.system, snap.remote.system)
         pick = pick_field(policy, f.field, side, snap.remote, f.local, f.remote, chosen)
@@ -303,17 +347,17 @@ def decide(snap: Snapshot, policy: ConflictPolicy) -> Verdict:
     values: dict[str, Any] = dict(local)
     for f in diff.fields:
         won = picks.get(f.field)
-        value = (
-            f.remote
-            if f.change is Change.REMOTE_ONLY or (won and won.winner == "remote")
-            else f.local
-        )
+        if won is not None:
+            value = f.remote if won.winner == "remote" else f.local
+        else:
+            value = f.remote if f.change is Change.REMOTE_ONLY else f.local
         if value is MISSING:
             values.pop(f.field, None)
         else:
             values[f.field] = value
     outcome = Outcome.RESOLVED if picks else Outcome.MERGED
-    return finish(snap, policy, outcome.value, values, diff.conflicts, decisions)
+    conflicts = tuple(sorted(picks))
+    return finish(snap, policy, outcome.value, values, conflicts, decisions)
 
 
 def _decisions(diff: Any, picks: Mapping[str, Decision]) -> tuple[Decision, ...]:
