@@ -783,8 +783,9 @@ def conflicts_resolve(
     take: Annotated[
         Take,
         typer.Option(
-            help="local: keep the source row; remote: the queued remote record (or deletion);"
-            " merged: the three-way merge with every conflicting field given by --set."
+            help="The conflicting fields take the source's values (local), the system's"
+            " (remote) or those given by --set (merged); fields changed on one side only merge."
+            " When one side deleted the record: that side's version (local or remote)."
         ),
     ],
     sets: Annotated[
