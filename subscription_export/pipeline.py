@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -22,6 +23,7 @@ from subscription_export.errors import ExportVerificationError
 from subscription_export.formats.contract import DatasetPlan, evolve, parse_mode, restrict
 from subscription_export.formats.manifest import build_content, manifest_path, write_manifest
 from subscription_export.formats.memory import configure_arrow_memory
+from subscription_export.formats.parquet_batches import parquet_batches
 from subscription_export.formats.schema import SCHEMA_VERSION_KEY
 from subscription_export.formats.verify import check_lsn_coverage
 from subscription_export.formats.window import (
@@ -32,10 +34,10 @@ from subscription_export.formats.window import (
     open_window,
 )
 from subscription_export.formats.writers import EXTENSIONS, FORMATS, Format, write_atomically
+from subscription_export.metrics.latency import file_latency_percentiles
 from subscription_export.metrics.store import (
     ExportMetrics,
     init_metrics,
-    latency_percentiles,
     record_capture_sample,
     record_export_metrics,
     sample_capture,
@@ -288,8 +290,13 @@ def write_quarantine_file(export_dir: Path, window_key: str, rows: list[Quaranti
 
 
 def parquet_counts(path: Path) -> dict[str, int]:
-    ops = pq.read_table(path, columns=["_op"]).column("_op").value_counts().to_pylist()
-    return {item["values"]: item["counts"] for item in ops}
+    """Rows by `_op`, one row group at a time."""
+    counts: Counter[str] = Counter()
+    for batch in parquet_batches(path, columns=["_op"]):
+        counts.update(
+            {v["values"]: v["counts"] for v in batch.column(0).value_counts().to_pylist()}
+        )
+    return dict(counts)
 
 
 def export_derived(
@@ -301,7 +308,7 @@ def export_derived(
     source = pq.ParquetFile(parquet)
     schema = source.schema_arrow
     target = path or project.file_path(fmt, window.key)
-    batches = source.iter_batches(batch_size=project.settings.read_batch_size, use_threads=False)
+    batches = parquet_batches(parquet, project.settings.read_batch_size)
     return _write(project, fmt, window, schema, batches, target, parquet_counts(parquet), [])
 
 
@@ -381,8 +388,7 @@ def export_metrics_of(project: Project, outcome: ExportOutcome) -> ExportMetrics
         if outcome.fmt == "parquet"
         else project.file_path("parquet", outcome.window.key)
     )
-    changed = pq.read_table(parquet, columns=["_changed_at"]).column("_changed_at")
-    p50, p95, top = latency_percentiles(changed, finished)
+    p50, p95, top = file_latency_percentiles(parquet, finished)
     version = int((outcome.schema.metadata or {}).get(SCHEMA_VERSION_KEY, b"0"))
     return ExportMetrics(
         consumer=outcome.fmt,

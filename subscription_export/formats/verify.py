@@ -9,6 +9,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from subscription_export.formats.manifest import MANIFEST_DIR, read_manifest
+from subscription_export.formats.parquet_batches import parquet_batches
 from subscription_export.formats.writers import sha256_of
 
 
@@ -48,7 +49,7 @@ def check_lsn_coverage(parquet: Path, lo: int, hi: int, quarantined: set[int]) -
     Read one row group at a time, so checking a window of millions of rows stays small.
     """
     count, first, last, increasing = 0, None, None, True
-    for batch in pq.ParquetFile(parquet).iter_batches(columns=["_lsn"], use_threads=False):
+    for batch in parquet_batches(parquet, columns=["_lsn"]):
         lsns = batch.column(0)
         if not len(lsns):
             continue

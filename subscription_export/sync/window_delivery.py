@@ -59,9 +59,10 @@ from typing import Any, Literal
 import pyarrow.parquet as pq
 
 from subscription_export.errors import SubscriptionExportError
+from subscription_export.formats.parquet_batches import parquet_batches
+from subscription_export.metrics.latency import file_latency_percentiles
 from subscription_export.metrics.store import (
     ExportMetrics,
-    latency_percentiles,
     record_export_metrics,
 )
 from subscription_export.pipeline import Project
@@ -209,8 +210,7 @@ def read_rows(path: Path, batch_size: int) -> Iterator[list[dict[str, Any]]]:
     """The window's change rows, `batch_size` at a time, as Python values (Decimal, UTC)."""
     if not path.exists():
         raise DeliveryOrderError(f"{path} is missing: export the window to Parquet first")
-    source = pq.ParquetFile(path)
-    for batch in source.iter_batches(batch_size=batch_size):
+    for batch in parquet_batches(path, batch_size):
         yield batch.to_pylist()
 
 
@@ -352,8 +352,7 @@ def _record_metrics(
     metrics never hold data back). Records are the rows the destination accepted; latency runs
     from each change's commit to the end of this delivery."""
     finished = dt.datetime.now(dt.UTC)
-    changed = pq.read_table(parquet, columns=["_changed_at"]).column("_changed_at")
-    p50, p95, top = latency_percentiles(changed, finished)
+    p50, p95, top = file_latency_percentiles(parquet, finished)
     record_export_metrics(
         project.state,
         ExportMetrics(
