@@ -22,10 +22,13 @@ from subscription_export.db import is_postgres
 _SEQUENCER_LOCK = "subscription_export.sequencer"
 _BATCH = 200_000
 
+# The CTEs are MATERIALIZED so each runs once: inlined, `blocked` became a per-row subplan
+# whenever the statistics said the unsequenced index was empty (measured: 3.7 s, 1.7M buffer
+# hits, for 3,646 new rows after a bulk load; 34 ms materialized).
 _SEQUENCE_PG = sa.text(
     """
-    WITH snap AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin),
-    blocked AS (
+    WITH snap AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin),
+    blocked AS MATERIALIZED (
         SELECT MIN(l.id) AS id FROM subscription_change_log l, snap
         WHERE l.lsn IS NULL AND l.txid >= snap.xmin
     ),
@@ -36,7 +39,7 @@ _SEQUENCE_PG = sa.text(
         ORDER BY l.id
         LIMIT :batch
     ),
-    top AS (SELECT COALESCE(MAX(lsn), 0) AS lsn FROM subscription_change_log)
+    top AS MATERIALIZED (SELECT COALESCE(MAX(lsn), 0) AS lsn FROM subscription_change_log)
     UPDATE subscription_change_log l SET lsn = top.lsn + ready.rn
     FROM ready, top WHERE l.id = ready.id
     """
