@@ -19,7 +19,7 @@ from subscription_export.state.leases import default_holder, lease
 from subscription_export.sync import sync_state as st
 from subscription_export.sync.clients import RemoteChange, idempotency_key
 from subscription_export.sync.config import DestinationConfig
-from subscription_export.sync.conflicts import RECORD, Change, detect
+from subscription_export.sync.conflicts import RECORD, detect
 from subscription_export.sync.feeds import FeedBatch
 from subscription_export.sync.source_side import (
     Types,
@@ -29,7 +29,14 @@ from subscription_export.sync.source_side import (
     write_local,
 )
 from subscription_export.sync.strategies import MISSING, ConflictPolicy, same
-from subscription_export.sync.three_way import OUTCOMES, Snapshot, Verdict, decide, load_snapshot
+from subscription_export.sync.three_way import (
+    OUTCOMES,
+    Snapshot,
+    Verdict,
+    decide,
+    load_snapshot,
+    reasserted_fields,
+)
 
 CRASH_ENV = "SUBSCRIPTION_EXPORT_RECONCILE_CRASH_AT"
 """Test hook: `after_write_back` or `before_push` makes the process `os._exit(CRASH_EXIT)`."""
@@ -254,22 +261,6 @@ def provenance_of(
     return changed, system, at
 
 
-def reasserted_fields(snap: Snapshot, verdict: Verdict, ignored: Any) -> dict[str, Any]:
-    """Fields the remote set to the value the source already had, later than whoever set it
-    there: the remote is now their latest writer (a per-field last-writer register), so a later
-    edit by a system that never saw this one is decided against it (`Snapshot.unseen`)."""
-    local, remote = snap.local.record, snap.remote.record
-    if not verdict.applies or local is None or remote is None or verdict.target is None:
-        return {}
-    out: dict[str, Any] = {}
-    for f in detect(snap.base, local, remote, ignored).of(Change.BOTH_SAME):
-        origin = snap.field_origins.get(f.field)
-        later = origin is None or snap.remote.changed_at > origin.changed_at
-        if later and f.local is not MISSING and same(verdict.target.get(f.field, MISSING), f.local):
-            out[f.field] = f.local
-    return out
-
-
 def apply_change(
     project: Project,
     config: DestinationConfig,
@@ -329,7 +320,7 @@ def _apply_once(
         provenance = provenance_of(
             verdict, snap.local.record, config.name, snap.remote.changed_at, policy.ignored
         )
-        reasserted = reasserted_fields(snap, verdict, policy.ignored)
+        reasserted = reasserted_fields(snap, verdict, policy)
         if reasserted:
             values = {**reasserted, **(provenance[0] if provenance else {})}
             provenance = (values, config.name, snap.remote.changed_at)

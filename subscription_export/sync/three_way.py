@@ -38,6 +38,7 @@ from subscription_export.sync.strategies import (
     SideState,
     Strategy,
     pick_field,
+    same,
 )
 
 OUTCOMES = ("already_applied", "echo", "no_change", "merged", "resolved", "queued", "invalid")
@@ -358,6 +359,34 @@ def decide(snap: Snapshot, policy: ConflictPolicy) -> Verdict:
     outcome = Outcome.RESOLVED if picks else Outcome.MERGED
     conflicts = tuple(sorted(picks))
     return finish(snap, policy, outcome.value, values, conflicts, decisions)
+
+
+def reasserted_fields(snap: Snapshot, verdict: Verdict, policy: ConflictPolicy) -> dict[str, Any]:
+    """Fields the remote set to the value the source already had, where the remote's claim is
+    stronger than the one recorded for the local value (the remote would have won had the
+    values differed: later, higher priority, owner, or a remote under `remote_wins`). The
+    remote becomes the field's recorded writer, so the outcome does not depend on whether its
+    edit arrived before or after a competing one (`Snapshot.unseen` uses it too)."""
+    local, remote = snap.local.record, snap.remote.record
+    if not verdict.applies or local is None or remote is None or verdict.target is None:
+        return {}
+    out: dict[str, Any] = {}
+    for f in detect(snap.base, local, remote, policy.ignored).of(Change.BOTH_SAME):
+        if f.local is MISSING or not same(verdict.target.get(f.field, MISSING), f.local):
+            continue
+        origin = snap.field_origins.get(f.field, Origin(SOURCE, snap.local.changed_at))
+        if origin.system == snap.remote.system:
+            stronger = snap.remote.changed_at > origin.changed_at
+        else:
+            chosen = _effective(policy, f.field, origin.system, snap.remote.system)
+            if chosen is Strategy.MANUAL:
+                continue
+            side = SideState(origin.system, origin.changed_at, local)
+            pick = pick_field(policy, f.field, side, snap.remote, f.local, f.remote, chosen)
+            stronger = pick.winner == "remote"
+        if stronger:
+            out[f.field] = f.local
+    return out
 
 
 def _decisions(diff: Any, picks: Mapping[str, Decision]) -> tuple[Decision, ...]:

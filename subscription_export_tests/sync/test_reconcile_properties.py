@@ -178,12 +178,15 @@ def test_sync_converges_to_one_result_in_any_arrival_order(
     check(policy, remotes, edits, first_order, second_order)
 
 
-# Interleavings the property found once (RECONCILE_EXAMPLES=80), kept as fixed cases:
+# Interleavings the property found once (RECONCILE_EXAMPLES=80..150), kept as fixed cases:
 # * two edits of one ERP image reconciled one per run, after the source deleted the record:
 #   the first resurrects it and our push replaces the ERP's record; the second edit must be
 #   merged on top of the first (not of the older image) and pushed again;
 # * the CRM sets a field to the value the ERP had set, later in time, while the ERP's user had
-#   already changed it again: the CRM's edit is the field's latest and must win in any order.
+#   already changed it again: the CRM's edit is the field's latest and must win in any order;
+# * under remote_wins, the ERP sets the value the source has while the CRM sets another, all at
+#   the same time: the ERP's claim outranks the source's, and the ERP beats the CRM on priority,
+#   whichever of the two is reconciled first (found at 150 examples).
 ONE_PER_RUN_THEN_ALL = ((("deliver", "erp"), 1), (("erp", "deliver"), 100))
 KNOWN = [
     pytest.param(
@@ -215,6 +218,18 @@ KNOWN = [
         ],
         ((("deliver", "erp", "crm"), 1), (("deliver", "erp", "crm"), 100)),
         id="same-value-set-later-by-another-system",
+    ),
+    pytest.param(
+        {"strategy": "remote_wins"},
+        ("erp", "crm"),
+        [
+            ("crm", 0, {"amount": "12.00"}),
+            ("source", 0, {"amount": "11.00"}),
+            ("source", 0, {"amount": "11.00"}),
+            ("erp", 0, {"amount": "11.00"}),
+        ],
+        ((("deliver", "erp", "crm"), 1), (("deliver", "crm", "erp"), 1)),
+        id="remote-agreeing-with-the-source-outranks-it",
     ),
 ]
 
