@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import socket
 import struct
 import threading
@@ -205,6 +206,10 @@ def running_sandbox(
             server.stop()
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def serve_forever(
     system: str,
     port: int,
@@ -212,7 +217,11 @@ def serve_forever(
     host: str = "127.0.0.1",
     faults: FaultPlan | None = None,
 ) -> None:
-    """Serve one system in the foreground until interrupted (the CLI `sandbox serve`)."""
+    """Serve one system in the foreground until interrupted (the CLI `sandbox serve`).
+
+    SIGTERM (what process managers send) stops it like Ctrl-C does.
+    """
+    signal.signal(signal.SIGTERM, _interrupt)
     server = SandboxServer(make_system(system, faults=faults), host=host, port=port)
     log.info("sandbox %s listening on %s", system, server.url)
     server.serve_in_foreground()

@@ -181,13 +181,20 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def test_serve_forever_serves_until_interrupted() -> None:
+def _default_sigint() -> None:
+    # pytest-xdist workers ignore SIGINT and children inherit an ignored signal through exec,
+    # so without this Python would never turn Ctrl-C into KeyboardInterrupt in the child.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_serve_forever_serves_until_interrupted(stop_signal: signal.Signals) -> None:
     port = free_port()
     code = (
         "from subscription_export.sandbox.server import serve_forever; "
         f"serve_forever('accounting', {port})"
     )
-    process = subprocess.Popen([sys.executable, "-c", code])
+    process = subprocess.Popen([sys.executable, "-c", code], preexec_fn=_default_sigint)
     try:
         url = f"http://127.0.0.1:{port}/_sandbox/state"
         deadline = time.monotonic() + 10
@@ -199,8 +206,8 @@ def test_serve_forever_serves_until_interrupted() -> None:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=20) == 0  # generous: CI machines are loaded
+        process.send_signal(stop_signal)
+        assert process.wait(timeout=20) == 0
     finally:
         if process.poll() is None:
             process.kill()
