@@ -168,3 +168,14 @@ def test_reexport_gives_identical_bytes(settings: Settings, fmt: str, tmp_path: 
     lo, hi = (int(x) for x in path.stem.split("-"))
     materialize_windows(other, [Window(lo, hi)], instance=instance)
     assert sha256_of(other.export_dir / asset / path.name) == first
+
+
+def test_every_job_runs_its_steps_in_the_runs_process(settings: Settings) -> None:
+    """UI materializations and backfills of assets (the implicit asset job) as well as the
+    named jobs: a process per step would import the project again for every step."""
+    from subscription_export.defs.definitions import build_definitions
+
+    defs = build_definitions(settings)
+    jobs = [defs.resolve_implicit_global_asset_job_def()]
+    jobs += [defs.resolve_job_def(name) for name in ("export_window", "sync_window", "reconcile")]
+    assert {job.executor_def.name for job in jobs} == {dg.in_process_executor.name}
