@@ -607,6 +607,7 @@ def dead_letters_replay(
         list[int] | None, typer.Option("--id", help="Only these ids (repeatable).")
     ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
     """Re-send open dead letters with their original idempotency keys, then deliver the windows
     that waited behind them. Exit 1 if some still fail."""
@@ -620,9 +621,12 @@ def dead_letters_replay(
     config = load_destinations()
     todo = len(list_dead_letters(project.state, destination, status="open", ids=ids))
     if todo == 0:
-        console.print("no open dead letters" + (f" for {destination}" if destination else ""))
+        if as_json:
+            console.print_json(json.dumps({"replayed": 0, "still_open": [], "caught_up": []}))
+        else:
+            console.print("no open dead letters" + (f" for {destination}" if destination else ""))
         return
-    with _progress(quiet) as progress:
+    with _progress(quiet or as_json) as progress:
         task = progress.add_task("replaying dead letters", total=todo)
         summary = replay_dead_letters(
             project,
@@ -632,6 +636,11 @@ def dead_letters_replay(
             ids=ids,
             on_result=lambda _result: progress.advance(task),
         )
+    if as_json:
+        console.print_json(json.dumps(_replay_summary(summary)))
+        if summary.failed:
+            raise typer.Exit(1)
+        return
     console.print(f"replayed {summary.replayed}/{len(summary.results)} dead letter(s)")
     for r in summary.results:
         if not r.replayed:
@@ -653,6 +662,36 @@ def dead_letters_replay(
     )
     if summary.failed:
         raise typer.Exit(1)
+
+
+def _replay_summary(summary: Any) -> dict[str, Any]:
+    return {
+        "replayed": summary.replayed,
+        "still_open": [
+            {
+                "id": r.letter.id,
+                "destination": r.letter.destination,
+                "lsn": r.letter.lsn,
+                "error": r.error,
+            }
+            for r in summary.results
+            if not r.replayed
+        ],
+        "completed_windows": [
+            {"destination": name, "window": key} for name, key in summary.completed_windows
+        ],
+        "caught_up": [
+            {
+                "destination": o.destination,
+                "window": o.window.key,
+                "status": o.status,
+                "delivered": o.delivered,
+                "dead_lettered": o.dead_lettered,
+            }
+            for o in summary.caught_up
+        ],
+        "watermarks": summary.watermarks,
+    }
 
 
 @dead_letters_app.command("discard")
