@@ -215,9 +215,19 @@ def export_formats(settings: Settings, lo: int, hi: int) -> tuple[dict[str, Any]
     return formats, peak_rss_mb()
 
 
+BENCH_STAGES = ("fill", "export", "copy", "pandas", "incremental")
+
+
 def run_bench(
-    changes: int, source: str, workdir: Path, results_dir: Path, pg_dsn: str, skip_pandas: bool
+    changes: int,
+    source: str,
+    workdir: Path,
+    results_dir: Path,
+    pg_dsn: str,
+    skip_pandas: bool,
+    on_stage: Callable[[str], None] = lambda _stage: None,
 ) -> dict[str, Any]:
+    """Run the benchmark; `on_stage` is told each of `BENCH_STAGES` as it starts."""
     import dagster as dg
 
     from subscription_export.defs.runner import run_cycle
@@ -229,6 +239,7 @@ def run_bench(
     try:
         engine = engine_for(target.source_url, writer=True)
         init_source(engine)
+        on_stage("fill")
         _, fill_s = _timed(lambda: fill_change_log(engine, changes))
         settings = Settings(
             source_url=target.source_url,
@@ -242,13 +253,17 @@ def run_bench(
         # The exports run in a fresh process, so its peak RSS is the exporter's own (this
         # process has Dagster and the data generator loaded).
         with multiprocessing.get_context("spawn").Pool(1) as pool:
+            on_stage("export")
             formats, peak = pool.apply(export_formats, (settings, window.lo, window.hi))
+        on_stage("copy")
         baselines = {"copy_to_devnull": {"rows_per_s": round(copy_baseline(engine, changes))}}
         if not skip_pandas:
+            on_stage("pandas")
             pandas_rate = pandas_baseline(engine, changes, workdir / "pandas_naive.parquet")
             baselines["pandas_naive"] = {"rows_per_s": round(pandas_rate)}
 
         # Incremental: 10,000 new changes through the triggers, one in-process Dagster cycle.
+        on_stage("incremental")
         generate(engine, subscriptions=100, changes=10_000, seed=3)
         instance = dg.DagsterInstance.ephemeral()
         run_cycle(settings, instance=instance)  # warm: imports and definitions

@@ -536,14 +536,46 @@ def bench(
     skip_pandas: Annotated[
         bool, typer.Option(help="Skip the (slow, memory-hungry) pandas baseline.")
     ] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the whole result as JSON.")
+    ] = False,
 ) -> None:
     """Export one window of N generated changes to all formats; write bench/results/*.json."""
-    from subscription_export.bench import run_bench
+    from subscription_export.bench import BENCH_STAGES, run_bench
 
     if source not in ("sqlite", "postgresql"):
         raise typer.BadParameter("--source is sqlite or postgresql")
-    report = run_bench(changes, source, workdir, results, pg_url, skip_pandas)
-    console.print_json(json.dumps(report))
+    stages = [s for s in BENCH_STAGES if not (skip_pandas and s == "pandas")]
+    with _progress(quiet or as_json) as progress:
+        task = progress.add_task("benchmark", total=len(stages))
+
+        def on_stage(stage: str) -> None:
+            progress.update(task, completed=stages.index(stage), description=f"bench: {stage}")
+
+        report = run_bench(changes, source, workdir, results, pg_url, skip_pandas, on_stage)
+        progress.update(task, completed=len(stages))
+    if as_json:
+        console.print_json(json.dumps(report))
+        return
+    table = Table(title=f"{changes:,} changes, {source}", show_edge=False)
+    for column in ("format", "rows/s", "wall s", "MB"):
+        table.add_column(column, justify="right" if column != "format" else "left")
+    for fmt, figures in report["formats"].items():
+        table.add_row(
+            fmt,
+            f"{figures['rows_per_s']:,}",
+            f"{figures['wall_s']}",
+            f"{figures['bytes'] / 2**20:.0f}",
+        )
+    console.print(table)
+    baselines = ", ".join(f"{k} {v['rows_per_s']:,} rows/s" for k, v in report["baselines"].items())
+    console.print(
+        f"peak RSS {report['peak_rss_mb']} MB; baselines: {baselines};"
+        f" parquet/COPY {report['parquet_vs_copy']};"
+        f" incremental 10k {report['incremental_10k_s']} s"
+    )
+    console.print(f"written to {report['written_to']}")
 
 
 dead_letters_app = typer.Typer(

@@ -11,9 +11,13 @@ from subscription_export_tests.cli.test_cli import _run
 def test_bench_writes_a_comparable_result_file(tmp_path: Path) -> None:
     results = tmp_path / "results"
     args = ["bench", "--changes", "10000", "--source", "sqlite", "--skip-pandas"]
-    _run([*args, "--workdir", str(tmp_path / "work"), "--results", str(results)], None, tmp_path)
+    out = _run(
+        [*args, "--workdir", str(tmp_path / "work"), "--results", str(results)], None, tmp_path
+    ).stdout
 
     [path] = results.glob("*-sqlite-10000.json")
+    assert f"written to {path}" in out.replace("\n", "")  # the summary table, then the file
+    assert "parquet" in out and "incremental 10k" in out
     report = json.loads(path.read_text())
     assert (report["changes"], report["source"]) == (10_000, "sqlite")
     for fmt in ("parquet", "csv", "jsonl"):
