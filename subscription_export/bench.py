@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import platform
 import resource
+import shutil
 import sys
 import time
 import uuid
@@ -116,7 +117,13 @@ class BenchTarget:
 
 def prepare_source(source: str, workdir: Path, pg_dsn: str) -> BenchTarget:
     if source == "sqlite":
-        return BenchTarget(f"sqlite:///{workdir / 'bench_source.db'}", lambda: None)
+        path = workdir / f"bench_source_{uuid.uuid4().hex[:8]}.db"
+
+        def remove() -> None:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+        return BenchTarget(f"sqlite:///{path}", remove)
     import psycopg
 
     schema = f"bench_{uuid.uuid4().hex[:8]}"
@@ -234,8 +241,9 @@ def run_bench(
     from subscription_export.pipeline import Project, cut_windows
     from subscription_export.sandbox.generator import generate
 
-    workdir.mkdir(parents=True, exist_ok=True)
-    target = prepare_source(source, workdir, pg_dsn)
+    run_dir = workdir / f"run_{uuid.uuid4().hex[:8]}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    target = prepare_source(source, run_dir, pg_dsn)
     try:
         engine = engine_for(target.source_url, writer=True)
         init_source(engine)
@@ -243,8 +251,8 @@ def run_bench(
         _, fill_s = _timed(lambda: fill_change_log(engine, changes))
         settings = Settings(
             source_url=target.source_url,
-            state_url=f"sqlite:///{workdir / f'bench_state_{uuid.uuid4().hex[:6]}.db'}",
-            export_dir=workdir / "exports",
+            state_url=f"sqlite:///{run_dir / 'state.db'}",
+            export_dir=run_dir / "exports",
             window_max_changes=changes,
             window_max_age_s=0.0,
         )
@@ -259,7 +267,7 @@ def run_bench(
         baselines = {"copy_to_devnull": {"rows_per_s": round(copy_baseline(engine, changes))}}
         if not skip_pandas:
             on_stage("pandas")
-            pandas_rate = pandas_baseline(engine, changes, workdir / "pandas_naive.parquet")
+            pandas_rate = pandas_baseline(engine, changes, run_dir / "pandas_naive.parquet")
             baselines["pandas_naive"] = {"rows_per_s": round(pandas_rate)}
 
         # Incremental: 10,000 new changes through the triggers, one in-process Dagster cycle.
@@ -301,6 +309,7 @@ def run_bench(
     finally:
         engine_for.cache_clear()
         target.cleanup()
+        shutil.rmtree(run_dir, ignore_errors=True)  # GBs of files at 3M changes
 
 
 def _versions() -> dict[str, str]:

@@ -18,6 +18,7 @@ def test_bench_writes_a_comparable_result_file(tmp_path: Path) -> None:
     [path] = results.glob("*-sqlite-10000.json")
     assert f"written to {path}" in out.replace("\n", "")  # the summary table, then the file
     assert "parquet" in out and "incremental 10k" in out
+    assert list((tmp_path / "work").iterdir()) == []  # sources and exports removed
     report = json.loads(path.read_text())
     assert (report["changes"], report["source"]) == (10_000, "sqlite")
     for fmt in ("parquet", "csv", "jsonl"):
