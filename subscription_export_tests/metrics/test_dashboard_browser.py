@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,20 +29,11 @@ from subscription_export.metrics.store import (
 )
 from subscription_export.sync.dead_letters import dead_letters
 from subscription_export_tests.metrics.seed import LAST_LSN, T0, WATERMARKS, WINDOWS, key, seed
+from subscription_export_tests.ui import CHROMIUM, CHROMIUM_ARGS, ensure_chromium, require_services
 from subscription_export_tests.ui.dagster_processes import DagsterProject
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 EVIL = '<img src=x onerror="window.__pwned=1">'
 FORMATS = ("parquet", "csv", "jsonl")
@@ -52,15 +42,17 @@ DESTINATIONS = ("erp", "crm", "accounting")
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        message = f"{CHROMIUM} is missing (run scripts/ensure-chromium.sh)"
-        if os.environ.get("SUBSCRIPTION_EXPORT_REQUIRE_SERVICES") == "1":
-            pytest.fail(message + " and SUBSCRIPTION_EXPORT_REQUIRE_SERVICES=1")
-        pytest.skip(message)
+    missing = ensure_chromium()
+    if missing:
+        if require_services():
+            pytest.fail(missing + " and SUBSCRIPTION_EXPORT_REQUIRE_SERVICES=1")
+        pytest.skip(missing)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        chromium = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
         yield chromium
         chromium.close()
 
