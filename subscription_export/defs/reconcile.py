@@ -205,6 +205,7 @@ def advance_feed_cursor(
 ) -> dg.Output[int]:
     project = settings.project()
     cursor = st.advance_applied(project.state, applied.system, applied.until)
+    rc.record_metrics(project, applied, pushes)
     summary = {**applied.metadata(), **pushes.metadata(), "applied_cursor": cursor}
     context.instance.add_run_tags(
         context.run_id,

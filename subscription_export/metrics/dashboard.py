@@ -303,6 +303,26 @@ def _capture_table(data: DashboardData, recent: int = 10) -> str:
     return _table(headers, rows, "capture", "no capture samples yet")
 
 
+_RECONCILE_OUTCOMES = (
+    "merged",
+    "resolved",
+    "queued",
+    "echo",
+    "no_change",
+    "already_applied",
+    "invalid",
+)
+
+
+def _reconcile_table(data: DashboardData) -> str:
+    """Remote edits brought back per system, by outcome (`queued`: conflicts for a person)."""
+    rows = [
+        [_e(system), *(_num(counts.get(o, 0)) for o in _RECONCILE_OUTCOMES)]
+        for system, counts in data.reconcile.items()
+    ]
+    return _table(["system", *_RECONCILE_OUTCOMES], rows, "reconcile", "no reconcile runs yet")
+
+
 def _cards(data: DashboardData) -> str:
     latest = data.capture[-1] if data.capture else None
     cards = [
@@ -459,6 +479,7 @@ def render_dashboard(data: DashboardData, refresh_s: int | None = None) -> str:
         "last_lsn": data.last_lsn,
         "open_dead_letters": data.open_dead_letters,
         "open_conflicts": data.open_conflicts,
+        "reconcile": data.reconcile,
         "colors": colors,
         "charts": {name: chart.as_dict() for name, chart in charts.items()},
     }
@@ -484,7 +505,8 @@ def render_dashboard(data: DashboardData, refresh_s: int | None = None) -> str:
         f'<div class="cards">{_cards(data)}</div>'
         f'<div class="charts">{_chart_blocks(charts)}</div>'
         '<div class="tables"><h2>Consumers</h2>'
-        f"{_consumers_table(data)}<h2>Capture</h2>{_capture_table(data)}</div></main>"
+        f"{_consumers_table(data)}<h2>Capture</h2>{_capture_table(data)}"
+        f"<h2>Remote edits by outcome</h2>{_reconcile_table(data)}</div></main>"
         '<script type="application/json" id="dashboard-data">'
         f"{_json_for_html(payload)}</script>"
         f"<script>{library}</script><script>{script}</script></body></html>\n"

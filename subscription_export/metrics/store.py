@@ -85,6 +85,20 @@ capture_lag = sa.Table(
     sa.Index("capture_lag_by_time", "sampled_at"),
 )
 
+# One row per reconcile of a system's feed range: what happened to the remote edits in it.
+reconcile_runs = sa.Table(
+    "reconcile_metrics",
+    metadata,
+    sa.Column("system", sa.String(100), primary_key=True),
+    sa.Column("cursor_from", sa.BigInteger, primary_key=True),
+    sa.Column("cursor_to", sa.BigInteger, primary_key=True),
+    sa.Column("outcomes", sa.Text, nullable=False),  # JSON {"outcome": count}, keys sorted
+    sa.Column("written_back", sa.BigInteger, nullable=False),
+    sa.Column("pushed", sa.BigInteger, nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("reconcile_metrics_by_time", "finished_at"),
+)
+
 
 def error_rate(errors: int, records: int) -> float:
     """Share of rows that failed: `errors / (records + errors)`; 0.0 when nothing happened.
@@ -314,6 +328,54 @@ def record_export_metrics(engine: Engine, metrics: ExportMetrics) -> None:
 CAPTURE_SAMPLE_RETENTION = dt.timedelta(days=14)
 
 
+@dataclass(frozen=True)
+class ReconcileMetrics:
+    """What one reconcile of `system` over feed cursors (cursor_from, cursor_to] did."""
+
+    system: str
+    cursor_from: int
+    cursor_to: int
+    outcomes: Mapping[str, int]  # merged, resolved, queued (conflicts for a person), echo, ...
+    written_back: int
+    pushed: int
+    finished_at: dt.datetime
+
+
+def record_reconcile_metrics(engine: Engine, metrics: ReconcileMetrics) -> None:
+    """Store one reconcile's counts; a re-run of the same range replaces them."""
+    init_metrics(engine)
+    _require_aware("finished_at", metrics.finished_at)
+    values = {
+        "system": metrics.system,
+        "cursor_from": metrics.cursor_from,
+        "cursor_to": metrics.cursor_to,
+        "outcomes": json.dumps({k: v for k, v in sorted(metrics.outcomes.items()) if v}),
+        "written_back": metrics.written_back,
+        "pushed": metrics.pushed,
+        "finished_at": metrics.finished_at.astimezone(UTC),
+    }
+    with engine.begin() as conn:
+        _upsert(conn, reconcile_runs, values)
+
+
+def reconcile_outcomes(
+    engine: Engine, since: dt.datetime | None = None
+) -> dict[str, dict[str, int]]:
+    """Per system, remote edits by outcome, summed over reconciles finished at or after `since`."""
+    init_metrics(engine)
+    query = sa.select(reconcile_runs.c.system, reconcile_runs.c.outcomes)
+    if since is not None:
+        _require_aware("since", since)
+        query = query.where(reconcile_runs.c.finished_at >= since.astimezone(UTC))
+    totals: dict[str, dict[str, int]] = {}
+    with engine.connect() as conn:
+        for system, outcomes in conn.execute(query):
+            per_system = totals.setdefault(system, {})
+            for outcome, count in json.loads(outcomes).items():
+                per_system[outcome] = per_system.get(outcome, 0) + int(count)
+    return {system: dict(sorted(counts.items())) for system, counts in sorted(totals.items())}
+
+
 def record_capture_sample(engine: Engine, sample: CaptureSample) -> None:
     """Append one sample (a time series: samples are never replaced) and prune samples older
     than `CAPTURE_SAMPLE_RETENTION` before it."""
@@ -452,6 +514,7 @@ class DashboardData:
     exports: list[ExportMetrics]  # oldest first
     capture: list[CaptureSample]  # oldest first
     since: dt.datetime | None = None
+    reconcile: dict[str, dict[str, int]] = field(default_factory=dict)  # system -> outcome -> n
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -463,6 +526,7 @@ class DashboardData:
             "consumers": [c.as_dict() for c in self.consumers],
             "exports": [e.as_dict() for e in self.exports],
             "capture": [s.as_dict() for s in self.capture],
+            "reconcile": self.reconcile,
         }
 
     def to_json(self) -> str:
@@ -592,4 +656,5 @@ def load_dashboard_data(
         exports=exports,
         capture=load_capture_samples(engine, since),
         since=since,
+        reconcile=reconcile_outcomes(engine, since),
     )

@@ -53,9 +53,11 @@ state write and the push, the pending push is re-sent under its key.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 from subscription_export.errors import ConfigError
+from subscription_export.metrics.store import ReconcileMetrics, record_reconcile_metrics
 from subscription_export.pipeline import Project
 from subscription_export.sync import sync_state as st
 from subscription_export.sync.apply import (
@@ -134,6 +136,7 @@ __all__ = [
     "parse_sets",
     "push_pending",
     "reconcile_system",
+    "record_metrics",
     "remote_fields",
     "resolve_conflict",
 ]
@@ -171,7 +174,24 @@ def reconcile_system(
         applied = apply_batch(project, config, batch, policy, holder=holder)
         pushes = push_pending(project, config, client=active)
         cursor = st.advance_applied(project.state, config.name, batch.until)
+        record_metrics(project, applied, pushes)
     finally:
         if own:
             active.close()
     return ReconcileReport(applied, pushes, cursor)
+
+
+def record_metrics(project: Project, applied: ApplyReport, pushes: PushReport) -> None:
+    """The reconcile's outcome counts in the metrics store (dashboard: remote edits by outcome)."""
+    record_reconcile_metrics(
+        project.state,
+        ReconcileMetrics(
+            system=applied.system,
+            cursor_from=applied.after,
+            cursor_to=applied.until,
+            outcomes=dict(applied.outcomes),
+            written_back=applied.written_back,
+            pushed=pushes.pushed,
+            finished_at=dt.datetime.now(dt.UTC),
+        ),
+    )

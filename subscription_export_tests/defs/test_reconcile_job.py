@@ -22,6 +22,7 @@ from subscription_export.defs.reconcile import (
     run_config,
 )
 from subscription_export.defs.resources import ExportSettings
+from subscription_export.metrics.store import reconcile_outcomes
 from subscription_export.settings import Settings
 from subscription_export.source.schema import init_source
 from subscription_export.sync import sync_state as st
@@ -110,6 +111,8 @@ def test_the_sensor_launches_one_run_per_system_and_the_runs_apply_the_edits(
 
         applied_cursors = st.all_cursors(w.project.state)
         assert {k: c.applied for k, c in applied_cursors.items()} == {"crm": 1, "erp": 2}
+        # The dashboard's "remote edits by outcome" reads the same counts from the store.
+        assert reconcile_outcomes(w.project.state) == {"crm": {"merged": 1}, "erp": {"merged": 2}}
         second = tick(instance, resources, first.cursor)
         assert not second.run_requests
         assert "no new changes" in str(second.skip_reason)

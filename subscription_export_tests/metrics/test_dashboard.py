@@ -173,3 +173,19 @@ def test_empty_store_renders(sqlite_metrics: Engine) -> None:
     assert page.count("no exports recorded yet") == 4
     assert "no capture samples yet" in page
     assert data.generated_at.tzinfo == dt.UTC
+
+
+def test_remote_edits_by_outcome_are_shown_per_system(sqlite_metrics: Engine) -> None:
+    from subscription_export.metrics.store import ReconcileMetrics, record_reconcile_metrics
+
+    seed(sqlite_metrics)
+    counts = {"merged": 4, "queued": 2, "echo": 1}
+    record_reconcile_metrics(sqlite_metrics, ReconcileMetrics("erp", 0, 7, counts, 4, 1, T0))
+    page = render_dashboard(load_dashboard_data(sqlite_metrics, WATERMARKS, LAST_LSN, 0, 2))
+
+    assert _payload(page)["reconcile"] == {"erp": {"echo": 1, "merged": 4, "queued": 2}}
+    table = re.search(r'<table class="reconcile">(.*?)</table>', page, re.S)
+    assert table is not None
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", table.group(1))
+    # system, merged, resolved, queued, echo, no_change, already_applied, invalid
+    assert cells == ["erp", "4", "0", "2", "1", "0", "0", "0"]

@@ -17,14 +17,17 @@ from subscription_export.metrics.store import (
     CAPTURE_SAMPLE_RETENTION,
     CaptureSample,
     ExportMetrics,
+    ReconcileMetrics,
     error_rate,
     export_metrics,
     latency_percentiles,
     load_capture_samples,
     load_dashboard_data,
     load_exports,
+    reconcile_outcomes,
     record_capture_sample,
     record_export_metrics,
+    record_reconcile_metrics,
     sample_capture,
 )
 from subscription_export.source.schema import init_source
@@ -253,3 +256,21 @@ def test_capture_samples_older_than_the_retention_are_pruned(sqlite_metrics: Eng
     assert kept, "the newest samples are kept"
     assert min(s.sampled_at for s in kept) >= newest - CAPTURE_SAMPLE_RETENTION
     assert [s.last_lsn for s in kept] == [4, 6, 8, 10, 12, 14, 16, 18]
+
+
+def test_reconcile_outcomes_sum_per_system_and_a_rerun_replaces(sqlite_metrics: Engine) -> None:
+    def run(system: str, lo: int, hi: int, at: dt.datetime, **outcomes: int) -> None:
+        record_reconcile_metrics(
+            sqlite_metrics, ReconcileMetrics(system, lo, hi, outcomes, 0, 0, at)
+        )
+
+    run("erp", 0, 3, T0, merged=2, queued=1)
+    run("erp", 3, 5, T0 + dt.timedelta(hours=1), merged=1, echo=1)
+    run("crm", 0, 2, T0, resolved=2)
+    run("erp", 3, 5, T0 + dt.timedelta(hours=2), merged=1, echo=1, invalid=0)  # a re-run
+    assert reconcile_outcomes(sqlite_metrics) == {
+        "crm": {"resolved": 2},
+        "erp": {"echo": 1, "merged": 3, "queued": 1},
+    }
+    later = reconcile_outcomes(sqlite_metrics, since=T0 + dt.timedelta(minutes=30))
+    assert later == {"erp": {"echo": 1, "merged": 1}}
