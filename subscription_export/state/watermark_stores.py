@@ -6,7 +6,6 @@ import datetime as dt
 from typing import Protocol
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
-import redis
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -79,6 +78,9 @@ class RedisWatermarkStore:
     """All consumers in one hash; CAS is a Lua script, atomic on the server."""
 
     def __init__(self, url: str, namespace: str = "subscription_export") -> None:
+        import redis  # only for Redis watermarks: ~6 MB an exporter without them never loads
+
+        self._connection_error = redis.ConnectionError
         self.client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
         self.key = f"{namespace}:watermarks"
         self._cas = self.client.register_script(_CAS_SCRIPT)
@@ -96,7 +98,7 @@ class RedisWatermarkStore:
     def _call(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
         try:
             return fn(*args, **kwargs)
-        except redis.ConnectionError as exc:
+        except self._connection_error as exc:
             raise SourceUnavailableError(
                 f"cannot reach Redis for watermarks: {exc} (is redis-server running?)"
             ) from None

@@ -28,13 +28,15 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from subscription_export.errors import ConfigError
-from subscription_export.sync.clients import DeliveryClient, DeliveryResult, OutboundItem, Unit
+
+if TYPE_CHECKING:  # at run time only `DeadLetter.item` needs them (it imports them itself)
+    from subscription_export.sync.clients import DeliveryClient, DeliveryResult, OutboundItem, Unit
 
 ENV_POLICY = "SUBSCRIPTION_EXPORT_ON_DEAD_LETTER"
 Policy = Literal["block", "skip"]
@@ -113,6 +115,8 @@ class DeadLetter:
 
     def item(self) -> OutboundItem:
         """The operation to re-send: the same keys and bodies as the first attempt."""
+        from subscription_export.sync.clients import OutboundItem, Unit
+
         units = tuple(Unit(u["key"], u["body"]) for u in self.payload.get("units", []))
         if not units:
             return OutboundItem(
