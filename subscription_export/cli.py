@@ -315,7 +315,7 @@ def export(
     settings = _ctx(ctx).settings
     project = Project(settings)
     stream = stream_window(project, Window(from_lsn, to_lsn))
-    with _progress(quiet) as progress:
+    with _progress(quiet or as_json) as progress:
         task = progress.add_task("exporting changes", total=to_lsn - from_lsn + 1)
 
         def counted() -> Iterator[Any]:

@@ -305,8 +305,7 @@ def export_derived(
     """Parquet → CSV/JSONL, streamed batch by batch."""
     if fmt == "parquet":
         raise ValueError("parquet is the canonical export; use export_canonical")
-    source = pq.ParquetFile(parquet)
-    schema = source.schema_arrow
+    schema = pq.read_schema(parquet)
     target = path or project.file_path(fmt, window.key)
     batches = parquet_batches(parquet, project.settings.read_batch_size)
     return _write(project, fmt, window, schema, batches, target, parquet_counts(parquet), [])

@@ -25,11 +25,9 @@ def prefer_jemalloc() -> None:
         os.environ[_ENV] = "jemalloc"
 
 
-def configure_arrow_memory() -> str:
-    """Return freed memory at once when the pool is jemalloc; the pool's name."""
+def configure_arrow_memory() -> None:
+    """Return freed memory at once when the pool is jemalloc."""
     import pyarrow as pa
 
-    pool = pa.default_memory_pool()
-    if pool.backend_name == "jemalloc":
+    if pa.default_memory_pool().backend_name == "jemalloc":
         pa.jemalloc_set_decay_ms(0)
-    return pool.backend_name

@@ -516,14 +516,8 @@ def lagging_window(project: Project, names: Sequence[str]) -> Window | None:
     for name in names:
         if open_windows(project.state, name):
             continue
-        mark = project.watermarks.get(name)
-        exported = completed_keys(project.state, "parquet", mark)
-        delivered = completed_keys(project.state, name, mark)
-        behind = [
-            w
-            for w in list_windows(project.state, after_hi=mark)
-            if w.key in exported and w.key not in delivered
-        ]
+        exported = completed_keys(project.state, PARQUET_CONSUMER, project.watermarks.get(name))
+        behind = [w for w in pending_windows(project, name) if w.key in exported]
         if behind and (newest is None or behind[-1].hi > newest.hi):
             newest = behind[-1]
     return newest
