@@ -2,6 +2,7 @@
 CLI runs show up in the UI next to sensor and backfill runs."""
 
 import fcntl
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,6 +19,8 @@ from subscription_export.pipeline import CutResult, Project, cut_windows, incomp
 from subscription_export.settings import Settings
 from subscription_export.state.windows import Window
 from subscription_export.sync.window_delivery import lagging_window
+
+log = logging.getLogger(__name__)
 
 # The CLI prints its own summary; Dagster's per-step DEBUG lines stay in the instance (UI).
 _QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -131,6 +134,8 @@ def destination_catch_up(project: Project) -> Window | None:
     failure that outlasted its retries) and no new window would otherwise catch it up."""
     try:
         names = DestinationsResource.from_env().load().names
-    except ConfigError:
-        return None  # the export runs' sync steps report a bad destinations file
+    except ConfigError as exc:
+        # The export runs' sync steps fail on it too; with no new window, say it here.
+        log.warning("destinations not caught up: %s", exc)
+        return None
     return lagging_window(project, names)

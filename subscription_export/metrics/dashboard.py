@@ -315,12 +315,15 @@ _RECONCILE_OUTCOMES = (
 
 
 def _reconcile_table(data: DashboardData) -> str:
-    """Remote edits brought back per system, by outcome (`queued`: conflicts for a person)."""
+    """Remote edits brought back per system, by outcome (`queued`: conflicts for a person).
+    Outcomes this page does not know yet get a column too, after the known ones."""
+    seen = {o for counts in data.reconcile.values() for o in counts}
+    outcomes = [*_RECONCILE_OUTCOMES, *sorted(seen - set(_RECONCILE_OUTCOMES))]
     rows = [
-        [_e(system), *(_num(counts.get(o, 0)) for o in _RECONCILE_OUTCOMES)]
+        [_e(system), *(_num(counts.get(o, 0)) for o in outcomes)]
         for system, counts in data.reconcile.items()
     ]
-    return _table(["system", *_RECONCILE_OUTCOMES], rows, "reconcile", "no reconcile runs yet")
+    return _table(["system", *outcomes], rows, "reconcile", "no reconcile runs yet")
 
 
 def _cards(data: DashboardData) -> str:
