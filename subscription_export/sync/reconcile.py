@@ -65,47 +65,38 @@ from subscription_export.sync.apply import (
     CRASH_EXIT,
     ApplyReport,
     apply_batch,
-    apply_change,
     load_snapshots,
 )
 from subscription_export.sync.clients import DeliveryClient
 from subscription_export.sync.config import DestinationConfig
 from subscription_export.sync.feeds import (
-    FEED_KINDS,
     FeedBatch,
     ReconcileError,
     feed_system,
     feed_systems,
     fetch_batch,
-    remote_fields,
 )
 from subscription_export.sync.manual_queue import (
-    ResolveReport,
-    Take,
     describe_conflict,
     history,
-    parse_sets,
     resolve_conflict,
 )
 from subscription_export.sync.policies import (
-    DEFAULT_STRATEGY,
     ENV_POLICY_FILE,
     ENV_STRATEGY,
     ConflictPolicies,
     load_policies,
 )
 from subscription_export.sync.pushes import PushReport, push_pending
-from subscription_export.sync.source_side import column_types, equivalent, normalize
+from subscription_export.sync.source_side import column_types, normalize
 from subscription_export.sync.strategies import ConflictPolicy
-from subscription_export.sync.three_way import OUTCOMES, Snapshot, Verdict, decide, load_snapshot
+from subscription_export.sync.three_way import OUTCOMES, Snapshot, Verdict, decide
 
 __all__ = [
     "CRASH_ENV",
     "CRASH_EXIT",
-    "DEFAULT_STRATEGY",
     "ENV_POLICY_FILE",
     "ENV_STRATEGY",
-    "FEED_KINDS",
     "OUTCOMES",
     "ApplyReport",
     "ConfigError",
@@ -115,29 +106,22 @@ __all__ = [
     "PushReport",
     "ReconcileError",
     "ReconcileReport",
-    "ResolveReport",
     "Snapshot",
-    "Take",
     "Verdict",
     "apply_batch",
-    "apply_change",
     "column_types",
     "decide",
     "describe_conflict",
-    "equivalent",
     "feed_system",
     "feed_systems",
     "fetch_batch",
     "history",
     "load_policies",
-    "load_snapshot",
     "load_snapshots",
     "normalize",
-    "parse_sets",
     "push_pending",
     "reconcile_system",
     "record_metrics",
-    "remote_fields",
     "resolve_conflict",
 ]
 

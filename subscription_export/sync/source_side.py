@@ -19,6 +19,7 @@ from subscription_export.formats.values import BadValue, convert
 from subscription_export.pipeline import Project
 from subscription_export.source.columns import BASE_TYPES, LogicalType
 from subscription_export.source.schema import clear_origin, latest_capture_schema, set_origin
+from subscription_export.sync.mapping import MappingError
 from subscription_export.sync.strategies import MISSING, SOURCE, same
 
 APP_ORIGIN = "app"
@@ -38,9 +39,15 @@ def column_types(conn: Connection) -> dict[str, LogicalType]:
     return {c.name: c.type for c in schema.columns}
 
 
-def normalize(record: Mapping[str, Any] | None, types: Types) -> dict[str, Any] | None:
+def normalize(
+    record: Mapping[str, Any] | None, types: Types, *, strict: bool = False
+) -> dict[str, Any] | None:
     """Keep the source's columns, each as its Python type (exact decimals at scale 4, dates,
-    UTC datetimes), so values from SQLite, PostgreSQL and JSON compare equal."""
+    UTC datetimes), so values from SQLite, PostgreSQL and JSON compare equal.
+
+    `strict` (a remote's record): a value that does not convert is a `MappingError` naming the
+    field, so the change is `invalid` instead of carrying a bad value into the merge. Otherwise
+    (images we stored ourselves) such a value is kept as it is."""
     if record is None:
         return None
     out: dict[str, Any] = {}
@@ -50,7 +57,9 @@ def normalize(record: Mapping[str, Any] | None, types: Types) -> dict[str, Any] 
             continue
         try:
             out[name] = convert(value, logical)
-        except BadValue:
+        except BadValue as exc:
+            if strict:
+                raise MappingError(f"field {name!r}: {exc}") from None
             out[name] = value
     return out
 

@@ -306,17 +306,6 @@ def mark_held(
     )
 
 
-def list_bases(engine: Engine, destination: str | None = None) -> list[SyncBase]:
-    query = sa.select(sync_base.c.destination, sync_base.c.subscription_id).order_by(
-        sync_base.c.destination, sync_base.c.subscription_id
-    )
-    if destination is not None:
-        query = query.where(sync_base.c.destination == destination)
-    with engine.connect() as conn:
-        keys = conn.execute(query).all()
-        return [b for d, s in keys if (b := get_base(conn, d, s)) is not None]
-
-
 # -- feed cursors ------------------------------------------------------------------------------
 
 

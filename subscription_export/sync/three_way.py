@@ -76,7 +76,7 @@ def _remote_side(
     config: DestinationConfig, change: RemoteChange, types: Types
 ) -> tuple[SideState, int | None, str | None]:
     try:
-        fields = normalize(remote_fields(config, change), types) or {}
+        fields = normalize(remote_fields(config, change), types, strict=True) or {}
     except MappingError as exc:
         return SideState(config.name, change.updated_at, None), None, str(exc)
     version = version_of(fields)

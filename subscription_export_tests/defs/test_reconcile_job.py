@@ -177,10 +177,18 @@ def test_the_project_definitions_hold_the_job_the_sensor_and_their_resources(
     monkeypatch.setenv("SUBSCRIPTION_EXPORT_CONFLICTS", str(policies))
     defs = build_definitions(settings)
     dg.Definitions.validate_loadable(defs)
-    assert defs.resolve_job_def("reconcile").name == "reconcile"
+    job = defs.resolve_job_def("reconcile")
+    assert [node.name for node in job.graph.nodes_in_topological_order] == [
+        "fetch_remote_changes",
+        "load_sync_states",
+        "resolve_changes",
+        "apply_resolutions",
+        "push_to_remote",
+        "advance_feed_cursor",
+    ]
     sensor = defs.resolve_sensor_def("external_changes_sensor")
     assert sensor.job_name == "reconcile"
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     loaded = defs.resources["conflict_policies"].load()  # type: ignore[union-attr]
     assert loaded.for_destination("crm").strategy.value == "manual"
-    assert defs.resolve_sensor_def("change_log_sensor").name == "change_log_sensor"
+    assert defs.resolve_sensor_def("change_log_sensor").job_name == "export_window"

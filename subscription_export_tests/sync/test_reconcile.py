@@ -448,6 +448,36 @@ def test_a_remote_change_equal_to_the_base_is_an_echo(settings: Settings, tmp_pa
         w.assert_converged("s1", record(name="Local"))
 
 
+def test_a_remote_value_that_does_not_convert_makes_the_change_invalid(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A bad value is not merged into the source (nor kept raw): the change is `invalid`, the
+    audit log says which field, and the feed moves on."""
+    with world(settings, tmp_path, {"strategy": "last_writer_wins"}, ("erp",)) as w:
+        seeded(w)
+        before = w.change_log("s1")
+        w.remote_edit("erp", "s1", 1, next_billing_date="next tuesday", name="ERP name")
+        report = w.reconcile("erp")
+        assert report.applied.outcomes == {"invalid": 1}
+        assert w.change_log("s1") == before  # nothing written back
+        [entry] = [e for e in rc.history(w.project, "s1") if e["outcome"] == "invalid"]
+        assert "next_billing_date" in json.dumps(entry, default=str)
+        assert st.all_cursors(w.project.state)["erp"].applied == report.cursor
+
+
+def test_normalize_refuses_a_bad_remote_value_and_keeps_our_own() -> None:
+    """Columns added to the source reach us from a remote's `extra`/custom fields unparsed:
+    for a remote's record a bad one is a MappingError (-> `invalid`), never a raw value."""
+    from subscription_export.sync.mapping import MappingError
+    from subscription_export.sync.source_side import normalize
+
+    types = {"id": "text", "seats": "integer"}
+    assert normalize({"id": "s1", "seats": "7"}, types, strict=True) == {"id": "s1", "seats": 7}
+    with pytest.raises(MappingError, match="'seats'"):
+        normalize({"id": "s1", "seats": "many"}, types, strict=True)
+    assert normalize({"id": "s1", "seats": "many"}, types) == {"id": "s1", "seats": "many"}
+
+
 # -- edits in two systems at once --------------------------------------------------------------
 
 
