@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
@@ -90,3 +92,33 @@ def redact(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
         return url
+
+
+def dialect_insert(conn: sa.Connection) -> Any:
+    """The dialect's INSERT construct (it has ON CONFLICT) for SQLite or PostgreSQL."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    inserts = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+    if conn.dialect.name not in inserts:
+        raise NotImplementedError(f"needs sqlite or postgresql, not {conn.dialect.name}")
+    return inserts[conn.dialect.name]
+
+
+def upsert(
+    conn: sa.Connection,
+    table: sa.Table,
+    values: Mapping[str, Any],
+    keys: Sequence[str] | None = None,
+) -> None:
+    """INSERT … ON CONFLICT (keys, default the primary key) DO UPDATE: race-free where
+    delete-then-insert is not (PostgreSQL)."""
+    index = list(keys) if keys is not None else [c.name for c in table.primary_key.columns]
+    stmt = dialect_insert(conn)(table).values(**values)
+    updates = {k: stmt.excluded[k] for k in values if k not in index}
+    conn.execute(stmt.on_conflict_do_update(index_elements=index, set_=updates))
+
+
+def insert_ignore(conn: sa.Connection, table: sa.Table, values: Mapping[str, Any]) -> bool:
+    """INSERT … ON CONFLICT DO NOTHING; True if a row was inserted."""
+    result = conn.execute(dialect_insert(conn)(table).values(**values).on_conflict_do_nothing())
+    return bool(result.rowcount)

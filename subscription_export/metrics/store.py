@@ -36,9 +36,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
+from subscription_export.db import upsert
 from subscription_export.formats.values import to_utc
 
 UTC = dt.UTC
@@ -280,19 +280,6 @@ def init_metrics(engine: Engine) -> None:
         _initialized.add(url)
 
 
-def _upsert(conn: Connection, table: sa.Table, values: dict[str, Any]) -> None:
-    """INSERT … ON CONFLICT DO UPDATE: race-free where delete-then-insert is not (PostgreSQL)."""
-    dialect = {"postgresql": postgresql, "sqlite": sqlite}.get(conn.dialect.name)
-    if dialect is None:
-        raise NotImplementedError(f"metrics need sqlite or postgresql, not {conn.dialect.name}")
-    keys = [c.name for c in table.primary_key.columns]
-    stmt = dialect.insert(table).values(**values)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=keys, set_={k: stmt.excluded[k] for k in values if k not in keys}
-    )
-    conn.execute(stmt)
-
-
 def record_export_metrics(engine: Engine, metrics: ExportMetrics) -> None:
     """Store one (consumer, window) result; recording the same pair again replaces it."""
     init_metrics(engine)
@@ -320,7 +307,7 @@ def record_export_metrics(engine: Engine, metrics: ExportMetrics) -> None:
         "finished_at": metrics.finished_at.astimezone(UTC),
     }
     with engine.begin() as conn:
-        _upsert(conn, export_metrics, values)
+        upsert(conn, export_metrics, values)
 
 
 # Capture samples are taken every sensor tick or CLI cycle; older ones are pruned so the table
@@ -355,7 +342,7 @@ def record_reconcile_metrics(engine: Engine, metrics: ReconcileMetrics) -> None:
         "finished_at": metrics.finished_at.astimezone(UTC),
     }
     with engine.begin() as conn:
-        _upsert(conn, reconcile_runs, values)
+        upsert(conn, reconcile_runs, values)
 
 
 def reconcile_outcomes(

@@ -35,8 +35,9 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
+
+from subscription_export.db import dialect_insert, insert_ignore, upsert
 
 metadata = sa.MetaData()
 
@@ -194,21 +195,6 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _upsert(conn: Connection, table: sa.Table, values: Mapping[str, Any], keys: Sequence[str]):  # type: ignore[no-untyped-def]
-    """INSERT … ON CONFLICT (keys) DO UPDATE, for SQLite and PostgreSQL."""
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    stmt = insert(table).values(**values)
-    updates = {k: stmt.excluded[k] for k in values if k not in keys}
-    return conn.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_=updates))
-
-
-def _insert_ignore(conn: Connection, table: sa.Table, values: Mapping[str, Any]) -> bool:
-    """INSERT … ON CONFLICT DO NOTHING; True if a row was inserted."""
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    result = conn.execute(insert(table).values(**values).on_conflict_do_nothing())
-    return bool(result.rowcount)
-
-
 # -- sync base ---------------------------------------------------------------------------------
 
 
@@ -268,7 +254,7 @@ def put_base(
     cursor = max(remote_cursor, current.remote_cursor) if current else remote_cursor
     if current is not None and remote_cursor < current.remote_cursor:
         feed_record, feed_version = current.feed_record, current.feed_version
-    _upsert(
+    upsert(
         conn,
         sync_base,
         {
@@ -333,7 +319,7 @@ def all_cursors(engine: Engine) -> dict[str, FeedCursor]:
 def _move_cursors(conn: Connection, system: str, applied: int, requested: int) -> None:
     """Raise the stored cursors to at least these values, in one statement (never back, even
     when the sensor and a run write at the same moment)."""
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    insert = dialect_insert(conn)
     greater = sa.func.greatest if conn.dialect.name == "postgresql" else sa.func.max
     stmt = insert(feed_cursors).values(
         system=system, applied=applied, requested=max(applied, requested), updated_at=now()
@@ -394,7 +380,7 @@ def put_provenance(
 ) -> None:
     """Record that `system` produced these field values at `changed_at`."""
     for name, value in sorted(values.items()):
-        _upsert(
+        upsert(
             conn,
             field_provenance,
             {
@@ -443,7 +429,7 @@ def add_push(
     merged state needs to reach the remote). Re-adding the same key changes nothing."""
     supersede_pushes(conn, destination, subscription_id, keep=key)
     moment = now()
-    _insert_ignore(
+    insert_ignore(
         conn,
         pushes,
         {
@@ -603,7 +589,7 @@ def add_conflict(
 ) -> int:
     """Open a conflict (idempotent per opening feed cursor); returns its id."""
     moment = now()
-    _insert_ignore(
+    insert_ignore(
         conn,
         conflicts,
         {
@@ -735,7 +721,7 @@ def add_audit(
     conflict_id: int | None = None,
 ) -> None:
     """One decision; recording the same (destination, subscription, ref) again is a no-op."""
-    _insert_ignore(
+    insert_ignore(
         conn,
         audit,
         {
