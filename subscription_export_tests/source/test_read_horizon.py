@@ -9,6 +9,7 @@ import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
+from subscription_export import pipeline
 from subscription_export.pipeline import Project, cut_windows, export_canonical, finish
 from subscription_export.settings import Settings
 from subscription_export.source.schema import init_source
@@ -46,7 +47,11 @@ def naive_serial_export(engine: sa.Engine, after_id: int) -> tuple[list[str], in
     return [r[1] for r in rows], (rows[-1][0] if rows else after_id)
 
 
-def test_open_transaction_holds_back_later_commits_pg(pg_url: str, tmp_path: Path) -> None:
+def test_open_transaction_holds_back_later_commits_pg(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # T1 stays open on purpose: the cycle must give up waiting for it, as in production.
+    monkeypatch.setattr(pipeline, "SEQUENCE_WAIT_S", 0.5)
     engine = writer(pg_url)
     init_source(engine)
     project = Project(_settings(pg_url, tmp_path))
