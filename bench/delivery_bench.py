@@ -42,18 +42,20 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from subscription_export.db import engine_for  # noqa: E402
-from subscription_export.pipeline import Project, cut_windows, export_window_file  # noqa: E402
+from subscription_export.core.db import engine_for  # noqa: E402
+from subscription_export.core.settings import Settings  # noqa: E402
+from subscription_export.delivery.config import DestinationConfig, Kind, RetryBudget  # noqa: E402
+from subscription_export.delivery.dispatch import deliver  # noqa: E402
+from subscription_export.delivery.prior_state import prior_images  # noqa: E402
+from subscription_export.delivery.window import deliver_window  # noqa: E402
+from subscription_export.export.cut import cut_windows  # noqa: E402
+from subscription_export.export.flow import export_window_file  # noqa: E402
+from subscription_export.runtime import Project  # noqa: E402
 from subscription_export.sandbox.faults import FaultPlan, FaultSpec  # noqa: E402
 from subscription_export.sandbox.generator import generate  # noqa: E402
 from subscription_export.sandbox.server import running_sandbox  # noqa: E402
-from subscription_export.settings import Settings  # noqa: E402
 from subscription_export.source.schema import init_source  # noqa: E402
 from subscription_export.state.windows import list_windows  # noqa: E402
-from subscription_export.sync.config import DestinationConfig, Kind, RetryBudget  # noqa: E402
-from subscription_export.sync.delivery import deliver  # noqa: E402
-from subscription_export.sync.prior_state import prior_images  # noqa: E402
-from subscription_export.sync.window_delivery import deliver_window  # noqa: E402
 
 TARGET_RECORDS_PER_S = 5_000
 

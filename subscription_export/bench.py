@@ -25,8 +25,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from subscription_export.db import engine_for, is_postgres
-from subscription_export.settings import Settings
+from subscription_export.core.db import engine_for, is_postgres
+from subscription_export.core.settings import Settings
 from subscription_export.source.schema import init_source
 
 _PG_FILL = """
@@ -206,7 +206,8 @@ def export_formats(settings: Settings, lo: int, hi: int) -> tuple[dict[str, Any]
     """
     if "pandas" not in sys.modules:
         sys.meta_path.insert(0, _NoPandas())
-    from subscription_export.pipeline import Project, export_window_file
+    from subscription_export.export.flow import export_window_file
+    from subscription_export.runtime import Project
     from subscription_export.state.windows import Window
 
     project = Project(settings)
@@ -238,7 +239,8 @@ def run_bench(
     import dagster as dg
 
     from subscription_export.defs.runner import run_cycle
-    from subscription_export.pipeline import Project, cut_windows
+    from subscription_export.export.cut import cut_windows
+    from subscription_export.runtime import Project
     from subscription_export.sandbox.generator import generate
 
     run_dir = workdir / f"run_{uuid.uuid4().hex[:8]}"

@@ -19,9 +19,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from subscription_export.db import engine_for, redact
-from subscription_export.errors import RangeError, SubscriptionExportError
-from subscription_export.settings import Settings
+from subscription_export.core.db import engine_for, redact
+from subscription_export.core.errors import RangeError, SubscriptionExportError
+from subscription_export.core.settings import Settings
 
 app = typer.Typer(
     help="Change data capture and incremental export of a subscription database, on Dagster.",
@@ -93,8 +93,8 @@ def main_options(
 @app.command()
 def init(ctx: typer.Context) -> None:
     """Create the source tables and capture triggers (idempotent; re-run after adding columns)."""
-    from subscription_export.db import check_reachable
-    from subscription_export.pipeline import init_state_tables
+    from subscription_export.core.db import check_reachable
+    from subscription_export.runtime import init_state_tables
     from subscription_export.source.schema import init_source
 
     settings = _ctx(ctx).settings
@@ -157,7 +157,7 @@ def run(
 
 def _export_windows(settings: Settings, keys: list[str], as_json: bool, quiet: bool) -> bool:
     from subscription_export.defs.runner import materialize_windows
-    from subscription_export.pipeline import Project
+    from subscription_export.runtime import Project
     from subscription_export.state.windows import find_window
 
     state = Project(settings).state
@@ -214,10 +214,11 @@ def _run_one_cycle(settings: Settings, as_json: bool, quiet: bool) -> bool:
 
 def gather_status(settings: Settings, recent: int = 5) -> dict[str, Any]:
     from subscription_export.formats.writers import FORMATS
-    from subscription_export.pipeline import Project, open_problem_counts
+    from subscription_export.reconcile.sync_state import all_cursors
+    from subscription_export.runtime import Project
     from subscription_export.source.sequencer import last_lsn
     from subscription_export.state.windows import last_window_end, recent_windows
-    from subscription_export.sync.sync_state import all_cursors
+    from subscription_export.status import open_problem_counts
 
     project = Project(settings)
     top = last_lsn(project.source)
@@ -306,8 +307,9 @@ def export(
     """Export any LSN range to one file (no watermark moves); same bytes as the window files."""
     from collections.abc import Iterator
 
+    from subscription_export.export.flow import stream_window
     from subscription_export.formats.writers import write_atomically
-    from subscription_export.pipeline import Project, stream_window
+    from subscription_export.runtime import Project
     from subscription_export.state.windows import Window
 
     if to_lsn < from_lsn:
@@ -370,7 +372,7 @@ def demo(
     from dataclasses import replace
 
     from subscription_export.defs.runner import run_cycle
-    from subscription_export.pipeline import init_state_tables
+    from subscription_export.runtime import init_state_tables
     from subscription_export.sandbox.generator import generate
     from subscription_export.sandbox.server import running_sandbox
     from subscription_export.source.schema import init_source
@@ -504,7 +506,7 @@ def quarantine_list(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Quarantined rows with their LSN, field and reason (newest first)."""
-    from subscription_export.pipeline import Project
+    from subscription_export.runtime import Project
     from subscription_export.state.quarantine import list_quarantine
 
     rows = list_quarantine(Project(_ctx(ctx).settings).state, limit)
@@ -600,8 +602,8 @@ def dead_letters_list(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Dead letters by destination and LSN, with their error and attempts."""
-    from subscription_export.pipeline import Project
-    from subscription_export.sync.dead_letters import list_dead_letters
+    from subscription_export.delivery.dead_letters import list_dead_letters
+    from subscription_export.runtime import Project
 
     wanted = None if status is DeadLetterStatus.all else status.value
     letters = list_dead_letters(
@@ -643,11 +645,11 @@ def dead_letters_replay(
 ) -> None:
     """Re-send open dead letters with their original idempotency keys, then deliver the windows
     that waited behind them. Exit 1 if some still fail."""
-    from subscription_export.pipeline import Project
+    from subscription_export.delivery.config import load_destinations
+    from subscription_export.delivery.dead_letters import list_dead_letters
+    from subscription_export.delivery.window import replay_dead_letters
+    from subscription_export.runtime import Project
     from subscription_export.state.leases import default_holder
-    from subscription_export.sync.config import load_destinations
-    from subscription_export.sync.dead_letters import list_dead_letters
-    from subscription_export.sync.window_delivery import replay_dead_letters
 
     project = Project(_ctx(ctx).settings)
     config = load_destinations()
@@ -732,8 +734,8 @@ def dead_letters_discard(
     ids: Annotated[list[int], typer.Option("--id", help="Ids to give up on (repeatable).")],
 ) -> None:
     """Give up on dead letters: they stop blocking; re-run the window's sync to complete it."""
-    from subscription_export.pipeline import Project
-    from subscription_export.sync.dead_letters import discard
+    from subscription_export.delivery.dead_letters import discard
+    from subscription_export.runtime import Project
 
     count = discard(Project(_ctx(ctx).settings).state, ids)
     console.print(f"discarded {count} open dead letter(s)")
@@ -768,9 +770,9 @@ def conflicts_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Conflicts a `manual` strategy queued: system, subscription, conflicting fields."""
-    from subscription_export.pipeline import Project
-    from subscription_export.sync import reconcile as rc
-    from subscription_export.sync import sync_state as st
+    from subscription_export.reconcile import flow as rc
+    from subscription_export.reconcile import sync_state as st
+    from subscription_export.runtime import Project
 
     found = st.list_conflicts(
         Project(_ctx(ctx).settings).state,
@@ -802,9 +804,9 @@ def conflicts_show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """One conflict: base, local and remote side by side, conflicting fields marked."""
-    from subscription_export.pipeline import Project
-    from subscription_export.sync import reconcile as rc
-    from subscription_export.sync import sync_state as st
+    from subscription_export.reconcile import flow as rc
+    from subscription_export.reconcile import sync_state as st
+    from subscription_export.runtime import Project
 
     conflict = st.get_conflict(Project(_ctx(ctx).settings).state, conflict_id)
     if conflict is None:
@@ -867,10 +869,10 @@ def conflicts_resolve(
 ) -> None:
     """Settle a conflict through the reconcile's apply path: write-back (origin = the system),
     sync base, audit entry, and a push of the result to the system."""
-    from subscription_export.pipeline import Project
-    from subscription_export.sync import reconcile as rc
-    from subscription_export.sync import sync_state as st
-    from subscription_export.sync.config import load_destinations
+    from subscription_export.delivery.config import load_destinations
+    from subscription_export.reconcile import flow as rc
+    from subscription_export.reconcile import sync_state as st
+    from subscription_export.runtime import Project
 
     report = rc.resolve_conflict(
         Project(_ctx(ctx).settings),
@@ -923,8 +925,8 @@ def conflicts_history(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Every sync decision about a subscription, oldest first (the audit log)."""
-    from subscription_export.pipeline import Project
-    from subscription_export.sync import reconcile as rc
+    from subscription_export.reconcile import flow as rc
+    from subscription_export.runtime import Project
 
     entries = rc.history(Project(_ctx(ctx).settings), subscription)
     if as_json:
@@ -967,7 +969,7 @@ def sandbox_serve(
     ] = None,
 ) -> None:
     """Serve one sandbox system in the foreground until Ctrl-C."""
-    from subscription_export.errors import ConfigError
+    from subscription_export.core.errors import ConfigError
     from subscription_export.sandbox.faults import FaultPlan
     from subscription_export.sandbox.server import SandboxServer
     from subscription_export.sandbox.systems import make_system
@@ -1003,8 +1005,9 @@ def dashboard(
 
     from subscription_export.metrics.dashboard import render_dashboard, serve_dashboard
     from subscription_export.metrics.store import DashboardData, load_dashboard_data
-    from subscription_export.pipeline import Project, open_problem_counts
+    from subscription_export.runtime import Project
     from subscription_export.source.sequencer import last_lsn
+    from subscription_export.status import open_problem_counts
 
     if (out is None) == (not serve):
         raise typer.BadParameter("give exactly one of --out FILE or --serve")

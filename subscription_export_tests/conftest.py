@@ -15,8 +15,8 @@ import psycopg
 import pytest
 import redis
 
-from subscription_export.db import engine_for
-from subscription_export.settings import Settings
+from subscription_export.core.db import engine_for
+from subscription_export.core.settings import Settings
 from subscription_export.source.schema import init_source
 
 PG_DSN = os.environ.get("SUBSCRIPTION_EXPORT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -36,9 +36,9 @@ def _patient_sequencer(monkeypatch: pytest.MonkeyPatch) -> None:
     """PostgreSQL's read horizon is cluster-wide: a transaction of another test (another xdist
     worker, a Dagster daemon) can hold it past the 2 s a cycle waits in production, and a test
     that cuts a window right after writing would then find nothing to cut. Tests wait longer."""
-    import subscription_export.pipeline as pipeline
+    import subscription_export.export.cut as cut
 
-    monkeypatch.setattr(pipeline, "SEQUENCE_WAIT_S", 30.0)
+    monkeypatch.setattr(cut, "SEQUENCE_WAIT_S", 30.0)
 
 
 @pytest.fixture

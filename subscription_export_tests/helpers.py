@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from subscription_export.db import engine_for
+from subscription_export.core.db import engine_for
 
 _INSERT = sa.text(
     "INSERT INTO subscriptions (id, user_id, name, category, amount, currency, billing_cycle,"

@@ -5,7 +5,18 @@ from __future__ import annotations
 import subprocess
 import sys
 
-DOMAIN = ("source", "state", "formats", "sync")
+DOMAIN = (
+    "core",
+    "source",
+    "state",
+    "formats",
+    "export",
+    "delivery",
+    "reconcile",
+    "metrics",
+    "reports",
+    "sandbox",
+)
 
 _CHECK = """
 import importlib, pkgutil, sys
@@ -16,7 +27,7 @@ for package in {packages!r}:
     for info in pkgutil.walk_packages(module.__path__, f"{{module.__name__}}."):
         importlib.import_module(info.name)
         loaded.append(info.name)
-assert "subscription_export.sync.reconcile" in loaded, loaded
+assert "subscription_export.reconcile.flow" in loaded, loaded
 dagster = sorted(m for m in sys.modules if m == "dagster" or m.startswith("dagster."))
 print(len(loaded), dagster[:5])
 sys.exit(1 if dagster else 0)
@@ -36,9 +47,11 @@ def test_domain_packages_import_without_dagster() -> None:
 _EXPORT = """
 import sys
 from pathlib import Path
-from subscription_export.db import engine_for
-from subscription_export.pipeline import Project, cut_windows, export_window_file
-from subscription_export.settings import Settings
+from subscription_export.core.db import engine_for
+from subscription_export.runtime import Project
+from subscription_export.export.cut import cut_windows
+from subscription_export.export.flow import export_window_file
+from subscription_export.core.settings import Settings
 from subscription_export.source.schema import init_source
 from subscription_export_tests.helpers import insert
 

@@ -7,6 +7,7 @@ import dagster as dg
 from subscription_export.defs.assets import subscription_changes
 from subscription_export.defs.partitions import cdc_windows
 from subscription_export.defs.resources import ExportSettings
+from subscription_export.export.window import parse_window_key
 from subscription_export.formats.manifest import manifest_path
 from subscription_export.formats.verify import (
     CheckOutcome,
@@ -14,7 +15,6 @@ from subscription_export.formats.verify import (
     check_manifest,
     check_row_count,
 )
-from subscription_export.formats.window import parse_window_key
 from subscription_export.source.reader import range_stats
 from subscription_export.state.quarantine import quarantined_lsns
 

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from subscription_export.core.settings import Settings
 from subscription_export.defs.assets import window_assets
 from subscription_export.defs.checks import window_checks
 from subscription_export.defs.daily import daily_assets
@@ -19,7 +20,6 @@ from subscription_export.defs.reconcile import (
 )
 from subscription_export.defs.resources import ExportSettings
 from subscription_export.defs.sensors import change_log_sensor
-from subscription_export.settings import Settings
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:

@@ -20,21 +20,17 @@ import dagster as dg
 from subscription_export.defs.assets import STEP_RETRY, subscription_changes
 from subscription_export.defs.partitions import cdc_windows
 from subscription_export.defs.resources import ExportSettings
-from subscription_export.formats.window import parse_window_key
-from subscription_export.state.leases import default_holder
-from subscription_export.state.windows import Window, find_window
-from subscription_export.sync.config import (
+from subscription_export.delivery.config import (
     KINDS,
     DestinationsConfig,
     destinations_path,
     load_destinations,
 )
-from subscription_export.sync.dead_letters import Policy, dead_letter_policy
-from subscription_export.sync.window_delivery import (
-    DestinationBlocked,
-    blocked_message,
-    deliver_window,
-)
+from subscription_export.delivery.dead_letters import Policy, dead_letter_policy
+from subscription_export.delivery.window import DestinationBlocked, blocked_message, deliver_window
+from subscription_export.export.window import parse_window_key
+from subscription_export.state.leases import default_holder
+from subscription_export.state.windows import Window, find_window
 
 SYNC_WINDOW_JOB = "sync_window"
 DESTINATIONS_GROUP = "destinations"

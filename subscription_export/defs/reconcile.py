@@ -27,9 +27,9 @@ import dagster as dg
 from subscription_export.defs.assets import STEP_RETRY
 from subscription_export.defs.destinations import DestinationsResource
 from subscription_export.defs.resources import ExportSettings
+from subscription_export.reconcile import flow as rc
+from subscription_export.reconcile import sync_state as st
 from subscription_export.state.leases import default_holder
-from subscription_export.sync import reconcile as rc
-from subscription_export.sync import sync_state as st
 
 RECONCILE_JOB = "reconcile"
 SENSOR_PAGE = 100

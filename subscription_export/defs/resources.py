@@ -4,8 +4,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from subscription_export.pipeline import Project
-from subscription_export.settings import Settings
+from subscription_export.core.settings import Settings
+from subscription_export.runtime import Project
 
 _projects: dict[Settings, Project] = {}
 

@@ -9,16 +9,17 @@ from dataclasses import dataclass
 import dagster as dg
 import sqlalchemy as sa
 
-from subscription_export.dagster_home import ensure_dagster_home
+from subscription_export.core.errors import ConfigError
+from subscription_export.core.settings import Settings
 from subscription_export.defs.definitions import build_definitions
 from subscription_export.defs.destinations import SYNC_WINDOW_JOB, DestinationsResource
+from subscription_export.defs.instance import ensure_dagster_home
 from subscription_export.defs.jobs import EXPORT_WINDOW_JOB
 from subscription_export.defs.partitions import cdc_windows
-from subscription_export.errors import ConfigError
-from subscription_export.pipeline import CutResult, Project, cut_windows, incomplete_windows
-from subscription_export.settings import Settings
+from subscription_export.delivery.window import lagging_window
+from subscription_export.export.cut import CutResult, cut_windows, incomplete_windows
+from subscription_export.runtime import Project
 from subscription_export.state.windows import Window
-from subscription_export.sync.window_delivery import lagging_window
 
 log = logging.getLogger(__name__)
 

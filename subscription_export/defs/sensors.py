@@ -5,7 +5,7 @@ import dagster as dg
 from subscription_export.defs.jobs import export_window_job
 from subscription_export.defs.partitions import cdc_windows
 from subscription_export.defs.resources import ExportSettings
-from subscription_export.pipeline import cut_windows, windows_to_run
+from subscription_export.export.cut import cut_windows, windows_to_run
 
 
 @dg.sensor(

@@ -23,8 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from subscription_export.errors import ConfigError, SubscriptionExportError
-from subscription_export.source.columns import LogicalType, SourceColumn
+from subscription_export.core.columns import LogicalType, SourceColumn
+from subscription_export.core.errors import ConfigError, SubscriptionExportError
 
 ContractMode = Literal["evolve", "freeze", "discard_row", "discard_value"]
 CONTRACT_MODES: tuple[str, ...] = get_args(ContractMode)

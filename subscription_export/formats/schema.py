@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from subscription_export.source.columns import LogicalType, SourceColumn
+from subscription_export.core.columns import (
+    DECIMAL_PRECISION,
+    DECIMAL_SCALE,
+    LogicalType,
+    SourceColumn,
+)
 
-DECIMAL_PRECISION = 18
-DECIMAL_SCALE = 4
 UTC_TIMESTAMP = pa.timestamp("us", tz="UTC")
 
 ARROW_TYPES: dict[LogicalType, pa.DataType] = {

@@ -38,8 +38,8 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from subscription_export.db import upsert
-from subscription_export.formats.values import to_utc
+from subscription_export.core.db import upsert
+from subscription_export.core.values import to_utc
 
 UTC = dt.UTC
 

@@ -11,7 +11,7 @@ from decimal import Decimal
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from subscription_export.source.columns import BILLING_CYCLES, STATUSES
+from subscription_export.core.columns import BILLING_CYCLES, STATUSES
 
 CURRENCIES = ("USD", "EUR", "GBP", "JPY", "CHF", "CAD", "AUD", "SEK")
 TIMEZONES = (

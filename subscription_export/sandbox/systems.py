@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from subscription_export.core.columns import STATUSES
 from subscription_export.sandbox.base import (
     ApiError,
     RecordSystem,
@@ -36,7 +37,6 @@ from subscription_export.sandbox.base import (
     require_str,
     require_version,
 )
-from subscription_export.source.columns import STATUSES
 
 JOURNAL_KINDS = ("revenue", "refund", "credit")
 _CHANGES = re.compile(r"/changes")

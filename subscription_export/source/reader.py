@@ -14,8 +14,8 @@ import pyarrow.csv as pacsv
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from subscription_export.db import is_postgres
-from subscription_export.formats.values import to_utc
+from subscription_export.core.db import is_postgres
+from subscription_export.core.values import to_utc
 
 # One batch of the change log as Arrow: the image is the after-image, or the before-image for a
 # delete; changed_at is ISO-8601 text (UTC) on both databases.

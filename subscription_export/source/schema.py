@@ -14,14 +14,14 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from subscription_export.db import is_postgres
-from subscription_export.errors import SchemaMissingError
-from subscription_export.source.columns import (
+from subscription_export.core.columns import (
     BASE_COLUMNS,
     BASE_TYPES,
     SourceColumn,
     logical_type_from_sql,
 )
+from subscription_export.core.db import is_postgres
+from subscription_export.core.errors import SchemaMissingError
 
 ORIGIN_SETTING = "subscription_export.origin"
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from subscription_export.db import is_postgres
+from subscription_export.core.db import is_postgres
 
 _SEQUENCER_LOCK = "subscription_export.sequencer"
 _BATCH = 200_000

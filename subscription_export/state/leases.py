@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from subscription_export.errors import SubscriptionExportError
+from subscription_export.core.errors import SubscriptionExportError
 from subscription_export.state.tables import leases
 
 DEFAULT_TTL_S = 15 * 60.0

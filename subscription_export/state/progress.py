@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from subscription_export.errors import WatermarkConflict
+from subscription_export.core.errors import WatermarkConflict
 from subscription_export.state.tables import window_exports
-from subscription_export.state.watermark_stores import WatermarkStore
+from subscription_export.state.watermarks import WatermarkStore
 
 
 @dataclass(frozen=True)

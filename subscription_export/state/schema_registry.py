@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from subscription_export.core.columns import SourceColumn
 from subscription_export.formats.schema import ARROW_TYPES
-from subscription_export.source.columns import SourceColumn
 from subscription_export.state.tables import schema_registry
 
 DATASET = "subscription_changes"

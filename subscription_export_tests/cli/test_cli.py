@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from dagster._core.instance.ref import InstanceRef
 
-from subscription_export.settings import Settings
+from subscription_export.core.settings import Settings
 from subscription_export_tests.helpers import delete, insert, update, writer
 
 CLI = [sys.executable, "-m", "subscription_export.cli"]

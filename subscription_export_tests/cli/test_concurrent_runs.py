@@ -9,9 +9,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from subscription_export.core.settings import Settings
+from subscription_export.export.cut import cut_windows
 from subscription_export.formats.writers import sha256_of
-from subscription_export.pipeline import Project, cut_windows
-from subscription_export.settings import Settings
+from subscription_export.runtime import Project
 from subscription_export.state.leases import try_acquire
 from subscription_export.state.progress import completed_keys
 from subscription_export_tests.helpers import insert, writer
@@ -51,7 +52,7 @@ def test_two_processes_one_window(settings: Settings, tmp_path: Path) -> None:
     assert completed_keys(project.state, "parquet") == {key}
     parquet = settings.export_dir / "subscription_changes" / f"{key}.parquet"
     fresh = replace(settings, export_dir=tmp_path / "fresh")
-    from subscription_export.pipeline import export_window_file
+    from subscription_export.export.flow import export_window_file
     from subscription_export.state.windows import find_window
 
     outcome, _ = export_window_file(Project(fresh), "parquet", find_window(project.state, key))

@@ -1,6 +1,6 @@
 """`subscription-export conflicts …` and the conflict count in `status`, as a user runs them:
 real CLI processes against a real SQLite source and state and real sandbox ERP/CRM/accounting
-servers. (The reconcile and resolution logic runs on PostgreSQL too in sync/test_reconcile.py.)"""
+servers. (Reconcile and resolution run on PostgreSQL too in reconcile/test_reconcile.py.)"""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from subscription_export.db import engine_for
-from subscription_export.settings import Settings
+from subscription_export.core.db import engine_for
+from subscription_export.core.settings import Settings
+from subscription_export.reconcile import sync_state as st
 from subscription_export.source.schema import init_source
-from subscription_export.sync import sync_state as st
-from subscription_export_tests.sync.test_reconcile import World, record, seeded, world
+from subscription_export_tests.reconcile.test_reconcile import World, record, seeded, world
 
 CLI = [sys.executable, "-m", "subscription_export.cli"]
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from subscription_export.core.settings import Settings
+from subscription_export.delivery.window import deliver_window
 from subscription_export.sandbox.faults import FaultPlan
 from subscription_export.sandbox.server import SandboxServer
-from subscription_export.settings import Settings
-from subscription_export.sync.window_delivery import deliver_window
 from subscription_export_tests.cli.test_cli import _run
-from subscription_export_tests.sync.test_window_delivery import (
+from subscription_export_tests.delivery.test_window_delivery import (
     HOLDER,
     LOST_ANSWERS,
     _two_windows,

@@ -15,9 +15,9 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 import pytest
 
+from subscription_export.core.settings import Settings
 from subscription_export.defs.resources import ExportSettings
 from subscription_export.defs.sensors import change_log_sensor
-from subscription_export.settings import Settings
 from subscription_export_tests.helpers import delete, insert, update, writer
 
 REPO = Path(__file__).resolve().parents[2]

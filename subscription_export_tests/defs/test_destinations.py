@@ -7,7 +7,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from subscription_export.db import engine_for
+from subscription_export.core.db import engine_for
+from subscription_export.core.settings import Settings
 from subscription_export.defs.assets import subscription_changes, window_assets
 from subscription_export.defs.checks import window_checks
 from subscription_export.defs.destinations import (
@@ -19,22 +20,18 @@ from subscription_export.defs.destinations import (
     erp_sync,
     sync_window_job,
 )
-from subscription_export.defs.io_managers import (
-    CsvIOManager,
-    JsonLinesIOManager,
-    ParquetIOManager,
-)
+from subscription_export.defs.io_managers import CsvIOManager, JsonLinesIOManager, ParquetIOManager
 from subscription_export.defs.partitions import cdc_windows
 from subscription_export.defs.resources import ExportSettings
 from subscription_export.defs.runner import run_cycle
-from subscription_export.pipeline import Project, cut_windows
+from subscription_export.delivery.config import load_destinations
+from subscription_export.export.cut import cut_windows
+from subscription_export.runtime import Project
 from subscription_export.sandbox.faults import FaultPlan, FaultSpec
 from subscription_export.sandbox.server import running_sandbox
-from subscription_export.settings import Settings
 from subscription_export.source.schema import init_source
 from subscription_export.state.windows import Window, list_windows
-from subscription_export.sync.config import load_destinations
-from subscription_export_tests.sync.test_window_delivery import (
+from subscription_export_tests.delivery.test_window_delivery import (
     assert_in_sync,
     write_changes,
     write_destinations,

@@ -12,7 +12,8 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from subscription_export.db import engine_for
+from subscription_export.core.db import engine_for
+from subscription_export.core.settings import Settings
 from subscription_export.defs.definitions import build_definitions
 from subscription_export.defs.destinations import DestinationsResource
 from subscription_export.defs.reconcile import (
@@ -23,10 +24,9 @@ from subscription_export.defs.reconcile import (
 )
 from subscription_export.defs.resources import ExportSettings
 from subscription_export.metrics.store import reconcile_outcomes
-from subscription_export.settings import Settings
+from subscription_export.reconcile import sync_state as st
 from subscription_export.source.schema import init_source
-from subscription_export.sync import sync_state as st
-from subscription_export_tests.sync.test_reconcile import World, record, seeded, world
+from subscription_export_tests.reconcile.test_reconcile import World, record, seeded, world
 
 
 @pytest.fixture

@@ -10,10 +10,11 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from subscription_export.formats.window import WindowStream
-from subscription_export.pipeline import Project, stream_window
+from subscription_export.core.settings import Settings
+from subscription_export.export.flow import stream_window
+from subscription_export.export.window import WindowStream
+from subscription_export.runtime import Project
 from subscription_export.sandbox.generator import generate
-from subscription_export.settings import Settings
 from subscription_export.source.reader import log_rows
 from subscription_export.source.schema import init_source
 from subscription_export.source.sequencer import sequence

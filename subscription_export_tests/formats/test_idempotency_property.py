@@ -18,9 +18,11 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from subscription_export.db import engine_for
-from subscription_export.pipeline import Project, cut_windows, export_window_file
-from subscription_export.settings import Settings
+from subscription_export.core.db import engine_for
+from subscription_export.core.settings import Settings
+from subscription_export.export.cut import cut_windows
+from subscription_export.export.flow import export_window_file
+from subscription_export.runtime import Project
 from subscription_export.source.schema import init_source
 
 

@@ -8,8 +8,10 @@ from dataclasses import replace
 import pytest
 import sqlalchemy as sa
 
-from subscription_export.pipeline import Project, cut_windows, export_window_file
-from subscription_export.settings import Settings
+from subscription_export.core.settings import Settings
+from subscription_export.export.cut import cut_windows
+from subscription_export.export.flow import export_window_file
+from subscription_export.runtime import Project
 from subscription_export.state.quarantine import list_quarantine
 from subscription_export_tests.helpers import insert, update, writer
 

@@ -10,11 +10,13 @@ import pyarrow.dataset as pads
 import pytest
 import sqlalchemy as sa
 
-from subscription_export.errors import SubscriptionExportError
+from subscription_export.core.columns import BASE_COLUMNS, SourceColumn
+from subscription_export.core.errors import SubscriptionExportError
+from subscription_export.core.settings import Settings
+from subscription_export.export.cut import cut_windows
+from subscription_export.export.flow import export_window_file
 from subscription_export.formats.contract import evolve, restrict
-from subscription_export.pipeline import Project, cut_windows, export_window_file
-from subscription_export.settings import Settings
-from subscription_export.source.columns import BASE_COLUMNS, SourceColumn
+from subscription_export.runtime import Project
 from subscription_export.source.schema import init_source
 from subscription_export_tests.helpers import insert, update, writer
 

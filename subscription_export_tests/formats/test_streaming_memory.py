@@ -15,7 +15,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from subscription_export.bench import fill_change_log
-from subscription_export.settings import Settings
+from subscription_export.core.settings import Settings
 from subscription_export.source.schema import init_source
 from subscription_export_tests.helpers import writer
 
@@ -25,8 +25,9 @@ import json, sys
 from dataclasses import replace
 from pathlib import Path
 import pyarrow as pa, pyarrow.parquet as pq
-from subscription_export.pipeline import Project, export_window_file, stream_window
-from subscription_export.settings import Settings
+from subscription_export.runtime import Project
+from subscription_export.export.flow import export_window_file, stream_window
+from subscription_export.core.settings import Settings
 from subscription_export.state.windows import Window
 
 hi, out = int(sys.argv[1]), Path(sys.argv[2])

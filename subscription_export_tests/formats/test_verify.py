@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from subscription_export.core.settings import Settings
 from subscription_export.defs.runner import run_cycle
 from subscription_export.formats.verify import check_lsn_coverage, check_row_count
-from subscription_export.settings import Settings
 from subscription_export_tests.helpers import insert, writer
 
 
@@ -43,7 +43,7 @@ def test_a_lossy_export_moves_nothing_and_stops_downstream(
 ) -> None:
     """A (simulated) exporter bug that loses a row: the window is not recorded, no watermark
     moves, CSV/JSONL never run, and the step is not retried (it would fail the same way)."""
-    import subscription_export.pipeline as pipeline
+    import subscription_export.export.flow as pipeline
 
     real_stream = pipeline.stream_window
 

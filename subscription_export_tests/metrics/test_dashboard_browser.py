@@ -17,7 +17,8 @@ import sqlalchemy as sa
 from playwright.sync_api import expect
 from sqlalchemy.engine import Engine
 
-from subscription_export.db import engine_for
+from subscription_export.core.db import engine_for
+from subscription_export.delivery.dead_letters import dead_letters
 from subscription_export.metrics.dashboard import render_dashboard, serve_dashboard
 from subscription_export.metrics.store import (
     DashboardData,
@@ -27,7 +28,6 @@ from subscription_export.metrics.store import (
     load_dashboard_data,
     record_export_metrics,
 )
-from subscription_export.sync.dead_letters import dead_letters
 from subscription_export_tests.metrics.seed import LAST_LSN, T0, WATERMARKS, WINDOWS, key, seed
 from subscription_export_tests.ui import CHROMIUM, CHROMIUM_ARGS, ensure_chromium, require_services
 from subscription_export_tests.ui.dagster_processes import DagsterProject

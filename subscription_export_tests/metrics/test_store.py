@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from subscription_export.db import engine_for
+from subscription_export.core.db import engine_for
 from subscription_export.metrics.store import (
     CAPTURE_SAMPLE_RETENTION,
     CaptureSample,

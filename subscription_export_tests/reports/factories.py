@@ -10,8 +10,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from subscription_export.core.columns import BASE_COLUMNS
 from subscription_export.formats.schema import export_schema
-from subscription_export.source.columns import BASE_COLUMNS
 
 SCHEMA = export_schema(BASE_COLUMNS, 1)
 UTC = dt.UTC

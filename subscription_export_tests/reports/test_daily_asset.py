@@ -13,6 +13,7 @@ from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_START_TAG,
 )
 
+from subscription_export.core.settings import Settings
 from subscription_export.defs.daily import (
     START_DATE_ENV,
     TIMEZONE_ENV,
@@ -22,7 +23,6 @@ from subscription_export.defs.daily import (
 from subscription_export.defs.definitions import build_definitions
 from subscription_export.defs.resources import ExportSettings
 from subscription_export.reports.daily_activity import local_day_bounds
-from subscription_export.settings import Settings
 from subscription_export_tests.reports.factories import row, utc, write_window
 
 NY = "America/New_York"

@@ -6,9 +6,11 @@ import datetime as dt
 import time
 from decimal import Decimal
 
-from subscription_export.pipeline import Project, cut_windows, export_canonical, finish
+from subscription_export.core.settings import Settings
+from subscription_export.export.cut import cut_windows
+from subscription_export.export.flow import export_canonical, finish
 from subscription_export.reports.daily_activity import summarize_days, window_files
-from subscription_export.settings import Settings
+from subscription_export.runtime import Project
 from subscription_export_tests.helpers import delete, insert, update, writer
 
 

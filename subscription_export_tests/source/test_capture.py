@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import sqlalchemy as sa
 
-from subscription_export.formats.values import to_utc
+from subscription_export.core.values import to_utc
 from subscription_export.source.schema import clear_origin, init_source, set_origin
 from subscription_export.source.sequencer import sequence
 from subscription_export_tests.helpers import delete, insert, update, writer

@@ -9,9 +9,11 @@ import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
-from subscription_export import pipeline
-from subscription_export.pipeline import Project, cut_windows, export_canonical, finish
-from subscription_export.settings import Settings
+from subscription_export.core.settings import Settings
+from subscription_export.export import cut as pipeline
+from subscription_export.export.cut import cut_windows
+from subscription_export.export.flow import export_canonical, finish
+from subscription_export.runtime import Project
 from subscription_export.source.schema import init_source
 from subscription_export_tests.helpers import insert, read_exported, writer
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from subscription_export.db import engine_for
+from subscription_export.core.db import engine_for
 from subscription_export.state.leases import LeaseBusy, lease, try_acquire
 from subscription_export.state.tables import init_state
 

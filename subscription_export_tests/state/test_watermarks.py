@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from subscription_export.db import engine_for
-from subscription_export.errors import WatermarkConflict
+from subscription_export.core.db import engine_for
+from subscription_export.core.errors import WatermarkConflict
 from subscription_export.state.progress import (
     CompletedExport,
     advance,
@@ -16,7 +16,7 @@ from subscription_export.state.progress import (
     record_completed,
 )
 from subscription_export.state.tables import init_state
-from subscription_export.state.watermark_stores import WatermarkStore, watermark_store
+from subscription_export.state.watermarks import WatermarkStore, watermark_store
 
 
 @pytest.fixture(

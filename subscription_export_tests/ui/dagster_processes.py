@@ -23,11 +23,11 @@ from typing import Any, TypeVar
 
 import requests
 
-from subscription_export.db import engine_for
+from subscription_export.core.db import engine_for
+from subscription_export.core.settings import ENV_PREFIX, Settings
 from subscription_export.formats.writers import FORMATS
-from subscription_export.pipeline import Project
+from subscription_export.runtime import Project
 from subscription_export.sandbox.generator import GenerateResult, generate
-from subscription_export.settings import ENV_PREFIX, Settings
 from subscription_export.state.windows import Window, list_windows
 
 REPO = Path(__file__).resolve().parents[2]

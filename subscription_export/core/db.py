@@ -1,0 +1,124 @@
+"""SQLAlchemy engines from user-facing URLs, with clear errors for bad ones."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+
+from subscription_export.core.errors import ConfigError, SourceUnavailableError
+
+_SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def normalize_url(url: str) -> sa.URL:
+    """`postgresql://` means psycopg 3 here; only SQLite and PostgreSQL are supported."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(
+            f"{url!r} is not a database URL; use sqlite:///path.db or postgresql://user@host:5432/db"
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        return parsed.set(drivername="postgresql+psycopg")
+    if backend == "sqlite":
+        if not parsed.database:
+            raise ConfigError(f"{url!r} names no SQLite file; use sqlite:///path/to/file.db")
+        return parsed
+    raise ConfigError(f"{url!r}: unsupported database {backend!r}; use sqlite or postgresql")
+
+
+def _configure_sqlite(engine: Engine, immediate: bool) -> None:
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        # Let SQLAlchemy's BEGIN drive transactions; WAL lets readers run beside the writer.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        # WAL + NORMAL: no fsync per commit; a power cut may lose the last commits but never
+        # corrupts. Losing a watermark move only means re-exporting identical bytes.
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn):  # type: ignore[no-untyped-def]
+        # Writers take the write lock up front (IMMEDIATE), so two writers never deadlock on a
+        # read-to-write lock upgrade; readers stay DEFERRED and never block the application.
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+@lru_cache(maxsize=32)
+def engine_for(url: str, *, writer: bool = False) -> Engine:
+    """One engine per URL per process (engines own connection pools).
+
+    `writer=True` matters for SQLite only: its transactions begin IMMEDIATE.
+    """
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)  # type: ignore[arg-type]
+        engine = sa.create_engine(parsed, poolclass=sa.pool.NullPool)
+        _configure_sqlite(engine, immediate=writer)
+        return engine
+    return sa.create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+def is_postgres(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+def check_reachable(engine: Engine, what: str) -> None:
+    """Fail with one clear line when the server is down or refuses us."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise SourceUnavailableError(
+            f"cannot reach the {what} database at {engine.url.render_as_string()}: {reason}"
+            " (is the server running and the URL right?)"
+        ) from None
+
+
+def redact(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def dialect_insert(conn: sa.Connection) -> Any:
+    """The dialect's INSERT construct (it has ON CONFLICT) for SQLite or PostgreSQL."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    inserts = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+    if conn.dialect.name not in inserts:
+        raise NotImplementedError(f"needs sqlite or postgresql, not {conn.dialect.name}")
+    return inserts[conn.dialect.name]
+
+
+def upsert(
+    conn: sa.Connection,
+    table: sa.Table,
+    values: Mapping[str, Any],
+    keys: Sequence[str] | None = None,
+) -> None:
+    """INSERT … ON CONFLICT (keys, default the primary key) DO UPDATE: race-free where
+    delete-then-insert is not (PostgreSQL)."""
+    index = list(keys) if keys is not None else [c.name for c in table.primary_key.columns]
+    stmt = dialect_insert(conn)(table).values(**values)
+    updates = {k: stmt.excluded[k] for k in values if k not in index}
+    conn.execute(stmt.on_conflict_do_update(index_elements=index, set_=updates))
+
+
+def insert_ignore(conn: sa.Connection, table: sa.Table, values: Mapping[str, Any]) -> bool:
+    """INSERT … ON CONFLICT DO NOTHING; True if a row was inserted."""
+    result = conn.execute(dialect_insert(conn)(table).values(**values).on_conflict_do_nothing())
+    return bool(result.rowcount)

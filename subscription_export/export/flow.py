@@ -1,0 +1,312 @@
+"""The export flow as plain functions: cut windows, export one window to a format, finish it.
+
+Dagster assets, IO managers and sensors call these; so does the CLI.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from subscription_export.core.errors import ExportVerificationError
+from subscription_export.export.window import (
+    QuarantinedRow,
+    WindowStream,
+    capture_columns,
+    check_range,
+    open_window,
+)
+from subscription_export.formats.contract import DatasetPlan, evolve, parse_mode, restrict
+from subscription_export.formats.layout import ASSET_FOR_FORMAT
+from subscription_export.formats.manifest import build_content, manifest_path, write_manifest
+from subscription_export.formats.memory import configure_arrow_memory
+from subscription_export.formats.parquet_batches import parquet_batches
+from subscription_export.formats.schema import SCHEMA_VERSION_KEY
+from subscription_export.formats.verify import check_lsn_coverage
+from subscription_export.formats.writers import Format, write_atomically
+from subscription_export.metrics.latency import file_latency_percentiles
+from subscription_export.metrics.store import (
+    ExportMetrics,
+    record_export_metrics,
+)
+from subscription_export.runtime import Project
+from subscription_export.state.leases import default_holder, lease
+from subscription_export.state.progress import (
+    CompletedExport,
+    advance,
+    record_completed,
+)
+from subscription_export.state.quarantine import record_quarantine
+from subscription_export.state.schema_registry import latest as latest_schema
+from subscription_export.state.schema_registry import register as register_schema
+from subscription_export.state.windows import (
+    Window,
+)
+
+
+@dataclass(frozen=True)
+class ExportOutcome:
+    fmt: Format
+    window: Window
+    path: Path
+    rows: int
+    rows_by_op: dict[str, int]
+    bytes: int
+    sha256: str
+    quarantined: list[QuarantinedRow]
+    manifest_sha256: str
+    schema: pa.Schema
+    seconds: float
+    dropped_values: dict[str, int] = field(default_factory=dict)  # schema contract discard_value
+    latency_s: dict[str, float] = field(default_factory=dict)  # commit → exported: p50, p95, max
+
+    def metadata(self) -> dict[str, object]:
+        dropped = {f"dropped_values.{k}": v for k, v in sorted(self.dropped_values.items())}
+        latency = {f"latency_{k}_s": round(v, 3) for k, v in self.latency_s.items()}
+        return (
+            dropped
+            | latency
+            | {
+                "lsn_from": self.window.lo,
+                "lsn_to": self.window.hi,
+                "rows": self.rows,
+                "rows_created": self.rows_by_op.get("c", 0),
+                "rows_updated": self.rows_by_op.get("u", 0),
+                "rows_deleted": self.rows_by_op.get("d", 0),
+                "quarantined": len(self.quarantined),
+                "bytes": self.bytes,
+                "sha256": self.sha256,
+                "manifest_sha256": self.manifest_sha256,
+                "seconds": round(self.seconds, 4),
+                "rows_per_s": round(self.rows / self.seconds, 1) if self.seconds > 0 else 0.0,
+                "path": str(self.path),
+            }
+        )
+
+
+def _write(
+    project: Project,
+    fmt: Format,
+    window: Window,
+    schema: pa.Schema,
+    batches: Iterable[pa.RecordBatch],
+    path: Path,
+    rows_by_op: dict[str, int] | None,
+    quarantined: list[QuarantinedRow],
+) -> ExportOutcome:
+    started = dt.datetime.now(dt.UTC)
+    written = write_atomically(fmt, batches, schema, path)
+    counts = rows_by_op if rows_by_op is not None else {}
+    content = build_content(
+        asset=ASSET_FOR_FORMAT[fmt],
+        fmt=fmt,
+        window_key=window.key,
+        lo=window.lo,
+        hi=window.hi,
+        schema=schema,
+        rows_by_op=counts,
+        quarantined=len(quarantined),
+        written=written,
+        export_dir=project.settings.export_dir,
+    )
+    manifest = write_manifest(
+        manifest_path(project.settings.export_dir, ASSET_FOR_FORMAT[fmt], window.key), content
+    )
+    seconds = (dt.datetime.now(dt.UTC) - started).total_seconds()
+    return ExportOutcome(
+        fmt,
+        window,
+        path,
+        written.rows,
+        dict(counts),
+        written.bytes,
+        written.sha256,
+        quarantined,
+        manifest.content_sha256,
+        schema,
+        seconds,
+    )
+
+
+def plan_dataset(project: Project, lo: int, hi: int) -> tuple[DatasetPlan, int]:
+    """The window's dataset schema under the schema contract, and its registered version."""
+    check_range(project.source, lo, hi)
+    capture, present = capture_columns(project.source, lo, hi)
+    mode = parse_mode(project.settings.schema_contract)
+    reference = latest_schema(project.state)
+    if mode == "evolve" or reference is None:
+        plan = evolve(capture, max(present))
+    else:
+        plan = restrict(reference.columns, capture, present, mode)
+    version = register_schema(project.state, plan.columns, first_lsn=present[max(present)])
+    return plan, version
+
+
+def stream_window(project: Project, window: Window) -> WindowStream:
+    plan, version = plan_dataset(project, window.lo, window.hi)
+    return open_window(
+        project.source, window.lo, window.hi, project.settings.read_batch_size, plan, version
+    )
+
+
+def export_canonical(project: Project, window: Window, path: Path | None = None) -> ExportOutcome:
+    """Source → Parquet (the canonical copy the other formats are made from)."""
+    stream = stream_window(project, window)
+    target = path or project.file_path("parquet", window.key)
+    outcome = _write(
+        project,
+        "parquet",
+        window,
+        stream.schema,
+        stream.batches(),
+        target,
+        stream.rows_by_op,
+        stream.quarantined,
+    )
+    outcome = replace(outcome, dropped_values=dict(stream.dropped_values))
+    # Re-exporting replaces the window's quarantine, so a fixed row leaves it.
+    record_quarantine(project.state, window.key, stream.quarantined)
+    write_quarantine_file(project.settings.export_dir, window.key, stream.quarantined)
+    return outcome
+
+
+def write_quarantine_file(export_dir: Path, window_key: str, rows: list[QuarantinedRow]) -> None:
+    """`_quarantine/{window}.jsonl`: one line per row that could not be exported."""
+    path = export_dir / "_quarantine" / f"{window_key}.jsonl"
+    if not rows:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as f:
+        for r in rows:
+            f.write(json.dumps({"lsn": r.lsn, "field": r.field, "reason": r.reason, "raw": r.raw}))
+            f.write("\n")
+    os.replace(tmp, path)
+
+
+def parquet_counts(path: Path) -> dict[str, int]:
+    """Rows by `_op`, one row group at a time."""
+    counts: Counter[str] = Counter()
+    for batch in parquet_batches(path, columns=["_op"]):
+        counts.update(
+            {v["values"]: v["counts"] for v in batch.column(0).value_counts().to_pylist()}
+        )
+    return dict(counts)
+
+
+def export_derived(
+    project: Project, fmt: Format, window: Window, parquet: Path, path: Path | None = None
+) -> ExportOutcome:
+    """Parquet → CSV/JSONL, streamed batch by batch."""
+    if fmt == "parquet":
+        raise ValueError("parquet is the canonical export; use export_canonical")
+    schema = pq.read_schema(parquet)
+    target = path or project.file_path(fmt, window.key)
+    batches = parquet_batches(parquet, project.settings.read_batch_size)
+    return _write(project, fmt, window, schema, batches, target, parquet_counts(parquet), [])
+
+
+def export_window_file(
+    project: Project,
+    fmt: Format,
+    window: Window,
+    path: Path | None = None,
+    parquet: Path | None = None,
+    holder: str | None = None,
+) -> tuple[ExportOutcome, int]:
+    """Export one window to one format under a lease, record it, advance the watermark.
+
+    A second run of the same (format, window) waits for the first, then re-exports: the bytes
+    are identical and the watermark advance is a no-op, so the result is the same either way.
+    """
+    configure_arrow_memory()
+    who = holder or default_holder()
+    with lease(project.state, f"{fmt}:{window.key}", who, wait_s=project.settings.lease_wait_s):
+        if fmt == "parquet":
+            outcome = export_canonical(project, window, path)
+            _verify_canonical(outcome)
+        else:
+            source = parquet or project.file_path("parquet", window.key)
+            outcome = export_derived(project, fmt, window, source, path)
+        mark, metrics = finish(project, outcome)
+        latency = {
+            "p50": metrics.latency_p50_s,
+            "p95": metrics.latency_p95_s,
+            "max": metrics.latency_max_s,
+        }
+        return replace(outcome, latency_s={k: v for k, v in latency.items() if v is not None}), mark
+
+
+def _verify_canonical(outcome: ExportOutcome) -> None:
+    """Before anything is recorded: every LSN of the window is in the file or quarantined.
+
+    The Dagster asset checks repeat this where the UI shows it, but the watermark must not
+    move over a bad window even when the export runs outside Dagster.
+    """
+    held = {q.lsn for q in outcome.quarantined}
+    coverage = check_lsn_coverage(outcome.path, outcome.window.lo, outcome.window.hi, held)
+    if not coverage.passed:
+        raise ExportVerificationError(
+            f"window {outcome.window.key} failed verification: {coverage.description};"
+            " nothing was recorded and no watermark moved"
+        )
+
+
+def finish(project: Project, outcome: ExportOutcome) -> tuple[int, ExportMetrics]:
+    """Record the export, move the consumer's watermark as far as it contiguously can, then
+    record its metrics (after the watermark, so metrics never hold data back)."""
+    record_completed(
+        project.state,
+        CompletedExport(
+            consumer=outcome.fmt,
+            window_key=outcome.window.key,
+            lo=outcome.window.lo,
+            hi=outcome.window.hi,
+            rows=outcome.rows,
+            bytes=outcome.bytes,
+            sha256=outcome.sha256,
+            path=str(outcome.path),
+        ),
+    )
+    mark = advance(project.watermarks, project.state, outcome.fmt)
+    metrics = export_metrics_of(project, outcome)
+    record_export_metrics(project.state, metrics)
+    return mark, metrics
+
+
+def export_metrics_of(project: Project, outcome: ExportOutcome) -> ExportMetrics:
+    """Metrics of one finished export; latency is commit (`_changed_at`) to now."""
+    finished = dt.datetime.now(dt.UTC)
+    parquet = (
+        outcome.path
+        if outcome.fmt == "parquet"
+        else project.file_path("parquet", outcome.window.key)
+    )
+    p50, p95, top = file_latency_percentiles(parquet, finished)
+    version = int((outcome.schema.metadata or {}).get(SCHEMA_VERSION_KEY, b"0"))
+    return ExportMetrics(
+        consumer=outcome.fmt,
+        window_key=outcome.window.key,
+        lsn_from=outcome.window.lo,
+        lsn_to=outcome.window.hi,
+        created=outcome.rows_by_op.get("c", 0),
+        updated=outcome.rows_by_op.get("u", 0),
+        deleted=outcome.rows_by_op.get("d", 0),
+        bytes=outcome.bytes,
+        duration_s=outcome.seconds,
+        finished_at=finished,
+        latency_p50_s=p50,
+        latency_p95_s=p95,
+        latency_max_s=top,
+        quarantined=len(outcome.quarantined),
+        schema_version=version or None,
+    )

@@ -1,0 +1,328 @@
+"""The source side of a reconcile: typed values, the current row and its change-log history,
+and the write-back (tagged with the system as origin).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from subscription_export.core.columns import BASE_TYPES, LogicalType
+from subscription_export.core.db import engine_for, normalize_url
+from subscription_export.core.values import BadValue, convert
+from subscription_export.delivery.mapping import MappingError
+from subscription_export.reconcile.strategies import MISSING, SOURCE, same
+from subscription_export.runtime import Project
+from subscription_export.source.schema import clear_origin, latest_capture_schema, set_origin
+
+APP_ORIGIN = "app"
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+# -- values ------------------------------------------------------------------------------------
+
+Types = Mapping[str, LogicalType]
+
+
+def column_types(conn: Connection) -> dict[str, LogicalType]:
+    """The source table's columns and logical types (base columns plus added ones)."""
+    schema = latest_capture_schema(conn)
+    if schema is None:
+        return dict(BASE_TYPES)
+    return {c.name: c.type for c in schema.columns}
+
+
+def normalize(
+    record: Mapping[str, Any] | None, types: Types, *, strict: bool = False
+) -> dict[str, Any] | None:
+    """Keep the source's columns, each as its Python type (exact decimals at scale 4, dates,
+    UTC datetimes), so values from SQLite, PostgreSQL and JSON compare equal.
+
+    `strict` (a remote's record): a value that does not convert is a `MappingError` naming the
+    field, so the change is `invalid` instead of carrying a bad value into the merge. Otherwise
+    (images we stored ourselves) such a value is kept as it is."""
+    if record is None:
+        return None
+    out: dict[str, Any] = {}
+    for name, value in record.items():
+        logical = types.get(name)
+        if logical is None:
+            continue
+        try:
+            out[name] = convert(value, logical)
+        except BadValue as exc:
+            if strict:
+                raise MappingError(f"field {name!r}: {exc}") from None
+            out[name] = value
+    return out
+
+
+def equivalent(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None, ignored: Any) -> bool:
+    """Same record apart from bookkeeping (both absent counts as the same)."""
+    if a is None or b is None:
+        return a is None and b is None
+    names = (set(a) | set(b)) - set(ignored)
+    return all(same(a.get(n, MISSING), b.get(n, MISSING)) for n in names)
+
+
+def version_of(record: Mapping[str, Any] | None) -> int | None:
+    value = (record or {}).get("version")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def as_time(value: Any, default: dt.datetime) -> dt.datetime:
+    try:
+        return convert(value, "timestamp") if value is not None else default  # type: ignore[no-any-return]
+    except BadValue:
+        return default
+
+
+def system_of(origin: str) -> str:
+    return SOURCE if origin == APP_ORIGIN else origin
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Which system produced a value, and when (UTC)."""
+
+    system: str
+    changed_at: dt.datetime
+
+
+# -- the source side ---------------------------------------------------------------------------
+
+
+def same_database(project: Project) -> bool:
+    """True when the state tables live in the source database (one transaction for both)."""
+    settings = project.settings
+    return normalize_url(settings.source_url).render_as_string(
+        hide_password=False
+    ) == normalize_url(settings.state_url).render_as_string(hide_password=False)
+
+
+def source_writer(project: Project) -> Engine:
+    project.source  # noqa: B018 - checks reachability and the capture schema once
+    return engine_for(project.settings.source_url, writer=True)
+
+
+@dataclass(frozen=True)
+class LocalState:
+    """The source's current row (None when deleted or never created) and its bookkeeping."""
+
+    record: dict[str, Any] | None
+    changed_at: dt.datetime  # the row's updated_at, or the delete's time
+    version: int  # the row's version, or the version it had when deleted (0: never existed)
+    log_id: int  # the subscription's newest change-log id (0: none)
+    last_origin: str  # origin of that change
+
+
+@dataclass(frozen=True)
+class LogImage:
+    id: int
+    op: str
+    origin: str
+    record: dict[str, Any] | None  # after-image, None for a delete
+    version: int | None
+
+
+_LAST_ROW = sa.text(
+    "SELECT id, op, origin, CAST(before AS TEXT) AS before, changed_at"
+    " FROM subscription_change_log WHERE subscription_id = :s ORDER BY id DESC LIMIT 1"
+)
+
+
+def _json(text: str | None) -> dict[str, Any] | None:
+    return None if text is None else json.loads(text, parse_float=Decimal)
+
+
+def read_local(conn: Connection, subscription_id: str, types: Types, lock: bool) -> LocalState:
+    """The current row; with `lock`, held until the transaction ends (PostgreSQL: a per-id
+    advisory lock too, so two systems cannot resurrect the same deleted id at once)."""
+    postgres = conn.dialect.name == "postgresql"
+    if lock and postgres:
+        conn.execute(
+            sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"sync:{subscription_id}"}
+        )
+    query = "SELECT * FROM subscriptions WHERE id = :s" + (
+        " FOR UPDATE" if lock and postgres else ""
+    )
+    row = conn.execute(sa.text(query), {"s": subscription_id}).mappings().first()
+    last = conn.execute(_LAST_ROW, {"s": subscription_id}).first()
+    last_time = as_time(last.changed_at, EPOCH) if last else EPOCH
+    if row is not None:
+        record = normalize(dict(row), types)
+        assert record is not None
+        return LocalState(
+            record,
+            as_time(record.get("updated_at"), last_time),
+            version_of(record) or 0,
+            int(last.id) if last else 0,
+            last.origin if last else APP_ORIGIN,
+        )
+    before = _json(last.before) if last is not None and last.op == "d" else None
+    return LocalState(
+        None,
+        last_time,
+        version_of(before) or 0,
+        int(last.id) if last else 0,
+        last.origin if last else APP_ORIGIN,
+    )
+
+
+def _image(row: Any, types: Types) -> LogImage:
+    after = normalize(_json(row.after), types)
+    before = _json(getattr(row, "before", None))
+    version = version_of(after) if after is not None else version_of(before)
+    return LogImage(int(row.id), row.op, row.origin, after, version)
+
+
+def image_by_version(
+    conn: Connection, subscription_id: str, version: int, types: Types
+) -> LogImage | None:
+    """The newest change-log image of the subscription with this `version`."""
+    match = (
+        "(after->>'version')::bigint = :v"
+        if conn.dialect.name == "postgresql"
+        else "json_extract(after, '$.version') = :v"
+    )
+    row = conn.execute(
+        sa.text(
+            "SELECT id, op, origin, CAST(after AS TEXT) AS after FROM subscription_change_log"
+            f" WHERE subscription_id = :s AND after IS NOT NULL AND {match}"
+            " ORDER BY id DESC LIMIT 1"
+        ),
+        {"s": subscription_id, "v": version},
+    ).first()
+    return _image(row, types) if row else None
+
+
+def changed_after(
+    conn: Connection,
+    subscription_id: str,
+    after_id: int,
+    system: str,
+    types: Types,
+    watermark: int | None = None,
+) -> LogImage | None:
+    """The newest change after `after_id` that the window delivery sends to `system` (all but
+    the system's own write-backs); with `watermark`, only one it has sent already."""
+    sent = "" if watermark is None else " AND lsn IS NOT NULL AND lsn <= :w"
+    row = conn.execute(
+        sa.text(
+            "SELECT id, op, origin, CAST(after AS TEXT) AS after, CAST(before AS TEXT) AS before"
+            " FROM subscription_change_log WHERE subscription_id = :s AND id > :a"
+            f" AND origin <> :o{sent} ORDER BY id DESC LIMIT 1"
+        ),
+        {"s": subscription_id, "a": after_id, "o": system}
+        | ({} if watermark is None else {"w": watermark}),
+    ).first()
+    return _image(row, types) if row else None
+
+
+def undelivered_until(
+    conn: Connection, subscription_id: str, until_id: int, system: str, watermark: int
+) -> bool:
+    """Whether a change up to `until_id` that the delivery will send to `system` is unsent."""
+    row = conn.execute(
+        sa.text(
+            "SELECT 1 FROM subscription_change_log WHERE subscription_id = :s AND id <= :u"
+            " AND origin <> :o AND (lsn IS NULL OR lsn > :w) LIMIT 1"
+        ),
+        {"s": subscription_id, "u": until_id, "o": system, "w": watermark},
+    ).first()
+    return row is not None
+
+
+def field_times(
+    conn: Connection,
+    subscription_id: str,
+    fields: Sequence[str],
+    default: dt.datetime,
+    types: Types,
+) -> dict[str, Origin]:
+    """For each field: the origin and business time (`updated_at`) of the newest change that
+    set it, from the change log (exact for app edits, whose updated_at the app sets). Values
+    are compared typed: a write-back stores `12.0000` where the app wrote `12.00`."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT op, origin, CAST(before AS TEXT) AS before, CAST(after AS TEXT) AS after,"
+            " changed_at FROM subscription_change_log WHERE subscription_id = :s"
+            " ORDER BY id DESC LIMIT 1000"
+        ),
+        {"s": subscription_id},
+    ).all()
+    found: dict[str, Origin] = {}
+    todo = set(fields)
+    for row in rows:
+        if not todo:
+            break
+        if row.op == "d":
+            continue
+        before = normalize(_json(row.before), types) or {}
+        after = normalize(_json(row.after), types) or {}
+        at = as_time(after.get("updated_at"), as_time(row.changed_at, default))
+        for name in sorted(todo):
+            if row.op == "c" or not same(before.get(name, MISSING), after.get(name, MISSING)):
+                found[name] = Origin(system_of(row.origin), at)
+                todo.discard(name)
+    return found | {name: Origin(SOURCE, default) for name in todo}
+
+
+def _db_value(value: Any, postgres: bool) -> Any:
+    """A Python value as the source stores it (SQLite: exact decimals and ISO times as text)."""
+    if value is None or postgres:
+        return value
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    return value
+
+
+def write_local(
+    conn: Connection,
+    subscription_id: str,
+    target: Mapping[str, Any] | None,
+    exists: bool,
+    types: Types,
+    origin: str,
+) -> int:
+    """Make the source row equal `target` (None: delete), tagged with `origin` in the change
+    log; returns the subscription's newest change-log id (the write-back's own row)."""
+    postgres = conn.dialect.name == "postgresql"
+    set_origin(conn, origin)
+    try:
+        if target is None:
+            conn.execute(
+                sa.text("DELETE FROM subscriptions WHERE id = :id"), {"id": subscription_id}
+            )
+        else:
+            names = [n for n in types if n in target and n != "id"]
+            params = {f"p{i}": _db_value(target[n], postgres) for i, n in enumerate(names)}
+            params["id"] = subscription_id
+            if exists:
+                sets = ", ".join(f'"{n}" = :p{i}' for i, n in enumerate(names))
+                sql = f"UPDATE subscriptions SET {sets} WHERE id = :id"
+            else:
+                cols = ", ".join(["id", *(f'"{n}"' for n in names)])
+                values = ", ".join([":id", *(f":p{i}" for i in range(len(names)))])
+                sql = f"INSERT INTO subscriptions ({cols}) VALUES ({values})"
+            conn.execute(sa.text(sql), params)
+    finally:
+        clear_origin(conn)  # SQLite: the origin row must not outlive this transaction
+    newest = conn.execute(
+        sa.text("SELECT MAX(id) FROM subscription_change_log WHERE subscription_id = :s"),
+        {"s": subscription_id},
+    ).scalar()
+    return int(newest or 0)

@@ -1,0 +1,58 @@
+"""The connections a run works with: settings plus the source, state and watermark stores they
+imply, opened lazily and checked once."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+
+from subscription_export.core.db import check_reachable, engine_for
+from subscription_export.core.settings import Settings
+from subscription_export.delivery.dead_letters import init_dead_letters
+from subscription_export.formats.layout import export_file_path
+from subscription_export.formats.writers import Format
+from subscription_export.metrics.store import init_metrics
+from subscription_export.reconcile.sync_state import init_sync_state
+from subscription_export.source.schema import require_source_schema
+from subscription_export.state.tables import init_state
+from subscription_export.state.watermarks import WatermarkStore, watermark_store
+
+
+def init_state_tables(engine: Engine) -> None:
+    """Every table of the project's state database (idempotent): windows and watermarks,
+    metrics, dead letters, and the bidirectional sync's bases, cursors, pushes, conflicts and
+    audit log."""
+    init_state(engine)
+    init_metrics(engine)
+    init_dead_letters(engine)
+    init_sync_state(engine)
+
+
+class Project:
+    """Settings plus the connections they imply, opened lazily and checked once."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def source(self) -> Engine:
+        engine = engine_for(self.settings.source_url)
+        check_reachable(engine, "source")
+        require_source_schema(engine)
+        return engine
+
+    @cached_property
+    def state(self) -> Engine:
+        engine = engine_for(self.settings.state_url, writer=True)
+        check_reachable(engine, "state")
+        init_state_tables(engine)
+        return engine
+
+    @cached_property
+    def watermarks(self) -> WatermarkStore:
+        return watermark_store(self.settings.watermark_url, self.state)
+
+    def file_path(self, fmt: Format, window_key: str) -> Path:
+        return export_file_path(self.settings.export_dir, fmt, window_key)
