@@ -10,24 +10,18 @@ from sqlalchemy.engine import Engine
 
 from subscription_export.core.db import check_reachable, engine_for
 from subscription_export.core.settings import Settings
-from subscription_export.delivery.dead_letters import init_dead_letters
 from subscription_export.formats.layout import export_file_path
 from subscription_export.formats.writers import Format
-from subscription_export.metrics.store import init_metrics
-from subscription_export.reconcile.sync_state import init_sync_state
 from subscription_export.source.schema import require_source_schema
-from subscription_export.state.tables import init_state
+from subscription_export.state.migrate import upgrade
 from subscription_export.state.watermarks import WatermarkStore, watermark_store
 
 
 def init_state_tables(engine: Engine) -> None:
-    """Every table of the project's state database (idempotent): windows and watermarks,
-    metrics, dead letters, and the bidirectional sync's bases, cursors, pushes, conflicts and
-    audit log."""
-    init_state(engine)
-    init_metrics(engine)
-    init_dead_letters(engine)
-    init_sync_state(engine)
+    """The project's state database at the head of its migrations (idempotent, one query when it
+    is there already): windows and watermarks, metrics, dead letters, and the bidirectional
+    sync's bases, cursors, pushes, conflicts and audit log (`state/tables.py`)."""
+    upgrade(engine)
 
 
 class Project:

@@ -21,6 +21,10 @@ class SchemaMissingError(SubscriptionExportError):
     """The source database has no capture schema yet."""
 
 
+class StateSchemaError(SubscriptionExportError):
+    """The state database's schema cannot be brought to this release's head."""
+
+
 class RangeError(SubscriptionExportError):
     """An LSN range that the change log cannot serve."""
 

@@ -16,7 +16,7 @@ Policy `SUBSCRIPTION_EXPORT_ON_DEAD_LETTER`: `block` (default) - a window with a
 is not completed for the destination, so its watermark stops before that window and the
 following windows wait (see `window_delivery`); `skip` - record and move on.
 
-The table lives in the state database under its own MetaData, created by `init_dead_letters`.
+The table (`state/tables.py`) lives in the state database; `init_dead_letters` makes sure it exists.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -34,6 +33,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from subscription_export.core.errors import ConfigError
+from subscription_export.state.migrate import upgrade
+from subscription_export.state.tables import dead_letters
 
 if TYPE_CHECKING:  # at run time only `DeadLetter.item` needs them (it imports them itself)
     from subscription_export.delivery.clients import (
@@ -48,39 +49,11 @@ Policy = Literal["block", "skip"]
 Status = Literal["open", "replayed", "discarded"]
 STATUSES: tuple[Status, ...] = ("open", "replayed", "discarded")
 
-metadata = sa.MetaData()
-
-dead_letters = sa.Table(
-    "dead_letters",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("destination", sa.String(100), nullable=False),
-    sa.Column("window_key", sa.String(41), nullable=False),
-    sa.Column("lsn", sa.BigInteger, nullable=False),
-    sa.Column("subscription_id", sa.String(200), nullable=False),
-    sa.Column("idempotency_key", sa.String(300), nullable=False),
-    sa.Column("payload", sa.Text, nullable=False),  # {"units": [{"key", "body"}], "row": {...}}
-    sa.Column("error", sa.Text, nullable=False),
-    sa.Column("attempts", sa.Integer, nullable=False),
-    sa.Column("first_seen", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("last_seen", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.UniqueConstraint("destination", "lsn", name="dead_letters_once_per_change"),
-    sa.Index("dead_letters_by_window", "destination", "window_key", "status"),
-)
-
-_initialized: set[str] = set()
-_init_lock = threading.Lock()
-
 
 def init_dead_letters(engine: Engine) -> None:
-    """Create the table if missing (idempotent; cheap after the first call per process)."""
-    url = engine.url.render_as_string(hide_password=False)
-    with _init_lock:
-        if url in _initialized:
-            return
-        metadata.create_all(engine)
-        _initialized.add(url)
+    """The state schema at head, dead letters included (`state.migrate.upgrade`: one query the
+    first time per engine, nothing after)."""
+    upgrade(engine)
 
 
 def dead_letter_policy(env: Mapping[str, str] | None = None) -> Policy:

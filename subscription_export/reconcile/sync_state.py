@@ -1,7 +1,7 @@
 """Bidirectional-sync state: sync bases, feed cursors, pending pushes, field provenance,
 the manual conflict queue and the audit log.
 
-Why these tables (all in their own MetaData, created by `init_sync_state`):
+Why these tables (defined in `state/tables.py` with the rest of the state):
 
 * `sync_base` - per (destination, subscription): what the remote is known to hold (`held_*`,
   the three-way base of its next edit, matched by the record `version` it carries), the last
@@ -19,180 +19,100 @@ Why these tables (all in their own MetaData, created by `init_sync_state`):
 * `sync_conflicts` - the manual queue; `sync_audit` - every decision, queryable by subscription.
 
 Functions take a `Connection`, so the reconcile can write them inside the source transaction of
-its write-back when the state and the source are one database. Records are stored as JSON with
-money as decimal strings and times as ISO-8601 UTC with `Z`; the caller restores types from the
-capture schema. JSON `null` means "no record" (deleted, or never had it).
+its write-back when the state and the source are one database. Records are stored as JSON
+(`sync_json.py`). The manual queue and the audit log are queried in `conflict_log.py`; their
+functions are importable from here too, as the reconcile has always used them (`st.…`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from subscription_export.core.db import dialect_insert, insert_ignore, upsert
+from subscription_export.reconcile.conflict_log import (
+    AuditEntry,
+    Conflict,
+    add_audit,
+    add_conflict,
+    close_conflict,
+    get_conflict,
+    history,
+    list_conflicts,
+    open_conflict,
+    update_conflict_remote,
+)
+from subscription_export.reconcile.sync_json import dumps, jsonable, loads, now, utc
+from subscription_export.state.migrate import upgrade
+from subscription_export.state.tables import (
+    sync_audit,
+    sync_base,
+    sync_conflicts,
+    sync_feed_cursors,
+    sync_field_provenance,
+    sync_pushes,
+)
 
-metadata = sa.MetaData()
-
-sync_base = sa.Table(
+__all__ = [
+    "AuditEntry",
+    "Conflict",
+    "FeedCursor",
+    "Provenance",
+    "Push",
+    "SyncBase",
+    "add_audit",
+    "add_conflict",
+    "add_push",
+    "advance_applied",
+    "all_cursors",
+    "audit",
+    "close_conflict",
+    "conflicts",
+    "dumps",
+    "feed_cursors",
+    "field_provenance",
+    "get_base",
+    "get_conflict",
+    "get_cursor",
+    "get_provenance",
+    "history",
+    "init_sync_state",
+    "jsonable",
+    "list_conflicts",
+    "list_pushes",
+    "loads",
+    "mark_held",
+    "now",
+    "open_conflict",
+    "pending_pushes",
+    "pushes",
+    "put_base",
+    "put_provenance",
+    "record_requested",
+    "settle_push",
+    "supersede_pushes",
     "sync_base",
-    metadata,
-    sa.Column("destination", sa.String(100), primary_key=True),
-    sa.Column("subscription_id", sa.String(200), primary_key=True),
-    sa.Column("held_record", sa.Text, nullable=False),  # JSON; "null": the remote has none
-    sa.Column("held_version", sa.BigInteger),
-    sa.Column("agreed_record", sa.Text, nullable=False),  # JSON; the last merged state
-    sa.Column("log_id", sa.BigInteger, nullable=False),  # change-log id the held state follows
-    sa.Column("remote_cursor", sa.BigInteger, nullable=False),
-    # The last feed record of the subscription (JSON; "null": a delete) and the version it
-    # carries: the image a later edit with the same version was made on.
-    sa.Column("feed_record", sa.Text),
-    sa.Column("feed_version", sa.BigInteger),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-)
+    "update_conflict_remote",
+    "utc",
+]
 
-feed_cursors = sa.Table(
-    "sync_feed_cursors",
-    metadata,
-    sa.Column("system", sa.String(100), primary_key=True),
-    sa.Column("applied", sa.BigInteger, nullable=False),
-    sa.Column("requested", sa.BigInteger, nullable=False),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-)
-
-pushes = sa.Table(
-    "sync_pushes",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("idempotency_key", sa.String(400), nullable=False, unique=True),
-    sa.Column("destination", sa.String(100), nullable=False),
-    sa.Column("subscription_id", sa.String(200), nullable=False),
-    sa.Column("window_key", sa.String(300), nullable=False),  # key = dest:window_key:lsn
-    sa.Column("lsn", sa.BigInteger, nullable=False),
-    sa.Column("record", sa.Text, nullable=False),  # JSON; "null": push a delete
-    sa.Column("delete_version", sa.BigInteger),  # version a delete carries
-    sa.Column("plan_log_id", sa.BigInteger, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),  # pending|sent|obsolete|superseded
-    sa.Column("attempts", sa.Integer, nullable=False),
-    sa.Column("error", sa.Text),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Index("sync_pushes_pending", "destination", "status"),
-)
-
-field_provenance = sa.Table(
-    "sync_field_provenance",
-    metadata,
-    sa.Column("subscription_id", sa.String(200), primary_key=True),
-    sa.Column("field", sa.String(200), primary_key=True),  # "*": the record's existence
-    sa.Column("value", sa.Text, nullable=False),  # JSON of the value it produced
-    sa.Column("system", sa.String(100), nullable=False),
-    sa.Column("changed_at", sa.DateTime(timezone=True), nullable=False),
-)
-
-conflicts = sa.Table(
-    "sync_conflicts",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("destination", sa.String(100), nullable=False),
-    sa.Column("subscription_id", sa.String(200), nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),  # open|resolved
-    sa.Column("strategy", sa.String(32), nullable=False),
-    sa.Column("fields", sa.Text, nullable=False),  # JSON list of conflicting fields
-    sa.Column("base", sa.Text, nullable=False),
-    sa.Column("base_log_id", sa.BigInteger, nullable=False),
-    sa.Column("local", sa.Text, nullable=False),
-    sa.Column("local_changed_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("remote", sa.Text, nullable=False),
-    sa.Column("remote_changed_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("remote_version", sa.BigInteger),
-    sa.Column("opened_cursor", sa.BigInteger, nullable=False),
-    sa.Column("cursor", sa.BigInteger, nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("resolved_at", sa.DateTime(timezone=True)),
-    sa.Column("resolution", sa.Text),  # JSON: take, set, final record
-    sa.UniqueConstraint("destination", "subscription_id", "opened_cursor", name="conflict_once"),
-    sa.Index("sync_conflicts_open", "destination", "subscription_id", "status"),
-)
-
-audit = sa.Table(
-    "sync_audit",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("destination", sa.String(100), nullable=False),
-    sa.Column("subscription_id", sa.String(200), nullable=False),
-    sa.Column("ref", sa.String(100), nullable=False),  # feed:<cursor> | conflict:<id>
-    sa.Column("strategy", sa.String(32), nullable=False),
-    sa.Column("outcome", sa.String(32), nullable=False),
-    sa.Column("base", sa.Text, nullable=False),
-    sa.Column("local", sa.Text, nullable=False),
-    sa.Column("remote", sa.Text, nullable=False),
-    sa.Column("merged", sa.Text, nullable=False),
-    sa.Column("detail", sa.Text, nullable=False),  # JSON: decisions, writes, provenance
-    sa.Column("conflict_id", sa.Integer),
-    sa.UniqueConstraint("destination", "subscription_id", "ref", name="audit_once"),
-    sa.Index("sync_audit_by_subscription", "subscription_id", "id"),
-)
-
-_initialized: weakref.WeakSet[Engine] = weakref.WeakSet()
+# The names the reconcile has always used for its tables.
+feed_cursors = sync_feed_cursors
+pushes = sync_pushes
+field_provenance = sync_field_provenance
+conflicts = sync_conflicts
+audit = sync_audit
 
 
 def init_sync_state(engine: Engine) -> None:
-    """Create the tables (idempotent; once per engine object per process)."""
-    if engine in _initialized:
-        return
-    metadata.create_all(engine)
-    _initialized.add(engine)
-
-
-# -- values ------------------------------------------------------------------------------------
-
-
-def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.UTC)
-        return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_jsonable(v) for v in value]
-    return str(value)
-
-
-def dumps(value: Any) -> str:
-    """Canonical JSON (sorted keys): equal values give equal text, so it can be compared."""
-    return json.dumps(_jsonable(value), sort_keys=True, separators=(",", ":"))
-
-
-def loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
-def utc(moment: dt.datetime | None) -> dt.datetime | None:
-    """SQLite drops tzinfo; every stored time is UTC."""
-    if moment is None:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
-
-
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+    """The state schema at head, sync tables included (`state.migrate.upgrade`: one query the
+    first time per engine, nothing after)."""
+    upgrade(engine)
 
 
 # -- sync base ---------------------------------------------------------------------------------
@@ -506,265 +426,3 @@ def settle_push(
     if attempted:
         values["attempts"] = pushes.c.attempts + 1
     conn.execute(sa.update(pushes).where(pushes.c.id == push_id).values(**values))
-
-
-# -- conflicts (manual queue) ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Conflict:
-    id: int
-    destination: str
-    subscription_id: str
-    status: str
-    strategy: str
-    fields: list[str]
-    base: dict[str, Any] | None
-    base_log_id: int
-    local: dict[str, Any] | None
-    local_changed_at: dt.datetime
-    remote: dict[str, Any] | None
-    remote_changed_at: dt.datetime
-    remote_version: int | None
-    opened_cursor: int
-    cursor: int
-    created_at: dt.datetime
-    updated_at: dt.datetime
-    resolved_at: dt.datetime | None
-    resolution: dict[str, Any] | None
-
-
-def _conflict(r: Any) -> Conflict:
-    return Conflict(
-        id=r.id,
-        destination=r.destination,
-        subscription_id=r.subscription_id,
-        status=r.status,
-        strategy=r.strategy,
-        fields=loads(r.fields),
-        base=loads(r.base),
-        base_log_id=int(r.base_log_id),
-        local=loads(r.local),
-        local_changed_at=utc(r.local_changed_at),  # type: ignore[arg-type]
-        remote=loads(r.remote),
-        remote_changed_at=utc(r.remote_changed_at),  # type: ignore[arg-type]
-        remote_version=r.remote_version,
-        opened_cursor=int(r.opened_cursor),
-        cursor=int(r.cursor),
-        created_at=utc(r.created_at),  # type: ignore[arg-type]
-        updated_at=utc(r.updated_at),  # type: ignore[arg-type]
-        resolved_at=utc(r.resolved_at),
-        resolution=loads(r.resolution),
-    )
-
-
-def open_conflict(conn: Connection, destination: str, subscription_id: str) -> Conflict | None:
-    row = conn.execute(
-        sa.select(conflicts)
-        .where(
-            conflicts.c.destination == destination,
-            conflicts.c.subscription_id == subscription_id,
-            conflicts.c.status == "open",
-        )
-        .order_by(conflicts.c.id.desc())
-    ).first()
-    return _conflict(row) if row else None
-
-
-def add_conflict(
-    conn: Connection,
-    *,
-    destination: str,
-    subscription_id: str,
-    strategy: str,
-    fields: Sequence[str],
-    base: Mapping[str, Any] | None,
-    base_log_id: int,
-    local: Mapping[str, Any] | None,
-    local_changed_at: dt.datetime,
-    remote: Mapping[str, Any] | None,
-    remote_changed_at: dt.datetime,
-    remote_version: int | None,
-    cursor: int,
-) -> int:
-    """Open a conflict (idempotent per opening feed cursor); returns its id."""
-    moment = now()
-    insert_ignore(
-        conn,
-        conflicts,
-        {
-            "destination": destination,
-            "subscription_id": subscription_id,
-            "status": "open",
-            "strategy": strategy,
-            "fields": dumps(list(fields)),
-            "base": dumps(base),
-            "base_log_id": base_log_id,
-            "local": dumps(local),
-            "local_changed_at": local_changed_at,
-            "remote": dumps(remote),
-            "remote_changed_at": remote_changed_at,
-            "remote_version": remote_version,
-            "opened_cursor": cursor,
-            "cursor": cursor,
-            "created_at": moment,
-            "updated_at": moment,
-        },
-    )
-    return int(
-        conn.execute(
-            sa.select(conflicts.c.id).where(
-                conflicts.c.destination == destination,
-                conflicts.c.subscription_id == subscription_id,
-                conflicts.c.opened_cursor == cursor,
-            )
-        ).scalar_one()
-    )
-
-
-def update_conflict_remote(
-    conn: Connection,
-    conflict_id: int,
-    *,
-    remote: Mapping[str, Any] | None,
-    remote_changed_at: dt.datetime,
-    remote_version: int | None,
-    cursor: int,
-    fields: Sequence[str],
-) -> None:
-    """A later edit of the remote while the conflict is open replaces its remote side."""
-    conn.execute(
-        sa.update(conflicts)
-        .where(conflicts.c.id == conflict_id, conflicts.c.cursor < cursor)
-        .values(
-            remote=dumps(remote),
-            remote_changed_at=remote_changed_at,
-            remote_version=remote_version,
-            cursor=cursor,
-            fields=dumps(list(fields)),
-            updated_at=now(),
-        )
-    )
-
-
-def close_conflict(conn: Connection, conflict_id: int, resolution: Mapping[str, Any]) -> None:
-    moment = now()
-    conn.execute(
-        sa.update(conflicts)
-        .where(conflicts.c.id == conflict_id)
-        .values(status="resolved", resolution=dumps(resolution), resolved_at=moment)
-    )
-
-
-def get_conflict(engine: Engine, conflict_id: int) -> Conflict | None:
-    with engine.connect() as conn:
-        row = conn.execute(sa.select(conflicts).where(conflicts.c.id == conflict_id)).first()
-    return _conflict(row) if row else None
-
-
-def list_conflicts(
-    engine: Engine,
-    *,
-    status: str | None = "open",
-    destination: str | None = None,
-    subscription_id: str | None = None,
-) -> list[Conflict]:
-    query = sa.select(conflicts).order_by(conflicts.c.id)
-    if status is not None:
-        query = query.where(conflicts.c.status == status)
-    if destination is not None:
-        query = query.where(conflicts.c.destination == destination)
-    if subscription_id is not None:
-        query = query.where(conflicts.c.subscription_id == subscription_id)
-    with engine.connect() as conn:
-        return [_conflict(r) for r in conn.execute(query).all()]
-
-
-# -- audit log ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AuditEntry:
-    id: int
-    at: dt.datetime
-    destination: str
-    subscription_id: str
-    ref: str
-    strategy: str
-    outcome: str
-    base: dict[str, Any] | None
-    local: dict[str, Any] | None
-    remote: dict[str, Any] | None
-    merged: dict[str, Any] | None
-    detail: dict[str, Any]
-    conflict_id: int | None
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dict(self.__dict__)
-        out["at"] = _jsonable(self.at)
-        return out
-
-
-def add_audit(
-    conn: Connection,
-    *,
-    destination: str,
-    subscription_id: str,
-    ref: str,
-    strategy: str,
-    outcome: str,
-    base: Mapping[str, Any] | None,
-    local: Mapping[str, Any] | None,
-    remote: Mapping[str, Any] | None,
-    merged: Mapping[str, Any] | None,
-    detail: Mapping[str, Any],
-    conflict_id: int | None = None,
-) -> None:
-    """One decision; recording the same (destination, subscription, ref) again is a no-op."""
-    insert_ignore(
-        conn,
-        audit,
-        {
-            "at": now(),
-            "destination": destination,
-            "subscription_id": subscription_id,
-            "ref": ref,
-            "strategy": strategy,
-            "outcome": outcome,
-            "base": dumps(base),
-            "local": dumps(local),
-            "remote": dumps(remote),
-            "merged": dumps(merged),
-            "detail": dumps(detail),
-            "conflict_id": conflict_id,
-        },
-    )
-
-
-def history(
-    engine: Engine, subscription_id: str, destination: str | None = None
-) -> list[AuditEntry]:
-    """Every decision about a subscription, oldest first."""
-    query = sa.select(audit).where(audit.c.subscription_id == subscription_id).order_by(audit.c.id)
-    if destination is not None:
-        query = query.where(audit.c.destination == destination)
-    with engine.connect() as conn:
-        rows = conn.execute(query).all()
-    return [
-        AuditEntry(
-            r.id,
-            utc(r.at),  # type: ignore[arg-type]
-            r.destination,
-            r.subscription_id,
-            r.ref,
-            r.strategy,
-            r.outcome,
-            loads(r.base),
-            loads(r.local),
-            loads(r.remote),
-            loads(r.merged),
-            loads(r.detail),
-            r.conflict_id,
-        )
-        for r in rows
-    ]

@@ -10,7 +10,7 @@ import pytest
 
 from subscription_export.core.db import engine_for
 from subscription_export.state.leases import LeaseBusy, lease, try_acquire
-from subscription_export.state.tables import init_state
+from subscription_export.state.migrate import upgrade
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
@@ -21,7 +21,7 @@ def state(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-un
         else f"sqlite:///{tmp_path / 'state.db'}"
     )
     engine = engine_for(url, writer=True)
-    init_state(engine)
+    upgrade(engine)
     return engine
 
 

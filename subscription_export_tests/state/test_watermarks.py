@@ -15,7 +15,7 @@ from subscription_export.state.progress import (
     advance_to,
     record_completed,
 )
-from subscription_export.state.tables import init_state
+from subscription_export.state.migrate import upgrade
 from subscription_export.state.watermarks import WatermarkStore, watermark_store
 
 
@@ -32,7 +32,7 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-u
         state = engine_for(request.getfixturevalue("pg_url"), writer=True)
     else:
         state = engine_for(f"sqlite:///{tmp_path / 'state.db'}", writer=True)
-    init_state(state)
+    upgrade(state)
     url = request.getfixturevalue("redis_url") if request.param == "redis" else None
     return watermark_store(url, state), state
 

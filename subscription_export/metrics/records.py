@@ -1,0 +1,302 @@
+"""What the metrics mean: one value per (consumer, window) export or delivery, per capture-lag
+sample and per reconcile, plus what the dashboard shows of them (`store.py` keeps them).
+
+Definitions (each is what the dashboard plots, so they are fixed here, not in the charts):
+
+- records (`records_created/updated/deleted`): rows the consumer received - written to its file
+  or accepted by the destination. Rows that failed are never records; they are errors.
+- errors: rows of the window that did not reach the consumer = dead letters + quarantined rows.
+  Retries are not errors: a row that succeeded on its third attempt is a record.
+- error rate: `errors / (records + errors)`, the share of the window's rows that failed
+  (0 when nothing happened). Over several windows, sum both counts first (weighted by volume).
+- latency: from a change's commit (`_changed_at`, stamped by the source database) to the moment
+  its window finished exporting or delivering (`finished_at`, this host's clock). Clock skew
+  between the two hosts shows up as-is (it can make a latency slightly negative).
+- capture lag: how far the sequenced log (what exporters can see) trails the newest change.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+UTC = dt.UTC
+
+
+def error_rate(errors: int, records: int) -> float:
+    """Share of rows that failed: `errors / (records + errors)`; 0.0 when nothing happened.
+
+    The denominator is every row the consumer settled (received or failed), so the rate is a
+    fraction in [0, 1] and a window where everything failed reads 1.0, not infinity.
+    """
+    if errors < 0 or records < 0:
+        raise ValueError(f"counts must not be negative (errors={errors}, records={records})")
+    settled = records + errors
+    return errors / settled if settled else 0.0
+
+
+def require_aware(name: str, moment: dt.datetime | None) -> None:
+    if moment is not None and moment.utcoffset() is None:
+        raise ValueError(f"{name} must be timezone-aware (UTC inside), got naive {moment}")
+
+
+def _iso(moment: dt.datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True)
+class ExportMetrics:
+    """What one consumer did with one window (see the module docstring for definitions)."""
+
+    consumer: str
+    window_key: str
+    lsn_from: int
+    lsn_to: int
+    created: int
+    updated: int
+    deleted: int
+    bytes: int
+    duration_s: float
+    finished_at: dt.datetime
+    latency_p50_s: float | None = None
+    latency_p95_s: float | None = None
+    latency_max_s: float | None = None
+    retries: int = 0
+    dead_letters: int = 0
+    quarantined: int = 0
+    conflicts: Mapping[str, int] = field(default_factory=dict)
+    schema_version: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.consumer or len(self.consumer) > 100:
+            raise ValueError(f"consumer must be 1-100 characters, got {self.consumer!r}")
+        if self.lsn_from > self.lsn_to:
+            raise ValueError(f"lsn_from {self.lsn_from} is after lsn_to {self.lsn_to}")
+        counts = {
+            "created": self.created,
+            "updated": self.updated,
+            "deleted": self.deleted,
+            "bytes": self.bytes,
+            "retries": self.retries,
+            "dead_letters": self.dead_letters,
+            "quarantined": self.quarantined,
+            **{f"conflicts[{k}]": v for k, v in self.conflicts.items()},
+        }
+        negative = {k: v for k, v in counts.items() if v < 0}
+        if negative:
+            raise ValueError(f"counts must not be negative: {negative}")
+        seconds = {
+            "duration_s": self.duration_s,
+            "latency_p50_s": self.latency_p50_s,
+            "latency_p95_s": self.latency_p95_s,
+            "latency_max_s": self.latency_max_s,
+        }
+        bad = {k: v for k, v in seconds.items() if v is not None and not math.isfinite(v)}
+        if bad or self.duration_s < 0:
+            raise ValueError(f"durations must be finite (and duration_s >= 0): {bad or seconds}")
+        require_aware("finished_at", self.finished_at)
+
+    @property
+    def records(self) -> int:
+        return self.created + self.updated + self.deleted
+
+    @property
+    def errors(self) -> int:
+        return self.dead_letters + self.quarantined
+
+    @property
+    def rows_per_s(self) -> float | None:
+        """Records per second of export/delivery time; None when no time was measured."""
+        return self.records / self.duration_s if self.duration_s > 0 else None
+
+    @property
+    def error_rate(self) -> float:
+        return error_rate(self.errors, self.records)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready, derived numbers included (what `/data.json` and the page carry)."""
+        return {
+            "consumer": self.consumer,
+            "window_key": self.window_key,
+            "lsn_from": self.lsn_from,
+            "lsn_to": self.lsn_to,
+            "records": self.records,
+            "created": self.created,
+            "updated": self.updated,
+            "deleted": self.deleted,
+            "bytes": self.bytes,
+            "duration_s": self.duration_s,
+            "rows_per_s": self.rows_per_s,
+            "latency_p50_s": self.latency_p50_s,
+            "latency_p95_s": self.latency_p95_s,
+            "latency_max_s": self.latency_max_s,
+            "errors": self.errors,
+            "error_rate": self.error_rate,
+            "retries": self.retries,
+            "dead_letters": self.dead_letters,
+            "quarantined": self.quarantined,
+            "conflicts": dict(sorted(self.conflicts.items())),
+            "schema_version": self.schema_version,
+            "finished_at": _iso(self.finished_at),
+        }
+
+
+@dataclass(frozen=True)
+class CaptureSample:
+    """One look at the source's change log: is capture keeping up?
+
+    `waiting` counts committed changes without an LSN - held back behind PostgreSQL's read
+    horizon by an older open transaction (always 0 on SQLite). `horizon_stall_s` is the age of
+    the oldest of them: how long exporters have been unable to see past it.
+    """
+
+    sampled_at: dt.datetime
+    last_lsn: int
+    last_change_at: dt.datetime | None  # newest change in the log, sequenced or not
+    last_sequenced_at: dt.datetime | None  # commit time of the change holding `last_lsn`
+    waiting: int = 0
+    horizon_stall_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("sampled_at", "last_change_at", "last_sequenced_at"):
+            require_aware(name, getattr(self, name))
+        if self.waiting < 0 or self.last_lsn < 0 or not 0 <= self.horizon_stall_s < math.inf:
+            raise ValueError(f"negative capture sample values: {self}")
+
+    @property
+    def lag_s(self) -> float:
+        """Seconds the sequenced log trails the newest change (0 when caught up or empty)."""
+        if self.last_change_at is None or self.last_sequenced_at is None:
+            return 0.0
+        return max(0.0, (self.last_change_at - self.last_sequenced_at).total_seconds())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "sampled_at": _iso(self.sampled_at),
+            "last_lsn": self.last_lsn,
+            "last_change_at": _iso(self.last_change_at),
+            "last_sequenced_at": _iso(self.last_sequenced_at),
+            "lag_s": self.lag_s,
+            "waiting": self.waiting,
+            "horizon_stall_s": self.horizon_stall_s,
+        }
+
+
+@dataclass(frozen=True)
+class ReconcileMetrics:
+    """What one reconcile of `system` over feed cursors (cursor_from, cursor_to] did."""
+
+    system: str
+    cursor_from: int
+    cursor_to: int
+    outcomes: Mapping[str, int]  # merged, resolved, queued (conflicts for a person), echo, ...
+    written_back: int
+    pushed: int
+    finished_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class ConsumerStatus:
+    """One consumer's position and totals over the loaded period."""
+
+    consumer: str
+    watermark: int | None  # None: the consumer has metrics but no watermark (yet)
+    lag: int | None  # LSNs between the log's end and the watermark (None without a watermark)
+    windows: int
+    records: int
+    errors: int
+    retries: int
+    dead_letters: int
+    quarantined: int
+    last_finished_at: dt.datetime | None
+    last_latency_p95_s: float | None  # of the newest export that had rows to measure
+
+    @property
+    def error_rate(self) -> float:
+        """Weighted over the period: summed errors over summed settled rows."""
+        return error_rate(self.errors, self.records)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "consumer": self.consumer,
+            "watermark": self.watermark,
+            "lag": self.lag,
+            "windows": self.windows,
+            "records": self.records,
+            "errors": self.errors,
+            "error_rate": self.error_rate,
+            "retries": self.retries,
+            "dead_letters": self.dead_letters,
+            "quarantined": self.quarantined,
+            "last_finished_at": _iso(self.last_finished_at),
+            "last_latency_p95_s": self.last_latency_p95_s,
+        }
+
+
+@dataclass(frozen=True)
+class DashboardData:
+    """Everything the dashboard shows, as one JSON-serialisable value."""
+
+    generated_at: dt.datetime
+    last_lsn: int
+    open_dead_letters: int
+    open_conflicts: int
+    consumers: list[ConsumerStatus]
+    exports: list[ExportMetrics]  # oldest first
+    capture: list[CaptureSample]  # oldest first
+    since: dt.datetime | None = None
+    reconcile: dict[str, dict[str, int]] = field(default_factory=dict)  # system -> outcome -> n
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "generated_at": _iso(self.generated_at),
+            "since": _iso(self.since),
+            "last_lsn": self.last_lsn,
+            "open_dead_letters": self.open_dead_letters,
+            "open_conflicts": self.open_conflicts,
+            "consumers": [c.as_dict() for c in self.consumers],
+            "exports": [e.as_dict() for e in self.exports],
+            "capture": [s.as_dict() for s in self.capture],
+            "reconcile": self.reconcile,
+        }
+
+    def to_json(self) -> str:
+        # allow_nan=False: a NaN would make the JSON unreadable for browsers; fail loudly instead.
+        return json.dumps(self.as_dict(), allow_nan=False, separators=(",", ":"))
+
+
+def consumer_status(
+    exports: Iterable[ExportMetrics], watermarks: Mapping[str, int], last_lsn: int
+) -> list[ConsumerStatus]:
+    """Per consumer: watermark and lag, plus totals of its exports; watermark consumers first."""
+    by_consumer: dict[str, list[ExportMetrics]] = {name: [] for name in watermarks}
+    for export in exports:
+        by_consumer.setdefault(export.consumer, []).append(export)
+    statuses = []
+    for name, rows in by_consumer.items():
+        last = max(rows, key=lambda e: e.finished_at, default=None)
+        measured = [e for e in rows if e.latency_p95_s is not None]
+        last_measured = max(measured, key=lambda e: e.finished_at, default=None)
+        mark = watermarks.get(name)
+        statuses.append(
+            ConsumerStatus(
+                consumer=name,
+                watermark=mark,
+                lag=None if mark is None else last_lsn - mark,
+                windows=len(rows),
+                records=sum(e.records for e in rows),
+                errors=sum(e.errors for e in rows),
+                retries=sum(e.retries for e in rows),
+                dead_letters=sum(e.dead_letters for e in rows),
+                quarantined=sum(e.quarantined for e in rows),
+                last_finished_at=None if last is None else last.finished_at,
+                last_latency_p95_s=None if last_measured is None else last_measured.latency_p95_s,
+            )
+        )
+    return statuses
