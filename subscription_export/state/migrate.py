@@ -74,7 +74,7 @@ def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
     return True
 
 
-def alembic_config(connection: Connection) -> Config:
+def alembic_config(connection: Connection | None = None) -> Config:
     """The configuration `migrations/env.py` runs with: no alembic.ini, the scripts shipped in the
     package, the caller's connection (and its transaction) in `attributes`. Also what a developer
     passes to `alembic.command.revision(..., autogenerate=True)` to draft a new migration."""

@@ -9,13 +9,13 @@ import pytest
 
 from subscription_export.core.db import engine_for
 from subscription_export.core.errors import WatermarkConflict
+from subscription_export.state.migrate import upgrade
 from subscription_export.state.progress import (
     CompletedExport,
     advance,
     advance_to,
     record_completed,
 )
-from subscription_export.state.migrate import upgrade
 from subscription_export.state.watermarks import WatermarkStore, watermark_store
 
 

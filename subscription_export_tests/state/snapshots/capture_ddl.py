@@ -19,7 +19,6 @@ from pathlib import Path
 
 import psycopg
 import sqlalchemy as sa
-
 from subscription_export.pipeline import init_state_tables  # the old release's layout
 
 HERE = Path(__file__).parent
