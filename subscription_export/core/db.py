@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+import tenacity
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
@@ -34,13 +36,31 @@ def normalize_url(url: str) -> sa.URL:
     raise ConfigError(f"{url!r}: unsupported database {backend!r}; use sqlite or postgresql")
 
 
+def _is_locked(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and "database is locked" in str(exc)
+
+
+@tenacity.retry(
+    retry=tenacity.retry_if_exception(_is_locked),
+    stop=tenacity.stop_after_delay(_SQLITE_BUSY_TIMEOUT_MS / 1000),
+    wait=tenacity.wait_fixed(0.05),
+    reraise=True,
+)
+def _switch_to_wal(cursor: sqlite3.Cursor) -> None:
+    """Switching a new file to WAL needs it to itself. SQLite refuses at once, without the busy
+    timeout, while another connection holds the write lock (waiting could deadlock), so two
+    processes opening a new database together would fail; the switch is retried instead. A file
+    already in WAL never waits here."""
+    cursor.execute("PRAGMA journal_mode=WAL")
+
+
 def _configure_sqlite(engine: Engine, immediate: bool) -> None:
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
         # Let SQLAlchemy's BEGIN drive transactions; WAL lets readers run beside the writer.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+        _switch_to_wal(cur)
         # WAL + NORMAL: no fsync per commit; a power cut may lose the last commits but never
         # corrupts. Losing a watermark move only means re-exporting identical bytes.
         cur.execute("PRAGMA synchronous=NORMAL")
