@@ -31,20 +31,20 @@ def create_release_schema(engine: Engine, release: str) -> None:
             conn.exec_driver_sql(statement)
 
 
-def legacy_rows(with_feed_columns: bool) -> dict[sa.Table, list[dict[str, Any]]]:
+Rows = dict[sa.Table, list[dict[str, Any]]]
+
+
+def legacy_rows(with_feed_columns: bool) -> Rows:
     """One or two rows per table that holds something a user would miss."""
-    base: dict[str, Any] = {
-        "destination": "erp",
-        "subscription_id": "s1",
-        "held_record": json.dumps(BASE_RECORD),
-        "held_version": 3,
-        "agreed_record": json.dumps(BASE_RECORD),
-        "log_id": 41,
-        "remote_cursor": 7,
-        "updated_at": T0,
+    return {
+        **_export_rows(),
+        **_delivery_rows(),
+        **_sync_rows(with_feed_columns),
+        **_metrics_rows(),
     }
-    if with_feed_columns:
-        base |= {"feed_record": json.dumps(BASE_RECORD), "feed_version": 3}
+
+
+def _export_rows() -> Rows:
     return {
         t.watermarks: [
             {"consumer": "parquet", "lsn": 100, "updated_at": T0},
@@ -64,6 +64,11 @@ def legacy_rows(with_feed_columns: bool) -> dict[sa.Table, list[dict[str, Any]]]
                 "completed_at": T0,
             }
         ],
+    }
+
+
+def _delivery_rows() -> Rows:
+    return {
         t.dead_letters: [
             {
                 "destination": "crm",
@@ -79,6 +84,23 @@ def legacy_rows(with_feed_columns: bool) -> dict[sa.Table, list[dict[str, Any]]]
                 "status": "open",
             }
         ],
+    }
+
+
+def _sync_rows(with_feed_columns: bool) -> Rows:
+    base: dict[str, Any] = {
+        "destination": "erp",
+        "subscription_id": "s1",
+        "held_record": json.dumps(BASE_RECORD),
+        "held_version": 3,
+        "agreed_record": json.dumps(BASE_RECORD),
+        "log_id": 41,
+        "remote_cursor": 7,
+        "updated_at": T0,
+    }
+    if with_feed_columns:
+        base |= {"feed_record": json.dumps(BASE_RECORD), "feed_version": 3}
+    return {
         t.sync_base: [base],
         t.sync_conflicts: [
             {
@@ -100,6 +122,11 @@ def legacy_rows(with_feed_columns: bool) -> dict[sa.Table, list[dict[str, Any]]]
                 "updated_at": T0,
             }
         ],
+    }
+
+
+def _metrics_rows() -> Rows:
+    return {
         t.export_metrics: [
             {
                 "consumer": "parquet",

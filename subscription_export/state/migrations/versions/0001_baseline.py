@@ -24,46 +24,101 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    _windows_and_watermarks()
+    _export_bookkeeping()
+    _export_metrics()
+    _capture_and_reconcile_metrics()
+    _dead_letters()
+    _sync_bases()
+    _sync_outbox()
+    _sync_conflicts()
+    _sync_audit()
+
+
+def _windows_and_watermarks() -> None:
+    """Windows cut from the change log, the exports done of them, watermarks."""
     op.create_table(
-        "capture_lag",
-        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
-        sa.Column("sampled_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("last_lsn", sa.BigInteger(), nullable=False),
-        sa.Column("last_change_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("last_sequenced_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("waiting", sa.BigInteger(), nullable=False),
-        sa.Column("horizon_stall_s", sa.Float(), nullable=False),
-        sa.PrimaryKeyConstraint("id"),
-        if_not_exists=True,
-    )
-    op.create_index(
-        "capture_lag_by_time", "capture_lag", ["sampled_at"], unique=False, if_not_exists=True
-    )
-    op.create_table(
-        "dead_letters",
-        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
-        sa.Column("destination", sa.String(length=100), nullable=False),
-        sa.Column("window_key", sa.String(length=41), nullable=False),
+        "watermarks",
+        sa.Column("consumer", sa.String(length=100), nullable=False),
         sa.Column("lsn", sa.BigInteger(), nullable=False),
-        sa.Column("subscription_id", sa.String(length=200), nullable=False),
-        sa.Column("idempotency_key", sa.String(length=300), nullable=False),
-        sa.Column("payload", sa.Text(), nullable=False),
-        sa.Column("error", sa.Text(), nullable=False),
-        sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column("first_seen", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("last_seen", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("status", sa.String(length=16), nullable=False),
-        sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("destination", "lsn", name="dead_letters_once_per_change"),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("consumer"),
+        if_not_exists=True,
+    )
+    op.create_table(
+        "windows",
+        sa.Column("key", sa.String(length=41), nullable=False),
+        sa.Column("lo", sa.BigInteger(), nullable=False),
+        sa.Column("hi", sa.BigInteger(), nullable=False),
+        sa.Column("changes", sa.BigInteger(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("key"),
+        sa.UniqueConstraint("hi"),
+        sa.UniqueConstraint("lo"),
+        if_not_exists=True,
+    )
+    op.create_table(
+        "window_exports",
+        sa.Column("consumer", sa.String(length=100), nullable=False),
+        sa.Column("window_key", sa.String(length=41), nullable=False),
+        sa.Column("lo", sa.BigInteger(), nullable=False),
+        sa.Column("hi", sa.BigInteger(), nullable=False),
+        sa.Column("rows", sa.BigInteger(), nullable=False),
+        sa.Column("bytes", sa.BigInteger(), nullable=False),
+        sa.Column("sha256", sa.String(length=64), nullable=False),
+        sa.Column("path", sa.Text(), nullable=False),
+        sa.Column("completed_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("consumer", "window_key"),
         if_not_exists=True,
     )
     op.create_index(
-        "dead_letters_by_window",
-        "dead_letters",
-        ["destination", "window_key", "status"],
+        "window_exports_by_lo",
+        "window_exports",
+        ["consumer", "lo"],
         unique=False,
         if_not_exists=True,
     )
+
+
+def _export_bookkeeping() -> None:
+    """What an export leaves beside its files: quarantined rows, leases, schema versions."""
+    op.create_table(
+        "quarantine",
+        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("window_key", sa.String(length=41), nullable=False),
+        sa.Column("lsn", sa.BigInteger(), nullable=False),
+        sa.Column("field", sa.String(length=200), nullable=True),
+        sa.Column("reason", sa.Text(), nullable=False),
+        sa.Column("raw", sa.Text(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("window_key", "lsn", name="quarantine_once_per_window"),
+        if_not_exists=True,
+    )
+    op.create_table(
+        "leases",
+        sa.Column("name", sa.String(length=200), nullable=False),
+        sa.Column("holder", sa.String(length=200), nullable=False),
+        sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("name"),
+        if_not_exists=True,
+    )
+    op.create_table(
+        "schema_registry",
+        sa.Column("dataset", sa.String(length=100), nullable=False),
+        sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column("fields", sa.Text(), nullable=False),
+        sa.Column("arrow_schema", sa.Text(), nullable=False),
+        sa.Column("first_lsn", sa.BigInteger(), nullable=False),
+        sa.Column("registered_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("dataset", "version"),
+        if_not_exists=True,
+    )
+
+
+def _export_metrics() -> None:
+    """What the dashboard plots per (consumer, window)."""
     op.create_table(
         "export_metrics",
         sa.Column("consumer", sa.String(length=100), nullable=False),
@@ -97,27 +152,24 @@ def upgrade() -> None:
         unique=False,
         if_not_exists=True,
     )
+
+
+def _capture_and_reconcile_metrics() -> None:
+    """What the dashboard plots per capture sample and per reconcile."""
     op.create_table(
-        "leases",
-        sa.Column("name", sa.String(length=200), nullable=False),
-        sa.Column("holder", sa.String(length=200), nullable=False),
-        sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("name"),
+        "capture_lag",
+        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("sampled_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("last_lsn", sa.BigInteger(), nullable=False),
+        sa.Column("last_change_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_sequenced_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("waiting", sa.BigInteger(), nullable=False),
+        sa.Column("horizon_stall_s", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
         if_not_exists=True,
     )
-    op.create_table(
-        "quarantine",
-        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
-        sa.Column("window_key", sa.String(length=41), nullable=False),
-        sa.Column("lsn", sa.BigInteger(), nullable=False),
-        sa.Column("field", sa.String(length=200), nullable=True),
-        sa.Column("reason", sa.Text(), nullable=False),
-        sa.Column("raw", sa.Text(), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("window_key", "lsn", name="quarantine_once_per_window"),
-        if_not_exists=True,
+    op.create_index(
+        "capture_lag_by_time", "capture_lag", ["sampled_at"], unique=False, if_not_exists=True
     )
     op.create_table(
         "reconcile_metrics",
@@ -138,43 +190,39 @@ def upgrade() -> None:
         unique=False,
         if_not_exists=True,
     )
+
+
+def _dead_letters() -> None:
+    """Changes a destination did not accept."""
     op.create_table(
-        "schema_registry",
-        sa.Column("dataset", sa.String(length=100), nullable=False),
-        sa.Column("version", sa.Integer(), nullable=False),
-        sa.Column("fields", sa.Text(), nullable=False),
-        sa.Column("arrow_schema", sa.Text(), nullable=False),
-        sa.Column("first_lsn", sa.BigInteger(), nullable=False),
-        sa.Column("registered_at", sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("dataset", "version"),
-        if_not_exists=True,
-    )
-    op.create_table(
-        "sync_audit",
+        "dead_letters",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
-        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("destination", sa.String(length=100), nullable=False),
+        sa.Column("window_key", sa.String(length=41), nullable=False),
+        sa.Column("lsn", sa.BigInteger(), nullable=False),
         sa.Column("subscription_id", sa.String(length=200), nullable=False),
-        sa.Column("ref", sa.String(length=100), nullable=False),
-        sa.Column("strategy", sa.String(length=32), nullable=False),
-        sa.Column("outcome", sa.String(length=32), nullable=False),
-        sa.Column("base", sa.Text(), nullable=False),
-        sa.Column("local", sa.Text(), nullable=False),
-        sa.Column("remote", sa.Text(), nullable=False),
-        sa.Column("merged", sa.Text(), nullable=False),
-        sa.Column("detail", sa.Text(), nullable=False),
-        sa.Column("conflict_id", sa.Integer(), nullable=True),
+        sa.Column("idempotency_key", sa.String(length=300), nullable=False),
+        sa.Column("payload", sa.Text(), nullable=False),
+        sa.Column("error", sa.Text(), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("first_seen", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("last_seen", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
         sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("destination", "subscription_id", "ref", name="audit_once"),
+        sa.UniqueConstraint("destination", "lsn", name="dead_letters_once_per_change"),
         if_not_exists=True,
     )
     op.create_index(
-        "sync_audit_by_subscription",
-        "sync_audit",
-        ["subscription_id", "id"],
+        "dead_letters_by_window",
+        "dead_letters",
+        ["destination", "window_key", "status"],
         unique=False,
         if_not_exists=True,
     )
+
+
+def _sync_bases() -> None:
+    """The bidirectional sync's position: bases, feed cursors, field provenance."""
     op.create_table(
         "sync_base",
         sa.Column("destination", sa.String(length=100), nullable=False),
@@ -188,6 +236,60 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("destination", "subscription_id"),
         if_not_exists=True,
     )
+    op.create_table(
+        "sync_feed_cursors",
+        sa.Column("system", sa.String(length=100), nullable=False),
+        sa.Column("applied", sa.BigInteger(), nullable=False),
+        sa.Column("requested", sa.BigInteger(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("system"),
+        if_not_exists=True,
+    )
+    op.create_table(
+        "sync_field_provenance",
+        sa.Column("subscription_id", sa.String(length=200), nullable=False),
+        sa.Column("field", sa.String(length=200), nullable=False),
+        sa.Column("value", sa.Text(), nullable=False),
+        sa.Column("system", sa.String(length=100), nullable=False),
+        sa.Column("changed_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("subscription_id", "field"),
+        if_not_exists=True,
+    )
+
+
+def _sync_outbox() -> None:
+    """Merged records waiting to be pushed."""
+    op.create_table(
+        "sync_pushes",
+        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("idempotency_key", sa.String(length=400), nullable=False),
+        sa.Column("destination", sa.String(length=100), nullable=False),
+        sa.Column("subscription_id", sa.String(length=200), nullable=False),
+        sa.Column("window_key", sa.String(length=300), nullable=False),
+        sa.Column("lsn", sa.BigInteger(), nullable=False),
+        sa.Column("record", sa.Text(), nullable=False),
+        sa.Column("delete_version", sa.BigInteger(), nullable=True),
+        sa.Column("plan_log_id", sa.BigInteger(), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("idempotency_key"),
+        if_not_exists=True,
+    )
+    op.create_index(
+        "sync_pushes_pending",
+        "sync_pushes",
+        ["destination", "status"],
+        unique=False,
+        if_not_exists=True,
+    )
+
+
+def _sync_conflicts() -> None:
+    """The manual conflict queue."""
     op.create_table(
         "sync_conflicts",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
@@ -222,91 +324,34 @@ def upgrade() -> None:
         unique=False,
         if_not_exists=True,
     )
+
+
+def _sync_audit() -> None:
+    """Every decision of the reconcile."""
     op.create_table(
-        "sync_feed_cursors",
-        sa.Column("system", sa.String(length=100), nullable=False),
-        sa.Column("applied", sa.BigInteger(), nullable=False),
-        sa.Column("requested", sa.BigInteger(), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("system"),
-        if_not_exists=True,
-    )
-    op.create_table(
-        "sync_field_provenance",
-        sa.Column("subscription_id", sa.String(length=200), nullable=False),
-        sa.Column("field", sa.String(length=200), nullable=False),
-        sa.Column("value", sa.Text(), nullable=False),
-        sa.Column("system", sa.String(length=100), nullable=False),
-        sa.Column("changed_at", sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("subscription_id", "field"),
-        if_not_exists=True,
-    )
-    op.create_table(
-        "sync_pushes",
+        "sync_audit",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
-        sa.Column("idempotency_key", sa.String(length=400), nullable=False),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("destination", sa.String(length=100), nullable=False),
         sa.Column("subscription_id", sa.String(length=200), nullable=False),
-        sa.Column("window_key", sa.String(length=300), nullable=False),
-        sa.Column("lsn", sa.BigInteger(), nullable=False),
-        sa.Column("record", sa.Text(), nullable=False),
-        sa.Column("delete_version", sa.BigInteger(), nullable=True),
-        sa.Column("plan_log_id", sa.BigInteger(), nullable=False),
-        sa.Column("status", sa.String(length=16), nullable=False),
-        sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column("error", sa.Text(), nullable=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("ref", sa.String(length=100), nullable=False),
+        sa.Column("strategy", sa.String(length=32), nullable=False),
+        sa.Column("outcome", sa.String(length=32), nullable=False),
+        sa.Column("base", sa.Text(), nullable=False),
+        sa.Column("local", sa.Text(), nullable=False),
+        sa.Column("remote", sa.Text(), nullable=False),
+        sa.Column("merged", sa.Text(), nullable=False),
+        sa.Column("detail", sa.Text(), nullable=False),
+        sa.Column("conflict_id", sa.Integer(), nullable=True),
         sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("idempotency_key"),
+        sa.UniqueConstraint("destination", "subscription_id", "ref", name="audit_once"),
         if_not_exists=True,
     )
     op.create_index(
-        "sync_pushes_pending",
-        "sync_pushes",
-        ["destination", "status"],
+        "sync_audit_by_subscription",
+        "sync_audit",
+        ["subscription_id", "id"],
         unique=False,
-        if_not_exists=True,
-    )
-    op.create_table(
-        "watermarks",
-        sa.Column("consumer", sa.String(length=100), nullable=False),
-        sa.Column("lsn", sa.BigInteger(), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("consumer"),
-        if_not_exists=True,
-    )
-    op.create_table(
-        "window_exports",
-        sa.Column("consumer", sa.String(length=100), nullable=False),
-        sa.Column("window_key", sa.String(length=41), nullable=False),
-        sa.Column("lo", sa.BigInteger(), nullable=False),
-        sa.Column("hi", sa.BigInteger(), nullable=False),
-        sa.Column("rows", sa.BigInteger(), nullable=False),
-        sa.Column("bytes", sa.BigInteger(), nullable=False),
-        sa.Column("sha256", sa.String(length=64), nullable=False),
-        sa.Column("path", sa.Text(), nullable=False),
-        sa.Column("completed_at", sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("consumer", "window_key"),
-        if_not_exists=True,
-    )
-    op.create_index(
-        "window_exports_by_lo",
-        "window_exports",
-        ["consumer", "lo"],
-        unique=False,
-        if_not_exists=True,
-    )
-    op.create_table(
-        "windows",
-        sa.Column("key", sa.String(length=41), nullable=False),
-        sa.Column("lo", sa.BigInteger(), nullable=False),
-        sa.Column("hi", sa.BigInteger(), nullable=False),
-        sa.Column("changes", sa.BigInteger(), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("key"),
-        sa.UniqueConstraint("hi"),
-        sa.UniqueConstraint("lo"),
         if_not_exists=True,
     )
 
