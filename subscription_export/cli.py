@@ -369,8 +369,7 @@ def demo(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
     """Seed a sandbox source, export everything through Dagster, print what happened."""
-    from dataclasses import replace
-
+    from subscription_export.core.settings import replace
     from subscription_export.defs.runner import run_cycle
     from subscription_export.runtime import init_state_tables
     from subscription_export.sandbox.generator import generate

@@ -1,85 +1,91 @@
-"""Typed settings from `SUBSCRIPTION_EXPORT_*` environment variables (CLI flags override them)."""
+"""Typed settings from `SUBSCRIPTION_EXPORT_*` environment variables (CLI flags override them).
+
+`Settings` is the one list of settings: pydantic-settings reads and validates the environment,
+the Dagster resource (`defs/resources.py`) derives its config fields from `Settings.model_fields`,
+and `as_env()` hands the same values to child processes. A bad value is a `ConfigError` on one
+line naming the environment variable and what it accepts, never a pydantic error table.
+"""
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BeforeValidator, Field, ValidationError, model_validator
+from pydantic_core import ErrorDetails
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from subscription_export.core.errors import ConfigError
 
 ENV_PREFIX = "SUBSCRIPTION_EXPORT_"
 DEFAULT_HOME = Path(".subscription_export")
 
-
-def _env(name: str) -> str | None:
-    value = os.environ.get(ENV_PREFIX + name)
-    return value if value not in (None, "") else None
+SchemaContract = Literal["evolve", "freeze", "discard_row", "discard_value"]
 
 
-def _positive_int(name: str, raw: str | None, default: int) -> int:
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{ENV_PREFIX}{name}={raw!r} is not a whole number") from None
-    if value <= 0:
-        raise ConfigError(f"{ENV_PREFIX}{name} must be positive, got {value}")
-    return value
+def _without_seconds_suffix(raw: object) -> object:
+    """`30s` reads as 30 (the unit is always seconds)."""
+    return raw.strip().removesuffix("s") if isinstance(raw, str) else raw
 
 
-def _seconds(name: str, raw: str | None, default: float) -> float:
-    if raw is None:
-        return default
-    try:
-        value = float(raw.removesuffix("s"))
-    except ValueError:
-        raise ConfigError(f"{ENV_PREFIX}{name}={raw!r} is not a number of seconds") from None
-    if value < 0:
-        raise ConfigError(f"{ENV_PREFIX}{name} must not be negative, got {value}")
-    return value
+PositiveCount = Annotated[int, Field(gt=0)]
+Seconds = Annotated[float, BeforeValidator(_without_seconds_suffix), Field(ge=0)]
 
 
-@dataclass(frozen=True)
-class Settings:
+def _env_name(field: str) -> Any:
+    """The variable a field is read from, where it differs from prefix + field name."""
+    return Field(validation_alias=ENV_PREFIX + field)
+
+
+class Settings(BaseSettings):
     """Where the data lives and how windows are cut.
 
     Defaults keep everything in local files (`./.subscription_export/`, `./exports/`), so the
-    project runs with no servers; production points the URLs at PostgreSQL and Redis.
+    project runs with no servers; production points the URLs at PostgreSQL and Redis. Values
+    given to the constructor win over the environment, which fills in the rest.
     """
 
-    source_url: str = f"sqlite:///{DEFAULT_HOME / 'source.db'}"
-    state_url: str = f"sqlite:///{DEFAULT_HOME / 'state.db'}"
-    export_dir: Path = Path("exports")
-    watermark_url: str | None = None  # None: watermarks live in the state DB
-    window_max_changes: int = 100_000
-    window_max_age_s: float = 60.0
-    read_batch_size: int = 10_000
-    lease_wait_s: float = 300.0  # how long a run waits for another run exporting the same window
-    schema_contract: str = "evolve"  # evolve | freeze | discard_row | discard_value
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_ignore_empty=True,  # `VAR=` means "not set", as an unset variable would
+        frozen=True,  # hashable: one Project (and its pools) per Settings per process
+        extra="forbid",
+        validate_by_name=True,  # the constructor takes field names, the env the variable names
+    )
+
+    source_url: str = Field(
+        f"sqlite:///{DEFAULT_HOME / 'source.db'}", description="SQLAlchemy URL of the source DB"
+    )
+    state_url: str = Field(
+        f"sqlite:///{DEFAULT_HOME / 'state.db'}", description="SQLAlchemy URL of the state DB"
+    )
+    export_dir: Path = Field(Path("exports"), description="Export folder or fsspec URL")
+    watermark_url: str | None = Field(
+        None, description="redis://… for watermarks in Redis (unset: in the state DB)"
+    )
+    window_max_changes: PositiveCount = Field(100_000, description="Changes per window at most")
+    window_max_age_s: Annotated[Seconds, _env_name("WINDOW_MAX_AGE")] = Field(
+        60.0, description="Seconds before a partial window closes"
+    )
+    read_batch_size: PositiveCount = Field(10_000, description="Change-log rows read at a time")
+    lease_wait_s: Annotated[Seconds, _env_name("LEASE_WAIT")] = Field(
+        300.0, description="Seconds a run waits for another run exporting the same window"
+    )
+    schema_contract: SchemaContract = Field(
+        "evolve", description="What a schema change does to the export (formats/contract.py)"
+    )
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _one_line_errors(cls, values: Any, handler: Any) -> Any:
+        try:
+            return handler(values)
+        except ValidationError as error:
+            raise ConfigError("; ".join(map(_message, error.errors()))) from None
 
     @classmethod
     def from_env(cls) -> Settings:
-        defaults = cls()
-        export_dir = _env("EXPORT_DIR")
-        return cls(
-            source_url=_env("SOURCE_URL") or defaults.source_url,
-            state_url=_env("STATE_URL") or defaults.state_url,
-            export_dir=Path(export_dir) if export_dir else defaults.export_dir,
-            watermark_url=_env("WATERMARK_URL"),
-            window_max_changes=_positive_int(
-                "WINDOW_MAX_CHANGES", _env("WINDOW_MAX_CHANGES"), defaults.window_max_changes
-            ),
-            window_max_age_s=_seconds(
-                "WINDOW_MAX_AGE", _env("WINDOW_MAX_AGE"), defaults.window_max_age_s
-            ),
-            read_batch_size=_positive_int(
-                "READ_BATCH_SIZE", _env("READ_BATCH_SIZE"), defaults.read_batch_size
-            ),
-            lease_wait_s=_seconds("LEASE_WAIT", _env("LEASE_WAIT"), defaults.lease_wait_s),
-            schema_contract=_contract(_env("SCHEMA_CONTRACT") or defaults.schema_contract),
-        )
+        return cls()
 
     def resolved(self) -> Settings:
         """Relative SQLite files and export folder made absolute against the current folder, so
@@ -93,32 +99,54 @@ class Settings:
 
     def with_overrides(self, **overrides: object) -> Settings:
         """Apply CLI flags; `None` means 'not given'."""
-        given = {k: v for k, v in overrides.items() if v is not None}
-        if "export_dir" in given:
-            given["export_dir"] = Path(str(given["export_dir"]))
-        return replace(self, **given)  # type: ignore[arg-type]
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
     def as_env(self) -> dict[str, str]:
         """The same settings as environment variables, for child processes (Dagster runs)."""
-        env = {
-            ENV_PREFIX + "SOURCE_URL": self.source_url,
-            ENV_PREFIX + "STATE_URL": self.state_url,
-            ENV_PREFIX + "EXPORT_DIR": str(self.export_dir),
-            ENV_PREFIX + "WINDOW_MAX_CHANGES": str(self.window_max_changes),
-            ENV_PREFIX + "WINDOW_MAX_AGE": str(self.window_max_age_s),
-            ENV_PREFIX + "READ_BATCH_SIZE": str(self.read_batch_size),
-            ENV_PREFIX + "LEASE_WAIT": str(self.lease_wait_s),
-            ENV_PREFIX + "SCHEMA_CONTRACT": self.schema_contract,
+        return {
+            env_variable(name): str(value)
+            for name, value in self.model_dump().items()
+            if value is not None  # an unset variable is how None reads back
         }
-        if self.watermark_url:
-            env[ENV_PREFIX + "WATERMARK_URL"] = self.watermark_url
-        return env
 
 
-def _contract(raw: str) -> str:
-    from subscription_export.formats.contract import parse_mode
+def replace(settings: Settings, **changes: Any) -> Settings:
+    """A copy with `changes` applied and validated (`dataclasses.replace` for Settings)."""
+    return type(settings)(**{**settings.model_dump(), **changes})
 
-    return parse_mode(raw)
+
+def env_variable(field: str) -> str:
+    """The environment variable a setting is read from."""
+    alias = Settings.model_fields[field].validation_alias
+    return alias if isinstance(alias, str) else ENV_PREFIX + field.upper()
+
+
+def _message(error: ErrorDetails) -> str:
+    """One pydantic error as one phrase naming the variable and what it accepts."""
+    name = _field_name(str(error["loc"][0]) if error["loc"] else "")
+    if name is None:
+        return f"{error['loc'][0]!r} is not a setting; known: {', '.join(Settings.model_fields)}"
+    key, raw, kind = env_variable(name), error["input"], error["type"]
+    if kind.startswith("int_"):
+        return f"{key}={raw!r} is not a whole number"
+    if kind.startswith("float_"):
+        return f"{key}={raw!r} is not a number of seconds"
+    if kind == "greater_than":
+        return f"{key} must be positive, got {raw}"
+    if kind == "greater_than_equal":
+        return f"{key} must not be negative, got {raw}"
+    if kind == "literal_error":
+        allowed = get_args(Settings.model_fields[name].annotation)
+        return f"{key}={raw!r} is unknown; use one of {', '.join(allowed)}"
+    return f"{key}={raw!r}: {error['msg']}"
+
+
+def _field_name(located: str) -> str | None:
+    """The field an error is about: pydantic locates it by name or by variable name."""
+    for name in Settings.model_fields:
+        if located in (name, env_variable(name)):
+            return name
+    return None
 
 
 def _absolute_sqlite(url: str) -> str:

@@ -1,8 +1,19 @@
-"""Settings as a Dagster resource, so runs, sensors and the UI share one configuration."""
+"""Settings as a Dagster resource, so runs, sensors and the UI share one configuration.
+
+The resource's config fields are made from `Settings.model_fields` (Dagster's config is
+pydantic too), so a new setting appears here, in the UI's launchpad and in `as_env()` without
+being listed again. Values are checked by `Settings` when a run builds its Project, with the
+same one-line errors as the environment gets.
+"""
+
+from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
+from pydantic import Field, create_model
+from pydantic_core import to_jsonable_python
 
 from subscription_export.core.settings import Settings
 from subscription_export.runtime import Project
@@ -10,45 +21,32 @@ from subscription_export.runtime import Project
 _projects: dict[Settings, Project] = {}
 
 
-class ExportSettings(dg.ConfigurableResource):
+def _config_field(name: str) -> tuple[Any, Any]:
+    """A setting as a Dagster config field: Dagster's config has no Path, so paths are strings
+    (constraints stay with `Settings`, which validates the values)."""
+    setting = Settings.model_fields[name]
+    annotation = str if setting.annotation is Path else setting.annotation
+    default = to_jsonable_python(setting.default)
+    return annotation, Field(default=default, description=setting.description)
+
+
+_SettingsFields: type[dg.ConfigurableResource] = create_model(
+    "_SettingsFields",
+    __base__=dg.ConfigurableResource,
+    __module__=__name__,
+    **{name: _config_field(name) for name in Settings.model_fields},  # type: ignore[call-overload]
+)
+
+
+class ExportSettings(_SettingsFields):  # type: ignore[misc,valid-type]
     """Where the source, state and files live (defaults come from SUBSCRIPTION_EXPORT_* env)."""
 
-    source_url: str
-    state_url: str
-    export_dir: str
-    watermark_url: str | None = None
-    window_max_changes: int = 100_000
-    window_max_age_s: float = 60.0
-    read_batch_size: int = 10_000
-    lease_wait_s: float = 300.0
-    schema_contract: str = "evolve"
-
     @classmethod
-    def from_settings(cls, settings: Settings) -> "ExportSettings":
-        return cls(
-            source_url=settings.source_url,
-            state_url=settings.state_url,
-            export_dir=str(settings.export_dir),
-            watermark_url=settings.watermark_url,
-            window_max_changes=settings.window_max_changes,
-            window_max_age_s=settings.window_max_age_s,
-            read_batch_size=settings.read_batch_size,
-            lease_wait_s=settings.lease_wait_s,
-            schema_contract=settings.schema_contract,
-        )
+    def from_settings(cls, settings: Settings) -> ExportSettings:
+        return cls(**settings.model_dump(mode="json"))
 
     def settings(self) -> Settings:
-        return Settings(
-            source_url=self.source_url,
-            state_url=self.state_url,
-            export_dir=Path(self.export_dir),
-            watermark_url=self.watermark_url,
-            window_max_changes=self.window_max_changes,
-            window_max_age_s=self.window_max_age_s,
-            read_batch_size=self.read_batch_size,
-            lease_wait_s=self.lease_wait_s,
-            schema_contract=self.schema_contract,
-        )
+        return Settings(**{name: getattr(self, name) for name in Settings.model_fields})
 
     def project(self) -> Project:
         """One Project (and its connection pools) per settings per process."""

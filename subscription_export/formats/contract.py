@@ -21,12 +21,13 @@ on later windows, so re-exporting a window gives the same bytes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import get_args
 
 from subscription_export.core.columns import LogicalType, SourceColumn
 from subscription_export.core.errors import ConfigError, SubscriptionExportError
+from subscription_export.core.settings import SchemaContract
 
-ContractMode = Literal["evolve", "freeze", "discard_row", "discard_value"]
+ContractMode = SchemaContract  # the modes are listed once, where the setting is validated
 CONTRACT_MODES: tuple[str, ...] = get_args(ContractMode)
 _WIDENINGS: set[tuple[str, str]] = {("integer", "decimal")}
 

@@ -9,10 +9,11 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from subscription_export.core.errors import ConfigError
-from subscription_export.reconcile.strategies import ConflictPolicy, Strategy
+from subscription_export.reconcile.strategies import ConflictPolicy, Strategy, policy_problem
 
 ENV_STRATEGY = "SUBSCRIPTION_EXPORT_CONFLICT_STRATEGY"
 ENV_POLICY_FILE = "SUBSCRIPTION_EXPORT_CONFLICTS"
@@ -43,8 +44,8 @@ def load_policies(
 ) -> ConflictPolicies:
     """Policies from a TOML file (`path`, else $SUBSCRIPTION_EXPORT_CONFLICTS) and the env.
 
-    File layout: an optional `[default]` table and `[destinations.<name>]` tables, each with the
-    keys of `ConflictPolicy.from_mapping`. Without a file, or without a `[default]` table, the
+    File layout (`PolicyFile`): an optional `[default]` table and `[destinations.<name>]` tables,
+    each with the keys of `ConflictPolicy`. Without a file, or without a `[default]` table, the
     default strategy is $SUBSCRIPTION_EXPORT_CONFLICT_STRATEGY (default `last_writer_wins`).
     """
     environ = os.environ if env is None else env
@@ -63,21 +64,37 @@ def load_policies(
         raise ConfigError(f"{where}: no such conflict policy file") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where}: not valid TOML ({exc})") from None
-    unknown = sorted(set(data) - {"default", "destinations"})
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known: default, destinations)")
-    default = _policy(data["default"], f"{where} [default]") if "default" in data else env_default
-    tables = data.get("destinations", {})
-    if not isinstance(tables, dict):
-        raise ConfigError(f"{where}: [destinations] must be a table")
-    per = {name: _policy(t, f"{where} [destinations.{name}]") for name, t in tables.items()}
-    return ConflictPolicies(default, per, str(where))
-
-
-def _policy(table: Any, where: str) -> ConflictPolicy:
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where}: must be a table")
     try:
-        return ConflictPolicy.from_mapping(table)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        document = PolicyFile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(_located(exc, where))) from None
+    default = document.default or env_default
+    return ConflictPolicies(default, document.destinations, str(where))
+
+
+class PolicyFile(BaseModel):
+    """The conflict policy file: an optional `[default]` and `[destinations.<name>]` tables."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    default: ConflictPolicy | None = None
+    destinations: dict[str, ConflictPolicy] = Field(default_factory=dict)
+
+
+def _located(error: ValidationError, where: Path) -> list[str]:
+    """Each error after its table: `conflicts.toml [destinations.crm]: conflict policy: …`."""
+    lines = []
+    for details in error.errors():
+        loc = details["loc"]
+        if not loc:
+            lines.append(f"{where}: {details['msg']}")
+        elif loc[0] not in PolicyFile.model_fields:
+            lines.append(f"{where}: unknown key {loc[0]!r} (known: default, destinations)")
+        elif loc == ("destinations",):
+            lines.append(f"{where}: [destinations] must be a table")
+        else:
+            table = loc[:1] if loc[0] == "default" else loc[:2]
+            phrase = policy_problem(details, loc[len(table) :])
+            name = ".".join(map(str, table))
+            lines.append(f"{where} [{name}]: conflict policy: {phrase}")
+    return lines

@@ -31,9 +31,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+from pydantic_core import ErrorDetails
 
 from subscription_export.core.errors import ConfigError
+from subscription_export.core.validation import problem
 
 SOURCE = "source"
 """The system name of our own database."""
@@ -104,7 +116,16 @@ class SideState:
         return self.record is None
 
 
-@dataclass(frozen=True)
+def _in_order(names: Any) -> Any:
+    """A set of names becomes a sorted tuple, so the ranking it gives is deterministic."""
+    return tuple(sorted(names)) if isinstance(names, set | frozenset) else names
+
+
+_Name = Annotated[str, StringConstraints(min_length=1)]
+_Names = Annotated[tuple[_Name, ...], BeforeValidator(_in_order)]
+
+
+@pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class ConflictPolicy:
     """How both-sided changes are settled for one destination.
 
@@ -112,74 +133,54 @@ class ConflictPolicy:
     of systems `field_owners` may name (a typo in an owner would otherwise silently never win).
     Systems missing from it rank after all listed ones. `fallback` decides fields without an
     owner under `field_ownership`. `ignored` fields are never compared (see DEFAULT_IGNORED).
+    Validated by pydantic whether built in code or from configuration (`from_mapping`).
     """
 
     strategy: Strategy
-    priority: tuple[str, ...] = DEFAULT_PRIORITY
-    field_owners: Mapping[str, str] = field(default_factory=dict, hash=False)
+    priority: _Names = DEFAULT_PRIORITY
+    field_owners: Mapping[_Name, str] = field(default_factory=dict, hash=False)
     fallback: Strategy = Strategy.LAST_WRITER_WINS
-    ignored: frozenset[str] = DEFAULT_IGNORED
+    ignored: frozenset[_Name] = DEFAULT_IGNORED
 
-    def __post_init__(self) -> None:
-        strategy = _strategy(self.strategy, "strategy")
-        fallback = _strategy(self.fallback, "fallback")
-        if fallback is Strategy.FIELD_OWNERSHIP:
-            raise ConfigError("conflict policy: fallback cannot be field_ownership itself")
-        priority = _names(self.priority, "priority")
-        if len(set(priority)) != len(priority):
-            dupes = sorted({p for p in priority if priority.count(p) > 1})
-            raise ConfigError(f"conflict policy: priority lists {', '.join(dupes)} more than once")
-        if not isinstance(self.field_owners, Mapping):
-            raise ConfigError("conflict policy: field_owners must be a mapping field -> system")
-        owners = dict(self.field_owners)
-        for name, owner in owners.items():
-            if not isinstance(name, str) or not name:
-                raise ConfigError(
-                    f"conflict policy: field name {name!r} must be a non-empty string"
+    @model_validator(mode="before")
+    @classmethod
+    def _fallback_only_for_field_ownership(cls, raw: Any) -> Any:
+        """A configuration naming a fallback its strategy never uses is a mistake."""
+        if isinstance(raw, Mapping) and "fallback" in raw:
+            strategy = raw.get("strategy")
+            if strategy is not None and strategy != Strategy.FIELD_OWNERSHIP:
+                raise ValueError(f"fallback only applies to field_ownership, not {strategy}")
+        return raw
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ConflictPolicy:
+        if self.fallback is Strategy.FIELD_OWNERSHIP:
+            raise ValueError("fallback cannot be field_ownership itself")
+        dupes = sorted({p for p in self.priority if self.priority.count(p) > 1})
+        if dupes:
+            raise ValueError(f"priority lists {', '.join(dupes)} more than once")
+        for name, owner in self.field_owners.items():
+            if owner not in self.priority:
+                raise ValueError(
+                    f"field {name!r} is owned by {owner!r}, which is not in the priority list"
+                    f" ({', '.join(self.priority)})"
                 )
-            if owner not in priority:
-                raise ConfigError(
-                    f"conflict policy: field {name!r} is owned by {owner!r}, which is not in "
-                    f"the priority list ({', '.join(priority)})"
-                )
-        if strategy is Strategy.FIELD_OWNERSHIP and not owners:
-            raise ConfigError("conflict policy: field_ownership needs at least one field owner")
-        if strategy is not Strategy.FIELD_OWNERSHIP and owners:
-            raise ConfigError(
-                f"conflict policy: field_owners only apply to field_ownership, not {strategy}"
-            )
-        object.__setattr__(self, "strategy", strategy)
-        object.__setattr__(self, "fallback", fallback)
-        object.__setattr__(self, "priority", priority)
-        object.__setattr__(self, "field_owners", MappingProxyType(owners))
-        object.__setattr__(self, "ignored", frozenset(_names(self.ignored, "ignored")))
+        owned = bool(self.field_owners)
+        if self.strategy is Strategy.FIELD_OWNERSHIP and not owned:
+            raise ValueError("field_ownership needs at least one field owner")
+        if self.strategy is not Strategy.FIELD_OWNERSHIP and owned:
+            raise ValueError(f"field_owners only apply to field_ownership, not {self.strategy}")
+        object.__setattr__(self, "field_owners", MappingProxyType(dict(self.field_owners)))
+        return self
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> ConflictPolicy:
-        """Build from configuration (YAML/JSON); every mistake is a ConfigError naming the key."""
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f"conflict policy must be a mapping, got {type(raw).__name__}")
-        allowed = {"strategy", "priority", "field_owners", "fallback", "ignored"}
-        unknown = sorted(set(raw) - allowed)
-        if unknown:
-            raise ConfigError(
-                f"conflict policy: unknown key(s) {', '.join(map(str, unknown))}; "
-                f"expected {', '.join(sorted(allowed))}"
-            )
-        if "strategy" not in raw:
-            raise ConfigError(
-                f"conflict policy: 'strategy' is required ({', '.join(s.value for s in Strategy)})"
-            )
-        strategy = _strategy(raw["strategy"], "strategy")
-        if "fallback" in raw and strategy is not Strategy.FIELD_OWNERSHIP:
-            raise ConfigError(
-                f"conflict policy: fallback only applies to field_ownership, not {strategy}"
-            )
-        kwargs: dict[str, Any] = {"strategy": strategy}
-        for key in ("priority", "field_owners", "fallback", "ignored"):
-            if key in raw:
-                kwargs[key] = raw[key]
-        return cls(**kwargs)
+        """Build from configuration (TOML/JSON); every mistake is a ConfigError naming the key."""
+        try:
+            return _POLICY.validate_python(raw)
+        except ValidationError as exc:
+            phrases = [policy_problem(details, details["loc"]) for details in exc.errors()]
+            raise ConfigError("conflict policy: " + "; ".join(phrases)) from None
 
     def rank(self, system: str) -> int:
         """Lower is stronger; unlisted systems share the weakest rank."""
@@ -199,24 +200,37 @@ class ConflictPolicy:
                 )
 
 
-def _strategy(value: Any, key: str) -> Strategy:
-    try:
-        return Strategy(value)
-    except ValueError:
-        raise ConfigError(
-            f"conflict policy: unknown {key} {value!r}; expected one of "
-            f"{', '.join(s.value for s in Strategy)}"
-        ) from None
+_POLICY: TypeAdapter[ConflictPolicy] = TypeAdapter(ConflictPolicy)
+_ALLOWED = {
+    "strategy": ", ".join(Strategy),
+    "fallback": ", ".join(Strategy),
+    "priority": "a list of names",
+    "ignored": "a list of names",
+    "field_owners": "a mapping field -> system",
+}
 
 
-def _names(value: Any, key: str) -> tuple[str, ...]:
-    if isinstance(value, str) or not isinstance(value, list | tuple | set | frozenset):
-        raise ConfigError(f"conflict policy: {key} must be a list of names, got {value!r}")
-    names = tuple(sorted(value)) if isinstance(value, set | frozenset) else tuple(value)
-    bad = [n for n in names if not isinstance(n, str) or not n]
-    if bad:
-        raise ConfigError(f"conflict policy: {key} entries must be non-empty strings, got {bad!r}")
-    return names
+def policy_problem(details: ErrorDetails, loc: tuple[int | str, ...]) -> str:
+    """One validation error of a policy as a phrase (`unknown strategy 'x'; expected …`);
+    `loc` is its location inside the policy."""
+    key, kind, got = (str(loc[0]) if loc else ""), details["type"], details["input"]
+    if not loc:
+        if kind == "dataclass_type":
+            return f"must be a mapping, got {type(got).__name__}"
+        return problem(details)
+    if kind == "enum":
+        return f"unknown {key} {got!r}; expected one of {_ALLOWED[key]}"
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        return f"unknown key(s) {key}; expected {', '.join(sorted(_ALLOWED))}"
+    if kind == "missing":
+        return f"{key!r} is required ({_ALLOWED[key]})"
+    if len(loc) == 1:
+        return f"{key} {problem(details, _ALLOWED.get(key))}"
+    if loc[-1] == "[key]":  # a field_owners key
+        return f"{key} keys must be non-empty field names, got {got!r}"
+    if key == "field_owners":
+        return f"{key}.{loc[1]} {problem(details, 'a system name')}"
+    return f"{key} entries must be non-empty strings, got {got!r}"
 
 
 # -- deciding ----------------------------------------------------------------------------------

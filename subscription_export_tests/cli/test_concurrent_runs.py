@@ -6,10 +6,9 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
-from subscription_export.core.settings import Settings
+from subscription_export.core.settings import Settings, replace
 from subscription_export.export.cut import cut_windows
 from subscription_export.formats.writers import sha256_of
 from subscription_export.runtime import Project

@@ -15,7 +15,7 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 import pytest
 
-from subscription_export.core.settings import Settings
+from subscription_export.core.settings import Settings, replace
 from subscription_export.defs.resources import ExportSettings
 from subscription_export.defs.sensors import change_log_sensor
 from subscription_export_tests.helpers import delete, insert, update, writer
@@ -81,8 +81,6 @@ def test_sensor_skips_then_cuts_windows_and_round_trips_cursor(settings: Setting
 
 
 def test_sensor_closes_a_partial_window_only_when_it_is_old(settings: Settings) -> None:
-    from dataclasses import replace
-
     instance = dg.DagsterInstance.ephemeral()
     patient = replace(settings, window_max_age_s=3600.0)
     _write(patient, 10)
@@ -149,8 +147,6 @@ def test_materialize_one_partition_writes_three_files_with_the_same_rows(
 
 @pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
 def test_reexport_gives_identical_bytes(settings: Settings, fmt: str, tmp_path: Path) -> None:
-    from dataclasses import replace
-
     from subscription_export.defs.runner import run_cycle
     from subscription_export.formats.writers import sha256_of
 

@@ -136,6 +136,62 @@ def test_mistakes_are_named_with_file_destination_and_key(
     assert isinstance(caught.value, ConfigError)  # the CLI prints it as one line, exit 2
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[destinations.erp]\nbase_url = "http://h"\nbatch_size = true',
+            "destination 'erp': key 'batch_size' must be a whole number, got True",
+        ),
+        (
+            '[destinations.erp]\nbase_url = "http://h"\n[destinations.erp.timeouts]\nread_s = "5"',
+            "destination 'erp', [timeouts]: key 'read_s' must be a number, got '5'",
+        ),
+        (
+            '[destinations.erp]\nbase_url = "http://h/?x=1"',
+            "destination 'erp': key 'base_url' must not have a query or fragment",
+        ),
+        (
+            '[destinations.erp]\nbase_url = "http://h"\nauth = 5',
+            "destination 'erp': key 'auth' must be a table, got 5",
+        ),
+        ("[destinations]\nerp = 5", "destination 'erp': must be a table [destinations.erp]"),
+        ("destinations = 5", "key 'destinations' must be a table, got 5"),
+        (
+            '[destinations.erp]\nbase_url = "http://h"\n[destinations.erp.field_mapping]\n'
+            'name = ""',
+            "destination 'erp': key 'field_mapping.name' must be a non-empty string, got ''",
+        ),
+        (
+            '[destinations.erp]\nbase_url = "http://h"\n[destinations.erp.field_mapping]\n'
+            'name = "plan"\ncategory = "plan"',
+            "destination 'erp': key 'field_mapping' maps several fields to 'plan'",
+        ),
+        (
+            '[destinations.erp]\nbase_url = "http://h"\n[destinations.erp.auth]\n'
+            'header = "X Key"\ntoken_env = "T"',
+            "destination 'erp', [auth]: key 'header' must be an HTTP header name, got 'X Key'",
+        ),
+    ],
+)
+def test_each_mistake_is_one_line_naming_the_key_and_what_it_accepts(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(DestinationConfigError) as caught:
+        _load(tmp_path, text, env={"T": "t"})
+    assert str(caught.value) == f"{tmp_path / 'destinations.toml'}: {message}"
+
+
+def test_every_mistake_of_a_file_is_named_on_the_same_line(tmp_path: Path) -> None:
+    text = '[destinations.erp]\nbase_url = "http://h"\nbatch_size = 0\nmax_concurrency = 0'
+    with pytest.raises(DestinationConfigError) as caught:
+        _load(tmp_path, text)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "key 'batch_size' must be positive, got 0;" in message
+    assert message.endswith("key 'max_concurrency' must be positive, got 0")
+
+
 def test_where_the_file_is_looked_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert destinations_path({}) is None

@@ -14,7 +14,6 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from subscription_export.core.settings import Settings
+from subscription_export.core.settings import Settings, replace
 from subscription_export.delivery.config import DestinationsConfig, load_destinations
 from subscription_export.delivery.dead_letters import list_dead_letters
 from subscription_export.delivery.mapping import (

@@ -7,7 +7,6 @@ import datetime as dt
 import io
 import json
 import tempfile
-from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from subscription_export.core.db import engine_for
-from subscription_export.core.settings import Settings
+from subscription_export.core.settings import Settings, replace
 from subscription_export.export.cut import cut_windows
 from subscription_export.export.flow import export_window_file
 from subscription_export.runtime import Project

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import pytest
 import sqlalchemy as sa
 
-from subscription_export.core.settings import Settings
+from subscription_export.core.settings import Settings, replace
 from subscription_export.export.cut import cut_windows
 from subscription_export.export.flow import export_window_file
 from subscription_export.runtime import Project

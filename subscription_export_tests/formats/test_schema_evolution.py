@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
 
 import pandas as pd
 import pyarrow.dataset as pads
@@ -12,7 +11,7 @@ import sqlalchemy as sa
 
 from subscription_export.core.columns import BASE_COLUMNS, SourceColumn
 from subscription_export.core.errors import SubscriptionExportError
-from subscription_export.core.settings import Settings
+from subscription_export.core.settings import Settings, replace
 from subscription_export.export.cut import cut_windows
 from subscription_export.export.flow import export_window_file
 from subscription_export.formats.contract import evolve, restrict

@@ -22,12 +22,11 @@ from subscription_export_tests.helpers import writer
 BATCH = 5_000
 _EXPORT = """
 import json, sys
-from dataclasses import replace
 from pathlib import Path
 import pyarrow as pa, pyarrow.parquet as pq
 from subscription_export.runtime import Project
 from subscription_export.export.flow import export_window_file, stream_window
-from subscription_export.core.settings import Settings
+from subscription_export.core.settings import Settings, replace
 from subscription_export.state.windows import Window
 
 hi, out = int(sys.argv[1]), Path(sys.argv[2])
