@@ -21,20 +21,17 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from subscription_export.core.columns import STATUSES
-from subscription_export.sandbox.base import (
-    ApiError,
-    RecordSystem,
-    Request,
-    Response,
-    Route,
-    SandboxSystem,
-    iso_z,
+from subscription_export.sandbox.base import SandboxSystem
+from subscription_export.sandbox.messages import ApiError, Request, Response, iso_z
+from subscription_export.sandbox.records import RecordSystem
+from subscription_export.sandbox.routes import Route
+from subscription_export.sandbox.validation import (
     require_choice,
     require_currency,
     require_date,
     require_decimal,
     require_str,
+    require_subscription,
     require_version,
 )
 
@@ -59,12 +56,7 @@ class ErpSystem(RecordSystem):
             raise ApiError(422, "invalid_record", "the body must be a JSON object")
         if record.get("id") != ident:
             raise ApiError(422, "invalid_record", f"body id {record.get('id')!r} != path {ident!r}")
-        require_str(record, "user_id")
-        require_str(record, "name")
-        require_decimal(record, "amount")
-        require_currency(record)
-        require_choice(record, "status", STATUSES)
-        require_version(record)
+        require_subscription(record, customer="user_id", plan="name", price="amount")
         return record
 
     def _put(
@@ -116,12 +108,7 @@ class CrmSystem(RecordSystem):
     def validate(record: Any) -> dict[str, Any]:
         if not isinstance(record, dict):
             raise ApiError(422, "invalid_record", "record must be an object")
-        require_str(record, "customer_id")
-        require_str(record, "plan_name")
-        require_decimal(record, "price")
-        require_currency(record)
-        require_choice(record, "status", STATUSES)
-        require_version(record)
+        require_subscription(record, customer="customer_id", plan="plan_name", price="price")
         return record
 
     def _batch(
