@@ -13,6 +13,7 @@ import abc
 import copy
 import datetime as dt
 import json
+import re
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from subscription_export.sandbox.messages import (
 from subscription_export.sandbox.routes import Route, match_route
 
 MAX_BATCH_ITEMS = 1000
+ItemApply = Callable[[dict[str, Any]], dict[str, Any]]
 IN_FLIGHT = "request_in_progress"  # 409 error code: the idempotency key is being processed
 
 
@@ -228,12 +230,25 @@ class SandboxSystem(abc.ABC):
 
     # -- batch items -------------------------------------------------------------------------
 
+    def _batch_route(self, path: str, field: str, ident_field: str, apply: ItemApply) -> Route:
+        """`POST {path}` of items listed under `field`, each applied on its own by `apply`
+        (with the state lock held) and answered with a status per item."""
+        endpoint = f"POST {path}"
+
+        def handler(
+            request: Request, params: dict[str, str], body: Any, key: str | None
+        ) -> Response:
+            items = body.get(field) if isinstance(body, dict) else None
+            return self._batch_answer(self._process_items(items, endpoint, ident_field, apply))
+
+        return Route("POST", re.compile(re.escape(path)), endpoint, handler, mutating=True)
+
     def _process_items(
         self,
         items: Any,
         endpoint: str,
         ident_field: str,
-        apply: Callable[[dict[str, Any]], dict[str, Any]],
+        apply: ItemApply,
     ) -> list[dict[str, Any]]:
         """Apply batch items one by one, each exactly once per item idempotency key.
 
@@ -261,7 +276,7 @@ class SandboxSystem(abc.ABC):
         item: Any,
         endpoint: str,
         ident_field: str,
-        apply: Callable[[dict[str, Any]], dict[str, Any]],
+        apply: ItemApply,
     ) -> dict[str, Any]:
         if not isinstance(item, dict):
             return _item_error(

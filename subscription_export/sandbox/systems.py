@@ -96,11 +96,10 @@ class ErpSystem(RecordSystem):
 
 class CrmSystem(RecordSystem):
     name = "crm"
-    batch_endpoint = "POST /batch"
 
     def _build_routes(self) -> tuple[Route, ...]:
         return (
-            Route("POST", re.compile(r"/batch"), self.batch_endpoint, self._batch, mutating=True),
+            self._batch_route("/batch", "items", "id", self._apply_item),
             Route("GET", _CHANGES, "GET /changes", self._changes_route, mutating=False),
         )
 
@@ -110,13 +109,6 @@ class CrmSystem(RecordSystem):
             raise ApiError(422, "invalid_record", "record must be an object")
         require_subscription(record, customer="customer_id", plan="plan_name", price="price")
         return record
-
-    def _batch(
-        self, request: Request, params: dict[str, str], body: Any, key: str | None
-    ) -> Response:
-        items = body.get("items") if isinstance(body, dict) else None
-        results = self._process_items(items, self.batch_endpoint, "id", self._apply_item)
-        return self._batch_answer(results)
 
     def _apply_item(self, item: dict[str, Any]) -> dict[str, Any]:
         """Apply one item; the caller holds the state lock."""
@@ -138,7 +130,6 @@ class CrmSystem(RecordSystem):
 
 class AccountingSystem(SandboxSystem):
     name = "accounting"
-    batch_endpoint = "POST /journal/batch"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._journal: list[dict[str, Any]] = []
@@ -155,8 +146,7 @@ class AccountingSystem(SandboxSystem):
         return {"journal": self._journal}
 
     def _build_routes(self) -> tuple[Route, ...]:
-        batch = re.compile(r"/journal/batch")
-        return (Route("POST", batch, self.batch_endpoint, self._batch, mutating=True),)
+        return (self._batch_route("/journal/batch", "entries", "entry_id", self._post),)
 
     @staticmethod
     def validate(entry: dict[str, Any]) -> dict[str, Any]:
@@ -170,13 +160,6 @@ class AccountingSystem(SandboxSystem):
         if isinstance(lsn, bool) or not isinstance(lsn, int):
             raise ApiError(422, "invalid_field", "lsn must be an integer")
         return entry
-
-    def _batch(
-        self, request: Request, params: dict[str, str], body: Any, key: str | None
-    ) -> Response:
-        entries = body.get("entries") if isinstance(body, dict) else None
-        results = self._process_items(entries, self.batch_endpoint, "entry_id", self._post)
-        return self._batch_answer(results)
 
     def _post(self, entry: dict[str, Any]) -> dict[str, Any]:
         """Append one entry; the caller holds the state lock."""
