@@ -236,12 +236,8 @@ def run_bench(
     on_stage: Callable[[str], None] = lambda _stage: None,
 ) -> dict[str, Any]:
     """Run the benchmark; `on_stage` is told each of `BENCH_STAGES` as it starts."""
-    import dagster as dg
-
-    from subscription_export.defs.runner import run_cycle
     from subscription_export.export.cut import cut_windows
     from subscription_export.runtime import Project
-    from subscription_export.sandbox.generator import generate
 
     run_dir = workdir / f"run_{uuid.uuid4().hex[:8]}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -258,28 +254,15 @@ def run_bench(
             window_max_changes=changes,
             window_max_age_s=0.0,
         )
-        project = Project(settings)
-        [window] = cut_windows(project).new_windows
+        [window] = cut_windows(Project(settings)).new_windows
         # The exports run in a fresh process, so its peak RSS is the exporter's own (this
         # process has Dagster and the data generator loaded).
         with multiprocessing.get_context("spawn").Pool(1) as pool:
             on_stage("export")
             formats, peak = pool.apply(export_formats, (settings, window.lo, window.hi))
-        on_stage("copy")
-        baselines = {"copy_to_devnull": {"rows_per_s": round(copy_baseline(engine, changes))}}
-        if not skip_pandas:
-            on_stage("pandas")
-            pandas_rate = pandas_baseline(engine, changes, run_dir / "pandas_naive.parquet")
-            baselines["pandas_naive"] = {"rows_per_s": round(pandas_rate)}
-
-        # Incremental: 10,000 new changes through the triggers, one in-process Dagster cycle.
+        baselines = _baselines(engine, changes, run_dir, skip_pandas, on_stage)
         on_stage("incremental")
-        generate(engine, subscriptions=100, changes=10_000, seed=3)
-        instance = dg.DagsterInstance.ephemeral()
-        run_cycle(settings, instance=instance)  # warm: imports and definitions
-        generate(engine, subscriptions=100, changes=10_000, seed=4)
-        cycle, incremental_s = _timed(lambda: run_cycle(settings, instance=instance))
-        assert all(r.success for r in cycle.runs), cycle.runs
+        incremental_s = _incremental_cycle_s(engine, settings)
         report = {
             "changes": changes,
             "source": source,
@@ -293,25 +276,63 @@ def run_bench(
                 formats["parquet"]["rows_per_s"] / baselines["copy_to_devnull"]["rows_per_s"], 3
             ),
             "incremental_10k_s": round(incremental_s, 3),
-            "machine": {
-                "cores": os.cpu_count(),
-                "memory_gb": round(
-                    os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1
-                ),
-                "python": platform.python_version(),
-                "platform": platform.platform(),
-                "versions": _versions(),
-            },
+            "machine": _machine(),
         }
-        results_dir.mkdir(parents=True, exist_ok=True)
-        out = results_dir / f"{report['date']}-{source}-{changes}.json"
-        out.write_text(json.dumps(report, indent=2) + "\n")
-        report["written_to"] = str(out)
-        return report
+        return _written(report, results_dir / f"{report['date']}-{source}-{changes}.json")
     finally:
         engine_for.cache_clear()
         target.cleanup()
         shutil.rmtree(run_dir, ignore_errors=True)  # GBs of files at 3M changes
+
+
+def _baselines(
+    engine: sa.Engine,
+    changes: int,
+    run_dir: Path,
+    skip_pandas: bool,
+    on_stage: Callable[[str], None],
+) -> dict[str, dict[str, int]]:
+    """Rows/s of the database alone, and of the naive pandas way unless skipped."""
+    on_stage("copy")
+    baselines = {"copy_to_devnull": {"rows_per_s": round(copy_baseline(engine, changes))}}
+    if not skip_pandas:
+        on_stage("pandas")
+        pandas_rate = pandas_baseline(engine, changes, run_dir / "pandas_naive.parquet")
+        baselines["pandas_naive"] = {"rows_per_s": round(pandas_rate)}
+    return baselines
+
+
+def _incremental_cycle_s(engine: sa.Engine, settings: Settings) -> float:
+    """Seconds of one in-process Dagster cycle over 10,000 new changes made through the
+    triggers (after a first cycle that warms imports and definitions)."""
+    import dagster as dg
+
+    from subscription_export.defs.runner import run_cycle
+    from subscription_export.sandbox.generator import generate
+
+    generate(engine, subscriptions=100, changes=10_000, seed=3)
+    instance = dg.DagsterInstance.ephemeral()
+    run_cycle(settings, instance=instance)  # warm: imports and definitions
+    generate(engine, subscriptions=100, changes=10_000, seed=4)
+    cycle, seconds = _timed(lambda: run_cycle(settings, instance=instance))
+    assert all(r.success for r in cycle.runs), cycle.runs
+    return float(seconds)
+
+
+def _written(report: dict[str, Any], out: Path) -> dict[str, Any]:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    return {**report, "written_to": str(out)}
+
+
+def _machine() -> dict[str, Any]:
+    return {
+        "cores": os.cpu_count(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": _versions(),
+    }
 
 
 def _versions() -> dict[str, str]:

@@ -18,7 +18,7 @@ guessing a price.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -27,6 +27,7 @@ from sqlalchemy.engine import Engine
 
 from subscription_export.core.columns import BASE_TYPES
 from subscription_export.core.values import BadValue, convert
+from subscription_export.delivery.mapping import ChangeRow, is_delete
 from subscription_export.state.windows import Window
 
 # One statement for SQLite and PostgreSQL: a grouped max per subscription id over the log
@@ -80,3 +81,20 @@ def prior_images(source: Engine, window: Window) -> dict[str, Mapping[str, Any] 
     for ident, op, after in rows:
         images[str(ident)] = None if op == "d" or after is None else parse_image(after)
     return images
+
+
+def mapping_prior_state(source: Engine, window: Window) -> dict[str, Mapping[str, Any]]:
+    """Prior images as the accounting mapping takes them: a subscription absent or deleted
+    before the window has no previous state."""
+    images = prior_images(source, window)
+    return {ident: image for ident, image in images.items() if image is not None}
+
+
+def move_past(prior: dict[str, Mapping[str, Any]], rows: Iterable[ChangeRow]) -> None:
+    """Advance `prior` over a delivered batch: the next batch's previous images are this
+    batch's last ones (a window is delivered in several batches)."""
+    for row in rows:
+        if is_delete(row):
+            prior.pop(row["id"], None)
+        else:
+            prior[row["id"]] = row

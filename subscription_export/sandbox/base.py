@@ -4,10 +4,7 @@ A system is plain Python (`handle(Request) -> Response`), so its behaviour does 
 the HTTP plumbing in `server.py`. Every request runs through the same steps, in the order a
 real API gateway would apply them: route, inject the planned fault, claim the idempotency key,
 add latency (while the key is in flight), apply, store the answer under the key, answer.
-
-Records systems (ERP, CRM) also keep a change feed of edits their own users make
-(`edit`/`delete`), which the bidirectional sync reads back; writes received through the sync API
-are ours and never appear in it, so the sync does not echo its own writes.
+Batch APIs apply their items one by one, each under its own idempotency key.
 """
 
 from __future__ import annotations
@@ -19,110 +16,24 @@ import json
 import re
 import threading
 from collections import Counter
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from collections.abc import Callable
 from typing import Any, ClassVar
-from urllib.parse import unquote
 
 from subscription_export.sandbox.faults import Fault, FaultPlan
 from subscription_export.sandbox.idempotency import IdempotencyStore, fingerprint
+from subscription_export.sandbox.messages import (
+    DROP,
+    ApiError,
+    Request,
+    Response,
+    seconds_header,
+    utc_now,
+)
+from subscription_export.sandbox.routes import Route, match_route
 
-UTC = dt.UTC
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
 MAX_BATCH_ITEMS = 1000
-MAX_FEED_PAGE = 1000
+ItemApply = Callable[[dict[str, Any]], dict[str, Any]]
 IN_FLIGHT = "request_in_progress"  # 409 error code: the idempotency key is being processed
-
-
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(UTC)
-
-
-def iso_z(moment: dt.datetime) -> str:
-    """ISO-8601 in UTC with a `Z` suffix, the one timestamp form the sandbox emits."""
-    if moment.tzinfo is None:
-        raise ValueError(f"naive datetime {moment!r}: sandbox timestamps must be timezone-aware")
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def json_safe(value: Any) -> Any:
-    """Decimals become strings (never floats), dates ISO strings, datetimes UTC `Z` strings."""
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    if isinstance(value, dt.datetime):
-        return iso_z(value)
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
-
-
-@dataclass(frozen=True)
-class Request:
-    method: str
-    path: str
-    query: Mapping[str, str]
-    headers: Mapping[str, str]  # lower-case names
-    body: bytes = b""
-
-
-@dataclass(frozen=True)
-class Response:
-    status: int
-    body: bytes = b""
-    headers: tuple[tuple[str, str], ...] = ()
-    drop: bool = False  # close the connection without answering
-    final: bool = True  # False: some batch item may succeed on retry; never stored for replay
-
-    @classmethod
-    def json(cls, status: int, payload: Any, headers: tuple[tuple[str, str], ...] = ()) -> Response:
-        body = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
-        return cls(status, body, (("Content-Type", "application/json"), *headers))
-
-    def payload(self) -> Any:
-        return json.loads(self.body) if self.body else None
-
-    def header(self, name: str) -> str | None:
-        for key, value in self.headers:
-            if key.lower() == name.lower():
-                return value
-        return None
-
-
-DROP = Response(0, drop=True)
-
-
-class ApiError(Exception):
-    """Raised by handlers and validators; becomes a JSON error answer or a per-item error."""
-
-    def __init__(self, status: int, error: str, detail: str = "") -> None:
-        super().__init__(f"{status} {error}: {detail}")
-        self.status = status
-        self.error = error
-        self.detail = detail
-
-    def payload(self) -> dict[str, Any]:
-        return {"error": self.error, "detail": self.detail}
-
-
-Handler = Callable[[Request, dict[str, str], Any, str | None], Response]
-
-
-@dataclass(frozen=True)
-class Route:
-    method: str
-    pattern: re.Pattern[str]
-    endpoint: str  # fault plan name, e.g. "PUT /subscriptions"
-    handler: Handler
-    mutating: bool  # honours Idempotency-Key
-
-
-def _seconds_header(seconds: float) -> str:
-    return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
 
 
 class SandboxSystem(abc.ABC):
@@ -219,7 +130,7 @@ class SandboxSystem(abc.ABC):
                 return self._admin(request)
             except ApiError as exc:
                 return Response.json(exc.status, exc.payload())
-        route, params = self._match(request)
+        route, params = match_route(self._routes, request)
         if route is None:
             return self._count(Response.json(405 if params else 404, {"error": "no_route"}))
 
@@ -251,7 +162,7 @@ class SandboxSystem(abc.ABC):
     def _refusal(self, fault: Fault) -> Response | None:
         """The answer of a fault that refuses the request before anything is applied."""
         if fault.kind == "rate_limit":
-            retry_after = (("Retry-After", _seconds_header(fault.retry_after_s or 0.0)),)
+            retry_after = (("Retry-After", seconds_header(fault.retry_after_s or 0.0)),)
             return Response.json(429, {"error": "rate_limited"}, retry_after)
         if fault.kind == "error":
             return Response.json(fault.status or 500, {"error": "injected_failure"})
@@ -273,7 +184,7 @@ class SandboxSystem(abc.ABC):
             detail = "this Idempotency-Key was used with a different request"
             return Response.json(422, {"error": "idempotency_key_reused", "detail": detail})
         if claim.outcome == "in_flight":
-            retry_after = (("Retry-After", _seconds_header(self._in_flight_retry_after_s)),)
+            retry_after = (("Retry-After", seconds_header(self._in_flight_retry_after_s)),)
             return Response.json(409, {"error": IN_FLIGHT, "detail": "retry later"}, retry_after)
         return None
 
@@ -307,18 +218,6 @@ class SandboxSystem(abc.ABC):
             self._request_keys.abandon(key)
         return answer
 
-    def _match(self, request: Request) -> tuple[Route | None, dict[str, str]]:
-        """The route and its path parameters; with no route, a non-empty dict means 405."""
-        path_matched = False
-        for route in self._routes:
-            match = route.pattern.fullmatch(request.path)
-            if match is None:
-                continue
-            path_matched = True
-            if route.method == request.method:
-                return route, {k: unquote(v) for k, v in match.groupdict().items()}
-        return None, {"path": request.path} if path_matched else {}
-
     def _count(self, response: Response, label: str | None = None) -> Response:
         with self._lock:
             self._status_counts[label or str(response.status)] += 1
@@ -331,12 +230,25 @@ class SandboxSystem(abc.ABC):
 
     # -- batch items -------------------------------------------------------------------------
 
+    def _batch_route(self, path: str, field: str, ident_field: str, apply: ItemApply) -> Route:
+        """`POST {path}` of items listed under `field`, each applied on its own by `apply`
+        (with the state lock held) and answered with a status per item."""
+        endpoint = f"POST {path}"
+
+        def handler(
+            request: Request, params: dict[str, str], body: Any, key: str | None
+        ) -> Response:
+            items = body.get(field) if isinstance(body, dict) else None
+            return self._batch_answer(self._process_items(items, endpoint, ident_field, apply))
+
+        return Route("POST", re.compile(re.escape(path)), endpoint, handler, mutating=True)
+
     def _process_items(
         self,
         items: Any,
         endpoint: str,
         ident_field: str,
-        apply: Callable[[dict[str, Any]], dict[str, Any]],
+        apply: ItemApply,
     ) -> list[dict[str, Any]]:
         """Apply batch items one by one, each exactly once per item idempotency key.
 
@@ -364,7 +276,7 @@ class SandboxSystem(abc.ABC):
         item: Any,
         endpoint: str,
         ident_field: str,
-        apply: Callable[[dict[str, Any]], dict[str, Any]],
+        apply: ItemApply,
     ) -> dict[str, Any]:
         if not isinstance(item, dict):
             return _item_error(
@@ -440,187 +352,3 @@ def _item_error(ident: Any, key: Any, ident_field: str, exc: ApiError) -> dict[s
         "error": exc.error,
         "detail": exc.detail,
     }
-
-
-class RecordSystem(SandboxSystem):
-    """A system holding one record per subscription id, with a feed of its users' edits."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._records: dict[str, dict[str, Any]] = {}
-        self._deleted: dict[str, int] = {}  # id -> version of the deleted record
-        self._remote_versions: dict[str, int] = {}
-        self._feed: list[dict[str, Any]] = []
-        super().__init__(*args, **kwargs)
-
-    @property
-    def records(self) -> dict[str, dict[str, Any]]:
-        with self._lock:
-            return copy.deepcopy(self._records)
-
-    @property
-    def deleted_ids(self) -> set[str]:
-        with self._lock:
-            return set(self._deleted)
-
-    @property
-    def remote_versions(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._remote_versions)
-
-    @property
-    def feed(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return copy.deepcopy(self._feed)
-
-    def _system_state(self) -> dict[str, Any]:
-        return {
-            "records": self._records,
-            "deleted": sorted(self._deleted),
-            "remote_versions": self._remote_versions,
-            "feed_length": len(self._feed),
-        }
-
-    # -- sync-side writes (ours: never in the feed) ------------------------------------------
-
-    def _check_version(self, ident: str, version: int) -> None:
-        """Refuse writes older than what the system holds (or held before a delete)."""
-        stored = self._records.get(ident)
-        floor = stored.get("version") if stored is not None else self._deleted.get(ident)
-        if isinstance(floor, int) and version < floor:
-            raise ApiError(
-                409, "stale_version", f"{ident}: version {version} < stored version {floor}"
-            )
-
-    def _store(self, ident: str, record: dict[str, Any]) -> None:
-        self._records[ident] = record
-        self._deleted.pop(ident, None)
-
-    def _remove(self, ident: str) -> dict[str, Any]:
-        record = self._records.pop(ident)
-        version = record.get("version")
-        self._deleted[ident] = version if isinstance(version, int) else 0
-        return record
-
-    def _bump(self, ident: str) -> int:
-        self._remote_versions[ident] = self._remote_versions.get(ident, 0) + 1
-        return self._remote_versions[ident]
-
-    # -- the system's own users --------------------------------------------------------------
-
-    def edit(self, ident: str, **fields: Any) -> dict[str, Any]:
-        """A user of this system changes a record: bumps remote_version, lands in the feed."""
-        with self._lock:
-            if ident not in self._records:
-                raise KeyError(f"{self.name} has no record {ident!r}")
-            now = iso_z(self._clock())
-            record = self._records[ident]
-            record.update(json_safe(fields))
-            record["updated_at"] = now
-            return self._publish(ident, "upsert", record, now)
-
-    def delete(self, ident: str) -> dict[str, Any]:
-        """A user of this system deletes a record; the feed carries its last state."""
-        with self._lock:
-            if ident not in self._records:
-                raise KeyError(f"{self.name} has no record {ident!r}")
-            record = self._remove(ident)
-            return self._publish(ident, "delete", record, iso_z(self._clock()))
-
-    def _publish(self, ident: str, op: str, record: dict[str, Any], now: str) -> dict[str, Any]:
-        change = {
-            "cursor": len(self._feed) + 1,
-            "id": ident,
-            "op": op,
-            "record": copy.deepcopy(record),
-            "remote_version": self._bump(ident),
-            "updated_at": now,
-        }
-        self._feed.append(change)
-        return copy.deepcopy(change)
-
-    def changes(self, after: int = 0, limit: int = 100) -> dict[str, Any]:
-        """Feed page: changes with cursor > after, oldest first, and the cursor to resume at."""
-        if after < 0 or not 1 <= limit <= MAX_FEED_PAGE:
-            raise ApiError(400, "invalid_page", f"after >= 0 and 1 <= limit <= {MAX_FEED_PAGE}")
-        with self._lock:
-            page = copy.deepcopy(self._feed[after : after + limit])
-        return {"changes": page, "next_cursor": page[-1]["cursor"] if page else after}
-
-    def _changes_route(
-        self, request: Request, params: dict[str, str], body: Any, key: str | None
-    ) -> Response:
-        try:
-            after = int(request.query.get("after", "0"))
-            limit = int(request.query.get("limit", "100"))
-        except ValueError:
-            raise ApiError(400, "invalid_page", "after and limit must be integers") from None
-        return Response.json(200, self.changes(after, limit))
-
-    def _extra_admin(self, request: Request, body: Any) -> Response:
-        if (request.method, request.path) != ("POST", "/_sandbox/edit"):
-            return super()._extra_admin(request, body)
-        if not isinstance(body, dict) or not isinstance(body.get("id"), str):
-            raise ApiError(400, "invalid_edit", 'expected {"id": ..., "fields": {...}}')
-        try:
-            if body.get("delete"):
-                return Response.json(200, self.delete(body["id"]))
-            fields = body.get("fields")
-            if not isinstance(fields, dict) or not fields:
-                raise ApiError(400, "invalid_edit", "fields must be a non-empty object")
-            return Response.json(200, self.edit(body["id"], **fields))
-        except KeyError as exc:
-            raise ApiError(404, "not_found", str(exc)) from None
-
-
-# -- validation shared by the systems ----------------------------------------------------------
-
-
-def require_str(record: Mapping[str, Any], name: str) -> str:
-    value = record.get(name)
-    if not isinstance(value, str) or not value:
-        raise ApiError(422, "invalid_field", f"{name} must be a non-empty string")
-    return value
-
-
-def require_decimal(record: Mapping[str, Any], name: str, *, positive: bool = False) -> Decimal:
-    value = record.get(name)
-    if not isinstance(value, str):
-        raise ApiError(422, "invalid_field", f"{name} must be a decimal string, got {value!r}")
-    try:
-        number = Decimal(value)
-    except InvalidOperation:
-        raise ApiError(422, "invalid_field", f"{name}={value!r} is not a decimal") from None
-    if not number.is_finite() or (positive and number <= 0):
-        raise ApiError(422, "invalid_field", f"{name}={value!r} is out of range")
-    return number
-
-
-def require_currency(record: Mapping[str, Any], name: str = "currency") -> str:
-    value = record.get(name)
-    if not isinstance(value, str) or not _CURRENCY.match(value):
-        raise ApiError(422, "invalid_field", f"{name}={value!r} is not an ISO 4217 code")
-    return value
-
-
-def require_version(record: Mapping[str, Any], name: str = "version") -> int:
-    value = record.get(name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ApiError(422, "invalid_field", f"{name} must be a non-negative integer")
-    return value
-
-
-def require_date(record: Mapping[str, Any], name: str) -> dt.date:
-    value = record.get(name)
-    if isinstance(value, str):
-        try:
-            return dt.date.fromisoformat(value)
-        except ValueError:
-            pass
-    raise ApiError(422, "invalid_field", f"{name}={value!r} is not an ISO date")
-
-
-def require_choice(record: Mapping[str, Any], name: str, choices: tuple[str, ...]) -> str:
-    value = record.get(name)
-    if value not in choices:
-        raise ApiError(422, "invalid_field", f"{name}={value!r} is not one of {choices}")
-    return str(value)

@@ -80,6 +80,29 @@ _UPDATE = sa.text(
 _DELETE = sa.text("DELETE FROM subscriptions WHERE id = :id")
 
 
+_STATEMENTS = {"c": _INSERT, "u": _UPDATE, "d": _DELETE}
+
+
+@dataclass
+class _Writer:
+    """Writes chunks of generated rows and reports progress."""
+
+    engine: Engine
+    progress: Callable[[int], None] | None
+
+    def write(self, **rows_by_kind: list[dict[str, object]]) -> None:
+        """One transaction for the chunk; kinds are `c`, `u`, `d`, written in that order."""
+        with self.engine.begin() as conn:
+            for kind, rows in rows_by_kind.items():
+                self._flush(conn, kind, rows)
+
+    def _flush(self, conn: Connection, kind: str, rows: list[dict[str, object]]) -> None:
+        if rows:
+            conn.execute(_STATEMENTS[kind], rows)
+            if self.progress:
+                self.progress(len(rows))
+
+
 def generate(
     engine: Engine,
     *,
@@ -94,67 +117,82 @@ def generate(
     Appends to whatever is there (ids continue), so running it again adds new changes.
     """
     rng = random.Random(seed)
-    result = GenerateResult()
     with engine.connect() as conn:
         live = [r[0] for r in conn.execute(sa.text("SELECT id FROM subscriptions ORDER BY id"))]
         top = conn.execute(
             sa.text("SELECT COUNT(*) FROM subscription_change_log WHERE op = 'c'")
         ).scalar_one()
     rng.seed(f"{seed}-{top}-{len(live)}")  # a re-run continues with fresh, still seeded choices
-    next_number = int(top) + 1
-    creates = min(subscriptions, changes)
-
-    def flush(conn: Connection, kind: str, rows: list[dict[str, object]]) -> None:
-        if rows:
-            conn.execute({"c": _INSERT, "u": _UPDATE, "d": _DELETE}[kind], rows)
-            if progress:
-                progress(len(rows))
-
+    writer = _Writer(engine, progress)
     now = dt.datetime.now(dt.UTC)
-    for start in range(0, creates, _CHUNK):
-        rows = [
-            new_subscription(rng, next_number + i, now)
-            for i in range(start, min(creates, start + _CHUNK))
-        ]
-        with engine.begin() as conn:
-            flush(conn, "c", rows)
-        live.extend(str(r["id"]) for r in rows)
-        result.created += len(rows)
-    next_number += creates
-
+    creates = min(subscriptions, changes)
+    result = GenerateResult()
+    result.created = _create(writer, rng, live, int(top) + 1, creates, now)
     remaining = changes - creates
     while remaining > 0 and live:
         chunk = min(_CHUNK, remaining)
-        updates: list[dict[str, object]] = []
-        deletes: list[dict[str, object]] = []
-        touched: set[str] = set()
-        moment = _iso(dt.datetime.now(dt.UTC))
-        for _ in range(chunk):
-            victim = rng.choice(live)
-            if victim in touched:
-                continue  # one change per subscription per batch keeps executemany simple
-            touched.add(victim)
-            if rng.random() < delete_share:
-                deletes.append({"id": victim})
-            else:
-                cents = rng.randrange(199, 49_999)
-                updates.append(
-                    {
-                        "id": victim,
-                        "status": rng.choice(STATUSES),
-                        "amount": str(Decimal(cents).scaleb(-2)),
-                        "next_billing_date": (now + dt.timedelta(days=rng.randrange(1, 365)))
-                        .date()
-                        .isoformat(),
-                        "updated_at": moment,
-                    }
-                )
-        with engine.begin() as conn:
-            flush(conn, "u", updates)
-            flush(conn, "d", deletes)
-        gone = {str(d["id"]) for d in deletes}
-        live = [s for s in live if s not in gone] if gone else live
-        result.updated += len(updates)
-        result.deleted += len(deletes)
-        remaining -= len(updates) + len(deletes)
+        updated, deleted = _update_or_delete(writer, rng, live, chunk, delete_share, now)
+        result.updated += updated
+        result.deleted += deleted
+        remaining -= updated + deleted
     return result
+
+
+def _create(
+    writer: _Writer,
+    rng: random.Random,
+    live: list[str],
+    first_number: int,
+    count: int,
+    now: dt.datetime,
+) -> int:
+    """Insert `count` new subscriptions numbered from `first_number`; they join `live`."""
+    for start in range(0, count, _CHUNK):
+        rows = [
+            new_subscription(rng, first_number + i, now)
+            for i in range(start, min(count, start + _CHUNK))
+        ]
+        writer.write(c=rows)
+        live.extend(str(r["id"]) for r in rows)
+    return count
+
+
+def _update_or_delete(
+    writer: _Writer,
+    rng: random.Random,
+    live: list[str],
+    chunk: int,
+    delete_share: float,
+    now: dt.datetime,
+) -> tuple[int, int]:
+    """Up to `chunk` changes to random live subscriptions (at most one each, which keeps
+    executemany simple); deleted ones leave `live`. Returns (updated, deleted)."""
+    updates: list[dict[str, object]] = []
+    deletes: list[dict[str, object]] = []
+    touched: set[str] = set()
+    moment = _iso(dt.datetime.now(dt.UTC))
+    for _ in range(chunk):
+        victim = rng.choice(live)
+        if victim in touched:
+            continue
+        touched.add(victim)
+        if rng.random() < delete_share:
+            deletes.append({"id": victim})
+        else:
+            updates.append(_update(rng, victim, now, moment))
+    writer.write(u=updates, d=deletes)
+    gone = {str(d["id"]) for d in deletes}
+    if gone:
+        live[:] = [s for s in live if s not in gone]
+    return len(updates), len(deletes)
+
+
+def _update(rng: random.Random, ident: str, now: dt.datetime, moment: str) -> dict[str, object]:
+    cents = rng.randrange(199, 49_999)
+    return {
+        "id": ident,
+        "status": rng.choice(STATUSES),
+        "amount": str(Decimal(cents).scaleb(-2)),
+        "next_billing_date": (now + dt.timedelta(days=rng.randrange(1, 365))).date().isoformat(),
+        "updated_at": moment,
+    }

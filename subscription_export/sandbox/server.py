@@ -15,12 +15,12 @@ import struct
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from subscription_export.sandbox.base import Request, SandboxSystem
+from subscription_export.sandbox.base import SandboxSystem
 from subscription_export.sandbox.faults import FaultPlan
+from subscription_export.sandbox.messages import Request
 from subscription_export.sandbox.systems import SYSTEMS, make_system
 
 log = logging.getLogger(__name__)
@@ -178,12 +178,7 @@ class SandboxServer:
     def __enter__(self) -> SandboxServer:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
 

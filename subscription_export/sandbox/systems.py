@@ -21,20 +21,17 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from subscription_export.core.columns import STATUSES
-from subscription_export.sandbox.base import (
-    ApiError,
-    RecordSystem,
-    Request,
-    Response,
-    Route,
-    SandboxSystem,
-    iso_z,
+from subscription_export.sandbox.base import SandboxSystem
+from subscription_export.sandbox.messages import ApiError, Request, Response, iso_z
+from subscription_export.sandbox.records import RecordSystem
+from subscription_export.sandbox.routes import Route
+from subscription_export.sandbox.validation import (
     require_choice,
     require_currency,
     require_date,
     require_decimal,
     require_str,
+    require_subscription,
     require_version,
 )
 
@@ -59,12 +56,7 @@ class ErpSystem(RecordSystem):
             raise ApiError(422, "invalid_record", "the body must be a JSON object")
         if record.get("id") != ident:
             raise ApiError(422, "invalid_record", f"body id {record.get('id')!r} != path {ident!r}")
-        require_str(record, "user_id")
-        require_str(record, "name")
-        require_decimal(record, "amount")
-        require_currency(record)
-        require_choice(record, "status", STATUSES)
-        require_version(record)
+        require_subscription(record, customer="user_id", plan="name", price="amount")
         return record
 
     def _put(
@@ -104,11 +96,10 @@ class ErpSystem(RecordSystem):
 
 class CrmSystem(RecordSystem):
     name = "crm"
-    batch_endpoint = "POST /batch"
 
     def _build_routes(self) -> tuple[Route, ...]:
         return (
-            Route("POST", re.compile(r"/batch"), self.batch_endpoint, self._batch, mutating=True),
+            self._batch_route("/batch", "items", "id", self._apply_item),
             Route("GET", _CHANGES, "GET /changes", self._changes_route, mutating=False),
         )
 
@@ -116,20 +107,8 @@ class CrmSystem(RecordSystem):
     def validate(record: Any) -> dict[str, Any]:
         if not isinstance(record, dict):
             raise ApiError(422, "invalid_record", "record must be an object")
-        require_str(record, "customer_id")
-        require_str(record, "plan_name")
-        require_decimal(record, "price")
-        require_currency(record)
-        require_choice(record, "status", STATUSES)
-        require_version(record)
+        require_subscription(record, customer="customer_id", plan="plan_name", price="price")
         return record
-
-    def _batch(
-        self, request: Request, params: dict[str, str], body: Any, key: str | None
-    ) -> Response:
-        items = body.get("items") if isinstance(body, dict) else None
-        results = self._process_items(items, self.batch_endpoint, "id", self._apply_item)
-        return self._batch_answer(results)
 
     def _apply_item(self, item: dict[str, Any]) -> dict[str, Any]:
         """Apply one item; the caller holds the state lock."""
@@ -151,7 +130,6 @@ class CrmSystem(RecordSystem):
 
 class AccountingSystem(SandboxSystem):
     name = "accounting"
-    batch_endpoint = "POST /journal/batch"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._journal: list[dict[str, Any]] = []
@@ -168,8 +146,7 @@ class AccountingSystem(SandboxSystem):
         return {"journal": self._journal}
 
     def _build_routes(self) -> tuple[Route, ...]:
-        batch = re.compile(r"/journal/batch")
-        return (Route("POST", batch, self.batch_endpoint, self._batch, mutating=True),)
+        return (self._batch_route("/journal/batch", "entries", "entry_id", self._post),)
 
     @staticmethod
     def validate(entry: dict[str, Any]) -> dict[str, Any]:
@@ -183,13 +160,6 @@ class AccountingSystem(SandboxSystem):
         if isinstance(lsn, bool) or not isinstance(lsn, int):
             raise ApiError(422, "invalid_field", "lsn must be an integer")
         return entry
-
-    def _batch(
-        self, request: Request, params: dict[str, str], body: Any, key: str | None
-    ) -> Response:
-        entries = body.get("entries") if isinstance(body, dict) else None
-        results = self._process_items(entries, self.batch_endpoint, "entry_id", self._post)
-        return self._batch_answer(results)
 
     def _post(self, entry: dict[str, Any]) -> dict[str, Any]:
         """Append one entry; the caller holds the state lock."""

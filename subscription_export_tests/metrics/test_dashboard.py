@@ -14,7 +14,8 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy.engine import Engine
 
-from subscription_export.metrics.dashboard import build_charts, render_dashboard, serve_dashboard
+from subscription_export.metrics.charts import build_charts
+from subscription_export.metrics.dashboard import render_dashboard, serve_dashboard
 from subscription_export.metrics.store import (
     DashboardData,
     ExportMetrics,

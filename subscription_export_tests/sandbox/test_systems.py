@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from subscription_export.sandbox.base import Request, Response
 from subscription_export.sandbox.faults import FaultPlan, FaultSpec
+from subscription_export.sandbox.messages import Request, Response
 from subscription_export.sandbox.systems import (
     AccountingSystem,
     CrmSystem,
