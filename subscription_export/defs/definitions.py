@@ -1,7 +1,10 @@
 """Build the one Definitions object from settings (the CLI passes its own)."""
 
+import logging
+
 import dagster as dg
 
+from subscription_export.core.errors import ConfigError
 from subscription_export.core.settings import Settings
 from subscription_export.defs.assets import window_assets
 from subscription_export.defs.checks import window_checks
@@ -20,12 +23,27 @@ from subscription_export.defs.reconcile import (
 )
 from subscription_export.defs.resources import ExportSettings
 from subscription_export.defs.sensors import change_log_sensor
+from subscription_export.delivery.config import DestinationsConfig
+
+log = logging.getLogger(__name__)
+
+
+def _configured_destinations(resource: DestinationsResource) -> DestinationsConfig | None:
+    """The destinations file, if it loads. A broken file still gives the standard assets, so the
+    code location loads and the UI shows it; every sync step then fails on the same error."""
+    try:
+        return resource.load()
+    except ConfigError as exc:
+        log.warning("destinations file not loaded, only the standard sync assets: %s", exc)
+        return None
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     export_settings = ExportSettings.from_settings(settings)
+    destinations = DestinationsResource.from_env()
+    sync_assets = destination_assets(_configured_destinations(destinations))
     return dg.Definitions(
-        assets=[*window_assets, *daily_assets, *destination_assets()],
+        assets=[*window_assets, *daily_assets, *sync_assets],
         asset_checks=window_checks,
         jobs=[export_window_job, sync_window_job, *reconcile_jobs],
         sensors=[change_log_sensor, *reconcile_sensors],
@@ -37,7 +55,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             "parquet_io_manager": ParquetIOManager(settings=export_settings),
             "csv_io_manager": CsvIOManager(settings=export_settings),
             "jsonl_io_manager": JsonLinesIOManager(settings=export_settings),
-            "destinations": DestinationsResource.from_env(),
+            "destinations": destinations,
             "conflict_policies": ConflictPoliciesResource.from_env(),
         },
     )

@@ -243,3 +243,25 @@ def test_a_cycle_catches_up_a_destination_behind_the_exports(
         assert_in_sync(project, servers)
 
         assert run_cycle(project.settings, instance=instance).runs == []  # nothing behind
+
+
+def test_a_destination_with_its_own_name_is_delivered_by_run_once(
+    project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`[destinations.acct]` with `kind = "accounting"`: it gets its own asset in the job the
+    cycle runs, its watermark and its deliveries (it used to get no asset: the run succeeded
+    and the server received nothing)."""
+    instance = dg.DagsterInstance.ephemeral()
+    path = tmp_path / "destinations.toml"
+    monkeypatch.setenv("SUBSCRIPTION_EXPORT_DESTINATIONS", str(path))
+    with running_sandbox() as servers:
+        write_destinations(path, {"accounting": servers["accounting"]})
+        text = path.read_text().replace("[destinations.accounting", "[destinations.acct")
+        path.write_text(
+            text.replace("[destinations.acct]", '[destinations.acct]\nkind = "accounting"')
+        )
+        result = run_cycle(project.settings, instance=instance)
+        assert result.runs and all(r.success for r in result.runs)
+        last = list_windows(project.state)[-1]
+        assert project.watermarks.get("acct") == last.hi
+        assert len(servers["accounting"].system.journal) > 0
