@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import ast
+import re
 import subprocess
 import sys
+from pathlib import Path
+
+import subscription_export
 
 DOMAIN = (
     "core",
@@ -47,6 +52,8 @@ def test_domain_packages_import_without_dagster() -> None:
 _EXPORT = """
 import sys
 from pathlib import Path
+
+import subscription_export
 from subscription_export.core.db import engine_for
 from subscription_export.runtime import Project
 from subscription_export.export.cut import cut_windows
@@ -90,3 +97,98 @@ def test_an_export_loads_neither_dagster_nor_the_clients_it_does_not_use(tmp_pat
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- the package layout's rules, read statically from every import (in-function ones included) --
+
+PACKAGE_ROOT = Path(subscription_export.__file__).parent
+DOMAIN_FOLDERS = frozenset(DOMAIN)
+WIRING_FOLDERS = ("defs", "cli")  # Dagster and the terminal: they call domain functions only
+SQL_WORDS = re.compile(r"\b(SELECT|INSERT INTO|UPDATE \w+ SET|DELETE FROM|CREATE TABLE)\b")
+
+
+def _room(module: str) -> str:
+    """`subscription_export.delivery.window` -> `delivery`; a top-level module is its own room."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def _imports(path: Path, package: str) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+    return {m for m in found if m == package or m.startswith(package + ".")}
+
+
+def layering_violations(root: Path) -> list[str]:
+    """Every broken rule of the layout under the package folder `root`, one line each."""
+    package = root.name
+    edges: dict[str, set[str]] = {}
+    problems: list[str] = []
+    for path in sorted(root.rglob("*.py")):
+        relative = path.relative_to(root)
+        room = relative.parts[0].removesuffix(".py") if len(relative.parts) > 1 else relative.stem
+        targets = {_room(m) for m in _imports(path, package)} - {"", room}
+        # `from pkg import folder` names a room too
+        targets = {t for t in targets if (root / t).is_dir() or (root / f"{t}.py").exists()}
+        edges.setdefault(room, set()).update(targets)
+        text = path.read_text()
+        if room in DOMAIN_FOLDERS and re.search(r"^\s*(import|from) dagster\b", text, re.M):
+            problems.append(f"{relative}: domain code imports dagster")
+        if room in WIRING_FOLDERS and (
+            re.search(r"^\s*(import sqlalchemy|from sqlalchemy(?!\.exc))\b", text, re.M)
+            or SQL_WORDS.search(text)
+        ):
+            problems.append(f"{relative}: {room}/ holds SQL (move the query to the domain)")
+    for room, targets in sorted(edges.items()):
+        if room == "core" and targets:
+            problems.append(f"core imports {sorted(targets)} (core imports nothing above it)")
+        if room == "delivery" and "reconcile" in targets:
+            problems.append("delivery imports reconcile (outbound never depends on inbound)")
+        for target in sorted(targets):
+            if target > room and room in edges.get(target, set()):
+                problems.append(f"{room} and {target} import each other")
+    return problems
+
+
+def test_the_package_keeps_its_layout() -> None:
+    assert layering_violations(PACKAGE_ROOT) == []
+
+
+def test_the_layout_check_finds_each_kind_of_break(tmp_path: Path) -> None:
+    """The rules above fail when broken (a check that cannot fail proves nothing)."""
+    package = tmp_path / "pkg"
+    files = {
+        "core/__init__.py": "",
+        "core/values.py": "from pkg.formats.schema import X\n",
+        "formats/__init__.py": "",
+        "formats/schema.py": "def f():\n    from pkg.source import reader\n",
+        "source/__init__.py": "",
+        "source/reader.py": "from pkg.formats import schema\n",
+        "delivery/__init__.py": "",
+        "delivery/window.py": "import pkg.reconcile.flow\n",
+        "reconcile/__init__.py": "",
+        "reconcile/flow.py": "import dagster as dg\n",
+        "defs/__init__.py": "",
+        "defs/assets.py": "import sqlalchemy as sa\n",
+        "cli/__init__.py": "",
+        "cli/status.py": 'Q = "SELECT count(*) FROM windows"\n',
+    }
+    for name, text in files.items():
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        (package / name).write_text(text)
+    problems = "\n".join(layering_violations(package))
+    for expected in (
+        "core imports ['formats']",
+        "formats and source import each other",
+        "delivery imports reconcile",
+        "reconcile/flow.py: domain code imports dagster",
+        "defs/assets.py: defs/ holds SQL",
+        "cli/status.py: cli/ holds SQL",
+    ):
+        assert expected in problems, problems

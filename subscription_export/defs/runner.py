@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import dagster as dg
-import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 
 from subscription_export.core.errors import ConfigError
 from subscription_export.core.settings import Settings
@@ -108,7 +108,7 @@ def add_partitions(instance: dg.DagsterInstance, keys: list[str]) -> None:
         try:
             instance.add_dynamic_partitions(cdc_windows.name, missing)
             return
-        except sa.exc.IntegrityError:
+        except IntegrityError:
             continue  # a concurrent run registered some of them; look again
 
 
