@@ -198,6 +198,7 @@ def _run_one_cycle(settings: Settings, as_json: bool, quiet: bool) -> bool:
         ],
         "pending_changes": result.cut.pending,
         "waiting_for_read_horizon": result.cut.sequenced.waiting,
+        "held_by": [h.as_dict() for h in result.cut.sequenced.held_by],
     }
     if as_json:
         console.print_json(json.dumps(summary))
@@ -209,6 +210,8 @@ def _run_one_cycle(settings: Settings, as_json: bool, quiet: bool) -> bool:
         )
         for failure in result.failed:
             err_console.print(f"[red]window {failure.window.key} failed[/red]: {failure.error}")
+        for holder in result.cut.sequenced.held_by:
+            err_console.print(f"changes held back by {holder.describe()}", highlight=False)
     return bool(result.failed)
 
 
@@ -216,6 +219,7 @@ def gather_status(settings: Settings, recent: int = 5) -> dict[str, Any]:
     from subscription_export.formats.writers import FORMATS
     from subscription_export.reconcile.sync_state import all_cursors
     from subscription_export.runtime import Project
+    from subscription_export.source.holders import change_log_holders
     from subscription_export.source.sequencer import last_lsn
     from subscription_export.state.windows import last_window_end, recent_windows
     from subscription_export.status import open_problem_counts
@@ -243,6 +247,7 @@ def gather_status(settings: Settings, recent: int = 5) -> dict[str, Any]:
         "export_dir": str(settings.export_dir),
         "last_lsn": top,
         "unsequenced_changes": int(unsequenced),
+        "held_by": [h.as_dict() for h in change_log_holders(project.source)],
         "changes_not_in_a_window": top - last_window_end(project.state),
         "consumers": consumers,
         "recent_windows": [
@@ -260,6 +265,8 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Watermark and lag per consumer, pending changes, recent windows."""
+    from subscription_export.source.holders import Holder
+
     report = gather_status(_ctx(ctx).settings)
     if as_json:
         console.print_json(json.dumps(report))
@@ -269,6 +276,8 @@ def status(
         f"pending: {report['changes_not_in_a_window']} change(s) not yet in a window,"
         f" {report['unsequenced_changes']} not yet sequenced"
     )
+    for holder in report["held_by"]:
+        console.print(f"held by {Holder(**holder).describe()}", highlight=False)
     table = Table("consumer", "watermark", "lag")
     for name, info in report["consumers"].items():
         table.add_row(name, str(info["watermark"]), str(info["lag"]))

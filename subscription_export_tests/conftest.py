@@ -31,16 +31,6 @@ def _unavailable(what: str, exc: Exception) -> None:
     pytest.skip(message)
 
 
-@pytest.fixture(autouse=True)
-def _patient_sequencer(monkeypatch: pytest.MonkeyPatch) -> None:
-    """PostgreSQL's read horizon is cluster-wide: a transaction of another test (another xdist
-    worker, a Dagster daemon) can hold it past the 2 s a cycle waits in production, and a test
-    that cuts a window right after writing would then find nothing to cut. Tests wait longer."""
-    import subscription_export.export.cut as cut
-
-    monkeypatch.setattr(cut, "SEQUENCE_WAIT_S", 30.0)
-
-
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A SQLAlchemy URL whose search_path is a brand-new schema, dropped afterwards."""

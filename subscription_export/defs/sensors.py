@@ -22,9 +22,10 @@ def change_log_sensor(
     cut = cut_windows(project)
     due = windows_to_run(project, after_hi=cursor)
     if not due:
+        held = "".join(f"; held by {h.describe()}" for h in cut.sequenced.held_by)
         return dg.SkipReason(
             f"no new window: {cut.pending} sequenced change(s) wait for a window to close,"
-            f" {cut.sequenced.waiting} behind the read horizon"
+            f" {cut.sequenced.waiting} committed but not yet sequenced{held}"
         )
     known = set(context.instance.get_dynamic_partitions(cdc_windows.name))
     new_keys = [w.key for w in due if w.key not in known]

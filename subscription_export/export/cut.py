@@ -19,7 +19,8 @@ from subscription_export.state.windows import (
     plan_windows,
 )
 
-# A cycle waits this long for short write transactions to commit before cutting windows.
+# A cycle waits this long for the sequencer's locks (another sequencer, DDL on the change log)
+# before it cuts what is already sequenced and reports who holds them.
 SEQUENCE_WAIT_S = 2.0
 
 

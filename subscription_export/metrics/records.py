@@ -151,9 +151,9 @@ class ExportMetrics:
 class CaptureSample:
     """One look at the source's change log: is capture keeping up?
 
-    `waiting` counts committed changes without an LSN - held back behind PostgreSQL's read
-    horizon by an older open transaction (always 0 on SQLite). `horizon_stall_s` is the age of
-    the oldest of them: how long exporters have been unable to see past it.
+    `waiting` counts committed changes without an LSN yet (always 0 on SQLite): committed since
+    the last sequencing, or held back while the sequencer cannot get its locks.
+    `horizon_stall_s` is the age of the oldest of them: how long exporters have not seen it.
     """
 
     sampled_at: dt.datetime

@@ -170,7 +170,7 @@ def _sqlite_triggers(schema: CaptureSchema) -> list[str]:
 
 
 def _pg_triggers(schema: CaptureSchema) -> list[str]:
-    # No LSN here: the sequencer numbers rows once their transaction is below the read horizon.
+    # No LSN here: the sequencer numbers rows once their transaction has committed.
     return [
         f"""CREATE OR REPLACE FUNCTION subscription_capture() RETURNS trigger
         LANGUAGE plpgsql AS $fn$

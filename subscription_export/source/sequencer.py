@@ -2,41 +2,39 @@
 
 SQLite numbers rows in the trigger (one writer at a time). PostgreSQL writers commit out of
 order, so a serial column would let an exporter skip a late commit; instead one sequencer
-(advisory lock) numbers only rows of transactions below the read horizon
-(`txid < pg_snapshot_xmin(pg_current_snapshot())`), i.e. transactions that can no longer commit
-new log rows with a smaller number. Rows are numbered in insertion (`id`) order, and never past
-a visible-but-not-yet-eligible row, so changes to one subscription (serialized by its row lock)
-keep their commit order even when an older transaction commits after a newer one.
+(advisory lock) numbers, after the fact, every change-log row its snapshot sees committed, in
+insertion (`id`) order, from MAX(lsn) + 1. A row committed later gets a higher LSN when it
+becomes visible, so no reader ever finds an unseen LSN below one it has seen; row locks make a
+key's later change both a later `id` and visible no earlier, so a key's LSNs follow its commit
+order. No open transaction needs waiting for (proof: docs/architecture.md, "LSN sequencing on
+PostgreSQL").
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from subscription_export.core.db import is_postgres
+from subscription_export.source.holders import (
+    BLOCKS_SEQUENCER,
+    SEQUENCER_LOCK,
+    Holder,
+    change_log_holders,
+)
 
-_SEQUENCER_LOCK = "subscription_export.sequencer"
 _BATCH = 200_000
+_LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of a `lock_timeout`
 
-# The CTEs are MATERIALIZED so each runs once: inlined, `blocked` became a per-row subplan
-# whenever the statistics said the unsequenced index was empty (measured: 3.7 s, 1.7M buffer
-# hits, for 3,646 new rows after a bulk load; 34 ms materialized).
+# `top` is MATERIALIZED so MAX(lsn) is read once, before any row of this batch is numbered.
 _SEQUENCE_PG = sa.text(
     """
-    WITH snap AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin),
-    blocked AS MATERIALIZED (
-        SELECT MIN(l.id) AS id FROM subscription_change_log l, snap
-        WHERE l.lsn IS NULL AND l.txid >= snap.xmin
-    ),
-    ready AS (
-        SELECT l.id, row_number() OVER (ORDER BY l.id) AS rn
-        FROM subscription_change_log l, snap, blocked
-        WHERE l.lsn IS NULL AND l.txid < snap.xmin AND (blocked.id IS NULL OR l.id < blocked.id)
-        ORDER BY l.id
+    WITH ready AS (
+        SELECT id, row_number() OVER (ORDER BY id) AS rn
+        FROM subscription_change_log WHERE lsn IS NULL
+        ORDER BY id
         LIMIT :batch
     ),
     top AS MATERIALIZED (SELECT COALESCE(MAX(lsn), 0) AS lsn FROM subscription_change_log)
@@ -45,7 +43,7 @@ _SEQUENCE_PG = sa.text(
     """
 )
 
-# Committed changes still without an LSN: held back by an older open transaction.
+# Committed changes still without an LSN: committed during the call, or the sequencer was held.
 _WAITING_PG = sa.text("SELECT COUNT(*) FROM subscription_change_log WHERE lsn IS NULL")
 
 
@@ -53,7 +51,8 @@ _WAITING_PG = sa.text("SELECT COUNT(*) FROM subscription_change_log WHERE lsn IS
 class SequenceResult:
     numbered: int
     last_lsn: int
-    waiting: int  # committed changes held back by an open older transaction (PostgreSQL)
+    waiting: int  # committed changes without an LSN when the call returned (PostgreSQL)
+    held_by: tuple[Holder, ...] = ()  # who kept the sequencer from its locks, if anyone
 
 
 def last_lsn(engine: Engine) -> int:
@@ -65,27 +64,41 @@ def last_lsn(engine: Engine) -> int:
         )
 
 
-def sequence(engine: Engine, batch: int = _BATCH, wait_s: float = 0.0) -> SequenceResult:
-    """Number every eligible change; a no-op on SQLite. Safe to call from many processes.
+def _number_batch(conn: Connection, batch: int, wait_s: float | None) -> int:
+    if wait_s is not None:  # 0 would mean "no timeout" to PostgreSQL
+        timeout_ms = max(1, round(wait_s * 1000))
+        conn.execute(sa.text("SELECT set_config('lock_timeout', :t, true)"), {"t": f"{timeout_ms}"})
+    conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": SEQUENCER_LOCK})
+    return conn.execute(_SEQUENCE_PG, {"batch": batch}).rowcount
 
-    With `wait_s`, keep trying while committed changes are held back by an open transaction
-    (most write transactions are short), up to that many seconds.
+
+def _is_lock_timeout(exc: sa.exc.OperationalError) -> bool:
+    return getattr(exc.orig, "sqlstate", None) == _LOCK_NOT_AVAILABLE
+
+
+def sequence(engine: Engine, batch: int = _BATCH, wait_s: float | None = None) -> SequenceResult:
+    """Number every committed change; a no-op on SQLite. Safe to call from many processes.
+
+    The sequencer waits for its locks (another sequencer's, or DDL on the change log) up to
+    `wait_s` seconds (None: as long as it takes); when they stay taken it returns what it has
+    numbered so far, with `held_by` naming the backends that hold them.
     """
     if not is_postgres(engine):
         return SequenceResult(0, last_lsn(engine), 0)
     numbered = 0
-    deadline = time.monotonic() + wait_s
+    held_by: tuple[Holder, ...] = ()
     while True:
-        with engine.begin() as conn:
-            conn.execute(
-                sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": _SEQUENCER_LOCK}
-            )
-            count = conn.execute(_SEQUENCE_PG, {"batch": batch}).rowcount
+        try:
+            with engine.begin() as conn:
+                count = _number_batch(conn, batch, wait_s)
+        except sa.exc.OperationalError as exc:
+            if not _is_lock_timeout(exc):
+                raise
+            held_by = tuple(h for h in change_log_holders(engine) if h.effect == BLOCKS_SEQUENCER)
+            break
         numbered += count
-        if count == batch:
-            continue
-        with engine.connect() as conn:
-            waiting = int(conn.execute(_WAITING_PG).scalar_one())
-        if waiting == 0 or time.monotonic() >= deadline:
-            return SequenceResult(numbered, last_lsn(engine), waiting)
-        time.sleep(0.05)
+        if count < batch:
+            break
+    with engine.connect() as conn:
+        waiting = int(conn.execute(_WAITING_PG).scalar_one())
+    return SequenceResult(numbered, last_lsn(engine), waiting, held_by)

@@ -14,8 +14,9 @@ from subscription_export.export import cut as pipeline
 from subscription_export.export.cut import cut_windows
 from subscription_export.export.flow import export_canonical, finish
 from subscription_export.runtime import Project
+from subscription_export.source.holders import UNCOMMITTED, change_log_holders
 from subscription_export.source.schema import init_source
-from subscription_export_tests.helpers import insert, read_exported, writer
+from subscription_export_tests.helpers import insert, read_exported, update, writer
 
 pytestmark = pytest.mark.integration
 
@@ -49,10 +50,10 @@ def naive_serial_export(engine: sa.Engine, after_id: int) -> tuple[list[str], in
     return [r[1] for r in rows], (rows[-1][0] if rows else after_id)
 
 
-def test_open_transaction_holds_back_later_commits_pg(
+def test_open_transaction_holds_back_only_its_own_change_pg(
     pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # T1 stays open on purpose: the cycle must give up waiting for it, as in production.
+    # T1 stays open on purpose, longer than a cycle waits for the sequencer's locks.
     monkeypatch.setattr(pipeline, "SEQUENCE_WAIT_S", 0.5)
     engine = writer(pg_url)
     init_source(engine)
@@ -60,21 +61,24 @@ def test_open_transaction_holds_back_later_commits_pg(
     with engine.begin() as conn:
         insert(conn, "s0")
     t1 = engine.connect()
-    t1_tx = t1.begin()
-    insert(t1, "t1")  # T1 writes first and stays open
-    with engine.begin() as conn:
-        insert(conn, "t2")  # T2 writes later and commits first
-    seen_naive, last_id = naive_serial_export(engine, 0)
+    try:
+        t1_tx = t1.begin()
+        insert(t1, "t1")  # T1 writes first (lower log id) and stays open
+        with engine.begin() as conn:
+            insert(conn, "t2")  # T2 writes later and commits first
+        seen_naive, last_id = naive_serial_export(engine, 0)
 
-    export_once(project)
-    first = read_exported(project.settings.export_dir / "subscription_changes")
-    assert first.column("id").to_pylist() == ["s0"]  # T2 waits behind T1's open transaction
+        export_once(project)
+        first = read_exported(project.settings.export_dir / "subscription_changes")
+        assert first.column("id").to_pylist() == ["s0", "t2"]  # T2 does not wait for T1
+        assert [h.effect for h in change_log_holders(engine)] == [UNCOMMITTED]
 
-    t1_tx.commit()
-    t1.close()
+        t1_tx.commit()
+    finally:
+        t1.close()
     export_once(project)
     table = read_exported(project.settings.export_dir / "subscription_changes")
-    assert table.column("id").to_pylist() == ["s0", "t1", "t2"]
+    assert table.column("id").to_pylist() == ["s0", "t2", "t1"]  # T1 numbered when visible
     assert table.column("_lsn").to_pylist() == [1, 2, 3]
 
     # The same interleaving with a plain serial column loses T1's change for good.
@@ -174,3 +178,80 @@ def test_concurrent_writers_exported_exactly_once_in_commit_order(
         in_lsn_order = [a for s, a in exported if s == sub_id]
         assert in_lsn_order == in_commit_order
     assert isinstance(table.schema.field("amount").type, pa.Decimal128Type)
+
+
+def _log_ids(engine: sa.Engine, sub_id: str) -> list[int]:
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                sa.text("SELECT id FROM subscription_change_log WHERE subscription_id = :s"),
+                {"s": sub_id},
+            ).scalars()
+        )
+
+
+def _wait_until_blocked_on_a_lock(engine: sa.Engine, pid: int) -> None:
+    import time
+
+    for _ in range(200):
+        with engine.connect() as conn:
+            waiting = conn.execute(
+                sa.text("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = :p"),
+                {"p": pid},
+            ).scalar()
+        if waiting:
+            return
+        time.sleep(0.025)
+    raise AssertionError(f"backend {pid} never waited for a lock")
+
+
+def test_second_writer_of_a_key_logs_after_the_first_commits_pg(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The premise of numbering every visible row in `id` order: the trigger runs after the
+    row update, which waits for the row lock, so a key's second writer inserts its log row only
+    once the first writer has committed - later `id`, and never visible before the first."""
+    monkeypatch.setattr(pipeline, "SEQUENCE_WAIT_S", 0.5)
+    engine = writer(pg_url)
+    init_source(engine)
+    project = Project(_settings(pg_url, tmp_path))
+    with engine.begin() as conn:
+        insert(conn, "k")
+    t1, t2 = engine.connect(), engine.connect()
+    t2_thread = threading.Thread(target=update, args=(t2, "k"), kwargs={"amount": "2.00"})
+    try:
+        t1_tx = t1.begin()
+        update(t1, "k", amount="1.00")  # T1 holds k's row lock and stays open
+        t2_tx = t2.begin()
+        t2_pid = t2.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        t2_thread.start()  # T2 updates k too: it waits for T1's row lock
+        _wait_until_blocked_on_a_lock(engine, t2_pid)
+        with engine.begin() as conn:
+            insert(conn, "other")  # logged while T2 waits
+
+        export_once(project)  # neither k change is committed; the other key goes through
+        first = read_exported(project.settings.export_dir / "subscription_changes")
+        assert first.column("id").to_pylist() == ["k", "other"]
+
+        t1_tx.commit()
+        t2_thread.join(timeout=10)
+        assert not t2_thread.is_alive()
+        t2_tx.commit()
+    finally:
+        t1.close()  # rolls back whatever a failed assertion left open, which frees T2
+        if t2_thread.is_alive():
+            t2_thread.join(timeout=10)
+        t2.close()
+    k_ids, other_ids = _log_ids(engine, "k"), _log_ids(engine, "other")
+    assert k_ids[1] < other_ids[0] < k_ids[2]  # T2's row was inserted after it stopped waiting
+
+    export_once(project)
+    table = read_exported(project.settings.export_dir / "subscription_changes")
+    assert table.column("id").to_pylist() == ["k", "other", "k", "k"]
+    assert [str(a) for a in table.column("amount").to_pylist()] == [
+        "9.9900",
+        "9.9900",
+        "1.0000",
+        "2.0000",
+    ]
+    assert table.column("_lsn").to_pylist() == [1, 2, 3, 4]
