@@ -22,17 +22,16 @@ The table lives in the state database under its own MetaData, created by `init_d
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from subscription_export.core.codec import dumps, loads
 from subscription_export.core.errors import ConfigError
 
 if TYPE_CHECKING:  # at run time only `DeadLetter.item` needs them (it imports them itself)
@@ -160,7 +159,7 @@ def _from_row(row: sa.Row[Any]) -> DeadLetter:
         lsn=int(row.lsn),
         subscription_id=row.subscription_id,
         idempotency_key=row.idempotency_key,
-        payload=json.loads(row.payload),
+        payload=loads(row.payload),
         error=row.error,
         attempts=int(row.attempts),
         first_seen=_utc(row.first_seen),
@@ -169,21 +168,10 @@ def _from_row(row: sa.Row[Any]) -> DeadLetter:
     )
 
 
-def _json_default(value: object) -> str:
-    """Row values JSON has no type for: exact decimals as strings, dates and times ISO."""
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    if isinstance(value, dt.date):  # datetimes included; they are UTC-aware in change rows
-        return value.isoformat()
-    raise TypeError(f"cannot store a {type(value).__name__} in a dead letter payload")
-
-
 def payload_text(letter: NewDeadLetter) -> str:
     """Units (what was sent) plus the change row (for people reading the dead letter)."""
     units = [{"key": u.key, "body": u.body} for u in letter.units]
-    return json.dumps(
-        {"units": units, "row": dict(letter.row)}, sort_keys=True, default=_json_default
-    )
+    return dumps({"units": units, "row": dict(letter.row)})
 
 
 def record_dead_letters(

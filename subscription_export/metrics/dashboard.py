@@ -20,7 +20,6 @@ import datetime as dt
 import functools
 import hashlib
 import html
-import json
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -31,6 +30,7 @@ from importlib.resources import files
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from subscription_export.core.codec import dumps
 from subscription_export.formats.writers import FORMATS
 from subscription_export.metrics.store import DashboardData, ExportMetrics
 
@@ -202,7 +202,7 @@ def _script_hash(script: str) -> str:
 
 def _json_for_html(value: object) -> str:
     """JSON that cannot end its <script> block or open a comment, whatever strings it holds."""
-    text = json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=True)
+    text = dumps(value, allow_nan=False)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
@@ -478,7 +478,7 @@ def render_dashboard(data: DashboardData, refresh_s: int | None = None) -> str:
     consumers = _formats_first(dict.fromkeys(c.consumer for c in data.consumers), lambda c: c)
     colors = {name: _PALETTE[i % len(_PALETTE)] for i, name in enumerate(consumers)}
     payload = {
-        "generated_at": data.generated_at.astimezone(dt.UTC).isoformat(),
+        "generated_at": data.generated_at,
         "last_lsn": data.last_lsn,
         "open_dead_letters": data.open_dead_letters,
         "open_conflicts": data.open_conflicts,

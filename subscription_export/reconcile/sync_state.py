@@ -27,16 +27,15 @@ capture schema. JSON `null` means "no record" (deleted, or never had it).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from subscription_export.core.codec import dumps, loads, to_jsonable
 from subscription_export.core.db import dialect_insert, insert_ignore, upsert
 
 metadata = sa.MetaData()
@@ -155,33 +154,6 @@ def init_sync_state(engine: Engine) -> None:
 
 
 # -- values ------------------------------------------------------------------------------------
-
-
-def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.UTC)
-        return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_jsonable(v) for v in value]
-    return str(value)
-
-
-def dumps(value: Any) -> str:
-    """Canonical JSON (sorted keys): equal values give equal text, so it can be compared."""
-    return json.dumps(_jsonable(value), sort_keys=True, separators=(",", ":"))
-
-
-def loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
 
 
 def utc(moment: dt.datetime | None) -> dt.datetime | None:
@@ -701,7 +673,7 @@ class AuditEntry:
 
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
-        out["at"] = _jsonable(self.at)
+        out["at"] = to_jsonable(self.at)
         return out
 
 
