@@ -1,5 +1,6 @@
-"""The manual queue: settle a queued conflict (`--take local|remote|merged`, `--set`) through the
-same apply path as the job, and read the audit log.
+"""The manual queue: settle a queued conflict (`--take local|remote|merged`, `--set`) with the
+same decide (`three_way.finish`) and apply (`apply.write_back_transaction`, `record.py`)
+functions as the job, and read the audit log.
 """
 
 from __future__ import annotations
@@ -8,40 +9,33 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from sqlalchemy.engine import Connection
+
+from subscription_export.core.codec import dumps, loads, to_jsonable
 from subscription_export.core.values import BadValue, convert
 from subscription_export.delivery.clients import DeliveryClient
 from subscription_export.delivery.config import DestinationsConfig
-from subscription_export.reconcile import sync_state as st
-from subscription_export.reconcile.apply import crash_point, provenance_of, state_writes
+from subscription_export.reconcile.apply import write_back, write_back_transaction
+from subscription_export.reconcile.audit_log import history as audit_history
 from subscription_export.reconcile.conflicts import RECORD, Change, detect
 from subscription_export.reconcile.feeds import ReconcileError, feed_system
 from subscription_export.reconcile.pushes import PushReport, push_pending
-from subscription_export.reconcile.source_side import (
-    LocalState,
-    Origin,
-    Types,
-    changed_after,
-    column_types,
-    normalize,
-    read_local,
-    same_database,
-    source_writer,
-    write_local,
+from subscription_export.reconcile.record import Entry, provenance_of, record_decision
+from subscription_export.reconcile.snapshot import conflict_snapshot
+from subscription_export.reconcile.source_side import Types, column_types
+from subscription_export.reconcile.strategies import MISSING, SOURCE, ConflictPolicy, Strategy
+from subscription_export.reconcile.sync_state import (
+    Conflict,
+    close_conflict,
+    get_conflict,
+    init_sync_state,
+    now,
 )
-from subscription_export.reconcile.strategies import (
-    MISSING,
-    SOURCE,
-    ConflictPolicy,
-    SideState,
-    Strategy,
-)
-from subscription_export.reconcile.three_way import Snapshot, finish
+from subscription_export.reconcile.three_way import LocalState, Snapshot, Verdict, finish
 from subscription_export.runtime import Project
 
 Take = Literal["local", "remote", "merged"]
-
-
-# -- the manual queue --------------------------------------------------------------------------
+MANUAL = ConflictPolicy(Strategy.MANUAL)
 
 
 @dataclass(frozen=True)
@@ -88,73 +82,31 @@ def resolve_conflict(
 ) -> ResolveReport:
     """Settle a queued conflict and apply it like a reconcile decision: write-back (origin = the
     system), sync base, audit entry, and a push of the result under `<system>:resolve:<id>`."""
-    st.init_sync_state(project.state)
-    conflict = st.get_conflict(project.state, conflict_id)
-    if conflict is None:
-        raise ReconcileError(f"no conflict {conflict_id}; see `subscription-export conflicts list`")
-    if conflict.status != "open":
-        raise ReconcileError(f"conflict {conflict_id} is already {conflict.status}")
+    init_sync_state(project.state)
+    conflict = _open_conflict(project, conflict_id)
     config = feed_system(destinations, conflict.destination)
-    together = same_database(project)
-    with source_writer(project).begin() as conn:
-        types = column_types(conn)
+    with write_back_transaction(project) as tx:
+        types = column_types(tx.conn)
         overrides = parse_sets(sets, types)
-        local = read_local(conn, conflict.subscription_id, types, lock=True)
-        base = normalize(conflict.base, types)
-        remote = normalize(conflict.remote, types)
-        target = _taken(conflict, take, base, local, remote, overrides)
-        sent = changed_after(
-            conn, conflict.subscription_id, conflict.base_log_id, config.name, types
+        snap = conflict_snapshot(tx.conn, config.name, conflict, types)
+        target = _taken(conflict, take, snap.base, snap.local, snap.remote.record, overrides)
+        verdict = _settled(snap, target, conflict)
+        plan_log_id = write_back(tx.conn, snap, verdict, types, config.name)
+        entry = Entry(
+            ref=f"conflict:{conflict_id}",
+            window_key=f"resolve:{conflict.subscription_id}",
+            lsn=conflict_id,
+            provenance=provenance_of(verdict, snap.local.record, SOURCE, now(), MANUAL.ignored),
+            conflict_id=conflict_id,
+            note={"take": take, "set": loads(dumps(overrides))},
         )
-        remote_now = sent.record if sent else remote
-        remote_now_version = sent.version if sent else conflict.remote_version
-        snap = Snapshot(
-            destination=config.name,
-            subscription_id=conflict.subscription_id,
-            cursor=0,
-            base=base,
-            base_log_id=conflict.base_log_id,
-            local=local,
-            remote=SideState(config.name, conflict.remote_changed_at, remote),
-            remote_version=conflict.remote_version,
-            remote_now=remote_now,
-            remote_now_version=remote_now_version,
-            remote_now_log_id=sent.id if sent else conflict.base_log_id,
-            field_origins={},
-            record_origin=Origin(SOURCE, st.now()),
-        )
-        policy = ConflictPolicy(Strategy.MANUAL)
-        verdict = finish(snap, policy, "resolved", target, tuple(conflict.fields), ())
-        if verdict.write_local and verdict.target is not None:  # a person's edit, made now
-            verdict = replace(verdict, target={**verdict.target, "updated_at": st.now()})
-        plan_log_id = local.log_id
-        if verdict.write_local:
-            plan_log_id = write_local(
-                conn,
-                conflict.subscription_id,
-                verdict.target,
-                local.record is not None,
-                types,
-                config.name,
-            )
-        provenance = provenance_of(verdict, local.record, SOURCE, st.now(), policy.ignored)
-        writes: dict[str, Any] = {
-            "ref": f"conflict:{conflict_id}",
-            "window_key": f"resolve:{conflict.subscription_id}",
-            "lsn": conflict_id,
-            "provenance": provenance,
-            "conflict_id": conflict_id,
-        }
         resolution = {"take": take, "set": sorted(overrides), "final": verdict.target}
-        writes["note"] = {"take": take, "set": st.loads(st.dumps(overrides))}
-        if together:
-            state_writes(conn, snap, verdict, plan_log_id, **writes)
-            st.close_conflict(conn, conflict_id, resolution)
-    crash_point("after_write_back")
-    if not together:
-        with project.state.begin() as state_conn:
-            state_writes(state_conn, snap, verdict, plan_log_id, **writes)
-            st.close_conflict(state_conn, conflict_id, resolution)
+
+        def record(conn: Connection) -> None:
+            record_decision(conn, snap, verdict, plan_log_id, entry)
+            close_conflict(conn, conflict_id, resolution)
+
+        tx.record(record)
     pushes = push_pending(project, config, client=client)
     return ResolveReport(
         conflict_id,
@@ -168,8 +120,25 @@ def resolve_conflict(
     )
 
 
+def _open_conflict(project: Project, conflict_id: int) -> Conflict:
+    conflict = get_conflict(project.state, conflict_id)
+    if conflict is None:
+        raise ReconcileError(f"no conflict {conflict_id}; see `subscription-export conflicts list`")
+    if conflict.status != "open":
+        raise ReconcileError(f"conflict {conflict_id} is already {conflict.status}")
+    return conflict
+
+
+def _settled(snap: Snapshot, target: dict[str, Any] | None, conflict: Conflict) -> Verdict:
+    """The person's choice as a verdict: what to write where (like a strategy's resolution)."""
+    verdict = finish(snap, MANUAL, "resolved", target, tuple(conflict.fields), ())
+    if verdict.write_local and verdict.target is not None:  # a person's edit, made now
+        verdict = replace(verdict, target={**verdict.target, "updated_at": now()})
+    return verdict
+
+
 def _taken(
-    conflict: st.Conflict,
+    conflict: Conflict,
     take: Take,
     base: dict[str, Any] | None,
     local: LocalState,
@@ -216,15 +185,15 @@ def _taken(
     return {**chosen, **overrides}
 
 
-def describe_conflict(conflict: st.Conflict) -> dict[str, Any]:
+def describe_conflict(conflict: Conflict) -> dict[str, Any]:
     """JSON-ready view for `conflicts show`."""
     out = dict(conflict.__dict__)
     for key in ("local_changed_at", "remote_changed_at", "created_at", "updated_at", "resolved_at"):
-        out[key] = st.loads(st.dumps(out[key]))
+        out[key] = to_jsonable(out[key])
     return out
 
 
 def history(project: Project, subscription_id: str) -> list[dict[str, Any]]:
     """Every decision about a subscription, oldest first (for `conflicts history`)."""
-    st.init_sync_state(project.state)
-    return [entry.to_dict() for entry in st.history(project.state, subscription_id)]
+    init_sync_state(project.state)
+    return [entry.to_dict() for entry in audit_history(project.state, subscription_id)]

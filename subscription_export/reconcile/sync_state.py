@@ -18,10 +18,13 @@ Why these tables (all in their own MetaData, created by `init_sync_state`):
   record's latest time, is what keeps three systems order independent (docs/conflicts.md).
 * `sync_conflicts` - the manual queue; `sync_audit` - every decision, queryable by subscription.
 
-Functions take a `Connection`, so the reconcile can write them inside the source transaction of
-its write-back when the state and the source are one database. Records are stored as JSON with
-money as decimal strings and times as ISO-8601 UTC with `Z`; the caller restores types from the
-capture schema. JSON `null` means "no record" (deleted, or never had it).
+Queries: the feed cursors and the manual conflict queue are here (the CLI and `status` read
+them from this module); sync bases and field provenance are in `sync_bases`, the outbox in
+`outbox`, the audit log in `audit_log`. Functions take a `Connection`, so the reconcile can write
+them inside the source transaction of its write-back when the state and the source are one
+database. Records are stored as JSON by `core.codec` (money as exact decimal strings, times
+ISO-8601 UTC with `Z`); the caller restores types from the capture schema. JSON `null` means
+"no record" (deleted, or never had it).
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from subscription_export.core.codec import dumps, loads, to_jsonable
-from subscription_export.core.db import dialect_insert, insert_ignore, upsert
+from subscription_export.core.codec import dumps, loads
+from subscription_export.core.db import dialect_insert, insert_ignore
 
 metadata = sa.MetaData()
 
@@ -167,103 +170,6 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-# -- sync base ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SyncBase:
-    destination: str
-    subscription_id: str
-    held_record: dict[str, Any] | None  # JSON values
-    held_version: int | None
-    agreed_record: dict[str, Any] | None
-    log_id: int
-    remote_cursor: int
-    updated_at: dt.datetime
-    feed_record: dict[str, Any] | None = None
-    feed_version: int | None = None
-
-
-def get_base(conn: Connection, destination: str, subscription_id: str) -> SyncBase | None:
-    row = conn.execute(
-        sa.select(sync_base).where(
-            sync_base.c.destination == destination,
-            sync_base.c.subscription_id == subscription_id,
-        )
-    ).first()
-    if row is None:
-        return None
-    return SyncBase(
-        row.destination,
-        row.subscription_id,
-        loads(row.held_record),
-        row.held_version,
-        loads(row.agreed_record),
-        int(row.log_id),
-        int(row.remote_cursor),
-        utc(row.updated_at),  # type: ignore[arg-type]
-        loads(row.feed_record),
-        row.feed_version,
-    )
-
-
-def put_base(
-    conn: Connection,
-    destination: str,
-    subscription_id: str,
-    *,
-    held_record: Mapping[str, Any] | None,
-    held_version: int | None,
-    agreed_record: Mapping[str, Any] | None,
-    log_id: int,
-    remote_cursor: int,
-    feed_record: Mapping[str, Any] | None,
-    feed_version: int | None,
-) -> None:
-    """Upsert; `remote_cursor` never moves backwards (a late re-run cannot un-apply), and the
-    feed record is only replaced by the record of a later feed change."""
-    current = get_base(conn, destination, subscription_id)
-    cursor = max(remote_cursor, current.remote_cursor) if current else remote_cursor
-    if current is not None and remote_cursor < current.remote_cursor:
-        feed_record, feed_version = current.feed_record, current.feed_version
-    upsert(
-        conn,
-        sync_base,
-        {
-            "destination": destination,
-            "subscription_id": subscription_id,
-            "held_record": dumps(held_record),
-            "held_version": held_version,
-            "agreed_record": dumps(agreed_record),
-            "log_id": log_id,
-            "remote_cursor": cursor,
-            "feed_record": dumps(feed_record),
-            "feed_version": feed_version,
-            "updated_at": now(),
-        },
-        ("destination", "subscription_id"),
-    )
-
-
-def mark_held(
-    conn: Connection,
-    destination: str,
-    subscription_id: str,
-    record: Mapping[str, Any] | None,
-    version: int | None,
-    log_id: int,
-) -> None:
-    """After a push: the remote holds `record` now."""
-    conn.execute(
-        sa.update(sync_base)
-        .where(
-            sync_base.c.destination == destination,
-            sync_base.c.subscription_id == subscription_id,
-        )
-        .values(held_record=dumps(record), held_version=version, log_id=log_id, updated_at=now())
-    )
-
-
 # -- feed cursors ------------------------------------------------------------------------------
 
 
@@ -321,163 +227,6 @@ def record_requested(engine: Engine, system: str, cursor: int) -> None:
     """Mirror of the sensor cursor (what has been handed to a run, not yet necessarily applied)."""
     with engine.begin() as conn:
         _move_cursors(conn, system, 0, cursor)
-
-
-# -- field provenance --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Provenance:
-    value: Any  # JSON value the system produced
-    system: str
-    changed_at: dt.datetime
-
-
-def get_provenance(conn: Connection, subscription_id: str) -> dict[str, Provenance]:
-    rows = conn.execute(
-        sa.select(field_provenance).where(field_provenance.c.subscription_id == subscription_id)
-    ).all()
-    return {
-        r.field: Provenance(loads(r.value), r.system, utc(r.changed_at))  # type: ignore[arg-type]
-        for r in rows
-    }
-
-
-def put_provenance(
-    conn: Connection,
-    subscription_id: str,
-    values: Mapping[str, Any],
-    system: str,
-    changed_at: dt.datetime,
-) -> None:
-    """Record that `system` produced these field values at `changed_at`."""
-    for name, value in sorted(values.items()):
-        upsert(
-            conn,
-            field_provenance,
-            {
-                "subscription_id": subscription_id,
-                "field": name,
-                "value": dumps(value),
-                "system": system,
-                "changed_at": changed_at,
-            },
-            ("subscription_id", "field"),
-        )
-
-
-# -- pushes (outbox) ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Push:
-    id: int
-    idempotency_key: str
-    destination: str
-    subscription_id: str
-    window_key: str
-    lsn: int
-    record: dict[str, Any] | None  # JSON values; None: push a delete
-    delete_version: int | None
-    plan_log_id: int
-    status: str
-    attempts: int
-    error: str | None
-
-
-def add_push(
-    conn: Connection,
-    *,
-    key: str,
-    destination: str,
-    subscription_id: str,
-    window_key: str,
-    lsn: int,
-    record: Mapping[str, Any] | None,
-    delete_version: int | None,
-    plan_log_id: int,
-) -> None:
-    """Queue a push; an older pending push of the same record is superseded (only the latest
-    merged state needs to reach the remote). Re-adding the same key changes nothing."""
-    supersede_pushes(conn, destination, subscription_id, keep=key)
-    moment = now()
-    insert_ignore(
-        conn,
-        pushes,
-        {
-            "idempotency_key": key,
-            "destination": destination,
-            "subscription_id": subscription_id,
-            "window_key": window_key,
-            "lsn": lsn,
-            "record": dumps(record),
-            "delete_version": delete_version,
-            "plan_log_id": plan_log_id,
-            "status": "pending",
-            "attempts": 0,
-            "created_at": moment,
-            "updated_at": moment,
-        },
-    )
-
-
-def supersede_pushes(
-    conn: Connection, destination: str, subscription_id: str, keep: str | None = None
-) -> None:
-    """A later decision about the record replaces what earlier ones still wanted to send (it
-    was made knowing that those pushes had not reached the remote)."""
-    query = sa.update(pushes).where(
-        pushes.c.destination == destination,
-        pushes.c.subscription_id == subscription_id,
-        pushes.c.status == "pending",
-    )
-    if keep is not None:
-        query = query.where(pushes.c.idempotency_key != keep)
-    conn.execute(query.values(status="superseded", updated_at=now()))
-
-
-def pending_pushes(engine: Engine, destination: str) -> list[Push]:
-    with engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(pushes)
-            .where(pushes.c.destination == destination, pushes.c.status == "pending")
-            .order_by(pushes.c.id)
-        ).all()
-    return [_push(r) for r in rows]
-
-
-def list_pushes(engine: Engine, destination: str | None = None) -> list[Push]:
-    query = sa.select(pushes).order_by(pushes.c.id)
-    if destination is not None:
-        query = query.where(pushes.c.destination == destination)
-    with engine.connect() as conn:
-        return [_push(r) for r in conn.execute(query).all()]
-
-
-def _push(r: Any) -> Push:
-    return Push(
-        r.id,
-        r.idempotency_key,
-        r.destination,
-        r.subscription_id,
-        r.window_key,
-        int(r.lsn),
-        loads(r.record),
-        r.delete_version,
-        int(r.plan_log_id),
-        r.status,
-        int(r.attempts),
-        r.error,
-    )
-
-
-def settle_push(
-    conn: Connection, push_id: int, status: str, error: str | None = None, attempted: bool = False
-) -> None:
-    values: dict[str, Any] = {"status": status, "error": error, "updated_at": now()}
-    if attempted:
-        values["attempts"] = pushes.c.attempts + 1
-    conn.execute(sa.update(pushes).where(pushes.c.id == push_id).values(**values))
 
 
 # -- conflicts (manual queue) ------------------------------------------------------------------
@@ -650,93 +399,3 @@ def list_conflicts(
         query = query.where(conflicts.c.subscription_id == subscription_id)
     with engine.connect() as conn:
         return [_conflict(r) for r in conn.execute(query).all()]
-
-
-# -- audit log ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AuditEntry:
-    id: int
-    at: dt.datetime
-    destination: str
-    subscription_id: str
-    ref: str
-    strategy: str
-    outcome: str
-    base: dict[str, Any] | None
-    local: dict[str, Any] | None
-    remote: dict[str, Any] | None
-    merged: dict[str, Any] | None
-    detail: dict[str, Any]
-    conflict_id: int | None
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dict(self.__dict__)
-        out["at"] = to_jsonable(self.at)
-        return out
-
-
-def add_audit(
-    conn: Connection,
-    *,
-    destination: str,
-    subscription_id: str,
-    ref: str,
-    strategy: str,
-    outcome: str,
-    base: Mapping[str, Any] | None,
-    local: Mapping[str, Any] | None,
-    remote: Mapping[str, Any] | None,
-    merged: Mapping[str, Any] | None,
-    detail: Mapping[str, Any],
-    conflict_id: int | None = None,
-) -> None:
-    """One decision; recording the same (destination, subscription, ref) again is a no-op."""
-    insert_ignore(
-        conn,
-        audit,
-        {
-            "at": now(),
-            "destination": destination,
-            "subscription_id": subscription_id,
-            "ref": ref,
-            "strategy": strategy,
-            "outcome": outcome,
-            "base": dumps(base),
-            "local": dumps(local),
-            "remote": dumps(remote),
-            "merged": dumps(merged),
-            "detail": dumps(detail),
-            "conflict_id": conflict_id,
-        },
-    )
-
-
-def history(
-    engine: Engine, subscription_id: str, destination: str | None = None
-) -> list[AuditEntry]:
-    """Every decision about a subscription, oldest first."""
-    query = sa.select(audit).where(audit.c.subscription_id == subscription_id).order_by(audit.c.id)
-    if destination is not None:
-        query = query.where(audit.c.destination == destination)
-    with engine.connect() as conn:
-        rows = conn.execute(query).all()
-    return [
-        AuditEntry(
-            r.id,
-            utc(r.at),  # type: ignore[arg-type]
-            r.destination,
-            r.subscription_id,
-            r.ref,
-            r.strategy,
-            r.outcome,
-            loads(r.base),
-            loads(r.local),
-            loads(r.remote),
-            loads(r.merged),
-            loads(r.detail),
-            r.conflict_id,
-        )
-        for r in rows
-    ]

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from subscription_export.core.codec import to_jsonable
 from subscription_export.delivery.clients import Unit
 from subscription_export.delivery.dead_letters import NewDeadLetter, payload_text
-from subscription_export.reconcile import sync_state as st
+from subscription_export.reconcile import audit_log, sync_state
 from subscription_export.reconcile.conflicts import Decision
 
 TEN = Decimal("1E+1")  # str() gives "1E+1", the exact plain form is "10"
@@ -21,7 +21,7 @@ NAIVE = dt.datetime(2027, 1, 31, 8, 0)  # naive = UTC (DESIGN.md invariant 6)
 
 def test_an_audit_row_renders_record_values_and_decisions_identically() -> None:
     engine = sa.create_engine("sqlite://")
-    st.init_sync_state(engine)
+    sync_state.init_sync_state(engine)
     local = {"amount": TEN, "renews_at": NAIVE}
     remote = {"amount": Decimal("12.5"), "renews_at": NAIVE + dt.timedelta(hours=1)}
     decisions = [
@@ -29,7 +29,7 @@ def test_an_audit_row_renders_record_values_and_decisions_identically() -> None:
         for name in ("amount", "renews_at")
     ]
     with engine.begin() as conn:
-        st.add_audit(
+        audit_log.add_audit(
             conn,
             destination="erp",
             subscription_id="s1",
@@ -43,7 +43,7 @@ def test_an_audit_row_renders_record_values_and_decisions_identically() -> None:
             detail={"decisions": decisions},
         )
 
-    (entry,) = st.history(engine, "s1")
+    (entry,) = audit_log.history(engine, "s1")
 
     by_field = {d["field"]: d for d in entry.detail["decisions"]}
     for name in ("amount", "renews_at"):
