@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from subscription_export.core.errors import SubscriptionExportError
 from subscription_export.delivery.clients import ChangeFeedMixin, DeliveryClient, RemoteChange
 from subscription_export.delivery.config import DestinationConfig, DestinationsConfig
 from subscription_export.delivery.mapping import (
@@ -14,14 +13,11 @@ from subscription_export.delivery.mapping import (
     subscription_from_crm,
     subscription_from_erp,
 )
+from subscription_export.reconcile.errors import ReconcileError
 from subscription_export.reconcile.sync_state import get_cursor, init_sync_state, record_requested
 from subscription_export.runtime import Project
 
 FEED_KINDS = ("erp", "crm")
-
-
-class ReconcileError(SubscriptionExportError):
-    """A reconcile or a manual resolution that cannot proceed as asked."""
 
 
 # -- systems and feeds -------------------------------------------------------------------------

@@ -60,7 +60,8 @@ from subscription_export.delivery.clients import DeliveryClient
 from subscription_export.delivery.config import DestinationConfig
 from subscription_export.metrics.store import ReconcileMetrics, record_reconcile_metrics
 from subscription_export.reconcile.apply import ApplyReport, apply_batch
-from subscription_export.reconcile.feeds import ReconcileError, fetch_changes
+from subscription_export.reconcile.errors import ReconcileError
+from subscription_export.reconcile.feeds import fetch_changes
 
 # Kept for cli.py until its `conflicts` commands import them from `manual_queue` (the CLI is
 # being split into a package; see the reconcile branch's report).

@@ -1,13 +1,14 @@
 """The manual queue: settle a queued conflict (`--take local|remote|merged`, `--set`) with the
-same decide (`three_way.finish`) and apply (`apply.write_back_transaction`, `record.py`)
-functions as the job, and read the audit log.
+same decide (`three_way.settle_by_hand`, built on `finish`) and apply
+(`apply.write_back_transaction`, `record.record_decision`) functions as the job, and read the
+queue and the audit log for the CLI.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Literal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.engine import Connection
 
@@ -17,13 +18,13 @@ from subscription_export.delivery.clients import DeliveryClient
 from subscription_export.delivery.config import DestinationsConfig
 from subscription_export.reconcile.apply import write_back, write_back_transaction
 from subscription_export.reconcile.audit_log import history as audit_history
-from subscription_export.reconcile.conflicts import RECORD, Change, detect
-from subscription_export.reconcile.feeds import ReconcileError, feed_system
+from subscription_export.reconcile.errors import ReconcileError
+from subscription_export.reconcile.feeds import feed_system
 from subscription_export.reconcile.pushes import PushReport, push_pending
 from subscription_export.reconcile.record import Entry, provenance_of, record_decision
 from subscription_export.reconcile.snapshot import conflict_snapshot
 from subscription_export.reconcile.source_side import Types, column_types
-from subscription_export.reconcile.strategies import MISSING, SOURCE, ConflictPolicy, Strategy
+from subscription_export.reconcile.strategies import SOURCE
 from subscription_export.reconcile.sync_state import (
     Conflict,
     close_conflict,
@@ -31,11 +32,8 @@ from subscription_export.reconcile.sync_state import (
     init_sync_state,
     now,
 )
-from subscription_export.reconcile.three_way import LocalState, Snapshot, Verdict, finish
+from subscription_export.reconcile.three_way import MANUAL, Take, settle_by_hand
 from subscription_export.runtime import Project
-
-Take = Literal["local", "remote", "merged"]
-MANUAL = ConflictPolicy(Strategy.MANUAL)
 
 
 @dataclass(frozen=True)
@@ -89,8 +87,7 @@ def resolve_conflict(
         types = column_types(tx.conn)
         overrides = parse_sets(sets, types)
         snap = conflict_snapshot(tx.conn, config.name, conflict, types)
-        target = _taken(conflict, take, snap.base, snap.local, snap.remote.record, overrides)
-        verdict = _settled(snap, target, conflict)
+        verdict = settle_by_hand(snap, conflict.id, conflict.fields, take, overrides, now())
         plan_log_id = write_back(tx.conn, snap, verdict, types, config.name)
         entry = Entry(
             ref=f"conflict:{conflict_id}",
@@ -127,62 +124,6 @@ def _open_conflict(project: Project, conflict_id: int) -> Conflict:
     if conflict.status != "open":
         raise ReconcileError(f"conflict {conflict_id} is already {conflict.status}")
     return conflict
-
-
-def _settled(snap: Snapshot, target: dict[str, Any] | None, conflict: Conflict) -> Verdict:
-    """The person's choice as a verdict: what to write where (like a strategy's resolution)."""
-    verdict = finish(snap, MANUAL, "resolved", target, tuple(conflict.fields), ())
-    if verdict.write_local and verdict.target is not None:  # a person's edit, made now
-        verdict = replace(verdict, target={**verdict.target, "updated_at": now()})
-    return verdict
-
-
-def _taken(
-    conflict: Conflict,
-    take: Take,
-    base: dict[str, Any] | None,
-    local: LocalState,
-    remote: dict[str, Any] | None,
-    overrides: Mapping[str, Any],
-) -> dict[str, Any] | None:
-    """The record a person chose. Fields changed on one side only merge as always; the
-    conflicting fields take the local value (`local`), the remote's (`remote`) or the value
-    given by `--set` (`merged`). When one side deleted the record, `local`/`remote` take that
-    side's version (the record or its deletion) and `merged` is refused."""
-    if take not in ("local", "remote", "merged"):
-        raise ReconcileError(f"--take {take!r}: choose local, remote or merged")
-    chosen: dict[str, Any] | None
-    if (local.record is None) != (remote is None):
-        if take == "merged":
-            raise ReconcileError(
-                f"conflict {conflict.id}: one side deleted the record; take local or remote"
-            )
-        chosen = local.record if take == "local" else remote
-    elif local.record is None:
-        chosen = None  # deleted on both sides
-    else:
-        diff = detect(base, local.record, remote)
-        missing = [f for f in diff.conflicts if f not in overrides and f != RECORD]
-        if take == "merged" and missing:
-            raise ReconcileError(
-                f"conflict {conflict.id}: --take merged needs --set for {', '.join(missing)}"
-            )
-        chosen = dict(local.record)
-        for f in diff.fields:
-            from_remote = f.change is Change.REMOTE_ONLY or (
-                f.change is Change.BOTH_DIFFERENT and take == "remote"
-            )
-            if not from_remote:
-                continue
-            if f.remote is MISSING:
-                chosen.pop(f.field, None)
-            else:
-                chosen[f.field] = f.remote
-    if chosen is None:
-        if overrides:
-            raise ReconcileError(f"conflict {conflict.id}: cannot --set fields of a deletion")
-        return None
-    return {**chosen, **overrides}
 
 
 def describe_conflict(conflict: Conflict) -> dict[str, Any]:

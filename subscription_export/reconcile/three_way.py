@@ -14,7 +14,7 @@ import datetime as dt
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 from subscription_export.core.codec import dumps
 from subscription_export.core.values import BadValue, convert
@@ -27,6 +27,7 @@ from subscription_export.reconcile.conflicts import (
     detect,
     resolve,
 )
+from subscription_export.reconcile.errors import ReconcileError
 from subscription_export.reconcile.strategies import (
     MISSING,
     SOURCE,
@@ -37,6 +38,8 @@ from subscription_export.reconcile.strategies import (
     same,
 )
 
+Take = Literal["local", "remote", "merged"]
+MANUAL = ConflictPolicy(Strategy.MANUAL)
 OUTCOMES = ("already_applied", "echo", "no_change", "merged", "resolved", "queued", "invalid")
 APP_ORIGIN = "app"
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -341,3 +344,71 @@ def finish(
         write = True
     push = not equivalent(target, snap.remote_now, policy.ignored)
     return Verdict(outcome, policy.strategy.value, target, write, push, conflicts, decisions)
+
+
+# -- deciding by hand (the manual queue) -------------------------------------------------------
+
+
+def settle_by_hand(
+    snap: Snapshot,
+    conflict_id: int,
+    fields: Sequence[str],
+    take: Take,
+    overrides: Mapping[str, Any],
+    at: dt.datetime,
+) -> Verdict:
+    """A person's choice for a queued conflict as a verdict (what to write where), decided
+    like a strategy's resolution; a written record is the person's edit, made `at`."""
+    target = chosen_record(conflict_id, take, snap.base, snap.local, snap.remote.record, overrides)
+    verdict = finish(snap, MANUAL, "resolved", target, tuple(fields), ())
+    if verdict.write_local and verdict.target is not None:
+        verdict = replace(verdict, target={**verdict.target, "updated_at": at})
+    return verdict
+
+
+def chosen_record(
+    conflict_id: int,
+    take: Take,
+    base: dict[str, Any] | None,
+    local: LocalState,
+    remote: dict[str, Any] | None,
+    overrides: Mapping[str, Any],
+) -> dict[str, Any] | None:
+    """The record a person chose. Fields changed on one side only merge as always; the
+    conflicting fields take the local value (`local`), the remote's (`remote`) or the value
+    given by `--set` (`merged`). When one side deleted the record, `local`/`remote` take that
+    side's version (the record or its deletion) and `merged` is refused."""
+    if take not in ("local", "remote", "merged"):
+        raise ReconcileError(f"--take {take!r}: choose local, remote or merged")
+    chosen: dict[str, Any] | None
+    if (local.record is None) != (remote is None):
+        if take == "merged":
+            raise ReconcileError(
+                f"conflict {conflict_id}: one side deleted the record; take local or remote"
+            )
+        chosen = local.record if take == "local" else remote
+    elif local.record is None:
+        chosen = None  # deleted on both sides
+    else:
+        diff = detect(base, local.record, remote)
+        missing = [f for f in diff.conflicts if f not in overrides and f != RECORD]
+        if take == "merged" and missing:
+            raise ReconcileError(
+                f"conflict {conflict_id}: --take merged needs --set for {', '.join(missing)}"
+            )
+        chosen = dict(local.record)
+        for f in diff.fields:
+            from_remote = f.change is Change.REMOTE_ONLY or (
+                f.change is Change.BOTH_DIFFERENT and take == "remote"
+            )
+            if not from_remote:
+                continue
+            if f.remote is MISSING:
+                chosen.pop(f.field, None)
+            else:
+                chosen[f.field] = f.remote
+    if chosen is None:
+        if overrides:
+            raise ReconcileError(f"conflict {conflict_id}: cannot --set fields of a deletion")
+        return None
+    return {**chosen, **overrides}

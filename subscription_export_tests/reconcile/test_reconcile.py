@@ -40,7 +40,8 @@ from subscription_export.delivery.window import catch_up
 from subscription_export.reconcile import flow as rc
 from subscription_export.reconcile import sync_state as st
 from subscription_export.reconcile.apply import CRASH_ENV, CRASH_EXIT
-from subscription_export.reconcile.feeds import ReconcileError, feed_systems
+from subscription_export.reconcile.errors import ReconcileError
+from subscription_export.reconcile.feeds import feed_systems
 from subscription_export.reconcile.manual_queue import describe_conflict, history, resolve_conflict
 from subscription_export.reconcile.outbox import list_pushes
 from subscription_export.reconcile.policies import (
