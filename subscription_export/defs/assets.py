@@ -5,8 +5,7 @@ import dagster as dg
 from subscription_export.defs.io_managers import WindowFile, WindowRequest
 from subscription_export.defs.partitions import cdc_windows
 from subscription_export.defs.resources import ExportSettings
-from subscription_export.export.window import parse_window_key
-from subscription_export.state.windows import Window, find_window
+from subscription_export.state.windows import Window, find_window, parse_window_key
 
 STEP_RETRY = dg.RetryPolicy(
     max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS

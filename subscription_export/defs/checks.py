@@ -7,7 +7,6 @@ import dagster as dg
 from subscription_export.defs.assets import subscription_changes
 from subscription_export.defs.partitions import cdc_windows
 from subscription_export.defs.resources import ExportSettings
-from subscription_export.export.window import parse_window_key
 from subscription_export.formats.manifest import manifest_path
 from subscription_export.formats.verify import (
     CheckOutcome,
@@ -17,6 +16,7 @@ from subscription_export.formats.verify import (
 )
 from subscription_export.source.reader import range_stats
 from subscription_export.state.quarantine import quarantined_lsns
+from subscription_export.state.windows import parse_window_key
 
 # Partitioned asset checks are a Dagster preview feature; we rely on it deliberately.
 warnings.filterwarnings("ignore", category=dg.PreviewWarning, module="dagster")

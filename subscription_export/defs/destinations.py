@@ -28,9 +28,8 @@ from subscription_export.delivery.config import (
 )
 from subscription_export.delivery.dead_letters import Policy, dead_letter_policy
 from subscription_export.delivery.window import DestinationBlocked, blocked_message, deliver_window
-from subscription_export.export.window import parse_window_key
 from subscription_export.state.leases import default_holder
-from subscription_export.state.windows import Window, find_window
+from subscription_export.state.windows import Window, find_window, parse_window_key
 
 SYNC_WINDOW_JOB = "sync_window"
 DESTINATIONS_GROUP = "destinations"

@@ -10,12 +10,11 @@ from upath import UPath
 from subscription_export.core.errors import ExportVerificationError
 from subscription_export.defs.resources import ExportSettings
 from subscription_export.export.flow import ExportOutcome, export_window_file
-from subscription_export.export.window import parse_window_key
 from subscription_export.formats.contract import ContractViolation
 from subscription_export.formats.writers import EXTENSIONS, Format
 from subscription_export.runtime import Project
 from subscription_export.state.leases import default_holder
-from subscription_export.state.windows import Window
+from subscription_export.state.windows import Window, parse_window_key
 
 
 @dataclass(frozen=True)

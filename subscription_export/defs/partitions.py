@@ -1,4 +1,4 @@
-"""CDC windows as dynamic partitions: `{from:020d}-{to:020d}`, inclusive, never changed."""
+"""CDC windows as dynamic partitions, keyed by `state.windows.window_key` (never changed)."""
 
 import dagster as dg
 

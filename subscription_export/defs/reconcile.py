@@ -1,5 +1,6 @@
 """The `reconcile` job (ops) and `external_changes_sensor`: edits made in the ERP and the CRM
-come back into the source (the work is in `sync.reconcile`; this module wires it into Dagster).
+come back into the source. Each op is a thin call to one step of `reconcile/` (`flow.py` lists
+them); this module only wires them into Dagster.
 
 One run reconciles one system over a cursor range of its change feed:
 
@@ -27,8 +28,25 @@ import dagster as dg
 from subscription_export.defs.assets import STEP_RETRY
 from subscription_export.defs.destinations import DestinationsResource
 from subscription_export.defs.resources import ExportSettings
-from subscription_export.reconcile import flow as rc
-from subscription_export.reconcile import sync_state as st
+from subscription_export.delivery.config import DestinationConfig
+from subscription_export.reconcile.apply import ApplyReport, apply_batch
+from subscription_export.reconcile.feeds import (
+    FeedBatch,
+    feed_system,
+    feed_systems,
+    fetch_changes,
+    poll_changes,
+)
+from subscription_export.reconcile.flow import advance
+from subscription_export.reconcile.policies import (
+    ENV_POLICY_FILE,
+    ENV_STRATEGY,
+    ConflictPolicies,
+    load_policies,
+)
+from subscription_export.reconcile.pushes import PushReport, push_pending
+from subscription_export.reconcile.snapshot import load_snapshots, snapshot_metadata
+from subscription_export.reconcile.three_way import Snapshot, Verdict, plan, plan_metadata
 from subscription_export.state.leases import default_holder
 
 RECONCILE_JOB = "reconcile"
@@ -49,14 +67,14 @@ class ConflictPoliciesResource(dg.ConfigurableResource):
 
     @classmethod
     def from_env(cls) -> "ConflictPoliciesResource":
-        raw = os.environ.get(rc.ENV_POLICY_FILE)
+        raw = os.environ.get(ENV_POLICY_FILE)
         return cls(path=os.path.abspath(raw) if raw else None)
 
-    def load(self) -> rc.ConflictPolicies:
+    def load(self) -> ConflictPolicies:
         env = dict(os.environ)
         if self.strategy:
-            env[rc.ENV_STRATEGY] = self.strategy
-        return rc.load_policies(self.path, env)
+            env[ENV_STRATEGY] = self.strategy
+        return load_policies(self.path, env)
 
 
 class FeedRange(dg.Config):
@@ -68,8 +86,8 @@ class FeedRange(dg.Config):
     page_size: int = 100
 
 
-def _counts(prefix: str, names: tuple[str, ...], values: dict[str, int]) -> dict[str, int]:
-    return {f"{prefix}.{name}": values.get(name, 0) for name in names}
+def _system(destinations: DestinationsResource, name: str) -> DestinationConfig:
+    return feed_system(destinations.load(), name)
 
 
 @dg.op(description="Read the system's change feed from the applied cursor up to the requested end.")
@@ -78,78 +96,40 @@ def fetch_remote_changes(
     config: FeedRange,
     settings: ExportSettings,
     destinations: DestinationsResource,
-) -> dg.Output[rc.FeedBatch]:
-    project = settings.project()
-    system = rc.feed_system(destinations.load(), config.system)
-    st.init_sync_state(project.state)
-    with project.state.connect() as conn:
-        applied = st.get_cursor(conn, system.name).applied
-    if config.until is not None and applied >= config.until:
-        batch = rc.FeedBatch(system.name, applied, applied, ())
-    else:
-        with system.client() as client:
-            batch = rc.fetch_batch(client, applied, config.until, page_size=config.page_size)
+) -> dg.Output[FeedBatch]:
+    system = _system(destinations, config.system)
+    batch = fetch_changes(settings.project(), system, config.until, page_size=config.page_size)
     context.log.info(
         f"{system.name}: {len(batch.changes)} change(s) after cursor {batch.after}"
         f" (requested {config.after}..{config.until})"
     )
-    return dg.Output(
-        batch,
-        metadata={
-            "system": system.name,
-            "cursor_from": batch.after,
-            "cursor_to": batch.until,
-            "changes": len(batch.changes),
-            "requested_from": config.after,
-        },
-    )
+    return dg.Output(batch, metadata={**batch.metadata(), "requested_from": config.after})
 
 
 @dg.op(description="For each change: the sync base, the current source row and the remote.")
 def load_sync_states(
-    batch: rc.FeedBatch,
+    batch: FeedBatch,
     settings: ExportSettings,
     destinations: DestinationsResource,
     conflict_policies: ConflictPoliciesResource,
-) -> dg.Output[list[rc.Snapshot]]:
-    project = settings.project()
-    system = rc.feed_system(destinations.load(), batch.system)
+) -> dg.Output[list[Snapshot]]:
+    system = _system(destinations, batch.system)
     policy = conflict_policies.load().for_destination(system.name)
-    snapshots = rc.load_snapshots(project, system, batch, policy)
-    return dg.Output(
-        snapshots,
-        metadata={
-            "changes": len(snapshots),
-            "with_base": sum(s.base is not None for s in snapshots),
-            "local_deleted": sum(s.local.record is None for s in snapshots),
-            "remote_deleted": sum(s.remote.record is None for s in snapshots),
-            "already_applied": sum(s.already_applied for s in snapshots),
-        },
-    )
+    snapshots = load_snapshots(settings.project(), system, batch, policy)
+    return dg.Output(snapshots, metadata=snapshot_metadata(snapshots))
 
 
 @dg.op(description="Three-way detection and resolution under the destination's policy (plan).")
 def resolve_changes(
-    snapshots: list[rc.Snapshot],
+    snapshots: list[Snapshot],
     destinations: DestinationsResource,
     conflict_policies: ConflictPoliciesResource,
-    batch: rc.FeedBatch,
-) -> dg.Output[list[rc.Verdict]]:
-    rc.feed_system(destinations.load(), batch.system)
-    policy = conflict_policies.load().for_destination(batch.system)
-    verdicts = [rc.decide(s, policy) for s in snapshots]
-    planned: dict[str, int] = {}
-    for v in verdicts:
-        planned[v.outcome] = planned.get(v.outcome, 0) + 1
-    return dg.Output(
-        verdicts,
-        metadata={
-            "strategy": policy.strategy.value,
-            **_counts("planned", rc.OUTCOMES, planned),
-            "planned_write_backs": sum(v.applies and v.write_local for v in verdicts),
-            "planned_pushes": sum(v.applies and v.push for v in verdicts),
-        },
-    )
+    batch: FeedBatch,
+) -> dg.Output[list[Verdict]]:
+    system = _system(destinations, batch.system)
+    policy = conflict_policies.load().for_destination(system.name)
+    verdicts = plan(snapshots, policy)
+    return dg.Output(verdicts, metadata=plan_metadata(verdicts, policy))
 
 
 @dg.op(
@@ -159,16 +139,16 @@ def resolve_changes(
 )
 def apply_resolutions(
     context: dg.OpExecutionContext,
-    batch: rc.FeedBatch,
-    planned: list[rc.Verdict],
+    batch: FeedBatch,
+    planned: list[Verdict],
     settings: ExportSettings,
     destinations: DestinationsResource,
     conflict_policies: ConflictPoliciesResource,
-) -> dg.Output[rc.ApplyReport]:
-    project = settings.project()
-    system = rc.feed_system(destinations.load(), batch.system)
+) -> dg.Output[ApplyReport]:
+    system = _system(destinations, batch.system)
     policy = conflict_policies.load().for_destination(system.name)
-    report = rc.apply_batch(project, system, batch, policy, holder=default_holder(context.run_id))
+    holder = default_holder(context.run_id)
+    report = apply_batch(settings.project(), system, batch, policy, holder=holder)
     context.log.info(
         f"{system.name}: applied {sum(report.outcomes.values())} change(s) ({len(planned)}"
         f" planned): {dict(report.outcomes)}; {report.written_back} write-back(s),"
@@ -184,13 +164,11 @@ def apply_resolutions(
 )
 def push_to_remote(
     context: dg.OpExecutionContext,
-    applied: rc.ApplyReport,
+    applied: ApplyReport,
     settings: ExportSettings,
     destinations: DestinationsResource,
-) -> dg.Output[rc.PushReport]:
-    project = settings.project()
-    system = rc.feed_system(destinations.load(), applied.system)
-    report = rc.push_pending(project, system)
+) -> dg.Output[PushReport]:
+    report = push_pending(settings.project(), _system(destinations, applied.system))
     for error in report.errors:
         context.log.warning(f"push failed, kept for the next run: {error}")
     return dg.Output(report, metadata=report.metadata())
@@ -199,19 +177,17 @@ def push_to_remote(
 @dg.op(description="Advance the system's applied feed cursor: the batch is applied.")
 def advance_feed_cursor(
     context: dg.OpExecutionContext,
-    applied: rc.ApplyReport,
-    pushes: rc.PushReport,
+    applied: ApplyReport,
+    pushes: PushReport,
     settings: ExportSettings,
 ) -> dg.Output[int]:
-    project = settings.project()
-    cursor = st.advance_applied(project.state, applied.system, applied.until)
-    rc.record_metrics(project, applied, pushes)
-    summary = {**applied.metadata(), **pushes.metadata(), "applied_cursor": cursor}
+    report = advance(settings.project(), applied, pushes)
+    summary = report.metadata()
     context.instance.add_run_tags(
         context.run_id,
         {f"reconcile/{key}": str(value) for key, value in summary.items() if key != "system"},
     )
-    return dg.Output(cursor, metadata=summary)
+    return dg.Output(report.cursor, metadata=summary)
 
 
 @dg.job(
@@ -249,30 +225,24 @@ def external_changes_sensor(
     destinations: DestinationsResource,
 ) -> dg.SensorResult:
     project = settings.project()
-    systems = rc.feed_systems(destinations.load())
+    systems = feed_systems(destinations.load())
     cursors: dict[str, int] = json.loads(context.cursor) if context.cursor else {}
     if not systems:
         return dg.SensorResult(
             skip_reason="no system with a change feed is configured", cursor=context.cursor
         )
-    st.init_sync_state(project.state)
     requests = []
     idle = []
     for system in systems:
-        with project.state.connect() as conn:
-            applied = st.get_cursor(conn, system.name).applied
-        after = max(int(cursors.get(system.name, 0)), applied)
-        with system.client() as client:
-            page = rc.fetch_batch(client, after, page_size=SENSOR_PAGE, max_changes=SENSOR_PAGE)
+        page = poll_changes(project, system, int(cursors.get(system.name, 0)), SENSOR_PAGE)
         cursors[system.name] = page.until
         if not page.changes:
-            idle.append(f"{system.name} at {after}")
+            idle.append(f"{system.name} at {page.after}")
             continue
-        st.record_requested(project.state, system.name, page.until)
         requests.append(
             dg.RunRequest(
                 run_key=page.run_key,
-                run_config=run_config(system.name, after, page.until),
+                run_config=run_config(system.name, page.after, page.until),
                 tags={SYSTEM_TAG: system.name},
             )
         )

@@ -22,16 +22,15 @@ The table (`state/tables.py`) lives in the state database; `init_dead_letters` m
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from subscription_export.core.codec import dumps, loads
 from subscription_export.core.errors import ConfigError
 from subscription_export.state.migrate import upgrade
 from subscription_export.state.tables import dead_letters
@@ -133,7 +132,7 @@ def _from_row(row: sa.Row[Any]) -> DeadLetter:
         lsn=int(row.lsn),
         subscription_id=row.subscription_id,
         idempotency_key=row.idempotency_key,
-        payload=json.loads(row.payload),
+        payload=loads(row.payload),
         error=row.error,
         attempts=int(row.attempts),
         first_seen=_utc(row.first_seen),
@@ -142,21 +141,10 @@ def _from_row(row: sa.Row[Any]) -> DeadLetter:
     )
 
 
-def _json_default(value: object) -> str:
-    """Row values JSON has no type for: exact decimals as strings, dates and times ISO."""
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    if isinstance(value, dt.date):  # datetimes included; they are UTC-aware in change rows
-        return value.isoformat()
-    raise TypeError(f"cannot store a {type(value).__name__} in a dead letter payload")
-
-
 def payload_text(letter: NewDeadLetter) -> str:
     """Units (what was sent) plus the change row (for people reading the dead letter)."""
     units = [{"key": u.key, "body": u.body} for u in letter.units]
-    return json.dumps(
-        {"units": units, "row": dict(letter.row)}, sort_keys=True, default=_json_default
-    )
+    return dumps({"units": units, "row": dict(letter.row)})
 
 
 def record_dead_letters(

@@ -35,6 +35,7 @@ from subscription_export.source.reader import (
     schema_versions,
 )
 from subscription_export.source.schema import capture_schemas
+from subscription_export.state.windows import window_key
 
 _JSON_BLOCK = 8 << 20
 _ISO_ARRAY = pa.array(sorted(ISO_4217), pa.string())
@@ -272,23 +273,6 @@ def _arrow_array(values: list[object], arrow_type: pa.DataType) -> pa.Array:
             arrow_type
         )
     return pa.array(values, type=arrow_type)
-
-
-def window_key(lo: int, hi: int) -> str:
-    return f"{lo:020d}-{hi:020d}"
-
-
-def parse_window_key(key: str) -> tuple[int, int]:
-    try:
-        lo_text, hi_text = key.split("-")
-        lo, hi = int(lo_text), int(hi_text)
-    except ValueError:
-        raise RangeError(
-            f"{key!r} is not a window key (expected FROM-TO, 20 digits each)"
-        ) from None
-    if lo < 1 or hi < lo:
-        raise RangeError(f"window {key!r} is empty or starts below LSN 1")
-    return lo, hi
 
 
 def check_range(engine: Engine, lo: int, hi: int) -> None:

@@ -17,12 +17,11 @@ pixels' source data with the store, not with what the server meant to send.
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import functools
 import hashlib
-import json
 from importlib.resources import files
 
+from subscription_export.core.codec import dumps
 from subscription_export.metrics.charts import Chart, build_charts, formats_first
 from subscription_export.metrics.store import DashboardData
 from subscription_export.metrics.tables import (
@@ -64,7 +63,7 @@ def _script_hash(script: str) -> str:
 
 def _json_for_html(value: object) -> str:
     """JSON that cannot end its <script> block or open a comment, whatever strings it holds."""
-    text = json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=True)
+    text = dumps(value, allow_nan=False)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
@@ -105,7 +104,7 @@ def render_dashboard(data: DashboardData, refresh_s: int | None = None) -> str:
     consumers = formats_first(dict.fromkeys(c.consumer for c in data.consumers), lambda c: c)
     colors = {name: _PALETTE[i % len(_PALETTE)] for i, name in enumerate(consumers)}
     payload = {
-        "generated_at": data.generated_at.astimezone(dt.UTC).isoformat(),
+        "generated_at": data.generated_at,
         "last_lsn": data.last_lsn,
         "open_dead_letters": data.open_dead_letters,
         "open_conflicts": data.open_conflicts,

@@ -21,13 +21,12 @@ strategies decide by system identity and UTC time, and exact ties by a stable va
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Literal
 
+from subscription_export.core.codec import to_jsonable
 from subscription_export.reconcile.strategies import (
     DEFAULT_IGNORED,
     DEFAULT_PRIORITY,
@@ -176,7 +175,7 @@ class Decision:
         for key in ("base", "local", "remote"):
             value = getattr(self, key)
             if value is not MISSING:
-                out[key] = _jsonable(value)
+                out[key] = to_jsonable(value)
         out["winner"] = self.winner
         out["reason"] = self.reason
         return out
@@ -217,13 +216,13 @@ class Resolution:
             "outcome": self.outcome.value,
             "strategy": self.strategy.value,
             "local_system": self.local.system,
-            "local_changed_at": _jsonable(self.local.changed_at),
+            "local_changed_at": to_jsonable(self.local.changed_at),
             "remote_system": self.remote.system,
-            "remote_changed_at": _jsonable(self.remote.changed_at),
+            "remote_changed_at": to_jsonable(self.remote.changed_at),
             "conflicts": list(self.conflicts),
-            "merged": _jsonable(self.merged),
-            "apply_local": _jsonable(self.apply_local),
-            "apply_remote": _jsonable(self.apply_remote),
+            "merged": to_jsonable(self.merged),
+            "apply_local": _apply_dict(self.apply_local),
+            "apply_remote": _apply_dict(self.apply_remote),
             "decisions": [d.to_audit_dict() for d in self.decisions],
         }
 
@@ -383,22 +382,5 @@ def _equivalent(a: Record, b: Record, ignored: frozenset[str]) -> bool:
     return all(same(a.get(n, MISSING), b.get(n, MISSING)) for n in names)
 
 
-def _jsonable(value: Any) -> Any:
-    """Decimals stay exact as strings; dates ISO; timestamps ISO-8601 UTC with `Z`."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, Apply):
-        return {"op": value.op, "record": _jsonable(value.record)}
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            return value.isoformat()
-        return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_jsonable(v) for v in value]
-    return str(value)
+def _apply_dict(write: Apply | None) -> dict[str, Any] | None:
+    return None if write is None else {"op": write.op, "record": to_jsonable(write.record)}

@@ -1,11 +1,11 @@
-"""The systems with a change feed (ERP and CRM kinds) and reading their `GET /changes` feeds."""
+"""The fetch step: the systems with a change feed (ERP and CRM kinds) and reading their
+`GET /changes` feeds from the cursor the reconcile has applied."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from subscription_export.core.errors import SubscriptionExportError
 from subscription_export.delivery.clients import ChangeFeedMixin, DeliveryClient, RemoteChange
 from subscription_export.delivery.config import DestinationConfig, DestinationsConfig
 from subscription_export.delivery.mapping import (
@@ -13,12 +13,11 @@ from subscription_export.delivery.mapping import (
     subscription_from_crm,
     subscription_from_erp,
 )
+from subscription_export.reconcile.errors import ReconcileError
+from subscription_export.reconcile.sync_state import get_cursor, init_sync_state, record_requested
+from subscription_export.runtime import Project
 
 FEED_KINDS = ("erp", "crm")
-
-
-class ReconcileError(SubscriptionExportError):
-    """A reconcile or a manual resolution that cannot proceed as asked."""
 
 
 # -- systems and feeds -------------------------------------------------------------------------
@@ -59,6 +58,14 @@ class FeedBatch:
     def run_key(self) -> str:
         return f"{self.system}:{self.after}-{self.until}"
 
+    def metadata(self) -> dict[str, int | str]:
+        return {
+            "system": self.system,
+            "cursor_from": self.after,
+            "cursor_to": self.until,
+            "changes": len(self.changes),
+        }
+
 
 def fetch_batch(
     client: DeliveryClient,
@@ -81,6 +88,46 @@ def fetch_batch(
         if len(taken) < page_size or len(changes) >= max_changes:
             break
     return FeedBatch(client.destination, after, cursor, tuple(changes))
+
+
+def applied_cursor(project: Project, system: str) -> int:
+    init_sync_state(project.state)
+    with project.state.connect() as conn:
+        return get_cursor(conn, system).applied
+
+
+def fetch_changes(
+    project: Project,
+    config: DestinationConfig,
+    until: int | None = None,
+    *,
+    client: DeliveryClient | None = None,
+    page_size: int = 100,
+    max_changes: int = 10_000,
+) -> FeedBatch:
+    """The system's feed changes after its *applied* cursor, up to `until` (None: what is there,
+    at most `max_changes`). Starting from the applied cursor, not from the range a run was
+    requested for, means a failed run's changes are picked up by the next run."""
+    after = applied_cursor(project, config.name)
+    if until is not None and after >= until:
+        return FeedBatch(config.name, after, after, ())
+    if client is not None:
+        return fetch_batch(client, after, until, page_size=page_size, max_changes=max_changes)
+    with config.client() as own:
+        return fetch_batch(own, after, until, page_size=page_size, max_changes=max_changes)
+
+
+def poll_changes(
+    project: Project, config: DestinationConfig, requested: int, page: int
+) -> FeedBatch:
+    """One page of changes past both the cursor already requested (the sensor's) and the
+    applied one; a non-empty page is mirrored to `sync_feed_cursors.requested` for the CLI."""
+    after = max(requested, applied_cursor(project, config.name))
+    with config.client() as client:
+        batch = fetch_batch(client, after, page_size=page, max_changes=page)
+    if batch.changes:
+        record_requested(project.state, config.name, batch.until)
+    return batch
 
 
 def remote_fields(config: DestinationConfig, change: RemoteChange) -> dict[str, Any]:

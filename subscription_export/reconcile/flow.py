@@ -1,24 +1,24 @@
 """Bring edits made in the ERP and the CRM back into the source, three ways, without echo.
 
-One reconcile of a system (`reconcile_system`, or the Dagster ops in `defs/reconcile.py`):
+The steps are plain functions, one module each; `reconcile_system` runs them for one system
+and each op of the Dagster job (`defs/reconcile.py`) calls exactly one of them:
 
-1. **Fetch** its change feed after the applied cursor (`feeds.fetch_batch`).
-2. **Load** for each change, under the source row's lock: the sync base, the local row, and
-   what the remote holds now (`three_way.load_snapshot`, reading through `source_side`).
-3. **Decide** (`three_way.decide`, pure): the three-way merge of `conflicts` with the
-   destination's policy (`policies`), each conflicting field decided by the *provenance* of the
-   local value (see below).
-4. **Apply** (`apply.apply_batch`): write the merged record back to the source tagged with the
-   system as origin (`set_origin`), and in the same transaction - when the state database is
-   the source database - the new sync base, the field provenance, the audit entry and, if the
-   remote needs the merged record, a pending push. A manual conflict is queued instead
-   (`manual_queue` settles it later through the same apply path).
+1. **Fetch** (`feeds.fetch_changes`): the system's change feed after the applied cursor.
+2. **Snapshot** (`snapshot.load_snapshots`, I/O, no writes): per change the sync base, the
+   local row and what the remote holds now (the job reports it; `reconcile_system` skips it).
+3. **Decide** (`three_way.decide`/`plan`, pure): the three-way merge of `conflicts` with the
+   destination's policy (`policies`, `strategies`), each conflicting field decided by the
+   *provenance* of the local value (see below).
+4. **Apply** (`apply.apply_batch`): snapshot and decide again under the source row's lock,
+   write the merged record back tagged with the system as origin, and record the decision
+   (`record.py`: sync base, provenance, audit entry, pending push or queued conflict) in the
+   same transaction when the state database is the source database. `manual_queue` settles a
+   queued conflict through the same decide and apply functions.
 5. **Push** (`pushes.push_pending`) the pending merged records under fixed idempotency keys.
-6. **Advance** the system's applied feed cursor (only now: the batch is applied).
+6. **Advance** (`advance` here) the system's applied feed cursor (only now: the batch is
+   applied) and record the outcome counts in the metrics store.
 
-This module runs the steps for one system and re-exports the names the Dagster layer, the CLI
-and the tests use, so they import one module (`from subscription_export.reconcile import flow
-as rc`). Tables: `sync_state`.
+Tables: `sync_state` (queries in `sync_state`, `sync_bases`, `outbox`, `audit_log`).
 
 Why the base is found by `version`: the sandbox systems keep the `version` our last write gave
 a record when their users edit it, so a feed record's version names the image it was edited
@@ -56,68 +56,32 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from subscription_export.core.errors import ConfigError
 from subscription_export.delivery.clients import DeliveryClient
 from subscription_export.delivery.config import DestinationConfig
 from subscription_export.metrics.store import ReconcileMetrics, record_reconcile_metrics
-from subscription_export.reconcile import sync_state as st
-from subscription_export.reconcile.apply import (
-    CRASH_ENV,
-    CRASH_EXIT,
-    ApplyReport,
-    apply_batch,
-    load_snapshots,
-)
-from subscription_export.reconcile.feeds import (
-    FeedBatch,
-    ReconcileError,
-    feed_system,
-    feed_systems,
-    fetch_batch,
-)
-from subscription_export.reconcile.manual_queue import describe_conflict, history, resolve_conflict
-from subscription_export.reconcile.policies import (
-    ENV_POLICY_FILE,
-    ENV_STRATEGY,
-    ConflictPolicies,
-    load_policies,
+from subscription_export.reconcile.apply import ApplyReport, apply_batch
+from subscription_export.reconcile.errors import ReconcileError
+from subscription_export.reconcile.feeds import fetch_changes
+
+# Kept for cli.py until its `conflicts` commands import them from `manual_queue` (the CLI is
+# being split into a package; see the reconcile branch's report).
+from subscription_export.reconcile.manual_queue import (
+    describe_conflict,
+    history,
+    resolve_conflict,
 )
 from subscription_export.reconcile.pushes import PushReport, push_pending
-from subscription_export.reconcile.source_side import column_types, normalize
 from subscription_export.reconcile.strategies import ConflictPolicy
-from subscription_export.reconcile.three_way import OUTCOMES, Snapshot, Verdict, decide
+from subscription_export.reconcile.sync_state import advance_applied, init_sync_state
 from subscription_export.runtime import Project
 
 __all__ = [
-    "CRASH_ENV",
-    "CRASH_EXIT",
-    "ENV_POLICY_FILE",
-    "ENV_STRATEGY",
-    "OUTCOMES",
-    "ApplyReport",
-    "ConfigError",
-    "ConflictPolicies",
-    "ConflictPolicy",
-    "FeedBatch",
-    "PushReport",
     "ReconcileError",
     "ReconcileReport",
-    "Snapshot",
-    "Verdict",
-    "apply_batch",
-    "column_types",
-    "decide",
+    "advance",
     "describe_conflict",
-    "feed_system",
-    "feed_systems",
-    "fetch_batch",
     "history",
-    "load_policies",
-    "load_snapshots",
-    "normalize",
-    "push_pending",
     "reconcile_system",
-    "record_metrics",
     "resolve_conflict",
 ]
 
@@ -144,25 +108,25 @@ def reconcile_system(
     max_changes: int = 10_000,
 ) -> ReconcileReport:
     """Fetch (at most `max_changes`), decide, apply, push and advance the cursor of one system."""
-    st.init_sync_state(project.state)
+    init_sync_state(project.state)
     own = client is None
     active = client or config.client()
     try:
-        with project.state.connect() as conn:
-            after = st.get_cursor(conn, config.name).applied
-        batch = fetch_batch(active, after, until, page_size=page_size, max_changes=max_changes)
+        batch = fetch_changes(
+            project, config, until, client=active, page_size=page_size, max_changes=max_changes
+        )
         applied = apply_batch(project, config, batch, policy, holder=holder)
         pushes = push_pending(project, config, client=active)
-        cursor = st.advance_applied(project.state, config.name, batch.until)
-        record_metrics(project, applied, pushes)
     finally:
         if own:
             active.close()
-    return ReconcileReport(applied, pushes, cursor)
+    return advance(project, applied, pushes)
 
 
-def record_metrics(project: Project, applied: ApplyReport, pushes: PushReport) -> None:
-    """The reconcile's outcome counts in the metrics store (dashboard: remote edits by outcome)."""
+def advance(project: Project, applied: ApplyReport, pushes: PushReport) -> ReconcileReport:
+    """Move the system's applied feed cursor past the batch (never back) and record its
+    outcome counts in the metrics store (dashboard: remote edits by outcome)."""
+    cursor = advance_applied(project.state, applied.system, applied.until)
     record_reconcile_metrics(
         project.state,
         ReconcileMetrics(
@@ -175,3 +139,4 @@ def record_metrics(project: Project, applied: ApplyReport, pushes: PushReport) -
             finished_at=dt.datetime.now(dt.UTC),
         ),
     )
+    return ReconcileReport(applied, pushes, cursor)

@@ -1,5 +1,5 @@
-"""The source side of a reconcile: typed values, the current row and its change-log history,
-and the write-back (tagged with the system as origin).
+"""The source side of a reconcile (I/O on the source database): typed values, the current row
+and its change-log history, and the write-back (tagged with the system as origin).
 """
 
 from __future__ import annotations
@@ -19,12 +19,20 @@ from subscription_export.core.db import engine_for, normalize_url
 from subscription_export.core.values import BadValue, convert
 from subscription_export.delivery.mapping import MappingError
 from subscription_export.reconcile.strategies import MISSING, SOURCE, same
+
+# LocalState and Origin are imported here for this module's use and so that pickled op outputs
+# of earlier releases (which named them `source_side.LocalState`/`.Origin`) still load.
+from subscription_export.reconcile.three_way import (
+    APP_ORIGIN,
+    EPOCH,
+    LocalState,
+    Origin,
+    as_time,
+    system_of,
+    version_of,
+)
 from subscription_export.runtime import Project
 from subscription_export.source.schema import clear_origin, latest_capture_schema, set_origin
-
-APP_ORIGIN = "app"
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-
 
 # -- values ------------------------------------------------------------------------------------
 
@@ -64,38 +72,6 @@ def normalize(
     return out
 
 
-def equivalent(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None, ignored: Any) -> bool:
-    """Same record apart from bookkeeping (both absent counts as the same)."""
-    if a is None or b is None:
-        return a is None and b is None
-    names = (set(a) | set(b)) - set(ignored)
-    return all(same(a.get(n, MISSING), b.get(n, MISSING)) for n in names)
-
-
-def version_of(record: Mapping[str, Any] | None) -> int | None:
-    value = (record or {}).get("version")
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def as_time(value: Any, default: dt.datetime) -> dt.datetime:
-    try:
-        return convert(value, "timestamp") if value is not None else default  # type: ignore[no-any-return]
-    except BadValue:
-        return default
-
-
-def system_of(origin: str) -> str:
-    return SOURCE if origin == APP_ORIGIN else origin
-
-
-@dataclass(frozen=True)
-class Origin:
-    """Which system produced a value, and when (UTC)."""
-
-    system: str
-    changed_at: dt.datetime
-
-
 # -- the source side ---------------------------------------------------------------------------
 
 
@@ -110,17 +86,6 @@ def same_database(project: Project) -> bool:
 def source_writer(project: Project) -> Engine:
     project.source  # noqa: B018 - checks reachability and the capture schema once
     return engine_for(project.settings.source_url, writer=True)
-
-
-@dataclass(frozen=True)
-class LocalState:
-    """The source's current row (None when deleted or never created) and its bookkeeping."""
-
-    record: dict[str, Any] | None
-    changed_at: dt.datetime  # the row's updated_at, or the delete's time
-    version: int  # the row's version, or the version it had when deleted (0: never existed)
-    log_id: int  # the subscription's newest change-log id (0: none)
-    last_origin: str  # origin of that change
 
 
 @dataclass(frozen=True)

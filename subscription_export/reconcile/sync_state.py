@@ -1,7 +1,7 @@
 """Bidirectional-sync state: sync bases, feed cursors, pending pushes, field provenance,
 the manual conflict queue and the audit log.
 
-Why these tables (defined in `state/tables.py` with the rest of the state):
+Why these tables (all in their own MetaData, created by `init_sync_state`):
 
 * `sync_base` - per (destination, subscription): what the remote is known to hold (`held_*`,
   the three-way base of its next edit, matched by the record `version` it carries), the last
@@ -18,90 +18,37 @@ Why these tables (defined in `state/tables.py` with the rest of the state):
   record's latest time, is what keeps three systems order independent (docs/conflicts.md).
 * `sync_conflicts` - the manual queue; `sync_audit` - every decision, queryable by subscription.
 
-Functions take a `Connection`, so the reconcile can write them inside the source transaction of
-its write-back when the state and the source are one database. Records are stored as JSON
-(`sync_json.py`). The manual queue and the audit log are queried in `conflict_log.py`; their
-functions are importable from here too, as the reconcile has always used them (`st.…`).
+Queries: the feed cursors and the manual conflict queue are here (the CLI and `status` read
+them from this module); sync bases and field provenance are in `sync_bases`, the outbox in
+`outbox`, the audit log in `audit_log`. Functions take a `Connection`, so the reconcile can write
+them inside the source transaction of its write-back when the state and the source are one
+database. Records are stored as JSON by `core.codec` (money as exact decimal strings, times
+ISO-8601 UTC with `Z`); the caller restores types from the capture schema. JSON `null` means
+"no record" (deleted, or never had it).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from subscription_export.core.db import dialect_insert, insert_ignore, upsert
-from subscription_export.reconcile.conflict_log import (
-    AuditEntry,
-    Conflict,
-    add_audit,
-    add_conflict,
-    close_conflict,
-    get_conflict,
-    history,
-    list_conflicts,
-    open_conflict,
-    update_conflict_remote,
-)
-from subscription_export.reconcile.sync_json import dumps, jsonable, loads, now, utc
+from subscription_export.core.codec import dumps, loads
+from subscription_export.core.db import dialect_insert, insert_ignore
 from subscription_export.state.migrate import upgrade
 from subscription_export.state.tables import (
     sync_audit,
-    sync_base,
     sync_conflicts,
     sync_feed_cursors,
     sync_field_provenance,
     sync_pushes,
 )
 
-__all__ = [
-    "AuditEntry",
-    "Conflict",
-    "FeedCursor",
-    "Provenance",
-    "Push",
-    "SyncBase",
-    "add_audit",
-    "add_conflict",
-    "add_push",
-    "advance_applied",
-    "all_cursors",
-    "audit",
-    "close_conflict",
-    "conflicts",
-    "dumps",
-    "feed_cursors",
-    "field_provenance",
-    "get_base",
-    "get_conflict",
-    "get_cursor",
-    "get_provenance",
-    "history",
-    "init_sync_state",
-    "jsonable",
-    "list_conflicts",
-    "list_pushes",
-    "loads",
-    "mark_held",
-    "now",
-    "open_conflict",
-    "pending_pushes",
-    "pushes",
-    "put_base",
-    "put_provenance",
-    "record_requested",
-    "settle_push",
-    "supersede_pushes",
-    "sync_base",
-    "update_conflict_remote",
-    "utc",
-]
-
-# The names the reconcile has always used for its tables.
+# The names the reconcile has always used for its tables (defined in `state/tables.py`).
 feed_cursors = sync_feed_cursors
 pushes = sync_pushes
 field_provenance = sync_field_provenance
@@ -115,101 +62,18 @@ def init_sync_state(engine: Engine) -> None:
     upgrade(engine)
 
 
-# -- sync base ---------------------------------------------------------------------------------
+# -- values ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SyncBase:
-    destination: str
-    subscription_id: str
-    held_record: dict[str, Any] | None  # JSON values
-    held_version: int | None
-    agreed_record: dict[str, Any] | None
-    log_id: int
-    remote_cursor: int
-    updated_at: dt.datetime
-    feed_record: dict[str, Any] | None = None
-    feed_version: int | None = None
-
-
-def get_base(conn: Connection, destination: str, subscription_id: str) -> SyncBase | None:
-    row = conn.execute(
-        sa.select(sync_base).where(
-            sync_base.c.destination == destination,
-            sync_base.c.subscription_id == subscription_id,
-        )
-    ).first()
-    if row is None:
+def utc(moment: dt.datetime | None) -> dt.datetime | None:
+    """SQLite drops tzinfo; every stored time is UTC."""
+    if moment is None:
         return None
-    return SyncBase(
-        row.destination,
-        row.subscription_id,
-        loads(row.held_record),
-        row.held_version,
-        loads(row.agreed_record),
-        int(row.log_id),
-        int(row.remote_cursor),
-        utc(row.updated_at),  # type: ignore[arg-type]
-        loads(row.feed_record),
-        row.feed_version,
-    )
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
-def put_base(
-    conn: Connection,
-    destination: str,
-    subscription_id: str,
-    *,
-    held_record: Mapping[str, Any] | None,
-    held_version: int | None,
-    agreed_record: Mapping[str, Any] | None,
-    log_id: int,
-    remote_cursor: int,
-    feed_record: Mapping[str, Any] | None,
-    feed_version: int | None,
-) -> None:
-    """Upsert; `remote_cursor` never moves backwards (a late re-run cannot un-apply), and the
-    feed record is only replaced by the record of a later feed change."""
-    current = get_base(conn, destination, subscription_id)
-    cursor = max(remote_cursor, current.remote_cursor) if current else remote_cursor
-    if current is not None and remote_cursor < current.remote_cursor:
-        feed_record, feed_version = current.feed_record, current.feed_version
-    upsert(
-        conn,
-        sync_base,
-        {
-            "destination": destination,
-            "subscription_id": subscription_id,
-            "held_record": dumps(held_record),
-            "held_version": held_version,
-            "agreed_record": dumps(agreed_record),
-            "log_id": log_id,
-            "remote_cursor": cursor,
-            "feed_record": dumps(feed_record),
-            "feed_version": feed_version,
-            "updated_at": now(),
-        },
-        ("destination", "subscription_id"),
-    )
-
-
-def mark_held(
-    conn: Connection,
-    destination: str,
-    subscription_id: str,
-    record: Mapping[str, Any] | None,
-    version: int | None,
-    log_id: int,
-) -> None:
-    """After a push: the remote holds `record` now."""
-    conn.execute(
-        sa.update(sync_base)
-        .where(
-            sync_base.c.destination == destination,
-            sync_base.c.subscription_id == subscription_id,
-        )
-        .values(held_record=dumps(record), held_version=version, log_id=log_id, updated_at=now())
-    )
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 # -- feed cursors ------------------------------------------------------------------------------
@@ -271,158 +135,173 @@ def record_requested(engine: Engine, system: str, cursor: int) -> None:
         _move_cursors(conn, system, 0, cursor)
 
 
-# -- field provenance --------------------------------------------------------------------------
+# -- conflicts (manual queue) ------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Provenance:
-    value: Any  # JSON value the system produced
-    system: str
-    changed_at: dt.datetime
-
-
-def get_provenance(conn: Connection, subscription_id: str) -> dict[str, Provenance]:
-    rows = conn.execute(
-        sa.select(field_provenance).where(field_provenance.c.subscription_id == subscription_id)
-    ).all()
-    return {
-        r.field: Provenance(loads(r.value), r.system, utc(r.changed_at))  # type: ignore[arg-type]
-        for r in rows
-    }
-
-
-def put_provenance(
-    conn: Connection,
-    subscription_id: str,
-    values: Mapping[str, Any],
-    system: str,
-    changed_at: dt.datetime,
-) -> None:
-    """Record that `system` produced these field values at `changed_at`."""
-    for name, value in sorted(values.items()):
-        upsert(
-            conn,
-            field_provenance,
-            {
-                "subscription_id": subscription_id,
-                "field": name,
-                "value": dumps(value),
-                "system": system,
-                "changed_at": changed_at,
-            },
-            ("subscription_id", "field"),
-        )
-
-
-# -- pushes (outbox) ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Push:
+class Conflict:
     id: int
-    idempotency_key: str
     destination: str
     subscription_id: str
-    window_key: str
-    lsn: int
-    record: dict[str, Any] | None  # JSON values; None: push a delete
-    delete_version: int | None
-    plan_log_id: int
     status: str
-    attempts: int
-    error: str | None
+    strategy: str
+    fields: list[str]
+    base: dict[str, Any] | None
+    base_log_id: int
+    local: dict[str, Any] | None
+    local_changed_at: dt.datetime
+    remote: dict[str, Any] | None
+    remote_changed_at: dt.datetime
+    remote_version: int | None
+    opened_cursor: int
+    cursor: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    resolved_at: dt.datetime | None
+    resolution: dict[str, Any] | None
 
 
-def add_push(
+def _conflict(r: Any) -> Conflict:
+    return Conflict(
+        id=r.id,
+        destination=r.destination,
+        subscription_id=r.subscription_id,
+        status=r.status,
+        strategy=r.strategy,
+        fields=loads(r.fields),
+        base=loads(r.base),
+        base_log_id=int(r.base_log_id),
+        local=loads(r.local),
+        local_changed_at=utc(r.local_changed_at),  # type: ignore[arg-type]
+        remote=loads(r.remote),
+        remote_changed_at=utc(r.remote_changed_at),  # type: ignore[arg-type]
+        remote_version=r.remote_version,
+        opened_cursor=int(r.opened_cursor),
+        cursor=int(r.cursor),
+        created_at=utc(r.created_at),  # type: ignore[arg-type]
+        updated_at=utc(r.updated_at),  # type: ignore[arg-type]
+        resolved_at=utc(r.resolved_at),
+        resolution=loads(r.resolution),
+    )
+
+
+def open_conflict(conn: Connection, destination: str, subscription_id: str) -> Conflict | None:
+    row = conn.execute(
+        sa.select(conflicts)
+        .where(
+            conflicts.c.destination == destination,
+            conflicts.c.subscription_id == subscription_id,
+            conflicts.c.status == "open",
+        )
+        .order_by(conflicts.c.id.desc())
+    ).first()
+    return _conflict(row) if row else None
+
+
+def add_conflict(
     conn: Connection,
     *,
-    key: str,
     destination: str,
     subscription_id: str,
-    window_key: str,
-    lsn: int,
-    record: Mapping[str, Any] | None,
-    delete_version: int | None,
-    plan_log_id: int,
-) -> None:
-    """Queue a push; an older pending push of the same record is superseded (only the latest
-    merged state needs to reach the remote). Re-adding the same key changes nothing."""
-    supersede_pushes(conn, destination, subscription_id, keep=key)
+    strategy: str,
+    fields: Sequence[str],
+    base: Mapping[str, Any] | None,
+    base_log_id: int,
+    local: Mapping[str, Any] | None,
+    local_changed_at: dt.datetime,
+    remote: Mapping[str, Any] | None,
+    remote_changed_at: dt.datetime,
+    remote_version: int | None,
+    cursor: int,
+) -> int:
+    """Open a conflict (idempotent per opening feed cursor); returns its id."""
     moment = now()
     insert_ignore(
         conn,
-        pushes,
+        conflicts,
         {
-            "idempotency_key": key,
             "destination": destination,
             "subscription_id": subscription_id,
-            "window_key": window_key,
-            "lsn": lsn,
-            "record": dumps(record),
-            "delete_version": delete_version,
-            "plan_log_id": plan_log_id,
-            "status": "pending",
-            "attempts": 0,
+            "status": "open",
+            "strategy": strategy,
+            "fields": dumps(list(fields)),
+            "base": dumps(base),
+            "base_log_id": base_log_id,
+            "local": dumps(local),
+            "local_changed_at": local_changed_at,
+            "remote": dumps(remote),
+            "remote_changed_at": remote_changed_at,
+            "remote_version": remote_version,
+            "opened_cursor": cursor,
+            "cursor": cursor,
             "created_at": moment,
             "updated_at": moment,
         },
     )
-
-
-def supersede_pushes(
-    conn: Connection, destination: str, subscription_id: str, keep: str | None = None
-) -> None:
-    """A later decision about the record replaces what earlier ones still wanted to send (it
-    was made knowing that those pushes had not reached the remote)."""
-    query = sa.update(pushes).where(
-        pushes.c.destination == destination,
-        pushes.c.subscription_id == subscription_id,
-        pushes.c.status == "pending",
+    return int(
+        conn.execute(
+            sa.select(conflicts.c.id).where(
+                conflicts.c.destination == destination,
+                conflicts.c.subscription_id == subscription_id,
+                conflicts.c.opened_cursor == cursor,
+            )
+        ).scalar_one()
     )
-    if keep is not None:
-        query = query.where(pushes.c.idempotency_key != keep)
-    conn.execute(query.values(status="superseded", updated_at=now()))
 
 
-def pending_pushes(engine: Engine, destination: str) -> list[Push]:
+def update_conflict_remote(
+    conn: Connection,
+    conflict_id: int,
+    *,
+    remote: Mapping[str, Any] | None,
+    remote_changed_at: dt.datetime,
+    remote_version: int | None,
+    cursor: int,
+    fields: Sequence[str],
+) -> None:
+    """A later edit of the remote while the conflict is open replaces its remote side."""
+    conn.execute(
+        sa.update(conflicts)
+        .where(conflicts.c.id == conflict_id, conflicts.c.cursor < cursor)
+        .values(
+            remote=dumps(remote),
+            remote_changed_at=remote_changed_at,
+            remote_version=remote_version,
+            cursor=cursor,
+            fields=dumps(list(fields)),
+            updated_at=now(),
+        )
+    )
+
+
+def close_conflict(conn: Connection, conflict_id: int, resolution: Mapping[str, Any]) -> None:
+    moment = now()
+    conn.execute(
+        sa.update(conflicts)
+        .where(conflicts.c.id == conflict_id)
+        .values(status="resolved", resolution=dumps(resolution), resolved_at=moment)
+    )
+
+
+def get_conflict(engine: Engine, conflict_id: int) -> Conflict | None:
     with engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(pushes)
-            .where(pushes.c.destination == destination, pushes.c.status == "pending")
-            .order_by(pushes.c.id)
-        ).all()
-    return [_push(r) for r in rows]
+        row = conn.execute(sa.select(conflicts).where(conflicts.c.id == conflict_id)).first()
+    return _conflict(row) if row else None
 
 
-def list_pushes(engine: Engine, destination: str | None = None) -> list[Push]:
-    query = sa.select(pushes).order_by(pushes.c.id)
+def list_conflicts(
+    engine: Engine,
+    *,
+    status: str | None = "open",
+    destination: str | None = None,
+    subscription_id: str | None = None,
+) -> list[Conflict]:
+    query = sa.select(conflicts).order_by(conflicts.c.id)
+    if status is not None:
+        query = query.where(conflicts.c.status == status)
     if destination is not None:
-        query = query.where(pushes.c.destination == destination)
+        query = query.where(conflicts.c.destination == destination)
+    if subscription_id is not None:
+        query = query.where(conflicts.c.subscription_id == subscription_id)
     with engine.connect() as conn:
-        return [_push(r) for r in conn.execute(query).all()]
-
-
-def _push(r: Any) -> Push:
-    return Push(
-        r.id,
-        r.idempotency_key,
-        r.destination,
-        r.subscription_id,
-        r.window_key,
-        int(r.lsn),
-        loads(r.record),
-        r.delete_version,
-        int(r.plan_log_id),
-        r.status,
-        int(r.attempts),
-        r.error,
-    )
-
-
-def settle_push(
-    conn: Connection, push_id: int, status: str, error: str | None = None, attempted: bool = False
-) -> None:
-    values: dict[str, Any] = {"status": status, "error": error, "updated_at": now()}
-    if attempted:
-        values["attempts"] = pushes.c.attempts + 1
-    conn.execute(sa.update(pushes).where(pushes.c.id == push_id).values(**values))
+        return [_conflict(r) for r in conn.execute(query).all()]

@@ -1,43 +1,33 @@
-"""What one feed change is decided from (`Snapshot`: base, local, remote, provenance) and the
-decision itself (`decide`, pure): per-field three-way merge under the destination's policy.
+"""The decide step (pure, no I/O): what one feed change is decided from (`Snapshot`: base,
+local, remote, provenance) and the decision (`decide`): a per-field three-way merge
+(`conflicts`) under the destination's policy (`strategies`), each conflicting field decided by
+the provenance of its local value (docs/conflicts.md).
+
+The snapshot is read by `snapshot.py`; the verdict is applied by `apply.py`. `LocalState` and
+`Origin` live here (they were in `source_side`, which still re-exports them) because deciding
+needs them and must not import the I/O modules.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import datetime as dt
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy.engine import Connection
-
-from subscription_export.delivery.clients import RemoteChange
-from subscription_export.delivery.config import DestinationConfig
-from subscription_export.delivery.mapping import MappingError
-from subscription_export.reconcile import sync_state as st
+from subscription_export.core.codec import dumps
+from subscription_export.core.values import BadValue, convert
 from subscription_export.reconcile.conflicts import (
     RECORD,
     Change,
     Decision,
+    FieldDiff,
     Outcome,
     detect,
     resolve,
 )
-from subscription_export.reconcile.feeds import remote_fields
-from subscription_export.reconcile.source_side import (
-    EPOCH,
-    LocalState,
-    Origin,
-    Types,
-    as_time,
-    changed_after,
-    equivalent,
-    field_times,
-    image_by_version,
-    normalize,
-    read_local,
-    system_of,
-    version_of,
-)
+from subscription_export.reconcile.errors import ReconcileError
 from subscription_export.reconcile.strategies import (
     MISSING,
     SOURCE,
@@ -48,10 +38,57 @@ from subscription_export.reconcile.strategies import (
     same,
 )
 
+Take = Literal["local", "remote", "merged"]
+MANUAL = ConflictPolicy(Strategy.MANUAL)
 OUTCOMES = ("already_applied", "echo", "no_change", "merged", "resolved", "queued", "invalid")
+APP_ORIGIN = "app"
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
-# -- snapshot: what a decision is made from ----------------------------------------------------
+# -- what a decision is made from --------------------------------------------------------------
+
+
+def equivalent(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None, ignored: Any) -> bool:
+    """Same record apart from bookkeeping (both absent counts as the same)."""
+    if a is None or b is None:
+        return a is None and b is None
+    names = (set(a) | set(b)) - set(ignored)
+    return all(same(a.get(n, MISSING), b.get(n, MISSING)) for n in names)
+
+
+def version_of(record: Mapping[str, Any] | None) -> int | None:
+    value = (record or {}).get("version")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def as_time(value: Any, default: dt.datetime) -> dt.datetime:
+    try:
+        return convert(value, "timestamp") if value is not None else default  # type: ignore[no-any-return]
+    except BadValue:
+        return default
+
+
+def system_of(origin: str) -> str:
+    return SOURCE if origin == APP_ORIGIN else origin
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Which system produced a value, and when (UTC)."""
+
+    system: str
+    changed_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class LocalState:
+    """The source's current row (None when deleted or never created) and its bookkeeping."""
+
+    record: dict[str, Any] | None
+    changed_at: dt.datetime  # the row's updated_at, or the delete's time
+    version: int  # the row's version, or the version it had when deleted (0: never existed)
+    log_id: int  # the subscription's newest change-log id (0: none)
+    last_origin: str  # origin of that change
 
 
 @dataclass(frozen=True)
@@ -77,183 +114,6 @@ class Snapshot:
     # Fields only the remote changed whose local value another system asserted after the
     # remote's base (the remote never saw it): decided like conflicts (docs/conflicts.md).
     unseen: Mapping[str, Origin] = field(default_factory=dict)
-
-
-def _remote_side(
-    config: DestinationConfig, change: RemoteChange, types: Types
-) -> tuple[SideState, int | None, str | None]:
-    try:
-        fields = normalize(remote_fields(config, change), types, strict=True) or {}
-    except MappingError as exc:
-        return SideState(config.name, change.updated_at, None), None, str(exc)
-    version = version_of(fields)
-    record = None if change.op == "delete" else fields
-    return SideState(config.name, change.updated_at, record), version, None
-
-
-def load_snapshot(
-    conn: Connection,
-    state: Connection,
-    config: DestinationConfig,
-    change: RemoteChange,
-    *,
-    types: Types,
-    ignored: frozenset[str],
-    lock: bool,
-) -> Snapshot:
-    """Base, local row and remote state of one feed change (`conn`: source, `state`: state).
-
-    `remote_now` is what the remote holds, or will hold once the window delivery has sent it
-    every change made since its base: of the feed record, the newest such change and what we
-    last left there (`held_*`), the one with the highest version (our writes carry ever higher
-    versions and the systems refuse older ones; a user's edit keeps the version of the image it
-    was made on). A decision must make *that* equal to the merged record, not the feed record
-    alone: a push sent after this edit was made may have replaced it.
-    """
-    system, ident = config.name, change.id
-    local = read_local(conn, ident, types, lock)
-    remote, remote_version, error = _remote_side(config, change, types)
-    base_row = st.get_base(state, system, ident)
-    done = base_row is not None and base_row.remote_cursor >= change.cursor
-    base, base_log_id = _base_for(conn, ident, base_row, remote_version, types)
-    if remote.record is not None and base is not None:  # fields the remote does not store
-        remote = replace(remote, record={**base, **remote.record})
-    sent = changed_after(conn, ident, base_log_id, system, types)
-    if sent is not None:
-        now_record, now_version, now_log = sent.record, sent.version, sent.id
-    else:
-        now_record, now_version, now_log = remote.record, remote_version, base_log_id
-    if (
-        base_row is not None
-        and base_row.held_version is not None
-        and remote_version is not None
-        and base_row.held_version > max(remote_version, now_version or 0)
-    ):  # we wrote a newer image there after this edit was made
-        now_record = normalize(base_row.held_record, types)
-        now_version, now_log = base_row.held_version, base_row.log_id
-    field_origins, record_origin = _origins(conn, state, ident, base, local, remote, ignored, types)
-    unseen = _unseen(state, ident, system, base, local, remote, ignored)
-    conflict = st.open_conflict(state, system, ident)
-    return Snapshot(
-        destination=system,
-        subscription_id=ident,
-        cursor=change.cursor,
-        base=base,
-        base_log_id=base_log_id,
-        local=local,
-        remote=remote,
-        remote_version=remote_version,
-        remote_now=now_record,
-        remote_now_version=now_version,
-        remote_now_log_id=now_log,
-        field_origins=field_origins,
-        record_origin=record_origin,
-        already_applied=done,
-        open_conflict_id=conflict.id if conflict else None,
-        error=error,
-        unseen=unseen,
-    )
-
-
-def _unseen(
-    state: Connection,
-    ident: str,
-    system: str,
-    base: dict[str, Any] | None,
-    local: LocalState,
-    remote: SideState,
-    ignored: frozenset[str],
-) -> dict[str, Origin]:
-    """Fields the remote alone changed, whose local value (equal to the base's) was set again by
-    another remote system after the remote's base was made (its `updated_at`): that system's
-    edit is concurrent with this one although it left the value as it was."""
-    if base is None or local.record is None or remote.record is None:
-        return {}
-    names = [
-        f.field for f in detect(base, local.record, remote.record, ignored).of(Change.REMOTE_ONLY)
-    ]
-    if not names:
-        return {}
-    recorded = st.get_provenance(state, ident)
-    seen_at = as_time(base.get("updated_at"), EPOCH)
-    out: dict[str, Origin] = {}
-    for name in names:
-        prov = recorded.get(name)
-        value = local.record.get(name, MISSING)
-        if prov is None or value is MISSING or prov.system in (SOURCE, system):
-            continue
-        if st.dumps(prov.value) == st.dumps(value) and prov.changed_at > seen_at:
-            out[name] = Origin(prov.system, prov.changed_at)
-    return out
-
-
-def _base_for(
-    conn: Connection,
-    ident: str,
-    row: st.SyncBase | None,
-    version: int | None,
-    types: Types,
-) -> tuple[dict[str, Any] | None, int]:
-    """The image the remote's user edited: the system's previous feed record if it carries
-    the same version (two edits of one image in a row: the second was made on the first),
-    else what the remote held after our last decision if the versions match, else the
-    change-log image with that version (delivered to it), else the last held state, else
-    nothing (the record is new to us)."""
-    if (
-        row is not None
-        and version is not None
-        and row.feed_version == version
-        and row.feed_record is not None
-    ):
-        image = image_by_version(conn, ident, version, types)
-        return normalize(row.feed_record, types), image.id if image else row.log_id
-    held = row is not None and row.held_record is not None  # nobody edits a deleted record
-    if held and version is not None and row.held_version == version:  # type: ignore[union-attr]
-        return normalize(row.held_record, types), row.log_id  # type: ignore[union-attr]
-    if version is not None:
-        image = image_by_version(conn, ident, version, types)
-        if image is not None:
-            return image.record, image.id
-    if row is not None:
-        return normalize(row.held_record, types), row.log_id
-    return None, 0
-
-
-def _origins(
-    conn: Connection,
-    state: Connection,
-    ident: str,
-    base: dict[str, Any] | None,
-    local: LocalState,
-    remote: SideState,
-    ignored: frozenset[str],
-    types: Types,
-) -> tuple[dict[str, Origin], Origin]:
-    diff = detect(base, local.record, remote.record, ignored)
-    mine = (Change.LOCAL_ONLY, Change.BOTH_SAME, Change.BOTH_DIFFERENT)
-    changed = [f.field for f in diff.of(*mine)]
-    recorded = st.get_provenance(state, ident)
-    origins: dict[str, Origin] = {}
-    todo = []
-    for name in changed:
-        prov = recorded.get(name)
-        value = (local.record or {}).get(name, MISSING)
-        if prov is not None and value is not MISSING and st.dumps(prov.value) == st.dumps(value):
-            origins[name] = Origin(prov.system, prov.changed_at)
-        else:
-            todo.append(name)
-    if todo and local.record is not None:
-        origins.update(field_times(conn, ident, todo, local.changed_at, types))
-    if local.record is None:
-        prov = recorded.get(RECORD)  # a write-back delete: the remote's time, not ours
-        if prov is not None and prov.value is None and prov.system == local.last_origin:
-            return origins, Origin(prov.system, prov.changed_at)
-        return origins, Origin(system_of(local.last_origin), local.changed_at)
-    if not origins:
-        return origins, Origin(SOURCE, local.changed_at)
-    latest = max(origins.values(), key=lambda o: (o.changed_at, o.system))
-    ours = [o for o in origins.values() if o.system == SOURCE]
-    return origins, Origin(SOURCE, latest.changed_at) if ours else latest
 
 
 # -- deciding ----------------------------------------------------------------------------------
@@ -324,15 +184,44 @@ def decide(snap: Snapshot, policy: ConflictPolicy) -> Verdict:
     if diff.sides_agree:
         return finish(snap, policy, "no_change", local, (), ())
     if (local is None) != (remote is None):
-        origin = snap.record_origin
-        side = SideState(origin.system, origin.changed_at, local)
-        res = resolve(
-            base, side, snap.remote, _safe_policy(policy, origin.system, snap.remote.system)
+        return _decide_existence(snap, policy)
+    return _decide_fields(snap, policy, diff)
+
+
+def _decide_existence(snap: Snapshot, policy: ConflictPolicy) -> Verdict:
+    """One side deleted the record, the other did not: decided for the record as a whole,
+    with the system and time that last changed the local side's existence or content."""
+    origin = snap.record_origin
+    side = SideState(origin.system, origin.changed_at, snap.local.record)
+    safe = _safe_policy(policy, origin.system, snap.remote.system)
+    res = resolve(snap.base, side, snap.remote, safe)
+    if res.outcome is Outcome.QUEUED:
+        return Verdict(
+            "queued", policy.strategy.value, conflicts=res.conflicts, decisions=res.decisions
         )
-        if res.outcome is Outcome.QUEUED:
-            return Verdict("queued", strategy, conflicts=res.conflicts, decisions=res.decisions)
-        return finish(snap, policy, res.outcome.value, res.merged, res.conflicts, res.decisions)
-    assert local is not None and remote is not None
+    return finish(snap, policy, res.outcome.value, res.merged, res.conflicts, res.decisions)
+
+
+def _decide_fields(snap: Snapshot, policy: ConflictPolicy, diff: FieldDiff) -> Verdict:
+    """Both sides hold the record: one-sided changes merge, contested fields are picked."""
+    local = snap.local.record
+    assert local is not None
+    picks = _picks(snap, policy, diff, local)
+    decisions = _decisions(diff, picks)
+    if any(d.winner is None for d in picks.values()):
+        return Verdict(
+            "queued", policy.strategy.value, conflicts=diff.conflicts, decisions=decisions
+        )
+    outcome = Outcome.RESOLVED if picks else Outcome.MERGED
+    merged = _merged(local, diff, picks)
+    return finish(snap, policy, outcome.value, merged, tuple(sorted(picks)), decisions)
+
+
+def _picks(
+    snap: Snapshot, policy: ConflictPolicy, diff: FieldDiff, local: dict[str, Any]
+) -> dict[str, Decision]:
+    """The strategy's pick for every field both sides changed, and for every field only the
+    remote changed whose local value another system asserted unseen by the remote."""
     picks: dict[str, Decision] = {}
     contested = [] if policy.strategy is Strategy.MANUAL else list(snap.unseen)
     for f in diff.fields:
@@ -345,13 +234,14 @@ def decide(snap: Snapshot, policy: ConflictPolicy) -> Verdict:
         side = SideState(origin.system, origin.changed_at, local)
         chosen = _effective(policy, f.field, origin.system, snap.remote.system)
         pick = pick_field(policy, f.field, side, snap.remote, f.local, f.remote, chosen)
-        reason = (
-            f"{pick.reason} (local value from {origin.system} at {st.dumps(origin.changed_at)})"
-        )
+        reason = f"{pick.reason} (local value from {origin.system} at {dumps(origin.changed_at)})"
         picks[f.field] = Decision(f.field, f.base, f.local, f.remote, pick.winner, reason)
-    decisions = _decisions(diff, picks)
-    if any(d.winner is None for d in picks.values()):
-        return Verdict("queued", strategy, conflicts=diff.conflicts, decisions=decisions)
+    return picks
+
+
+def _merged(
+    local: dict[str, Any], diff: FieldDiff, picks: Mapping[str, Decision]
+) -> dict[str, Any]:
     values: dict[str, Any] = dict(local)
     for f in diff.fields:
         won = picks.get(f.field)
@@ -363,9 +253,23 @@ def decide(snap: Snapshot, policy: ConflictPolicy) -> Verdict:
             values.pop(f.field, None)
         else:
             values[f.field] = value
-    outcome = Outcome.RESOLVED if picks else Outcome.MERGED
-    conflicts = tuple(sorted(picks))
-    return finish(snap, policy, outcome.value, values, conflicts, decisions)
+    return values
+
+
+def plan(snapshots: Sequence[Snapshot], policy: ConflictPolicy) -> list[Verdict]:
+    """The decisions for a batch, read without locks: what a run plans (the apply step decides
+    again under each row's lock)."""
+    return [decide(s, policy) for s in snapshots]
+
+
+def plan_metadata(verdicts: Sequence[Verdict], policy: ConflictPolicy) -> dict[str, int | str]:
+    planned = Counter(v.outcome for v in verdicts)
+    return {
+        "strategy": policy.strategy.value,
+        **{f"planned.{name}": planned.get(name, 0) for name in OUTCOMES},
+        "planned_write_backs": sum(v.applies and v.write_local for v in verdicts),
+        "planned_pushes": sum(v.applies and v.push for v in verdicts),
+    }
 
 
 def reasserted_fields(snap: Snapshot, verdict: Verdict, policy: ConflictPolicy) -> dict[str, Any]:
@@ -396,7 +300,7 @@ def reasserted_fields(snap: Snapshot, verdict: Verdict, policy: ConflictPolicy) 
     return out
 
 
-def _decisions(diff: Any, picks: Mapping[str, Decision]) -> tuple[Decision, ...]:
+def _decisions(diff: FieldDiff, picks: Mapping[str, Decision]) -> tuple[Decision, ...]:
     reasons = {
         Change.BOTH_SAME: ("both", "both sides made the same change"),
         Change.LOCAL_ONLY: ("local", "changed on local side only"),
@@ -440,3 +344,71 @@ def finish(
         write = True
     push = not equivalent(target, snap.remote_now, policy.ignored)
     return Verdict(outcome, policy.strategy.value, target, write, push, conflicts, decisions)
+
+
+# -- deciding by hand (the manual queue) -------------------------------------------------------
+
+
+def settle_by_hand(
+    snap: Snapshot,
+    conflict_id: int,
+    fields: Sequence[str],
+    take: Take,
+    overrides: Mapping[str, Any],
+    at: dt.datetime,
+) -> Verdict:
+    """A person's choice for a queued conflict as a verdict (what to write where), decided
+    like a strategy's resolution; a written record is the person's edit, made `at`."""
+    target = chosen_record(conflict_id, take, snap.base, snap.local, snap.remote.record, overrides)
+    verdict = finish(snap, MANUAL, "resolved", target, tuple(fields), ())
+    if verdict.write_local and verdict.target is not None:
+        verdict = replace(verdict, target={**verdict.target, "updated_at": at})
+    return verdict
+
+
+def chosen_record(
+    conflict_id: int,
+    take: Take,
+    base: dict[str, Any] | None,
+    local: LocalState,
+    remote: dict[str, Any] | None,
+    overrides: Mapping[str, Any],
+) -> dict[str, Any] | None:
+    """The record a person chose. Fields changed on one side only merge as always; the
+    conflicting fields take the local value (`local`), the remote's (`remote`) or the value
+    given by `--set` (`merged`). When one side deleted the record, `local`/`remote` take that
+    side's version (the record or its deletion) and `merged` is refused."""
+    if take not in ("local", "remote", "merged"):
+        raise ReconcileError(f"--take {take!r}: choose local, remote or merged")
+    chosen: dict[str, Any] | None
+    if (local.record is None) != (remote is None):
+        if take == "merged":
+            raise ReconcileError(
+                f"conflict {conflict_id}: one side deleted the record; take local or remote"
+            )
+        chosen = local.record if take == "local" else remote
+    elif local.record is None:
+        chosen = None  # deleted on both sides
+    else:
+        diff = detect(base, local.record, remote)
+        missing = [f for f in diff.conflicts if f not in overrides and f != RECORD]
+        if take == "merged" and missing:
+            raise ReconcileError(
+                f"conflict {conflict_id}: --take merged needs --set for {', '.join(missing)}"
+            )
+        chosen = dict(local.record)
+        for f in diff.fields:
+            from_remote = f.change is Change.REMOTE_ONLY or (
+                f.change is Change.BOTH_DIFFERENT and take == "remote"
+            )
+            if not from_remote:
+                continue
+            if f.remote is MISSING:
+                chosen.pop(f.field, None)
+            else:
+                chosen[f.field] = f.remote
+    if chosen is None:
+        if overrides:
+            raise ReconcileError(f"conflict {conflict_id}: cannot --set fields of a deletion")
+        return None
+    return {**chosen, **overrides}

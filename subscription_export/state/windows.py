@@ -1,15 +1,38 @@
-"""Cutting the change log into immutable, contiguous windows (Dagster partitions)."""
+"""Cutting the change log into immutable, contiguous windows (Dagster partitions).
+
+A window's key is `{lo:020d}-{hi:020d}` (inclusive LSNs, zero-padded so keys sort as numbers;
+DESIGN.md invariant 2). `window_key` and `parse_window_key` are the one place that format lives.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from subscription_export.core.errors import RangeError
 from subscription_export.state.tables import windows
+
+_KEY = re.compile(r"(\d{20})-(\d{20})")
+
+
+def window_key(lo: int, hi: int) -> str:
+    return f"{lo:020d}-{hi:020d}"
+
+
+def parse_window_key(key: str) -> tuple[int, int]:
+    """`(lo, hi)` of a window key, or a `RangeError` saying what a key looks like."""
+    match = _KEY.fullmatch(key)
+    if match is None:
+        raise RangeError(f"{key!r} is not a window key (expected FROM-TO, 20 digits each)")
+    lo, hi = int(match[1]), int(match[2])
+    if lo < 1 or hi < lo:
+        raise RangeError(f"window {key!r} is empty or starts below LSN 1")
+    return lo, hi
 
 
 @dataclass(frozen=True)
@@ -19,7 +42,7 @@ class Window:
 
     @property
     def key(self) -> str:
-        return f"{self.lo:020d}-{self.hi:020d}"
+        return window_key(self.lo, self.hi)
 
     @property
     def changes(self) -> int:

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from subscription_export.core.db import engine_for
 from subscription_export.core.settings import Settings
 from subscription_export.reconcile import sync_state as st
+from subscription_export.reconcile.outbox import list_pushes
 from subscription_export.source.schema import init_source
 from subscription_export_tests.reconcile.test_reconcile import World, record, seeded, world
 
@@ -161,7 +162,7 @@ def test_a_queued_conflict_is_listed_shown_resolved_and_audited(
 
         w.settle()
         w.assert_converged("s1", record(amount=Decimal("13.50"), name="App name", category="erp"))
-        keys = [p.idempotency_key for p in st.list_pushes(w.project.state)]
+        keys = [p.idempotency_key for p in list_pushes(w.project.state)]
         assert keys == [f"erp:resolve:s1:{conflict_id}"]
         assert w.system("erp").applications[keys[0]] == 1
 

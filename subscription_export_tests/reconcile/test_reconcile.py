@@ -28,6 +28,7 @@ import pytest
 import sqlalchemy as sa
 
 from subscription_export.core.db import engine_for
+from subscription_export.core.errors import ConfigError
 from subscription_export.core.settings import Settings
 from subscription_export.delivery.config import DestinationsConfig
 from subscription_export.delivery.mapping import (
@@ -38,7 +39,19 @@ from subscription_export.delivery.mapping import (
 from subscription_export.delivery.window import catch_up
 from subscription_export.reconcile import flow as rc
 from subscription_export.reconcile import sync_state as st
-from subscription_export.reconcile.strategies import DEFAULT_IGNORED
+from subscription_export.reconcile.apply import CRASH_ENV, CRASH_EXIT
+from subscription_export.reconcile.errors import ReconcileError
+from subscription_export.reconcile.feeds import feed_systems
+from subscription_export.reconcile.manual_queue import describe_conflict, history, resolve_conflict
+from subscription_export.reconcile.outbox import list_pushes
+from subscription_export.reconcile.policies import (
+    ENV_POLICY_FILE,
+    ENV_STRATEGY,
+    ConflictPolicies,
+    load_policies,
+)
+from subscription_export.reconcile.source_side import column_types, normalize
+from subscription_export.reconcile.strategies import DEFAULT_IGNORED, ConflictPolicy
 from subscription_export.runtime import Project
 from subscription_export.sandbox.server import SandboxServer
 from subscription_export.sandbox.systems import RecordSystem, make_system
@@ -104,7 +117,7 @@ class World:
     project: Project
     servers: dict[str, SandboxServer]
     destinations: DestinationsConfig
-    policies: rc.ConflictPolicies
+    policies: ConflictPolicies
     clock: Clock
     reports: list[rc.ReconcileReport] = field(default_factory=list)
     batch_limit: int = 100  # feed changes per reconcile run (1: one change per run)
@@ -192,7 +205,7 @@ class World:
             top = conn.execute(sa.text("SELECT MAX(id) FROM subscription_change_log")).scalar()
         writes = tuple(sum(s.system.applications.values()) for s in self.servers.values())
         feeds = tuple(len(self.system(n).feed) for n in self.feed_names)
-        pending = len([p for p in st.list_pushes(self.project.state) if p.status == "pending"])
+        pending = len([p for p in list_pushes(self.project.state) if p.status == "pending"])
         applied = tuple((k, c.applied) for k, c in st.all_cursors(self.project.state).items())
         return (top, writes, feeds, pending, applied)
 
@@ -200,7 +213,7 @@ class World:
 
     @property
     def feed_names(self) -> list[str]:
-        return [d.name for d in rc.feed_systems(self.destinations)]
+        return [d.name for d in feed_systems(self.destinations)]
 
     def system(self, name: str) -> RecordSystem:
         system = self.servers[name].system
@@ -209,7 +222,7 @@ class World:
 
     def types(self) -> dict[str, Any]:
         with self.project.source.connect() as conn:
-            return rc.column_types(conn)
+            return column_types(conn)
 
     def source_record(self, sid: str) -> dict[str, Any] | None:
         with self.project.source.connect() as conn:
@@ -218,7 +231,7 @@ class World:
                 .mappings()
                 .first()
             )
-        return _content(rc.normalize(dict(row), self.types())) if row else None
+        return _content(normalize(dict(row), self.types())) if row else None
 
     def remote_record(self, system: str, sid: str) -> dict[str, Any] | None:
         record = self.system(system).records.get(sid)
@@ -227,7 +240,7 @@ class World:
         fields = (
             subscription_from_crm(sid, record) if system == "crm" else subscription_from_erp(record)
         )
-        return _content(rc.normalize(fields, self.types()))
+        return _content(normalize(fields, self.types()))
 
     def records(self, sid: str) -> dict[str, dict[str, Any] | None]:
         out = {"source": self.source_record(sid)}
@@ -235,7 +248,7 @@ class World:
         return out
 
     def assert_converged(self, sid: str, expected: Mapping[str, Any] | None) -> None:
-        want = None if expected is None else _content(rc.normalize(expected, self.types()))
+        want = None if expected is None else _content(normalize(expected, self.types()))
         held = self.records(sid)
         wrong = {
             name: {
@@ -272,8 +285,8 @@ def _content(record: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: v for k, v in record.items() if k not in DEFAULT_IGNORED}
 
 
-def policies_of(mapping: Mapping[str, Any]) -> rc.ConflictPolicies:
-    return rc.ConflictPolicies(rc.ConflictPolicy.from_mapping(mapping))
+def policies_of(mapping: Mapping[str, Any]) -> ConflictPolicies:
+    return ConflictPolicies(ConflictPolicy.from_mapping(mapping))
 
 
 @contextmanager
@@ -330,7 +343,7 @@ def test_a_concurrent_edit_ends_as_documented_on_every_system(
             (queued,) = st.list_conflicts(w.project.state)
             assert (queued.destination, queued.subscription_id) == ("erp", "s1")
             assert queued.fields == ["amount", "status"]
-            resolved = rc.resolve_conflict(
+            resolved = resolve_conflict(
                 w.project,
                 w.destinations,
                 queued.id,
@@ -347,9 +360,9 @@ def test_a_concurrent_edit_ends_as_documented_on_every_system(
             category="erp",
         )
         w.assert_converged("s1", expected)
-        outcomes = [e["outcome"] for e in rc.history(w.project, "s1")]
+        outcomes = [e["outcome"] for e in history(w.project, "s1")]
         assert outcomes == (["queued", "resolved"] if strategy == "manual" else ["resolved"])
-        decision = rc.history(w.project, "s1")[-1]
+        decision = history(w.project, "s1")[-1]
         assert decision["strategy"] == ("manual" if strategy == "manual" else strategy)
         assert decision["base"]["amount"] == "10.0000"
         assert decision["remote"]["amount"] == "15.0000"
@@ -421,7 +434,7 @@ def test_an_erp_edit_comes_back_once_and_never_returns_to_the_erp(
             (lsn, "revenue", "9.9000")
         ]
         w.assert_converged("s1", record(amount=Decimal("19.90"), name="Renamed in the ERP"))
-        (merged,) = rc.history(w.project, "s1")
+        (merged,) = history(w.project, "s1")
         assert merged["outcome"] == "merged" and merged["merged"]["name"] == "Renamed in the ERP"
 
 
@@ -460,7 +473,7 @@ def test_a_remote_value_that_does_not_convert_makes_the_change_invalid(
         report = w.reconcile("erp")
         assert report.applied.outcomes == {"invalid": 1}
         assert w.change_log("s1") == before  # nothing written back
-        [entry] = [e for e in rc.history(w.project, "s1") if e["outcome"] == "invalid"]
+        [entry] = [e for e in history(w.project, "s1") if e["outcome"] == "invalid"]
         assert "next_billing_date" in json.dumps(entry, default=str)
         assert st.all_cursors(w.project.state)["erp"].applied == report.cursor
 
@@ -509,7 +522,7 @@ def test_a_remote_edit_clobbered_by_the_delivery_is_merged_and_pushed_back(
         assert report.applied.pushes_planned == 1 and report.pushes.pushed == 1
         w.settle()
         w.assert_converged("s1", record(amount=Decimal("12.00"), name="ERP name"))
-        keys = [p.idempotency_key for p in st.list_pushes(w.project.state)]
+        keys = [p.idempotency_key for p in list_pushes(w.project.state)]
         assert keys == ["erp:reconcile:s1:1"]
         assert w.system("erp").applications["erp:reconcile:s1:1"] == 1
 
@@ -518,8 +531,8 @@ def test_a_remote_edit_clobbered_by_the_delivery_is_merged_and_pushed_back(
 
 
 def test_policies_come_from_the_env_and_a_file_per_destination(tmp_path: Path) -> None:
-    assert rc.load_policies(env={}).default.strategy.value == "last_writer_wins"
-    assert rc.load_policies(env={rc.ENV_STRATEGY: "source_wins"}).default.strategy.value == (
+    assert load_policies(env={}).default.strategy.value == "last_writer_wins"
+    assert load_policies(env={ENV_STRATEGY: "source_wins"}).default.strategy.value == (
         "source_wins"
     )
     path = tmp_path / "conflicts.toml"
@@ -527,14 +540,14 @@ def test_policies_come_from_the_env_and_a_file_per_destination(tmp_path: Path) -
         '[default]\nstrategy = "field_ownership"\n[default.field_owners]\namount = "erp"\n'
         '[destinations.crm]\nstrategy = "manual"\n'
     )
-    policies = rc.load_policies(env={rc.ENV_POLICY_FILE: str(path)})
+    policies = load_policies(env={ENV_POLICY_FILE: str(path)})
     assert policies.for_destination("erp").field_owners == {"amount": "erp"}
     assert policies.for_destination("crm").strategy.value == "manual"
     path.write_text('[destinations.crm]\nstrategy = "manual"\nfield_owners = {amount = "erp"}\n')
-    with pytest.raises(rc.ConfigError, match=r"destinations.crm.*field_owners"):
-        rc.load_policies(path, env={})
-    with pytest.raises(rc.ConfigError, match=rc.ENV_STRATEGY):
-        rc.load_policies(env={rc.ENV_STRATEGY: "newest"})
+    with pytest.raises(ConfigError, match=r"destinations.crm.*field_owners"):
+        load_policies(path, env={})
+    with pytest.raises(ConfigError, match=ENV_STRATEGY):
+        load_policies(env={ENV_STRATEGY: "newest"})
 
 
 def test_manual_resolution_refuses_what_it_cannot_apply(settings: Settings, tmp_path: Path) -> None:
@@ -544,20 +557,20 @@ def test_manual_resolution_refuses_what_it_cannot_apply(settings: Settings, tmp_
         w.remote_edit("erp", "s1", 2, amount=Decimal("15.00"))
         w.settle()
         (queued,) = st.list_conflicts(w.project.state)
-        with pytest.raises(rc.ReconcileError, match="needs --set for amount"):
-            rc.resolve_conflict(w.project, w.destinations, queued.id, "merged")
-        with pytest.raises(rc.ReconcileError, match="amount='x'"):
-            rc.resolve_conflict(w.project, w.destinations, queued.id, "local", ["amount=x"])
+        with pytest.raises(ReconcileError, match="needs --set for amount"):
+            resolve_conflict(w.project, w.destinations, queued.id, "merged")
+        with pytest.raises(ReconcileError, match="amount='x'"):
+            resolve_conflict(w.project, w.destinations, queued.id, "local", ["amount=x"])
         w.remote_edit("erp", "s1", 3, name="Later ERP edit")  # joins the open conflict
         w.settle()
         (queued,) = st.list_conflicts(w.project.state)
         assert queued.remote["name"] == "Later ERP edit"  # type: ignore[index]
-        rc.resolve_conflict(w.project, w.destinations, queued.id, "remote")
-        with pytest.raises(rc.ReconcileError, match="already resolved"):
-            rc.resolve_conflict(w.project, w.destinations, queued.id, "remote")
+        resolve_conflict(w.project, w.destinations, queued.id, "remote")
+        with pytest.raises(ReconcileError, match="already resolved"):
+            resolve_conflict(w.project, w.destinations, queued.id, "remote")
         w.settle()
         w.assert_converged("s1", record(amount=Decimal("15.00"), name="Later ERP edit"))
-        assert [e["outcome"] for e in rc.history(w.project, "s1")] == [
+        assert [e["outcome"] for e in history(w.project, "s1")] == [
             "queued",
             "queued",
             "resolved",
@@ -570,11 +583,12 @@ _CHILD = """
 from subscription_export.runtime import Project
 from subscription_export.core.settings import Settings
 from subscription_export.reconcile import flow as rc
+from subscription_export.reconcile.policies import load_policies
 from subscription_export.delivery.config import load_destinations
 
 destinations = load_destinations()
 erp = destinations.get("erp")
-policy = rc.load_policies().for_destination("erp")
+policy = load_policies().for_destination("erp")
 rc.reconcile_system(Project(Settings.from_env()), erp, policy, holder="reconcile-test")
 raise SystemExit("the crash hook did not fire")
 """
@@ -616,17 +630,17 @@ def test_a_reconcile_killed_before_its_push_converges_on_rerun_without_duplicate
             **os.environ,
             **settings.as_env(),
             "SUBSCRIPTION_EXPORT_DESTINATIONS": str(tmp_path / "destinations.toml"),
-            rc.ENV_STRATEGY: "source_wins",
-            rc.CRASH_ENV: point,
+            ENV_STRATEGY: "source_wins",
+            CRASH_ENV: point,
             "PYTHONPATH": str(REPO),
         }
         child = subprocess.run(
             [sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True, timeout=60
         )
-        assert child.returncode == rc.CRASH_EXIT, child.stderr
+        assert child.returncode == CRASH_EXIT, child.stderr
         assert w.change_log("s1")[-1] == ("u", "erp")  # the write-back committed
         assert w.system("erp").applications.get("erp:reconcile:s1:1") is None
-        recorded = st.list_pushes(w.project.state)
+        recorded = list_pushes(w.project.state)
         assert len(recorded) == (0 if point == "after_write_back" and not one_database else 1)
 
         w.reconcile("erp")
@@ -634,7 +648,7 @@ def test_a_reconcile_killed_before_its_push_converges_on_rerun_without_duplicate
         w.assert_converged("s1", record(amount=Decimal("12.00"), name="ERP name"))
         assert w.system("erp").applications["erp:reconcile:s1:1"] == 1
         assert [o for o in w.change_log("s1") if o[1] == "erp"] == [("u", "erp")]
-        assert [e["ref"] for e in rc.history(w.project, "s1")] == ["feed:1"]
+        assert [e["ref"] for e in history(w.project, "s1")] == ["feed:1"]
 
 
 def test_history_and_conflicts_are_json_ready(settings: Settings, tmp_path: Path) -> None:
@@ -644,8 +658,8 @@ def test_history_and_conflicts_are_json_ready(settings: Settings, tmp_path: Path
         w.remote_edit("erp", "s1", 2, amount=Decimal("15.00"))
         w.settle()
         (queued,) = st.list_conflicts(w.project.state)
-        shown = json.loads(json.dumps(rc.describe_conflict(queued)))
+        shown = json.loads(json.dumps(describe_conflict(queued)))
         assert shown["local"]["amount"] == "12.0000" and shown["remote"]["amount"] == "15.0000"
         assert shown["remote_changed_at"] == "2026-03-01T12:02:00.000000Z"
-        (entry,) = json.loads(json.dumps(rc.history(w.project, "s1")))
+        (entry,) = json.loads(json.dumps(history(w.project, "s1")))
         assert entry["detail"]["conflicts"] == ["amount"]

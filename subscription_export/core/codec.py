@@ -1,0 +1,68 @@
+"""The one JSON codec for state we write ourselves: audit log, sync state, dead letters.
+
+Rendering (so two writers of the same value always produce the same text):
+
+* `Decimal`: exact, plain notation (`format(v, "f")`): never an exponent (`1E+1` is `"10"`),
+  never a float. A non-finite decimal is refused: money is never NaN (invariant 7).
+* `datetime`: ISO-8601 in UTC with microseconds and `Z`; a naive datetime is UTC
+  (DESIGN.md invariant 6: every stored time is UTC, SQLite just drops the tzinfo).
+* `date`: ISO (`2027-01-31`).
+* mappings keep string keys, sequences become lists, sets become lists sorted by their
+  rendering; anything else without a JSON type is rendered with `str`.
+
+`dumps` is canonical (sorted keys, compact separators), so equal values give equal text and
+stored JSON can be compared as text. `loads` is plain JSON; `None` (a NULL column) stays None.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+__all__ = ["dumps", "loads", "timestamp_text", "to_jsonable"]
+
+
+def timestamp_text(moment: dt.datetime) -> str:
+    """`2027-01-31T08:00:00.000000Z`; naive means UTC."""
+    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
+    plain = aware.astimezone(dt.UTC).replace(tzinfo=None)
+    return plain.isoformat(timespec="microseconds") + "Z"  # isoformat pads the year, %Y does not
+
+
+def decimal_text(value: Decimal) -> str:
+    if not value.is_finite():
+        raise ValueError(f"{value!r} is not a finite decimal")
+    return format(value, "f")
+
+
+def to_jsonable(value: Any) -> Any:
+    """`value` with every non-JSON type rendered as described in the module docstring."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, Decimal):
+        return decimal_text(value)
+    if isinstance(value, dt.datetime):  # before date: a datetime is a date
+        return timestamp_text(value)
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, set | frozenset):
+        return sorted((to_jsonable(v) for v in value), key=dumps)
+    return str(value)
+
+
+def dumps(value: Any, *, allow_nan: bool = True) -> str:
+    """Canonical JSON text: sorted keys, no spaces, ASCII only."""
+    return json.dumps(
+        to_jsonable(value), sort_keys=True, separators=(",", ":"), allow_nan=allow_nan
+    )
+
+
+def loads(text: str | bytes | None) -> Any:
+    return None if text is None else json.loads(text)

@@ -1,0 +1,104 @@
+"""The audit log (`sync_state.audit`): one row per decision, queryable by subscription."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from subscription_export.core.codec import dumps, loads, to_jsonable
+from subscription_export.core.db import insert_ignore
+from subscription_export.reconcile.sync_state import audit, now, utc
+
+# -- audit log ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    at: dt.datetime
+    destination: str
+    subscription_id: str
+    ref: str
+    strategy: str
+    outcome: str
+    base: dict[str, Any] | None
+    local: dict[str, Any] | None
+    remote: dict[str, Any] | None
+    merged: dict[str, Any] | None
+    detail: dict[str, Any]
+    conflict_id: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["at"] = to_jsonable(self.at)
+        return out
+
+
+def add_audit(
+    conn: Connection,
+    *,
+    destination: str,
+    subscription_id: str,
+    ref: str,
+    strategy: str,
+    outcome: str,
+    base: Mapping[str, Any] | None,
+    local: Mapping[str, Any] | None,
+    remote: Mapping[str, Any] | None,
+    merged: Mapping[str, Any] | None,
+    detail: Mapping[str, Any],
+    conflict_id: int | None = None,
+) -> None:
+    """One decision; recording the same (destination, subscription, ref) again is a no-op."""
+    insert_ignore(
+        conn,
+        audit,
+        {
+            "at": now(),
+            "destination": destination,
+            "subscription_id": subscription_id,
+            "ref": ref,
+            "strategy": strategy,
+            "outcome": outcome,
+            "base": dumps(base),
+            "local": dumps(local),
+            "remote": dumps(remote),
+            "merged": dumps(merged),
+            "detail": dumps(detail),
+            "conflict_id": conflict_id,
+        },
+    )
+
+
+def history(
+    engine: Engine, subscription_id: str, destination: str | None = None
+) -> list[AuditEntry]:
+    """Every decision about a subscription, oldest first."""
+    query = sa.select(audit).where(audit.c.subscription_id == subscription_id).order_by(audit.c.id)
+    if destination is not None:
+        query = query.where(audit.c.destination == destination)
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return [
+        AuditEntry(
+            r.id,
+            utc(r.at),  # type: ignore[arg-type]
+            r.destination,
+            r.subscription_id,
+            r.ref,
+            r.strategy,
+            r.outcome,
+            loads(r.base),
+            loads(r.local),
+            loads(r.remote),
+            loads(r.merged),
+            loads(r.detail),
+            r.conflict_id,
+        )
+        for r in rows
+    ]

@@ -1,0 +1,130 @@
+"""The outbox (`sync_state.pushes`): merged records waiting to be pushed to a remote under a
+fixed idempotency key, written with the decision and sent by `pushes.push_pending`, so a crash
+between the write-back and the push re-sends the same key instead of forgetting it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from subscription_export.core.codec import dumps, loads
+from subscription_export.core.db import insert_ignore
+from subscription_export.reconcile.sync_state import now, pushes
+
+# -- pushes (outbox) ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Push:
+    id: int
+    idempotency_key: str
+    destination: str
+    subscription_id: str
+    window_key: str
+    lsn: int
+    record: dict[str, Any] | None  # JSON values; None: push a delete
+    delete_version: int | None
+    plan_log_id: int
+    status: str
+    attempts: int
+    error: str | None
+
+
+def add_push(
+    conn: Connection,
+    *,
+    key: str,
+    destination: str,
+    subscription_id: str,
+    window_key: str,
+    lsn: int,
+    record: Mapping[str, Any] | None,
+    delete_version: int | None,
+    plan_log_id: int,
+) -> None:
+    """Queue a push; an older pending push of the same record is superseded (only the latest
+    merged state needs to reach the remote). Re-adding the same key changes nothing."""
+    supersede_pushes(conn, destination, subscription_id, keep=key)
+    moment = now()
+    insert_ignore(
+        conn,
+        pushes,
+        {
+            "idempotency_key": key,
+            "destination": destination,
+            "subscription_id": subscription_id,
+            "window_key": window_key,
+            "lsn": lsn,
+            "record": dumps(record),
+            "delete_version": delete_version,
+            "plan_log_id": plan_log_id,
+            "status": "pending",
+            "attempts": 0,
+            "created_at": moment,
+            "updated_at": moment,
+        },
+    )
+
+
+def supersede_pushes(
+    conn: Connection, destination: str, subscription_id: str, keep: str | None = None
+) -> None:
+    """A later decision about the record replaces what earlier ones still wanted to send (it
+    was made knowing that those pushes had not reached the remote)."""
+    query = sa.update(pushes).where(
+        pushes.c.destination == destination,
+        pushes.c.subscription_id == subscription_id,
+        pushes.c.status == "pending",
+    )
+    if keep is not None:
+        query = query.where(pushes.c.idempotency_key != keep)
+    conn.execute(query.values(status="superseded", updated_at=now()))
+
+
+def pending_pushes(engine: Engine, destination: str) -> list[Push]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(pushes)
+            .where(pushes.c.destination == destination, pushes.c.status == "pending")
+            .order_by(pushes.c.id)
+        ).all()
+    return [_push(r) for r in rows]
+
+
+def list_pushes(engine: Engine, destination: str | None = None) -> list[Push]:
+    query = sa.select(pushes).order_by(pushes.c.id)
+    if destination is not None:
+        query = query.where(pushes.c.destination == destination)
+    with engine.connect() as conn:
+        return [_push(r) for r in conn.execute(query).all()]
+
+
+def _push(r: Any) -> Push:
+    return Push(
+        r.id,
+        r.idempotency_key,
+        r.destination,
+        r.subscription_id,
+        r.window_key,
+        int(r.lsn),
+        loads(r.record),
+        r.delete_version,
+        int(r.plan_log_id),
+        r.status,
+        int(r.attempts),
+        r.error,
+    )
+
+
+def settle_push(
+    conn: Connection, push_id: int, status: str, error: str | None = None, attempted: bool = False
+) -> None:
+    values: dict[str, Any] = {"status": status, "error": error, "updated_at": now()}
+    if attempted:
+        values["attempts"] = pushes.c.attempts + 1
+    conn.execute(sa.update(pushes).where(pushes.c.id == push_id).values(**values))
