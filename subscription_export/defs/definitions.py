@@ -1,5 +1,7 @@
 """Build the one Definitions object from settings (the CLI passes its own)."""
 
+from pathlib import Path
+
 import dagster as dg
 
 from subscription_export.core.settings import Settings
@@ -22,7 +24,9 @@ from subscription_export.defs.resources import ExportSettings
 from subscription_export.defs.sensors import change_log_sensor
 
 
-def build_definitions(settings: Settings) -> dg.Definitions:
+def build_definitions(settings: Settings, destinations: Path | None = None) -> dg.Definitions:
+    """`destinations`: the destinations file to deliver with; None finds it from the
+    environment (`DestinationsResource.from_env`)."""
     export_settings = ExportSettings.from_settings(settings)
     return dg.Definitions(
         assets=[*window_assets, *daily_assets, *destination_assets()],
@@ -37,7 +41,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             "parquet_io_manager": ParquetIOManager(settings=export_settings),
             "csv_io_manager": CsvIOManager(settings=export_settings),
             "jsonl_io_manager": JsonLinesIOManager(settings=export_settings),
-            "destinations": DestinationsResource.from_env(),
+            "destinations": DestinationsResource.at(destinations),
             "conflict_policies": ConflictPoliciesResource.from_env(),
         },
     )
