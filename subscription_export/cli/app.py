@@ -10,16 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-import click
 import sqlalchemy as sa
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from subscription_export.core.errors import SubscriptionExportError
 from subscription_export.core.settings import Settings
 
 if TYPE_CHECKING:
+    from rich.progress import Progress
+
     from subscription_export.runtime import Project
 
 app = typer.Typer(
@@ -52,6 +52,9 @@ def project_of(ctx: typer.Context) -> Project:
 
 def progress_bar(quiet: bool) -> Progress:
     """A progress bar on stderr, shown only on a terminal and without --quiet."""
+    # lazy: only running commands draw progress; --help must not pay for it
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -128,8 +131,10 @@ def main() -> None:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         err_console.print(f"[red]database error:[/red] {reason}", highlight=False)
         sys.exit(2)
-    except click.ClickException as exc:
-        exc.show()
+    except typer.TyperException as exc:
+        # typer vendors click: usage errors (unknown option, BadParameter, no command given) are
+        # typer's ClickException, never click.ClickException. Shown as click shows them.
+        exc.show()  # type: ignore[attr-defined]  # its one subclass, ClickException, has show()
         sys.exit(exc.exit_code)
     except Exception as exc:
         if debug:

@@ -11,10 +11,12 @@ import typer
 from rich.table import Table
 
 from subscription_export.cli.app import console, err_console, project_of
-from subscription_export.reconcile import sync_state
 
+# Lazy imports below: the reconcile code loads the HTTP clients and pyarrow, and even the sync
+# state tables cost --help's start-up more than anything else of a command group.
 if TYPE_CHECKING:
     from subscription_export.reconcile.manual_queue import ResolveReport
+    from subscription_export.reconcile.sync_state import Conflict
 
 conflicts_app = typer.Typer(
     help="Bidirectional sync: conflicts queued for a person, and every sync decision.",
@@ -44,10 +46,10 @@ def conflicts_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Conflicts a `manual` strategy queued: system, subscription, conflicting fields."""
-    # lazy: the reconcile code loads the HTTP clients and pyarrow
     from subscription_export.reconcile.manual_queue import describe_conflict
+    from subscription_export.reconcile.sync_state import list_conflicts
 
-    found = sync_state.list_conflicts(
+    found = list_conflicts(
         project_of(ctx).state,
         status=None if show_all else "open",
         destination=destination,
@@ -77,11 +79,11 @@ def conflicts_show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """One conflict: base, local and remote side by side, conflicting fields marked."""
-    # lazy: the reconcile code loads the HTTP clients and pyarrow
     from subscription_export.reconcile.feeds import ReconcileError
     from subscription_export.reconcile.manual_queue import describe_conflict
+    from subscription_export.reconcile.sync_state import get_conflict
 
-    conflict = sync_state.get_conflict(project_of(ctx).state, conflict_id)
+    conflict = get_conflict(project_of(ctx).state, conflict_id)
     if conflict is None:
         raise ReconcileError(f"no conflict {conflict_id}; see `subscription-export conflicts list`")
     shown = describe_conflict(conflict)
@@ -108,7 +110,7 @@ def conflicts_show(
         )
 
 
-def _print_sides(conflict: sync_state.Conflict, shown: dict[str, Any]) -> None:
+def _print_sides(conflict: Conflict, shown: dict[str, Any]) -> None:
     """Base, local and remote field by field, the conflicting fields marked."""
     base, local, remote = shown["base"], shown["local"], shown["remote"]
     names = sorted({*(base or {}), *(local or {}), *(remote or {})} - {"id"})
@@ -145,7 +147,6 @@ def conflicts_resolve(
 ) -> None:
     """Settle a conflict through the reconcile's apply path: write-back (origin = the system),
     sync base, audit entry, and a push of the result to the system."""
-    # lazy: the reconcile code and the destinations load the HTTP clients and pyarrow
     from subscription_export.delivery.config import load_destinations
     from subscription_export.reconcile.manual_queue import resolve_conflict
 
@@ -168,12 +169,14 @@ def conflicts_resolve(
 
 
 def _resolve_json(report: ResolveReport) -> dict[str, Any]:
+    from subscription_export.reconcile.sync_state import dumps, loads
+
     return {
         "conflict": report.conflict_id,
         "destination": report.destination,
         "subscription": report.subscription_id,
         "take": report.take,
-        "record": sync_state.loads(sync_state.dumps(report.target)),
+        "record": loads(dumps(report.target)),
         "written_back": report.written_back,
         "push_planned": report.push_planned,
         **report.pushes.metadata(),
@@ -203,7 +206,6 @@ def conflicts_history(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Every sync decision about a subscription, oldest first (the audit log)."""
-    # lazy: the reconcile code loads the HTTP clients and pyarrow
     from subscription_export.reconcile.manual_queue import history
 
     entries = history(project_of(ctx), subscription)

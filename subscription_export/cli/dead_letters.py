@@ -10,7 +10,6 @@ import typer
 from rich.table import Table
 
 from subscription_export.cli.app import console, progress_bar, project_of
-from subscription_export.delivery.dead_letters import discard, list_dead_letters
 from subscription_export.state.leases import default_holder
 
 if TYPE_CHECKING:
@@ -37,6 +36,8 @@ def dead_letters_list(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Dead letters by destination and LSN, with their error and attempts."""
+    from subscription_export.delivery.dead_letters import list_dead_letters  # lazy: --help start-up
+
     wanted = None if status is DeadLetterStatus.all else status.value
     letters = list_dead_letters(
         project_of(ctx).state,
@@ -79,6 +80,7 @@ def dead_letters_replay(
     that waited behind them. Exit 1 if some still fail."""
     # lazy: delivery loads the HTTP clients and pyarrow; only a replay needs them
     from subscription_export.delivery.config import load_destinations
+    from subscription_export.delivery.dead_letters import list_dead_letters
     from subscription_export.delivery.window import replay_dead_letters
 
     project = project_of(ctx)
@@ -166,5 +168,7 @@ def dead_letters_discard(
     ids: Annotated[list[int], typer.Option("--id", help="Ids to give up on (repeatable).")],
 ) -> None:
     """Give up on dead letters: they stop blocking; re-run the window's sync to complete it."""
+    from subscription_export.delivery.dead_letters import discard  # lazy: --help start-up
+
     count = discard(project_of(ctx).state, ids)
     console.print(f"discarded {count} open dead letter(s)")

@@ -11,7 +11,6 @@ import typer
 
 from subscription_export.cli.app import console
 from subscription_export.core.errors import ConfigError
-from subscription_export.sandbox.faults import FaultPlan
 
 sandbox_app = typer.Typer(help="Mock ERP, CRM and accounting systems.", no_args_is_help=True)
 
@@ -33,6 +32,7 @@ def sandbox_serve(
 ) -> None:
     """Serve one sandbox system in the foreground until Ctrl-C."""
     # lazy: the HTTP server and the systems' code are only needed while serving
+    from subscription_export.sandbox.faults import FaultPlan
     from subscription_export.sandbox.server import SandboxServer
     from subscription_export.sandbox.systems import make_system
 
