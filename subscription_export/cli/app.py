@@ -1,5 +1,5 @@
-"""The `subscription-export` typer app: global options, shared consoles and progress bars, and
-how errors reach the user (one line and an exit code; tracebacks only with --debug)."""
+"""The `subscription-export` typer app: global options, the shared consoles, and how errors
+reach the user (one line and an exit code; tracebacks only with --debug)."""
 
 from __future__ import annotations
 
@@ -8,21 +8,17 @@ import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
-import sqlalchemy as sa
 import typer
 from rich.console import Console
 
+from subscription_export.cli.index import LazyCommands
 from subscription_export.core.errors import SubscriptionExportError
 from subscription_export.core.settings import Settings
 
-if TYPE_CHECKING:
-    from rich.progress import Progress
-
-    from subscription_export.runtime import Project
-
 app = typer.Typer(
+    cls=LazyCommands,
     help="Change data capture and incremental export of a subscription database, on Dagster.",
     no_args_is_help=True,
     add_completion=False,
@@ -41,28 +37,6 @@ class Context:
 def settings_of(ctx: typer.Context) -> Settings:
     """The settings the global options and the environment give."""
     return ctx.ensure_object(Context).settings
-
-
-def project_of(ctx: typer.Context) -> Project:
-    """The project (settings plus connections, opened lazily) the global options give."""
-    from subscription_export.runtime import Project  # lazy: pulls in pyarrow, --help must not
-
-    return Project(settings_of(ctx))
-
-
-def progress_bar(quiet: bool) -> Progress:
-    """A progress bar on stderr, shown only on a terminal and without --quiet."""
-    # lazy: only running commands draw progress; --help must not pay for it
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        disable=quiet or not err_console.is_terminal,
-    )
 
 
 @app.callback()
@@ -125,18 +99,21 @@ def main() -> None:
             traceback.print_exc()
         err_console.print(f"[red]error:[/red] {exc}", highlight=False)
         sys.exit(exc.exit_code)
-    except sa.exc.SQLAlchemyError as exc:
-        if debug:
-            traceback.print_exc()
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        err_console.print(f"[red]database error:[/red] {reason}", highlight=False)
-        sys.exit(2)
     except typer.TyperException as exc:
         # typer vendors click: usage errors (unknown option, BadParameter, no command given) are
         # typer's ClickException, never click.ClickException. Shown as click shows them.
         exc.show()  # type: ignore[attr-defined]  # its one subclass, ClickException, has show()
         sys.exit(exc.exit_code)
     except Exception as exc:
+        # lazy: only an error reaches here; --help and the usage errors never load SQLAlchemy
+        from sqlalchemy.exc import SQLAlchemyError
+
+        if isinstance(exc, SQLAlchemyError):
+            if debug:
+                traceback.print_exc()
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            err_console.print(f"[red]database error:[/red] {reason}", highlight=False)
+            sys.exit(2)
         if debug:
             raise
         err_console.print(

@@ -10,9 +10,13 @@ import typer
 from rich.table import Table
 
 from subscription_export.bench import BENCH_STAGES, run_bench
-from subscription_export.cli.app import console, progress_bar
+from subscription_export.cli.app import console
+from subscription_export.cli.progress import progress_bar
+
+app = typer.Typer(add_completion=False)
 
 
+@app.command()
 def bench(
     changes: Annotated[
         int, typer.Option(min=10_000, help="Changes in the benchmark window.")

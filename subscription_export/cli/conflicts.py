@@ -5,22 +5,33 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from subscription_export.cli.app import console, err_console, project_of
+from subscription_export.cli.app import console, err_console, settings_of
+from subscription_export.delivery.config import load_destinations
+from subscription_export.reconcile.feeds import ReconcileError
+from subscription_export.reconcile.manual_queue import (
+    ResolveReport,
+    describe_conflict,
+    history,
+    resolve_conflict,
+)
+from subscription_export.reconcile.sync_state import (
+    Conflict,
+    dumps,
+    get_conflict,
+    list_conflicts,
+    loads,
+)
+from subscription_export.runtime import Project
 
-# Lazy imports below: the reconcile code loads the HTTP clients and pyarrow, and even the sync
-# state tables cost --help's start-up more than anything else of a command group.
-if TYPE_CHECKING:
-    from subscription_export.reconcile.manual_queue import ResolveReport
-    from subscription_export.reconcile.sync_state import Conflict
-
-conflicts_app = typer.Typer(
+app = typer.Typer(
     help="Bidirectional sync: conflicts queued for a person, and every sync decision.",
     no_args_is_help=True,
+    add_completion=False,
 )
 
 
@@ -36,7 +47,7 @@ def _record_cell(record: dict[str, Any] | None, name: str) -> str:
     return "(absent)" if name not in record else json.dumps(record[name])
 
 
-@conflicts_app.command("list")
+@app.command("list")
 def conflicts_list(
     ctx: typer.Context,
     destination: Annotated[str | None, typer.Option(help="Only this system.")] = None,
@@ -46,11 +57,8 @@ def conflicts_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Conflicts a `manual` strategy queued: system, subscription, conflicting fields."""
-    from subscription_export.reconcile.manual_queue import describe_conflict
-    from subscription_export.reconcile.sync_state import list_conflicts
-
     found = list_conflicts(
-        project_of(ctx).state,
+        Project(settings_of(ctx)).state,
         status=None if show_all else "open",
         destination=destination,
     )
@@ -72,18 +80,14 @@ def conflicts_list(
     console.print(f"{len(found)} {what}")
 
 
-@conflicts_app.command("show")
+@app.command("show")
 def conflicts_show(
     ctx: typer.Context,
     conflict_id: Annotated[int, typer.Argument(metavar="ID", help="Conflict id.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """One conflict: base, local and remote side by side, conflicting fields marked."""
-    from subscription_export.reconcile.feeds import ReconcileError
-    from subscription_export.reconcile.manual_queue import describe_conflict
-    from subscription_export.reconcile.sync_state import get_conflict
-
-    conflict = get_conflict(project_of(ctx).state, conflict_id)
+    conflict = get_conflict(Project(settings_of(ctx)).state, conflict_id)
     if conflict is None:
         raise ReconcileError(f"no conflict {conflict_id}; see `subscription-export conflicts list`")
     shown = describe_conflict(conflict)
@@ -127,7 +131,7 @@ def _print_sides(conflict: Conflict, shown: dict[str, Any]) -> None:
     console.print(table)
 
 
-@conflicts_app.command("resolve")
+@app.command("resolve")
 def conflicts_resolve(
     ctx: typer.Context,
     conflict_id: Annotated[int, typer.Argument(metavar="ID", help="Conflict id.")],
@@ -147,11 +151,8 @@ def conflicts_resolve(
 ) -> None:
     """Settle a conflict through the reconcile's apply path: write-back (origin = the system),
     sync base, audit entry, and a push of the result to the system."""
-    from subscription_export.delivery.config import load_destinations
-    from subscription_export.reconcile.manual_queue import resolve_conflict
-
     report = resolve_conflict(
-        project_of(ctx),
+        Project(settings_of(ctx)),
         load_destinations(),
         conflict_id,
         take.value,  # type: ignore[arg-type]
@@ -169,8 +170,6 @@ def conflicts_resolve(
 
 
 def _resolve_json(report: ResolveReport) -> dict[str, Any]:
-    from subscription_export.reconcile.sync_state import dumps, loads
-
     return {
         "conflict": report.conflict_id,
         "destination": report.destination,
@@ -199,16 +198,14 @@ def _print_resolved(report: ResolveReport) -> None:
         )
 
 
-@conflicts_app.command("history")
+@app.command("history")
 def conflicts_history(
     ctx: typer.Context,
     subscription: Annotated[str, typer.Option("--subscription", help="Subscription id.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Every sync decision about a subscription, oldest first (the audit log)."""
-    from subscription_export.reconcile.manual_queue import history
-
-    entries = history(project_of(ctx), subscription)
+    entries = history(Project(settings_of(ctx)), subscription)
     if as_json:
         console.print_json(json.dumps(entries))
         return

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from subscription_export.cli.app import console, project_of
+from subscription_export.cli.app import console, settings_of
+from subscription_export.metrics.dashboard import render_dashboard, serve_dashboard
+from subscription_export.metrics.store import DashboardData, load_dashboard_data
+from subscription_export.runtime import Project
 from subscription_export.source.sequencer import last_lsn
+from subscription_export.status import open_problem_counts
 
-if TYPE_CHECKING:
-    from subscription_export.metrics.store import DashboardData
+app = typer.Typer(add_completion=False)
 
 
+@app.command()
 def dashboard(
     ctx: typer.Context,
     out: Annotated[
@@ -30,14 +34,9 @@ def dashboard(
     ] = None,
 ) -> None:
     """Export metrics as an offline HTML dashboard (--out FILE) or a live page (--serve)."""
-    # lazy: the metrics store and the status queries pull in pyarrow
-    from subscription_export.metrics.dashboard import render_dashboard, serve_dashboard
-    from subscription_export.metrics.store import load_dashboard_data
-    from subscription_export.status import open_problem_counts
-
     if (out is None) == (not serve):
         raise typer.BadParameter("give exactly one of --out FILE or --serve")
-    project = project_of(ctx)
+    project = Project(settings_of(ctx))
     since = (
         None if since_hours is None else dt.datetime.now(dt.UTC) - dt.timedelta(hours=since_hours)
     )

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from subscription_export.cli.app import console, progress_bar, project_of
+from subscription_export.cli.app import console, settings_of
+from subscription_export.cli.progress import progress_bar
+from subscription_export.delivery.config import load_destinations
+from subscription_export.delivery.dead_letters import discard, list_dead_letters
+from subscription_export.delivery.window import ReplaySummary, replay_dead_letters
+from subscription_export.runtime import Project
 from subscription_export.state.leases import default_holder
 
-if TYPE_CHECKING:
-    from subscription_export.delivery.window import ReplaySummary
-
-dead_letters_app = typer.Typer(
-    help="Changes a destination did not accept (see destinations.toml).", no_args_is_help=True
+app = typer.Typer(
+    help="Changes a destination did not accept (see destinations.toml).",
+    no_args_is_help=True,
+    add_completion=False,
 )
 
 
@@ -27,7 +31,7 @@ class DeadLetterStatus(StrEnum):
     all = "all"
 
 
-@dead_letters_app.command("list")
+@app.command("list")
 def dead_letters_list(
     ctx: typer.Context,
     destination: Annotated[str | None, typer.Option(help="Only this destination.")] = None,
@@ -36,11 +40,10 @@ def dead_letters_list(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Dead letters by destination and LSN, with their error and attempts."""
-    from subscription_export.delivery.dead_letters import list_dead_letters  # lazy: --help start-up
 
     wanted = None if status is DeadLetterStatus.all else status.value
     letters = list_dead_letters(
-        project_of(ctx).state,
+        Project(settings_of(ctx)).state,
         destination,
         status=wanted,  # type: ignore[arg-type]
         limit=limit,
@@ -66,7 +69,7 @@ def dead_letters_list(
     console.print(f"{len(letters)} dead letter(s) shown")
 
 
-@dead_letters_app.command("replay")
+@app.command("replay")
 def dead_letters_replay(
     ctx: typer.Context,
     destination: Annotated[str | None, typer.Option(help="Only this destination.")] = None,
@@ -78,12 +81,7 @@ def dead_letters_replay(
 ) -> None:
     """Re-send open dead letters with their original idempotency keys, then deliver the windows
     that waited behind them. Exit 1 if some still fail."""
-    # lazy: delivery loads the HTTP clients and pyarrow; only a replay needs them
-    from subscription_export.delivery.config import load_destinations
-    from subscription_export.delivery.dead_letters import list_dead_letters
-    from subscription_export.delivery.window import replay_dead_letters
-
-    project = project_of(ctx)
+    project = Project(settings_of(ctx))
     config = load_destinations()
     todo = len(list_dead_letters(project.state, destination, status="open", ids=ids))
     if todo == 0:
@@ -162,13 +160,12 @@ def _replay_json(summary: ReplaySummary) -> dict[str, Any]:
     }
 
 
-@dead_letters_app.command("discard")
+@app.command("discard")
 def dead_letters_discard(
     ctx: typer.Context,
     ids: Annotated[list[int], typer.Option("--id", help="Ids to give up on (repeatable).")],
 ) -> None:
     """Give up on dead letters: they stop blocking; re-run the window's sync to complete it."""
-    from subscription_export.delivery.dead_letters import discard  # lazy: --help start-up
 
-    count = discard(project_of(ctx).state, ids)
+    count = discard(Project(settings_of(ctx)).state, ids)
     console.print(f"discarded {count} open dead letter(s)")

@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
-from subscription_export.cli.app import console, progress_bar, settings_of
+from subscription_export.cli.app import console, settings_of
+from subscription_export.cli.progress import progress_bar
 from subscription_export.core.db import engine_for
 from subscription_export.core.settings import Settings
+from subscription_export.defs.runner import CycleResult, run_cycle
+from subscription_export.runtime import Project, init_state_tables
+from subscription_export.sandbox.demo import (
+    destinations_file_for,
+    plan_changes,
+    running_destinations,
+)
 from subscription_export.sandbox.generator import GenerateResult, generate
 from subscription_export.source.schema import init_source
+from subscription_export.status import gather_status
 
-if TYPE_CHECKING:
-    from subscription_export.defs.runner import CycleResult
+app = typer.Typer(add_completion=False)
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,7 @@ class DemoRun:
     held: dict[str, dict[str, Any]]
 
 
+@app.command()
 def demo(
     ctx: typer.Context,
     subscriptions: Annotated[
@@ -43,10 +52,6 @@ def demo(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
     """Seed a sandbox source, export everything through Dagster, print what happened."""
-    # lazy: the status queries pull in pyarrow; running the demo loads Dagster anyway
-    from subscription_export.runtime import Project
-    from subscription_export.status import gather_status
-
     # A demo should not wait for a partial window to age.
     settings = replace(settings_of(ctx), window_max_age_s=0.0, window_max_changes=window_size)
     run = _run_demo(settings, subscriptions, changes, more_changes, seed, quiet)
@@ -63,15 +68,6 @@ def _run_demo(
     settings: Settings, subscriptions: int, changes: int, more_changes: int, seed: int, quiet: bool
 ) -> DemoRun:
     """Write the sandbox changes, then one cycle delivering to sandbox systems started for it."""
-    # lazy: Dagster, the state tables (pyarrow) and the HTTP sandbox, for this command only
-    from subscription_export.defs.runner import run_cycle
-    from subscription_export.runtime import init_state_tables
-    from subscription_export.sandbox.demo import (
-        destinations_file_for,
-        plan_changes,
-        running_destinations,
-    )
-
     source = engine_for(settings.source_url, writer=True)
     init_source(source)
     init_state_tables(engine_for(settings.state_url, writer=True))

@@ -8,20 +8,23 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from subscription_export.cli.app import console, project_of
+from subscription_export.cli.app import console, settings_of
+from subscription_export.runtime import Project
 from subscription_export.state.quarantine import list_quarantine
 
-quarantine_app = typer.Typer(help="Rows that could not be exported.", no_args_is_help=True)
+app = typer.Typer(
+    help="Rows that could not be exported.", no_args_is_help=True, add_completion=False
+)
 
 
-@quarantine_app.command("list")
+@app.command("list")
 def quarantine_list(
     ctx: typer.Context,
     limit: Annotated[int, typer.Option(min=1)] = 100,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Quarantined rows with their LSN, field and reason (newest first)."""
-    rows = list_quarantine(project_of(ctx).state, limit)
+    rows = list_quarantine(Project(settings_of(ctx)).state, limit)
     if as_json:
         console.print_json(json.dumps(rows, default=str))
         return

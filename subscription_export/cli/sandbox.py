@@ -11,8 +11,13 @@ import typer
 
 from subscription_export.cli.app import console
 from subscription_export.core.errors import ConfigError
+from subscription_export.sandbox.faults import FaultPlan
+from subscription_export.sandbox.server import SandboxServer
+from subscription_export.sandbox.systems import make_system
 
-sandbox_app = typer.Typer(help="Mock ERP, CRM and accounting systems.", no_args_is_help=True)
+app = typer.Typer(
+    help="Mock ERP, CRM and accounting systems.", no_args_is_help=True, add_completion=False
+)
 
 
 class SandboxSystemName(StrEnum):
@@ -21,7 +26,7 @@ class SandboxSystemName(StrEnum):
     accounting = "accounting"
 
 
-@sandbox_app.command("serve")
+@app.command("serve")
 def sandbox_serve(
     system: Annotated[SandboxSystemName, typer.Option(help="Which system.")],
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free one).")] = 0,
@@ -31,11 +36,6 @@ def sandbox_serve(
     ] = None,
 ) -> None:
     """Serve one sandbox system in the foreground until Ctrl-C."""
-    # lazy: the HTTP server and the systems' code are only needed while serving
-    from subscription_export.sandbox.faults import FaultPlan
-    from subscription_export.sandbox.server import SandboxServer
-    from subscription_export.sandbox.systems import make_system
-
     plan = None
     if faults is not None:
         try:

@@ -8,17 +8,20 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from subscription_export.cli.app import console, project_of
+from subscription_export.cli.app import console, settings_of
+from subscription_export.runtime import Project
+from subscription_export.status import gather_status
+
+app = typer.Typer(add_completion=False)
 
 
+@app.command()
 def status(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Watermark and lag per consumer, pending changes, recent windows."""
-    from subscription_export.status import gather_status  # lazy: pulls in pyarrow
-
-    report = gather_status(project_of(ctx))
+    report = gather_status(Project(settings_of(ctx)))
     if as_json:
         console.print_json(json.dumps(report))
         return
