@@ -1,6 +1,7 @@
 """Build the one Definitions object from settings (the CLI passes its own)."""
 
 import logging
+from pathlib import Path
 
 import dagster as dg
 
@@ -38,9 +39,11 @@ def _configured_destinations(resource: DestinationsResource) -> DestinationsConf
         return None
 
 
-def build_definitions(settings: Settings) -> dg.Definitions:
+def build_definitions(settings: Settings, destinations_file: Path | None = None) -> dg.Definitions:
+    """`destinations_file`: the destinations file to deliver with; None finds it from the
+    environment (`DestinationsResource.from_env`)."""
     export_settings = ExportSettings.from_settings(settings)
-    destinations = DestinationsResource.from_env()
+    destinations = DestinationsResource.at(destinations_file)
     sync_assets = destination_assets(_configured_destinations(destinations))
     return dg.Definitions(
         assets=[*window_assets, *daily_assets, *sync_assets],

@@ -15,6 +15,8 @@ Transient trouble (a lease held by another run, an earlier window not exported y
 exception) fails the step normally and `STEP_RETRY` retries it.
 """
 
+from pathlib import Path
+
 import dagster as dg
 
 from subscription_export.defs.assets import STEP_RETRY, subscription_changes
@@ -50,6 +52,11 @@ class DestinationsResource(dg.ConfigurableResource):
         """The file the environment points at, made absolute so daemon-launched runs find it."""
         found = destinations_path()
         return cls(path=str(found.absolute()) if found else None)
+
+    @classmethod
+    def at(cls, path: Path | None) -> "DestinationsResource":
+        """The given file (absolute, as for daemon-launched runs); None: `from_env`."""
+        return cls.from_env() if path is None else cls(path=str(path.absolute()))
 
     def load(self) -> DestinationsConfig:
         return load_destinations(self.path)

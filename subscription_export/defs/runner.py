@@ -5,6 +5,7 @@ import fcntl
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import dagster as dg
 from sqlalchemy.exc import IntegrityError
@@ -52,12 +53,15 @@ def materialize_windows(
     on_done: Callable[[WindowRun], None] | None = None,
     job_name: str = EXPORT_WINDOW_JOB,
     trigger: str = "cli",
+    destinations: Path | None = None,
 ) -> list[WindowRun]:
+    """Run `job_name` for each window; `destinations`: the destinations file its sync steps
+    use (None: found from the environment)."""
     if not windows:
         return []
     if instance is None:
         instance = open_instance()
-    job = build_definitions(settings).resolve_job_def(job_name)
+    job = build_definitions(settings, destinations).resolve_job_def(job_name)
     add_partitions(instance, [w.key for w in windows])
     runs = []
     for window in windows:
@@ -116,25 +120,33 @@ def run_cycle(
     settings: Settings,
     instance: dg.DagsterInstance | None = None,
     on_done: Callable[[WindowRun], None] | None = None,
+    destinations: Path | None = None,
 ) -> CycleResult:
-    """One cycle: sequence, cut due windows, export every window not yet fully exported."""
+    """One cycle: sequence, cut due windows, export every window not yet fully exported.
+    `destinations`: the destinations file to deliver with (None: found from the environment)."""
     project = Project(settings)
     cut = cut_windows(project)
     todo = incomplete_windows(project)
-    runs = materialize_windows(settings, todo, instance, on_done)
-    behind = destination_catch_up(project)
+    runs = materialize_windows(settings, todo, instance, on_done, destinations=destinations)
+    behind = destination_catch_up(project, destinations)
     if behind is not None and behind not in todo:
         runs += materialize_windows(
-            settings, [behind], instance, on_done, SYNC_WINDOW_JOB, trigger="cli-catch-up"
+            settings,
+            [behind],
+            instance,
+            on_done,
+            SYNC_WINDOW_JOB,
+            trigger="cli-catch-up",
+            destinations=destinations,
         )
     return CycleResult(cut, runs)
 
 
-def destination_catch_up(project: Project) -> Window | None:
+def destination_catch_up(project: Project, destinations: Path | None = None) -> Window | None:
     """A window to re-run `sync_window` for, when a destination fell behind the exports (a
     failure that outlasted its retries) and no new window would otherwise catch it up."""
     try:
-        names = DestinationsResource.from_env().load().names
+        names = DestinationsResource.at(destinations).load().names
     except ConfigError as exc:
         # The export runs' sync steps fail on it too; with no new window, say it here.
         log.warning("destinations not caught up: %s", exc)

@@ -177,3 +177,28 @@ def test_demo_json_summary(tmp_path: Path) -> None:
     assert {name: c["watermark"] for name, c in summary["consumers"].items()} == {
         name: 600 for name in ("parquet", "csv", "jsonl", "erp", "crm", "accounting")
     }
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["run", "--once", "--watch"], "Error: Invalid value: choose --once or --watch, not both"),
+        (["status", "--no-such-flag"], "Error: No such option: --no-such-flag"),
+        (["dashboard"], "Error: Invalid value: give exactly one of --out FILE or --serve"),
+    ],
+)
+def test_usage_errors_show_click_usage_and_exit_2(
+    args: list[str], expected: str, tmp_path: Path
+) -> None:
+    """typer vendors click, so its usage errors are not `click.ClickException`: they used to
+    end as "unexpected error: BadParameter ... (rerun with --debug)" with exit code 1."""
+    result = _run(args, None, tmp_path, check=False)
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr
+    assert "unexpected error" not in result.stderr
+
+
+def test_no_command_shows_help_without_an_error(tmp_path: Path) -> None:
+    result = _run([], None, tmp_path, check=False)
+    assert "Usage: python -m subscription_export.cli" in result.stdout
+    assert "unexpected error" not in result.stderr

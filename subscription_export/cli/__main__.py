@@ -1,0 +1,5 @@
+"""`python -m subscription_export.cli`."""
+
+from subscription_export.cli import main
+
+main()

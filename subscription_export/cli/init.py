@@ -1,0 +1,28 @@
+"""`init`: install capture on the source and create the state tables."""
+
+from __future__ import annotations
+
+import typer
+
+from subscription_export.cli.app import console, settings_of
+from subscription_export.core.db import check_reachable, engine_for, redact
+from subscription_export.runtime import init_state_tables
+from subscription_export.source.schema import init_source
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+def init(ctx: typer.Context) -> None:
+    """Create the source tables and capture triggers (idempotent; re-run after adding columns)."""
+    settings = settings_of(ctx)
+    source = engine_for(settings.source_url, writer=True)
+    check_reachable(source, "source")
+    schema = init_source(source)
+    state = engine_for(settings.state_url, writer=True)
+    check_reachable(state, "state")
+    init_state_tables(state)
+    console.print(
+        f"capture installed on {redact(settings.source_url)}: schema version {schema.version},"
+        f" {len(schema.columns)} columns captured; state in {redact(settings.state_url)}"
+    )

@@ -1,0 +1,104 @@
+"""`run`: sequence, cut and export windows through Dagster, once or repeatedly."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+import typer
+
+from subscription_export.cli.app import console, err_console, settings_of
+from subscription_export.cli.progress import progress_bar
+from subscription_export.core.errors import RangeError
+from subscription_export.core.settings import Settings
+from subscription_export.defs.runner import WindowRun, materialize_windows, run_cycle
+from subscription_export.runtime import Project
+from subscription_export.state.windows import find_window
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+def run(
+    ctx: typer.Context,
+    once: Annotated[bool, typer.Option("--once", help="One cycle, then exit (default).")] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Repeat every --interval seconds.")
+    ] = False,
+    interval: Annotated[
+        float, typer.Option(min=0.1, help="Seconds between cycles with --watch.")
+    ] = 5.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
+    window: Annotated[
+        list[str] | None,
+        typer.Option(help="Re-export these registered windows only (repeatable)."),
+    ] = None,
+) -> None:
+    """Sequence new changes, cut windows and export them through Dagster (runs show in the UI)."""
+    if once and watch:
+        raise typer.BadParameter("choose --once or --watch, not both")
+    settings = settings_of(ctx)
+    if window:
+        if _export_windows(settings, window, as_json, quiet):
+            raise typer.Exit(1)
+        return
+    while True:
+        failed = _run_one_cycle(settings, as_json, quiet)
+        if not watch:
+            if failed:
+                raise typer.Exit(1)
+            return
+        time.sleep(interval)
+
+
+def _run_json(r: WindowRun) -> dict[str, Any]:
+    return {"window": r.window.key, "run_id": r.run_id, "success": r.success, "error": r.error}
+
+
+def _export_windows(settings: Settings, keys: list[str], as_json: bool, quiet: bool) -> bool:
+    state = Project(settings).state
+    windows = []
+    for key in keys:
+        found = find_window(state, key)
+        if found is None:
+            raise RangeError(f"{key} is not a registered window; see `subscription-export status`")
+        windows.append(found)
+    with progress_bar(quiet) as progress:
+        task = progress.add_task("exporting windows", total=len(windows))
+        runs = materialize_windows(settings, windows, on_done=lambda _r: progress.advance(task))
+    if as_json:
+        console.print_json(json.dumps({"runs": [_run_json(r) for r in runs]}))
+    for r in runs:
+        if not r.success:
+            err_console.print(f"[red]window {r.window.key} failed[/red]: {r.error}")
+    return any(not r.success for r in runs)
+
+
+def _run_one_cycle(settings: Settings, as_json: bool, quiet: bool) -> bool:
+    with progress_bar(quiet) as progress:
+        task = progress.add_task("exporting windows", total=None)
+        result = run_cycle(settings, on_done=lambda _run: progress.advance(task))
+    if as_json:
+        summary = {
+            "sequenced": result.cut.sequenced.numbered,
+            "last_lsn": result.cut.sequenced.last_lsn,
+            "new_windows": [w.key for w in result.cut.new_windows],
+            "runs": [_run_json(r) for r in result.runs],
+            "pending_changes": result.cut.pending,
+            "waiting_for_read_horizon": result.cut.sequenced.waiting,
+            "held_by": [h.as_dict() for h in result.cut.sequenced.held_by],
+        }
+        console.print_json(json.dumps(summary))
+    elif not quiet:
+        console.print(
+            f"last LSN {result.cut.sequenced.last_lsn}: {len(result.cut.new_windows)} new"
+            f" window(s), {len(result.runs)} exported, {len(result.failed)} failed,"
+            f" {result.cut.pending} change(s) waiting for the next window"
+        )
+        for failure in result.failed:
+            err_console.print(f"[red]window {failure.window.key} failed[/red]: {failure.error}")
+        for holder in result.cut.sequenced.held_by:
+            err_console.print(f"changes held back by {holder.describe()}", highlight=False)
+    return bool(result.failed)

@@ -1,0 +1,62 @@
+"""`status`: watermark and lag per consumer, pending changes, recent windows, open problems."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from subscription_export.cli.app import console, settings_of
+from subscription_export.runtime import Project
+from subscription_export.source.holders import Holder
+from subscription_export.status import gather_status
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Watermark and lag per consumer, pending changes, recent windows."""
+    report = gather_status(Project(settings_of(ctx)))
+    if as_json:
+        console.print_json(json.dumps(report))
+        return
+    console.print(f"source {report['source']}  last LSN [bold]{report['last_lsn']}[/bold]")
+    console.print(
+        f"pending: {report['changes_not_in_a_window']} change(s) not yet in a window,"
+        f" {report['unsequenced_changes']} not yet sequenced"
+    )
+    for holder in report["held_by"]:
+        console.print(f"held by {Holder(**holder).describe()}", highlight=False)
+    table = Table("consumer", "watermark", "lag")
+    for name, info in report["consumers"].items():
+        table.add_row(name, str(info["watermark"]), str(info["lag"]))
+    console.print(table)
+    windows = Table("recent window", "changes")
+    for w in report["recent_windows"]:
+        windows.add_row(w["key"], str(w["changes"]))
+    console.print(windows)
+    _print_problems(report)
+
+
+def _print_problems(report: dict[str, Any]) -> None:
+    if report["feed_cursors"]:
+        console.print(
+            "change feeds (applied/seen): "
+            + ", ".join(
+                f"{name} {c['applied']}/{c['requested']}"
+                for name, c in report["feed_cursors"].items()
+            ),
+            highlight=False,
+        )
+    console.print(
+        f"open dead letters: {report['open_dead_letters']}"
+        " (subscription-export dead-letters list), conflicts queued for a person:"
+        f" {report['open_conflicts']} (subscription-export conflicts list)",
+        highlight=False,
+    )
