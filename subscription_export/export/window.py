@@ -227,9 +227,11 @@ def _json_read_types(
 ) -> dict[str, pa.DataType]:
     """The type Arrow's JSON reader should give each image key.
 
-    Decimals are read as the exported decimal directly: PostgreSQL's `to_jsonb` writes numeric
-    as a JSON number, SQLite as text, and Arrow reads both exactly (failing on lost scale,
-    which sends the batch to the row path). Other text forms are read as strings and cast.
+    Decimals are read with the exported scale: PostgreSQL's `to_jsonb` writes numeric as a JSON
+    number, SQLite as text, and Arrow reads both exactly (failing on lost scale, which sends the
+    batch to the row path). They are read at the widest precision because the reader does not
+    check precision (10**14 would pass as decimal(18, 4)); the cast to the exported type does.
+    Other text forms are read as strings and cast.
     """
     data_fields = list(schema)[len(schema) - len(columns) :]
     types: dict[str, pa.DataType] = {}
@@ -237,7 +239,7 @@ def _json_read_types(
         if src is None:
             continue
         wanted = (
-            exported.type
+            pa.decimal128(38, exported.type.scale)
             if pa.types.is_decimal(exported.type)
             else _JSON_READ_TYPES.get(column.type, pa.string())
         )

@@ -96,3 +96,19 @@ def test_invalid_utf8_in_the_stored_image_is_quarantined_on_sqlite(
     assert "not valid UTF-8" in window.quarantined[2][1]
     [held] = window.outcome.quarantined
     assert held.raw == '{"id":"a"}\\xff'  # what the bytes say, for the person fixing the row
+
+
+def test_an_amount_one_digit_too_long_is_quarantined_whatever_the_batch(settings: Settings) -> None:
+    """10**14 needs 19 digits in numeric(18, 4). Arrow's JSON reader does not check precision,
+    so a batch of good rows used to export it (an invalid decimal in the file) while the same
+    row next to a bad one was quarantined: the bytes depended on the batch."""
+    engine = writer(settings.source_url)
+    with engine.begin() as conn:
+        insert(conn, "big")
+        append_image(
+            conn, "big", with_json_value(last_image(conn, "big"), "amount", "100000000000000")
+        )
+    [window] = export_new_windows(Project(settings))
+    assert window.quarantined == {
+        2: ("amount", "amount 100000000000000 does not fit numeric(18, 4)")
+    }
