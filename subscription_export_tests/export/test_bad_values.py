@@ -1,4 +1,5 @@
-"""Issue 12 (6, 14): every bad value is quarantined with LSN, field and reason; none blocks a window.
+"""Issue 12 (6, 14): every bad value is quarantined with LSN, field and reason, never blocks
+a window.
 
 Each value is written where a hostile application can put it: into the source row on SQLite
 (which keeps whatever it is given), into the change log's jsonb image on PostgreSQL (whose typed
