@@ -2,12 +2,17 @@
 
 Timestamp rules (documented in docs/data.md): ISO-8601 strings with an offset or `Z` are
 converted to UTC; naive strings and datetimes are taken as UTC; numbers are epoch
-milliseconds. Decimals must be finite and fit numeric(18, 4) without rounding.
+milliseconds. Decimals must be finite and fit numeric(18, 4) without rounding; integers fit
+64 bits; floats are finite; text is valid Unicode without NUL (PostgreSQL text cannot hold it).
+Every value that does not convert raises BadValue, never another error: the row is quarantined
+and the window goes on (invariant 8).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
+import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -16,44 +21,58 @@ from subscription_export.core.columns import DECIMAL_PRECISION, DECIMAL_SCALE, L
 UTC = dt.UTC
 _QUANTUM = Decimal(1).scaleb(-DECIMAL_SCALE)
 _MAX_DECIMAL = Decimal(10) ** (DECIMAL_PRECISION - DECIMAL_SCALE)
+_INT64 = range(-(2**63), 2**63)
+_ASCII_INTEGER = re.compile(r"-?[0-9]+")  # not `isdigit`: it accepts '²' and '٣'
 
 
 class BadValue(ValueError):
     """A value that cannot be exported as its column's type."""
 
 
+def shown(value: Any, limit: int = 80) -> str:
+    """The value's repr for a reason text, cut short (a reason must stay readable and storable)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's 4300-digit str() limit
+        text = f"<{type(value).__name__} of more than 4300 digits>"
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
 def to_utc(value: Any) -> dt.datetime:
     if isinstance(value, dt.datetime):
         moment = value
     elif isinstance(value, bool):
-        raise BadValue(f"expected a timestamp, got boolean {value!r}")
+        raise BadValue(f"expected a timestamp, got boolean {shown(value)}")
     elif isinstance(value, int | float | Decimal):
         try:
             moment = dt.datetime.fromtimestamp(float(value) / 1000.0, tz=UTC)
         except (OverflowError, ValueError, OSError):
-            raise BadValue(f"epoch milliseconds {value!r} out of range") from None
+            raise BadValue(f"epoch milliseconds {shown(value)} out of range") from None
     elif isinstance(value, str):
         try:
             moment = dt.datetime.fromisoformat(value.strip())
         except ValueError:
-            raise BadValue(f"unparseable timestamp {value!r}") from None
+            raise BadValue(f"unparseable timestamp {shown(value)}") from None
     else:
         raise BadValue(f"expected a timestamp, got {type(value).__name__}")
     if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+01:00 is before year 1 in UTC
+        raise BadValue(f"timestamp {shown(value)} is out of range in UTC") from None
 
 
 def to_date(value: Any) -> dt.date:
     if isinstance(value, dt.datetime):
-        raise BadValue(f"expected a date, got timestamp {value!r}")
+        raise BadValue(f"expected a date, got timestamp {shown(value)}")
     if isinstance(value, dt.date):
         return value
     if isinstance(value, str):
         try:
             return dt.date.fromisoformat(value.strip())
         except ValueError:
-            raise BadValue(f"unparseable date {value!r}") from None
+            raise BadValue(f"unparseable date {shown(value)}") from None
     raise BadValue(f"expected a date, got {type(value).__name__}")
 
 
@@ -61,31 +80,52 @@ def to_decimal(value: Any) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, int | str | Decimal | float):
         raise BadValue(f"expected a decimal, got {type(value).__name__}")
     try:
-        number = value if isinstance(value, Decimal) else Decimal(str(value).strip())
+        number = _as_decimal(value)
     except InvalidOperation:
-        raise BadValue(f"non-numeric amount {value!r}") from None
+        raise BadValue(f"non-numeric amount {shown(value)}") from None
     if not number.is_finite():
-        raise BadValue(f"amount {value!r} is not finite")
-    quantized = number.quantize(_QUANTUM)
-    if quantized != number:
-        raise BadValue(f"amount {value!r} has more than {DECIMAL_SCALE} decimal places")
-    if abs(quantized) >= _MAX_DECIMAL:
+        raise BadValue(f"amount {shown(value)} is not finite")
+    # Before quantizing: 1e30 would need more digits than the decimal context has.
+    if abs(number) >= _MAX_DECIMAL:
         raise BadValue(
-            f"amount {value!r} does not fit numeric({DECIMAL_PRECISION}, {DECIMAL_SCALE})"
+            f"amount {shown(value)} does not fit numeric({DECIMAL_PRECISION}, {DECIMAL_SCALE})"
         )
+    quantized = number.quantize(_QUANTUM)  # < 10**14 with 4 places: within the context
+    if quantized != number:
+        raise BadValue(f"amount {shown(value)} has more than {DECIMAL_SCALE} decimal places")
     return quantized
+
+
+def _as_decimal(value: int | str | Decimal | float) -> Decimal:
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, str):
+        return Decimal(value.strip())
+    if isinstance(value, float):
+        return Decimal(str(value))  # the float's shortest repr, not its binary expansion
+    return Decimal(value)  # an int: exact, without str()'s 4300-digit limit
 
 
 def to_int(value: Any) -> int:
     if isinstance(value, bool):
-        raise BadValue(f"expected an integer, got boolean {value!r}")
+        raise BadValue(f"expected an integer, got boolean {shown(value)}")
+    number: int | None = None
     if isinstance(value, int):
-        return value
-    if isinstance(value, Decimal | float) and value == int(value):
-        return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    raise BadValue(f"expected an integer, got {value!r}")
+        number = value
+    elif isinstance(value, Decimal | float):
+        if not math.isfinite(value):
+            raise BadValue(f"expected an integer, got {shown(value)}")
+        if abs(value) >= 2**63:  # before int(): 9e999999 would make a million-digit int
+            raise BadValue(f"integer {shown(value)} does not fit a 64-bit integer")
+        if value == int(value):
+            number = int(value)
+    elif isinstance(value, str) and _ASCII_INTEGER.fullmatch(value.strip()):
+        number = int(value)
+    if number is None:
+        raise BadValue(f"expected an integer, got {shown(value)}")
+    if number not in _INT64:
+        raise BadValue(f"integer {shown(value)} does not fit a 64-bit integer")
+    return number
 
 
 def to_bool(value: Any) -> bool:
@@ -93,19 +133,31 @@ def to_bool(value: Any) -> bool:
         return value
     if value in (0, 1):  # SQLite stores booleans as 0/1
         return bool(value)
-    raise BadValue(f"expected a boolean, got {value!r}")
+    raise BadValue(f"expected a boolean, got {shown(value)}")
 
 
 def to_float(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
-        raise BadValue(f"expected a number, got {value!r}")
-    return float(value)
+        raise BadValue(f"expected a number, got {shown(value)}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond a double's range
+        number = math.inf
+    if not math.isfinite(number):
+        raise BadValue(f"number {shown(value)} is not finite as a 64-bit float")
+    return number
 
 
 def to_text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    raise BadValue(f"expected text, got {type(value).__name__} {value!r}")
+    if not isinstance(value, str):
+        raise BadValue(f"expected text, got {type(value).__name__} {shown(value)}")
+    if "\x00" in value:
+        raise BadValue(f"text {shown(value)} contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate from a JSON escape such as "\ud800"
+        raise BadValue(f"text {shown(value)} is not valid Unicode ({exc.reason})") from None
+    return value
 
 
 CONVERTERS = {
@@ -123,4 +175,11 @@ def convert(value: Any, logical: LogicalType) -> Any:
     """None stays None; everything else is converted or raises BadValue."""
     if value is None:
         return None
-    return CONVERTERS[logical](value)
+    try:
+        return CONVERTERS[logical](value)
+    except BadValue:
+        raise
+    except (ArithmeticError, ValueError, OverflowError) as exc:
+        # A converter missed a case: the value is still bad data, not a reason to block the
+        # window on every retry.
+        raise BadValue(f"{shown(value)} does not convert to {logical}: {exc!r}") from None

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -22,10 +23,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from subscription_export.core.columns import SourceColumn
-from subscription_export.core.currencies import ISO_4217
+from subscription_export.core.domains import DOMAINS, check_domain
 from subscription_export.core.errors import RangeError, SchemaMissingError
 from subscription_export.core.values import BadValue, convert, to_utc
-from subscription_export.formats.contract import DatasetPlan
+from subscription_export.formats.contract import DatasetPlan, VersionMapping
 from subscription_export.formats.schema import UTC_TIMESTAMP, export_schema
 from subscription_export.source.reader import (
     LogRow,
@@ -38,7 +39,8 @@ from subscription_export.source.schema import capture_schemas
 from subscription_export.state.windows import window_key
 
 _JSON_BLOCK = 8 << 20
-_ISO_ARRAY = pa.array(sorted(ISO_4217), pa.string())
+# Column name → its allowed values, as Arrow arrays for `is_in`.
+_DOMAIN_ARRAYS = {name: pa.array(sorted(d.values), pa.string()) for name, d in DOMAINS.items()}
 # What Arrow's JSON reader should expect per logical type; text forms are cast afterwards.
 _JSON_READ_TYPES: dict[str, pa.DataType] = {
     "integer": pa.int64(),
@@ -97,7 +99,7 @@ class WindowStream:
         if mapping is None or mapping.discard_reason or mapping.dropped_values:
             return None
         images = log.column("image").combine_chunks()
-        if images.null_count:
+        if images.null_count or log.column("unreadable").null_count != log.num_rows:
             return None
         json_schema = pa.schema(
             list(_json_read_types(mapping.sources, self.columns, self.schema).items())
@@ -133,7 +135,7 @@ class WindowStream:
                 else _cast_column(table.column(src).combine_chunks(), f.type)
                 for src, f in zip(mapping.sources, data_fields, strict=True)
             ]
-            if not _valid_currencies(self.schema, values, len(meta)):
+            if not _clean_text(self.schema, values, len(meta)):
                 return None
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
             return None
@@ -152,10 +154,43 @@ class WindowStream:
         return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
 
     def _convert_row(self, row: LogRow) -> list[object] | None:
+        parsed = self._image_of(row)
+        if parsed is None:
+            return None
+        image, mapping = parsed
+        for dropped in mapping.dropped_values:
+            if image.get(dropped) is not None:
+                self.dropped_values[dropped] += 1
+        name = "_changed_at"
+        try:
+            values: list[object] = [
+                row.lsn,
+                row.op,
+                to_utc(row.changed_at),
+                row.origin,
+                row.op == "d",
+                row.schema_version,
+            ]
+            for column, source in zip(self.columns, mapping.sources, strict=True):
+                name = column.name
+                value = None if source is None else convert(image.get(source), column.type)
+                check_domain(name, value)
+                values.append(value)
+        except BadValue as exc:
+            self._quarantine(row.lsn, name, str(exc), row.image)
+            return None
+        return values
+
+    def _image_of(self, row: LogRow) -> tuple[dict[str, Any], VersionMapping] | None:
+        """The row's image and how its capture version maps to the dataset, or None once the
+        whole row is quarantined (unreadable, no image, unknown or discarded version...)."""
         raw = row.image
+        if row.unreadable:
+            self._quarantine(row.lsn, row.unreadable_field, row.unreadable, raw)
+            return None
         try:
             image = json.loads(raw, parse_float=Decimal) if raw else None
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
             self._quarantine(row.lsn, None, f"invalid JSON image: {exc}", raw)
             return None
         if not isinstance(image, dict):
@@ -180,32 +215,12 @@ class WindowStream:
                 raw,
             )
             return None
-        for dropped in mapping.dropped_values:
-            if image.get(dropped) is not None:
-                self.dropped_values[dropped] += 1
-        name = "_changed_at"
-        try:
-            values: list[object] = [
-                row.lsn,
-                row.op,
-                to_utc(row.changed_at),
-                row.origin,
-                row.op == "d",
-                row.schema_version,
-            ]
-            for column, source in zip(self.columns, mapping.sources, strict=True):
-                name = column.name
-                value = None if source is None else convert(image.get(source), column.type)
-                if name == "currency" and value is not None and value not in ISO_4217:
-                    raise BadValue(f"{value!r} is not an ISO 4217 currency code")
-                values.append(value)
-        except BadValue as exc:
-            self._quarantine(row.lsn, name, str(exc), raw)
-            return None
-        return values
+        return image, mapping
 
     def _quarantine(self, lsn: int, field: str | None, reason: str, raw: str | None) -> None:
-        self.quarantined.append(QuarantinedRow(lsn, field, reason, raw or ""))
+        # A literal NUL (SQLite keeps one in a broken image) cannot be stored in PostgreSQL text.
+        kept = (raw or "").replace("\x00", "\\u0000")
+        self.quarantined.append(QuarantinedRow(lsn, field, reason, kept))
 
 
 def _json_read_types(
@@ -213,9 +228,11 @@ def _json_read_types(
 ) -> dict[str, pa.DataType]:
     """The type Arrow's JSON reader should give each image key.
 
-    Decimals are read as the exported decimal directly: PostgreSQL's `to_jsonb` writes numeric
-    as a JSON number, SQLite as text, and Arrow reads both exactly (failing on lost scale,
-    which sends the batch to the row path). Other text forms are read as strings and cast.
+    Decimals are read with the exported scale: PostgreSQL's `to_jsonb` writes numeric as a JSON
+    number, SQLite as text, and Arrow reads both exactly (failing on lost scale, which sends the
+    batch to the row path). They are read at the widest precision because the reader does not
+    check precision (10**14 would pass as decimal(18, 4)); the cast to the exported type does.
+    Other text forms are read as strings and cast.
     """
     data_fields = list(schema)[len(schema) - len(columns) :]
     types: dict[str, pa.DataType] = {}
@@ -223,7 +240,7 @@ def _json_read_types(
         if src is None:
             continue
         wanted = (
-            exported.type
+            pa.decimal128(38, exported.type.scale)
             if pa.types.is_decimal(exported.type)
             else _JSON_READ_TYPES.get(column.type, pa.string())
         )
@@ -232,12 +249,20 @@ def _json_read_types(
     return types
 
 
-def _valid_currencies(schema: pa.Schema, values: list[pa.Array], offset: int) -> bool:
-    index = schema.get_field_index("currency") - offset
-    if index < 0:
-        return True
-    column = values[index].drop_null()
-    return bool(pc.all(pc.is_in(column, value_set=_ISO_ARRAY)).as_py() in (True, None))
+def _clean_text(schema: pa.Schema, values: list[pa.Array], offset: int) -> bool:
+    """No text value holds a NUL, and named columns (currency, time zone) are in their domain;
+    otherwise the row path says which row and why."""
+    for exported, column in zip(list(schema)[offset:], values, strict=True):
+        if not pa.types.is_string(exported.type):
+            continue
+        if pc.any(pc.match_substring(column, "\x00")).as_py():
+            return False
+        domain = _DOMAIN_ARRAYS.get(exported.name)
+        if domain is not None:
+            inside = pc.is_in(column.drop_null(), value_set=domain)
+            if pc.all(inside).as_py() is False:
+                return False
+    return True
 
 
 def _with_captured(schema: pa.Schema, captured: frozenset[str]) -> pa.Schema:

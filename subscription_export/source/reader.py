@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from subscription_export.core.values import to_utc
 
 # One batch of the change log as Arrow: the image is the after-image, or the before-image for a
 # delete; changed_at is ISO-8601 text (UTC) on both databases.
-LOG_SCHEMA = pa.schema(
+_STORED = pa.schema(
     [
         ("lsn", pa.int64()),
         ("op", pa.string()),
@@ -29,10 +30,13 @@ LOG_SCHEMA = pa.schema(
         ("schema_version", pa.int32()),
     ]
 )
-_COLUMNS = (
-    "lsn, op, CASE WHEN op = 'd' THEN before ELSE after END{cast}, {changed}, origin,"
-    " schema_version"
-)
+# `unreadable`: why the stored image is not text (SQLite keeps bytes that are not UTF-8), else
+# null, and `unreadable_field` the image key whose value holds the bad bytes, if one does. Such
+# an image is carried as text with the bad bytes escaped (`\xff`), so it can be quarantined.
+_UNREADABLE = [("unreadable", pa.string()), ("unreadable_field", pa.string())]
+LOG_SCHEMA = pa.schema(list(_STORED) + [pa.field(n, t) for n, t in _UNREADABLE])
+_IMAGE = "CASE WHEN op = 'd' THEN before ELSE after END"
+_COLUMNS = "lsn, op, {image}, {changed}, origin, schema_version"
 _PG_CHANGED = "to_char(changed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
 
 
@@ -44,6 +48,8 @@ class LogRow:
     changed_at: str
     origin: str
     schema_version: int
+    unreadable: str | None = None
+    unreadable_field: str | None = None
 
 
 def log_rows(table: pa.Table) -> list[LogRow]:
@@ -59,23 +65,73 @@ def iter_log_tables(engine: Engine, lo: int, hi: int, batch_size: int) -> Iterat
     if is_postgres(engine):
         yield from _prefetched(_copy_tables(engine, lo, hi, batch_size), depth=2)
         return
+    # The image as bytes: the driver would fail the whole read on one row that is not UTF-8.
     query = (
-        f"SELECT {_COLUMNS.format(cast='', changed='changed_at')}"
+        f"SELECT {_COLUMNS.format(image=f'CAST({_IMAGE} AS BLOB)', changed='changed_at')}"
         " FROM subscription_change_log WHERE lsn BETWEEN ? AND ? ORDER BY lsn"
     )
+    image_at = _STORED.get_field_index("image")
     with engine.connect() as conn:
         result = conn.exec_driver_sql(query, (lo, hi))
         for part in result.partitions(batch_size):
             columns = list(zip(*part, strict=True))
-            yield pa.Table.from_arrays(
-                [pa.array(c, f.type) for c, f in zip(columns, LOG_SCHEMA, strict=True)],
-                schema=LOG_SCHEMA,
-            )
+            arrays = [
+                pa.array(c, f.type)
+                for c, f in zip(columns, _STORED, strict=True)
+                if f.name != "image"
+            ]
+            arrays.insert(image_at, pa.array(columns[image_at], pa.binary()))
+            yield _decoded(pa.Table.from_arrays(arrays, schema=_STORED.set(image_at, _BYTES)))
+
+
+_BYTES = pa.field("image", pa.binary())
+
+
+def _decoded(table: pa.Table) -> pa.Table:
+    """The image column as text; one Arrow cast (which checks UTF-8) unless a row is bad."""
+    images = table.column("image")
+    try:
+        text = images.cast(pa.string())
+        problems = [pa.nulls(table.num_rows, pa.string())] * 2
+    except pa.ArrowInvalid:
+        decoded = [_decode(raw) for raw in images.to_pylist()]
+        text, *problems = (pa.array(list(c), pa.string()) for c in zip(*decoded, strict=True))
+    at = table.schema.get_field_index("image")
+    table = table.set_column(at, _STORED.field("image"), text)
+    for (name, arrow_type), values in zip(_UNREADABLE, problems, strict=True):
+        table = table.append_column(pa.field(name, arrow_type), values)
+    return table
+
+
+def _decode(raw: bytes | None) -> tuple[str | None, str | None, str | None]:
+    """(text, why it is not UTF-8, the image key whose value is not) for one stored image."""
+    if raw is None:
+        return None, None, None
+    try:
+        return raw.decode("utf-8"), None, None
+    except UnicodeDecodeError as exc:
+        reason = f"the row image is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+    try:  # the bad bytes become lone surrogates, which json and str keep
+        image = json.loads(raw.decode("utf-8", "surrogateescape"))
+    except ValueError:
+        image = None
+    bad = (
+        [k for k, v in image.items() if not _encodes(f"{k}{v}")] if isinstance(image, dict) else []
+    )
+    return raw.decode("utf-8", "backslashreplace"), reason, bad[0] if bad else None
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 _CSV_PARSE = pacsv.ParseOptions(newlines_in_values=True)
 _CSV_CONVERT = pacsv.ConvertOptions(
-    column_types=LOG_SCHEMA, strings_can_be_null=True, quoted_strings_can_be_null=False
+    column_types=_STORED, strings_can_be_null=True, quoted_strings_can_be_null=False
 )
 
 
@@ -87,7 +143,7 @@ def _copy_tables(engine: Engine, lo: int, hi: int, batch_size: int) -> Iterator[
     32 blocks on a background thread: hundreds of MB when the writers are slower than COPY.)
     """
     select = (
-        f"SELECT {_COLUMNS.format(cast='::text', changed=_PG_CHANGED)}"
+        f"SELECT {_COLUMNS.format(image=f'{_IMAGE}::text', changed=_PG_CHANGED)}"
         f" FROM subscription_change_log WHERE lsn BETWEEN {int(lo)} AND {int(hi)} ORDER BY lsn"
     )
     raw = engine.raw_connection()
@@ -107,16 +163,22 @@ def _copy_tables(engine: Engine, lo: int, hi: int, batch_size: int) -> Iterator[
 
 
 def _parse_csv(rows: list[memoryview]) -> pa.Table:
+    """PostgreSQL text is always valid UTF-8, so no image is `unreadable`."""
     data = b"".join(rows)
-    return pacsv.read_csv(
+    table = pacsv.read_csv(
         pa.BufferReader(data),
         # One block for the whole batch: a row never straddles blocks, however long.
         read_options=pacsv.ReadOptions(
-            column_names=LOG_SCHEMA.names, use_threads=False, block_size=len(data) + 1
+            column_names=_STORED.names, use_threads=False, block_size=len(data) + 1
         ),
         parse_options=_CSV_PARSE,
         convert_options=_CSV_CONVERT,
     )
+    for name, arrow_type in _UNREADABLE:
+        table = table.append_column(
+            pa.field(name, arrow_type), pa.nulls(table.num_rows, arrow_type)
+        )
+    return table
 
 
 _DONE = object()
