@@ -16,7 +16,8 @@ from sqlalchemy.engine import Connection
 
 from subscription_export.core.codec import dumps, loads
 from subscription_export.core.db import upsert
-from subscription_export.reconcile.sync_state import field_provenance, now, sync_base, utc
+from subscription_export.reconcile.sync_state import field_provenance, now, utc
+from subscription_export.state.tables import sync_base
 
 # -- sync base ---------------------------------------------------------------------------------
 
