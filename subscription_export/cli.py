@@ -325,7 +325,13 @@ def export(
                 yield batch
                 progress.advance(task, batch.num_rows)
 
-        written = write_atomically(fmt.value, counted(), stream.schema, out)
+        written = write_atomically(
+            fmt.value,
+            counted(),
+            stream.schema,
+            out,
+            neutralize_formulas=settings.csv_neutralize_formulas,
+        )
     if as_json:
         summary = {
             "path": str(written.path),

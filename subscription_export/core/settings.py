@@ -41,6 +41,17 @@ def _seconds(name: str, raw: str | None, default: float) -> float:
     return value
 
 
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _flag(name: str, raw: str | None, default: bool) -> bool:
+    if raw is None:
+        return default
+    if raw.strip().lower() in _TRUE + _FALSE:
+        return raw.strip().lower() in _TRUE
+    raise ConfigError(f"{ENV_PREFIX}{name}={raw!r} is not true or false")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where the data lives and how windows are cut.
@@ -58,6 +69,8 @@ class Settings:
     read_batch_size: int = 10_000
     lease_wait_s: float = 300.0  # how long a run waits for another run exporting the same window
     schema_contract: str = "evolve"  # evolve | freeze | discard_row | discard_value
+    # CSV text cells starting with = + - @ tab CR get a leading ' (spreadsheet formula injection)
+    csv_neutralize_formulas: bool = True
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -79,6 +92,11 @@ class Settings:
             ),
             lease_wait_s=_seconds("LEASE_WAIT", _env("LEASE_WAIT"), defaults.lease_wait_s),
             schema_contract=_contract(_env("SCHEMA_CONTRACT") or defaults.schema_contract),
+            csv_neutralize_formulas=_flag(
+                "CSV_NEUTRALIZE_FORMULAS",
+                _env("CSV_NEUTRALIZE_FORMULAS"),
+                defaults.csv_neutralize_formulas,
+            ),
         )
 
     def resolved(self) -> Settings:
@@ -109,6 +127,7 @@ class Settings:
             ENV_PREFIX + "READ_BATCH_SIZE": str(self.read_batch_size),
             ENV_PREFIX + "LEASE_WAIT": str(self.lease_wait_s),
             ENV_PREFIX + "SCHEMA_CONTRACT": self.schema_contract,
+            ENV_PREFIX + "CSV_NEUTRALIZE_FORMULAS": str(self.csv_neutralize_formulas).lower(),
         }
         if self.watermark_url:
             env[ENV_PREFIX + "WATERMARK_URL"] = self.watermark_url

@@ -22,6 +22,7 @@ class ExportSettings(dg.ConfigurableResource):
     read_batch_size: int = 10_000
     lease_wait_s: float = 300.0
     schema_contract: str = "evolve"
+    csv_neutralize_formulas: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ExportSettings":
@@ -35,6 +36,7 @@ class ExportSettings(dg.ConfigurableResource):
             read_batch_size=settings.read_batch_size,
             lease_wait_s=settings.lease_wait_s,
             schema_contract=settings.schema_contract,
+            csv_neutralize_formulas=settings.csv_neutralize_formulas,
         )
 
     def settings(self) -> Settings:
@@ -48,6 +50,7 @@ class ExportSettings(dg.ConfigurableResource):
             read_batch_size=self.read_batch_size,
             lease_wait_s=self.lease_wait_s,
             schema_contract=self.schema_contract,
+            csv_neutralize_formulas=self.csv_neutralize_formulas,
         )
 
     def project(self) -> Project:
