@@ -482,22 +482,14 @@ def verify(
     window: Annotated[str | None, typer.Option(help="Only this window key.")] = None,
 ) -> None:
     """Re-hash every exported file against its manifest; exit 1 on any drift."""
-    from subscription_export.formats.verify import check_manifest, manifests
+    from subscription_export.formats.verify import verify_exports
 
-    export_dir = _ctx(ctx).settings.export_dir
-    found = manifests(export_dir, window)
-    if not found:
-        raise RangeError(
-            f"no manifests under {export_dir}" + (f" for window {window}" if window else "")
-        )
-    bad = 0
-    for manifest in found:
-        outcome = check_manifest(export_dir, manifest)
-        bad += not outcome.passed
+    report = verify_exports(_ctx(ctx).settings.export_dir, window)
+    for outcome in report.outcomes:
         mark = "[green]ok[/green]" if outcome.passed else "[red]DRIFT[/red]"
         console.print(f"{mark}  {outcome.description}", highlight=False)
-    console.print(f"{len(found) - bad}/{len(found)} file(s) match their manifests")
-    if bad:
+    console.print(report.summary)
+    if not report.passed:
         raise typer.Exit(1)
 
 
