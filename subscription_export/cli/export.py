@@ -52,7 +52,13 @@ def export(
                 yield batch
                 progress.advance(task, batch.num_rows)
 
-        written = write_atomically(fmt.value, counted(), stream.schema, out)
+        written = write_atomically(
+            fmt.value,
+            counted(),
+            stream.schema,
+            out,
+            neutralize_formulas=settings.csv_neutralize_formulas,
+        )
     _print_written(written, stream, fmt, lsns, as_json)
     if stream.quarantined:
         err_console.print(

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from subscription_export.cli.app import console, settings_of
-from subscription_export.core.errors import RangeError
-from subscription_export.formats.verify import check_manifest, manifests
+from subscription_export.formats.verify import verify_exports
 
 app = typer.Typer(add_completion=False)
 
@@ -19,18 +19,10 @@ def verify(
     window: Annotated[str | None, typer.Option(help="Only this window key.")] = None,
 ) -> None:
     """Re-hash every exported file against its manifest; exit 1 on any drift."""
-    export_dir = settings_of(ctx).export_dir
-    found = manifests(export_dir, window)
-    if not found:
-        raise RangeError(
-            f"no manifests under {export_dir}" + (f" for window {window}" if window else "")
-        )
-    bad = 0
-    for manifest in found:
-        outcome = check_manifest(export_dir, manifest)
-        bad += not outcome.passed
+    report = verify_exports(settings_of(ctx).export_dir, window)
+    for outcome in report.outcomes:
         mark = "[green]ok[/green]" if outcome.passed else "[red]DRIFT[/red]"
-        console.print(f"{mark}  {outcome.description}", highlight=False)
-    console.print(f"{len(found) - bad}/{len(found)} file(s) match their manifests")
-    if bad:
+        console.print(f"{mark}  {escape(outcome.description)}", highlight=False)
+    console.print(report.summary, highlight=False)
+    if not report.passed:
         raise typer.Exit(1)

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     schema_contract: SchemaContract = Field(
         "evolve", description="What a schema change does to the export (formats/contract.py)"
     )
+    csv_neutralize_formulas: bool = Field(
+        True, description="Prefix ' to CSV text cells a spreadsheet would run as a formula"
+    )
 
     @model_validator(mode="wrap")
     @classmethod
@@ -104,7 +107,7 @@ class Settings(BaseSettings):
     def as_env(self) -> dict[str, str]:
         """The same settings as environment variables, for child processes (Dagster runs)."""
         return {
-            env_variable(name): str(value)
+            env_variable(name): _env_text(value)
             for name, value in self.model_dump().items()
             if value is not None  # an unset variable is how None reads back
         }
@@ -113,6 +116,10 @@ class Settings(BaseSettings):
 def replace(settings: Settings, **changes: Any) -> Settings:
     """A copy with `changes` applied and validated (`dataclasses.replace` for Settings)."""
     return type(settings)(**{**settings.model_dump(), **changes})
+
+
+def _env_text(value: object) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def env_variable(field: str) -> str:
@@ -135,6 +142,8 @@ def _message(error: ErrorDetails) -> str:
         return f"{key} must be positive, got {raw}"
     if kind == "greater_than_equal":
         return f"{key} must not be negative, got {raw}"
+    if kind.startswith("bool_"):
+        return f"{key}={raw!r} is not true or false"
     if kind == "literal_error":
         allowed = get_args(Settings.model_fields[name].annotation)
         return f"{key}={raw!r} is unknown; use one of {', '.join(allowed)}"

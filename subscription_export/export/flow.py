@@ -103,7 +103,13 @@ def _write(
     quarantined: list[QuarantinedRow],
 ) -> ExportOutcome:
     started = dt.datetime.now(dt.UTC)
-    written = write_atomically(fmt, batches, schema, path)
+    written = write_atomically(
+        fmt,
+        batches,
+        schema,
+        path,
+        neutralize_formulas=project.settings.csv_neutralize_formulas,
+    )
     counts = rows_by_op if rows_by_op is not None else {}
     content = build_content(
         asset=ASSET_FOR_FORMAT[fmt],

@@ -8,9 +8,13 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from subscription_export.formats.manifest import MANIFEST_DIR, read_manifest
+from subscription_export.core.errors import RangeError
+from subscription_export.formats.layout import ASSET_FOR_FORMAT, export_file_path
+from subscription_export.formats.manifest import MANIFEST_DIR, manifest_path, read_manifest
 from subscription_export.formats.parquet_batches import parquet_batches
-from subscription_export.formats.writers import sha256_of
+from subscription_export.formats.writers import EXTENSIONS, Format, sha256_of
+
+_FORMAT_OF_ASSET: dict[str, Format] = {asset: fmt for fmt, asset in ASSET_FOR_FORMAT.items()}
 
 
 @dataclass(frozen=True)
@@ -20,27 +24,124 @@ class CheckOutcome:
     metadata: dict[str, object] = field(default_factory=dict)
 
 
+class _UnusableManifest(Exception):
+    """A manifest that cannot say what its file should be; the message completes its path."""
+
+
+@dataclass(frozen=True)
+class RecordedFile:
+    """What a manifest says about its data file."""
+
+    path: str
+    bytes: int
+    sha256: str
+
+
+_RECORDED_TYPES = {"path": str, "bytes": int, "sha256": str}
+
+
+def _recorded_file(manifest: Path) -> RecordedFile:
+    try:
+        content = read_manifest(manifest)
+    except FileNotFoundError:
+        raise _UnusableManifest("is missing") from None
+    except OSError as exc:
+        raise _UnusableManifest(f"cannot be read ({exc.strerror})") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise _UnusableManifest(f"is not valid JSON ({exc})") from None
+    file = content.get("file") if isinstance(content, dict) else None
+    file = file if isinstance(file, dict) else {}
+    bad = [
+        f"file.{name}"
+        for name, kind in _RECORDED_TYPES.items()
+        # bool is an int to Python, never a byte count
+        if not isinstance(file.get(name), kind) or isinstance(file.get(name), bool)
+    ]
+    if bad:
+        raise _UnusableManifest(f"lacks a valid {', '.join(bad)}")
+    return RecordedFile(file["path"], file["bytes"], file["sha256"])
+
+
+def _shown(export_dir: Path, path: Path) -> str:
+    return path.relative_to(export_dir).as_posix() if path.is_relative_to(export_dir) else str(path)
+
+
 def check_manifest(export_dir: Path, manifest: Path) -> CheckOutcome:
-    """The file named by a manifest exists with the recorded size and sha256."""
-    content = read_manifest(manifest)
-    recorded = content["file"]
-    path = export_dir / recorded["path"]
+    """The file named by a manifest exists with the recorded size and sha256. A manifest that
+    is missing, not JSON or lacks those fields fails the check (it does not raise)."""
+    try:
+        recorded = _recorded_file(manifest)
+    except _UnusableManifest as exc:
+        return CheckOutcome(
+            False, f"{_shown(export_dir, manifest)} {exc}", {"manifest": str(manifest)}
+        )
+    path = export_dir / recorded.path
     if not path.exists():
         return CheckOutcome(False, f"{path} is missing", {"manifest": str(manifest)})
     actual = sha256_of(path)
     size = path.stat().st_size
-    ok = actual == recorded["sha256"] and size == recorded["bytes"]
+    ok = actual == recorded.sha256 and size == recorded.bytes
     text = "matches its manifest" if ok else "differs from its manifest"
     return CheckOutcome(
         ok,
-        f"{recorded['path']} {text}",
-        {"expected_sha256": recorded["sha256"], "actual_sha256": actual, "bytes": size},
+        f"{recorded.path} {text}",
+        {"expected_sha256": recorded.sha256, "actual_sha256": actual, "bytes": size},
     )
 
 
-def manifests(export_dir: Path, window_key: str | None = None) -> list[Path]:
-    pattern = f"{window_key}.json" if window_key else "*.json"
-    return sorted((export_dir / MANIFEST_DIR).glob(f"*/{pattern}"))
+@dataclass(frozen=True)
+class VerifyReport:
+    """One outcome per (asset, window) that has a data file or a manifest, in path order."""
+
+    outcomes: tuple[CheckOutcome, ...]
+
+    @property
+    def matched(self) -> int:
+        return sum(o.passed for o in self.outcomes)
+
+    @property
+    def passed(self) -> bool:
+        return self.matched == len(self.outcomes)
+
+    @property
+    def summary(self) -> str:
+        return f"{self.matched}/{len(self.outcomes)} file(s) match their manifests"
+
+
+def verify_exports(export_dir: Path, window_key: str | None = None) -> VerifyReport:
+    """Re-hash every exported file against its manifest. Files and manifests are paired by
+    the layout, so a file whose manifest was deleted, a manifest whose file was deleted and an
+    unusable manifest are each reported for their window, and the check goes on."""
+    found = _files_and_manifests(export_dir, window_key)
+    if not found:
+        raise RangeError(
+            f"no manifests under {export_dir}" + (f" for window {window_key}" if window_key else "")
+        )
+    return VerifyReport(tuple(_check_window_file(export_dir, a, k) for a, k in found))
+
+
+def _files_and_manifests(export_dir: Path, window_key: str | None) -> list[tuple[str, str]]:
+    """(asset, window key) of every manifest and every data file of the export assets."""
+    pattern = window_key or "*"
+    found = {(m.parent.name, m.stem) for m in (export_dir / MANIFEST_DIR).glob(f"*/{pattern}.json")}
+    for fmt, asset in ASSET_FOR_FORMAT.items():
+        extension = EXTENSIONS[fmt]
+        for data in (export_dir / asset).glob(f"{pattern}{extension}"):
+            found.add((asset, data.name.removesuffix(extension)))
+    return sorted(found)
+
+
+def _check_window_file(export_dir: Path, asset: str, window_key: str) -> CheckOutcome:
+    manifest = manifest_path(export_dir, asset, window_key)
+    fmt = _FORMAT_OF_ASSET.get(asset)
+    if manifest.exists() or fmt is None:
+        return check_manifest(export_dir, manifest)
+    data = _shown(export_dir, export_file_path(export_dir, fmt, window_key))
+    return CheckOutcome(
+        False,
+        f"{data} has no manifest",
+        {"manifest": str(manifest)},
+    )
 
 
 def check_lsn_coverage(parquet: Path, lo: int, hi: int, quarantined: set[int]) -> CheckOutcome:

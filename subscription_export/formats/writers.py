@@ -11,6 +11,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -19,6 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+
+from subscription_export.formats.formulas import neutralize_name, neutralize_text
 
 Format = Literal["parquet", "csv", "jsonl"]
 FORMATS: tuple[Format, ...] = ("parquet", "csv", "jsonl")
@@ -86,19 +89,42 @@ def _iso_utc(column: pa.Array) -> pa.Array:
     )
 
 
-def write_csv(batches: Iterable[pa.RecordBatch], schema: pa.Schema, sink: BinaryIO) -> int:
-    """RFC 4180: header, CRLF line ends, text fields quoted, UTF-8; NULL is an empty field."""
+def write_csv(
+    batches: Iterable[pa.RecordBatch],
+    schema: pa.Schema,
+    sink: BinaryIO,
+    *,
+    neutralize_formulas: bool = True,
+) -> int:
+    """RFC 4180: header, CRLF line ends, text fields quoted, UTF-8; NULL is an empty field.
+
+    With `neutralize_formulas`, text cells (and header names) a spreadsheet would run as a
+    formula get a leading `'` (see `formulas.py`); numbers, decimals and dates never do."""
+    header = [neutralize_name(f.name) if neutralize_formulas else f.name for f in schema]
     text_schema = pa.schema(
-        [pa.field(f.name, pa.string() if _needs_text(f.type) else f.type) for f in schema]
+        [
+            pa.field(name, pa.string() if _needs_text(f.type) else f.type)
+            for name, f in zip(header, schema, strict=True)
+        ]
     )
     options = pacsv.WriteOptions(include_header=True, eol="\r\n", quoting_style="needed")
     rows = 0
     with pacsv.CSVWriter(sink, text_schema, write_options=options) as writer:
         for batch in batches:
-            columns = [_as_text(c) if _needs_text(c.type) else c for c in batch.columns]
+            columns = [_csv_cells(c, neutralize_formulas) for c in batch.columns]
             writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=text_schema))
             rows += batch.num_rows
     return rows
+
+
+def _csv_cells(column: pa.Array, neutralize_formulas: bool) -> pa.Array:
+    if _needs_text(column.type):
+        return _as_text(column)  # decimals, dates, timestamps: never a formula
+    if neutralize_formulas and (
+        pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+    ):
+        return neutralize_text(column)
+    return column
 
 
 def _needs_text(t: pa.DataType) -> bool:
@@ -174,14 +200,26 @@ def sha256_of(path: Path) -> str:
 
 
 def write_atomically(
-    fmt: Format, batches: Iterable[pa.RecordBatch], schema: pa.Schema, path: Path
+    fmt: Format,
+    batches: Iterable[pa.RecordBatch],
+    schema: pa.Schema,
+    path: Path,
+    *,
+    neutralize_formulas: bool = True,
 ) -> WrittenFile:
-    """Write to a temp name beside it, fsync, then rename: readers never see a torn file."""
+    """Write to a temp name beside it, fsync, then rename: readers never see a torn file.
+
+    `neutralize_formulas` applies to CSV only (setting `csv_neutralize_formulas`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    writer = (
+        partial(write_csv, neutralize_formulas=neutralize_formulas)
+        if fmt == "csv"
+        else WRITERS[fmt]
+    )
     try:
         with tmp.open("wb") as sink:
-            rows = WRITERS[fmt](batches, schema, sink)
+            rows = writer(batches, schema, sink)
             sink.flush()
             os.fsync(sink.fileno())
         os.replace(tmp, path)

@@ -273,17 +273,13 @@ def write_local(
                 sa.text("DELETE FROM subscriptions WHERE id = :id"), {"id": subscription_id}
             )
         else:
-            names = [n for n in types if n in target and n != "id"]
-            params = {f"p{i}": _db_value(target[n], postgres) for i, n in enumerate(names)}
-            params["id"] = subscription_id
+            values = {n: _db_value(target[n], postgres) for n in types if n in target and n != "id"}
+            # Column names come from the catalog: SQLAlchemy quotes them, never string-built.
+            table = sa.table("subscriptions", sa.column("id"), *map(sa.column, values))
             if exists:
-                sets = ", ".join(f'"{n}" = :p{i}' for i, n in enumerate(names))
-                sql = f"UPDATE subscriptions SET {sets} WHERE id = :id"
+                conn.execute(sa.update(table).where(table.c.id == subscription_id).values(values))
             else:
-                cols = ", ".join(["id", *(f'"{n}"' for n in names)])
-                values = ", ".join([":id", *(f":p{i}" for i in range(len(names)))])
-                sql = f"INSERT INTO subscriptions ({cols}) VALUES ({values})"
-            conn.execute(sa.text(sql), params)
+                conn.execute(sa.insert(table).values({"id": subscription_id, **values}))
     finally:
         clear_origin(conn)  # SQLite: the origin row must not outlive this transaction
     newest = conn.execute(

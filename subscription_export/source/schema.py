@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Dialect, Engine
 
 from subscription_export.core.columns import (
     BASE_COLUMNS,
@@ -137,19 +137,26 @@ def _current_columns(conn: Connection) -> tuple[SourceColumn, ...]:
     )
 
 
-def _sqlite_json_object(columns: tuple[SourceColumn, ...], row: str) -> str:
-    return "json_object(" + ", ".join(f"'{c.name}', {row}.\"{c.name}\"" for c in columns) + ")"
+def _sqlite_json_object(columns: tuple[SourceColumn, ...], row: str, dialect: Dialect) -> str:
+    """`json_object('name', NEW."name", …)`. Column names come from the catalog, i.e. from
+    whoever may ALTER the table: each is quoted twice by SQLAlchemy, as a string literal (the
+    JSON key) and as an identifier, so no name can end either and run SQL inside the trigger."""
+    literal = sa.String().literal_processor(dialect)
+    identifier = dialect.identifier_preparer.quote_identifier  # always quoted, as before
+    assert literal is not None
+    pairs = (f"{literal(c.name)}, {row}.{identifier(c.name)}" for c in columns)
+    return "json_object(" + ", ".join(pairs) + ")"
 
 
-def _sqlite_triggers(schema: CaptureSchema) -> list[str]:
+def _sqlite_triggers(schema: CaptureSchema, dialect: Dialect) -> list[str]:
     # SQLite has one writer at a time, so MAX(lsn)+1 inside the writing transaction is gap-free
     # and in commit order.
     next_lsn = "(SELECT COALESCE(MAX(lsn), 0) + 1 FROM subscription_change_log)"
     origin = "COALESCE((SELECT origin FROM subscription_capture_origin WHERE id = 1), 'app')"
     now = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
     new, old = (
-        _sqlite_json_object(schema.columns, "NEW"),
-        _sqlite_json_object(schema.columns, "OLD"),
+        _sqlite_json_object(schema.columns, "NEW", dialect),
+        _sqlite_json_object(schema.columns, "OLD", dialect),
     )
     cols = "(lsn, op, subscription_id, before, after, changed_at, origin, schema_version)"
     v = schema.version
@@ -242,7 +249,7 @@ def init_source(engine: Engine) -> CaptureSchema:
             )
         else:
             schema = latest
-        for stmt in _pg_triggers(schema) if postgres else _sqlite_triggers(schema):
+        for stmt in _pg_triggers(schema) if postgres else _sqlite_triggers(schema, conn.dialect):
             conn.exec_driver_sql(stmt)
     return schema
 

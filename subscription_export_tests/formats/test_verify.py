@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
@@ -13,7 +15,11 @@ import pytest
 
 from subscription_export.core.settings import Settings
 from subscription_export.defs.runner import run_cycle
-from subscription_export.formats.verify import check_lsn_coverage, check_row_count
+from subscription_export.export.cut import cut_windows
+from subscription_export.export.flow import export_window_file
+from subscription_export.formats.verify import check_lsn_coverage, check_manifest, check_row_count
+from subscription_export.formats.writers import FORMATS
+from subscription_export.runtime import Project
 from subscription_export_tests.helpers import insert, writer
 
 
@@ -114,3 +120,80 @@ def test_coverage_is_checked_across_row_groups(tmp_path: Path) -> None:
     assert "not strictly increasing" in check_lsn_coverage(path, 1, 6, set()).description
     pq.write_table(good, path, row_group_size=3)
     assert "outside 2..11" in check_lsn_coverage(path, 2, 11, set()).description
+
+
+def _export_windows(settings: Settings, n: int) -> list[str]:
+    """`n` changes in windows of 5, exported in every format without Dagster."""
+    with writer(settings.source_url).begin() as conn:
+        for i in range(n):
+            insert(conn, f"s{i}")
+    project = Project(replace(settings, window_max_changes=5))
+    keys = []
+    for window in cut_windows(project).new_windows:
+        for fmt in FORMATS:
+            export_window_file(project, fmt, window)
+        keys.append(window.key)
+    return keys
+
+
+def _verify(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**settings.as_env(), "PATH": "/usr/bin:/bin", "COLUMNS": "250"}
+    cli = [sys.executable, "-m", "subscription_export.cli", "verify", *args]
+    return subprocess.run(cli, env=env, capture_output=True, text=True, timeout=60)
+
+
+def _drift_lines(stdout: str) -> list[str]:
+    return [line for line in stdout.splitlines() if line.startswith("DRIFT")]
+
+
+@pytest.mark.parametrize("source_url", ["sqlite"], indirect=True)
+def test_verify_reports_every_broken_window_and_goes_on(settings: Settings) -> None:
+    first, second = _export_windows(settings, 10)
+    manifests = settings.export_dir / "_manifests"
+    (manifests / "subscription_changes_csv" / f"{first}.json").unlink()  # file, no manifest
+    (manifests / "subscription_changes" / f"{second}.json").write_text('{"file": {"pa')
+    lacking = manifests / "subscription_changes_jsonl" / f"{first}.json"
+    content = json.loads(lacking.read_text())
+    del content["file"]["sha256"]
+    lacking.write_text(json.dumps(content))
+    (settings.export_dir / "subscription_changes_jsonl" / f"{second}.jsonl").unlink()
+
+    result = _verify(settings)
+    assert result.returncode == 1, result.stderr
+    assert "2/6 file(s) match their manifests" in result.stdout
+    drift = _drift_lines(result.stdout)
+    assert len(drift) == 4
+    [no_manifest] = [line for line in drift if f"subscription_changes_csv/{first}.csv" in line]
+    assert "has no manifest" in no_manifest
+    [corrupt] = [line for line in drift if f"subscription_changes/{second}.json" in line]
+    assert "not valid JSON" in corrupt
+    [fields] = [line for line in drift if f"subscription_changes_jsonl/{first}.json" in line]
+    assert "file.sha256" in fields
+    [gone] = [line for line in drift if f"subscription_changes_jsonl/{second}.jsonl" in line]
+    assert "is missing" in gone
+
+
+@pytest.mark.parametrize("source_url", ["sqlite"], indirect=True)
+def test_verify_one_window_whose_manifests_are_all_gone(settings: Settings) -> None:
+    [key] = _export_windows(settings, 3)
+    for manifest in (settings.export_dir / "_manifests").glob(f"*/{key}.json"):
+        manifest.unlink()
+    result = _verify(settings, "--window", key)
+    assert result.returncode == 1, result.stderr
+    assert len(_drift_lines(result.stdout)) == 3
+    assert "0/3 file(s) match their manifests" in result.stdout
+
+
+def test_check_manifest_reports_a_manifest_it_cannot_use(tmp_path: Path) -> None:
+    """The asset check `manifest_hash_matches` fails (rather than erroring) on these too."""
+    manifest = tmp_path / "_manifests" / "subscription_changes" / "k.json"
+    assert "is missing" in check_manifest(tmp_path, manifest).description
+    manifest.parent.mkdir(parents=True)
+    for text, reason in [
+        ("[1, 2]", "file.path"),
+        ('{"file": {"path": "x", "bytes": "12", "sha256": "ab"}}', "file.bytes"),
+        ("\xff", "not valid JSON"),
+    ]:
+        manifest.write_text(text, encoding="latin-1")
+        outcome = check_manifest(tmp_path, manifest)
+        assert not outcome.passed and reason in outcome.description
