@@ -57,7 +57,7 @@ def export(
             counted(),
             stream.schema,
             out,
-            neutralize_formulas=settings.csv_neutralize_formulas,
+            neutralize_formulas=settings_of(ctx).csv_neutralize_formulas,
         )
     _print_written(written, stream, fmt, lsns, as_json)
     if stream.quarantined:
