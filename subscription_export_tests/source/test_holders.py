@@ -36,7 +36,8 @@ def test_a_held_sequencer_names_the_holder_then_catches_up(pg_url: str, lock: st
         held = sequence(engine, wait_s=0.2)
 
         assert (held.numbered, held.last_lsn, held.waiting) == (0, 0, 1)
-        [holder] = held.held_by
+        # (other sources sharing the database could be named too; ours must be)
+        [holder] = [h for h in held.held_by if h.pid == blocker_pid]
         assert (holder.pid, holder.database, holder.lock, holder.effect) == (
             blocker_pid,
             engine.url.database,
@@ -46,7 +47,7 @@ def test_a_held_sequencer_names_the_holder_then_catches_up(pg_url: str, lock: st
         assert holder.age_s is not None and holder.age_s >= 0
         assert f"pid {blocker_pid} (database {engine.url.database}" in holder.describe()
         blocker.rollback()
-    caught_up = sequence(engine, wait_s=0.2)
+    caught_up = sequence(engine, wait_s=10.0)
     assert (caught_up.numbered, caught_up.last_lsn, caught_up.waiting) == (1, 1, 0)
     assert caught_up.held_by == ()
 
@@ -63,7 +64,7 @@ def test_a_writer_holds_back_only_its_own_uncommitted_changes(pg_url: str) -> No
         assert [(h.pid, h.lock, h.effect) for h in change_log_holders(engine)] == [
             (writer_pid, "RowExclusiveLock", UNCOMMITTED)
         ]
-        result = sequence(engine, wait_s=0.2)
+        result = sequence(engine, wait_s=10.0)
         assert (result.numbered, result.waiting, result.held_by) == (1, 0, ())
         open_writer.rollback()
     assert change_log_holders(engine) == []

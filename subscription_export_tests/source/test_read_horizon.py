@@ -10,7 +10,6 @@ import pytest
 import sqlalchemy as sa
 
 from subscription_export.core.settings import Settings
-from subscription_export.export import cut as pipeline
 from subscription_export.export.cut import cut_windows
 from subscription_export.export.flow import export_canonical, finish
 from subscription_export.runtime import Project
@@ -50,11 +49,8 @@ def naive_serial_export(engine: sa.Engine, after_id: int) -> tuple[list[str], in
     return [r[1] for r in rows], (rows[-1][0] if rows else after_id)
 
 
-def test_open_transaction_holds_back_only_its_own_change_pg(
-    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # T1 stays open on purpose, longer than a cycle waits for the sequencer's locks.
-    monkeypatch.setattr(pipeline, "SEQUENCE_WAIT_S", 0.5)
+def test_open_transaction_holds_back_only_its_own_change_pg(pg_url: str, tmp_path: Path) -> None:
+    # T1 stays open on purpose, across a whole cycle.
     engine = writer(pg_url)
     init_source(engine)
     project = Project(_settings(pg_url, tmp_path))
@@ -206,12 +202,11 @@ def _wait_until_blocked_on_a_lock(engine: sa.Engine, pid: int) -> None:
 
 
 def test_second_writer_of_a_key_logs_after_the_first_commits_pg(
-    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    pg_url: str, tmp_path: Path
 ) -> None:
     """The premise of numbering every visible row in `id` order: the trigger runs after the
     row update, which waits for the row lock, so a key's second writer inserts its log row only
     once the first writer has committed - later `id`, and never visible before the first."""
-    monkeypatch.setattr(pipeline, "SEQUENCE_WAIT_S", 0.5)
     engine = writer(pg_url)
     init_source(engine)
     project = Project(_settings(pg_url, tmp_path))

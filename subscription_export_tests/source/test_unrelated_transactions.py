@@ -15,7 +15,6 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from subscription_export.export import cut as pipeline
 from subscription_export.export.cut import cut_windows
 from subscription_export.export.flow import export_canonical, finish
 from subscription_export.runtime import Project
@@ -26,8 +25,6 @@ from subscription_export_tests.helpers import insert, read_exported, writer
 from subscription_export_tests.source.test_read_horizon import _settings
 
 pytestmark = pytest.mark.integration
-
-CYCLE_WAIT_S = 0.5  # shorter than the open transactions below: the old rule would stall
 
 
 def _open_write_transaction(conninfo: str) -> Iterator[int]:
@@ -82,18 +79,14 @@ def _assert_next_cycle_exports(pg_url: str, tmp_path: Path, xid: int) -> None:
 def test_transaction_in_another_database_delays_no_export(
     pg_url: str,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     other_database_transaction: int,
 ) -> None:
-    monkeypatch.setattr(pipeline, "SEQUENCE_WAIT_S", CYCLE_WAIT_S)
     _assert_next_cycle_exports(pg_url, tmp_path, other_database_transaction)
 
 
 def test_transaction_on_other_tables_of_the_source_delays_no_export(
     pg_url: str,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     same_database_transaction: int,
 ) -> None:
-    monkeypatch.setattr(pipeline, "SEQUENCE_WAIT_S", CYCLE_WAIT_S)
     _assert_next_cycle_exports(pg_url, tmp_path, same_database_transaction)
