@@ -8,6 +8,7 @@ field and reason. Both paths give the same values, so file bytes never depend on
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -38,6 +39,9 @@ from subscription_export.source.reader import (
 from subscription_export.source.schema import capture_schemas
 
 _JSON_BLOCK = 8 << 20
+# Arrow's JSON reader reads a number like 5e-324 into a decimal as 0 instead of failing on the
+# lost digits; a batch with a three-digit negative exponent anywhere goes to the row path.
+_TINY_EXPONENT = r"[0-9][eE]-[0-9]{3}"
 # Column name → its allowed values, as Arrow arrays for `is_in`.
 _DOMAIN_ARRAYS = {name: pa.array(sorted(d.values), pa.string()) for name, d in DOMAINS.items()}
 # What Arrow's JSON reader should expect per logical type; text forms are cast afterwards.
@@ -73,6 +77,10 @@ class WindowStream:
     def columns(self) -> tuple[SourceColumn, ...]:
         return self.plan.columns
 
+    @functools.cached_property
+    def _has_decimals(self) -> bool:
+        return any(pa.types.is_decimal(f.type) for f in self.schema)
+
     @property
     def key(self) -> str:
         return window_key(self.lo, self.hi)
@@ -99,6 +107,8 @@ class WindowStream:
             return None
         images = log.column("image").combine_chunks()
         if images.null_count or log.column("unreadable").null_count != log.num_rows:
+            return None
+        if self._has_decimals and pc.any(pc.match_substring_regex(images, _TINY_EXPONENT)).as_py():
             return None
         json_schema = pa.schema(
             list(_json_read_types(mapping.sources, self.columns, self.schema).items())
