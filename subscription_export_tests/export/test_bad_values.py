@@ -30,6 +30,15 @@ CASES = [
     ("amount-1e30", "amount", "'1e30'", "1e30", "does not fit"),
     ("amount-9e999", "amount", "'9e999'", "9e999", "does not fit"),
     ("amount-real-1e300", "amount", "1e300", "1e300", "does not fit"),
+    # Arrow's JSON reader turned this into 0.0000 (not an error) on the fast path:
+    ("amount-5e-324", "amount", "'5e-324'", "5e-324", "more than 4 decimal places"),
+    (
+        "amount-long-e-8",
+        "amount",
+        "'2.82570458292870072598653689433800598e-8'",
+        "2.82570458292870072598653689433800598e-8",
+        "more than 4",
+    ),
     ("version-superscript", "version", "'²'", '"²"', "expected an integer"),
     ("version-double-minus", "version", "'--5'", '"--5"', "expected an integer"),
     ("version-real-1e300", "version", "1e300", "1e300", "64-bit integer"),
