@@ -9,7 +9,6 @@ import pytest
 import sqlalchemy as sa
 
 from subscription_export.core.settings import Settings
-from subscription_export.source.holders import SEQUENCER_LOCK
 from subscription_export.source.schema import init_source
 from subscription_export_tests.cli.test_cli import _run
 from subscription_export_tests.helpers import insert, writer
@@ -52,13 +51,13 @@ def test_run_names_the_backend_that_holds_the_sequencer(pg_url: str, tmp_path: P
     init_source(engine)
     with engine.begin() as conn:
         insert(conn, "s1")
-    with engine.connect() as stuck_sequencer:
-        pid = stuck_sequencer.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
-        stuck_sequencer.execute(
-            sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": SEQUENCER_LOCK}
-        )
+    # A table lock, not the sequencer's advisory lock: that one is shared by every schema of the
+    # database, and holding it for a whole `run` would stall other tests' sequencers.
+    with engine.connect() as ddl:
+        pid = ddl.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        ddl.execute(sa.text("LOCK TABLE subscription_change_log IN SHARE MODE"))
         result = _run(["run", "--once"], settings, tmp_path)
-        stuck_sequencer.rollback()
+        ddl.rollback()
     assert "0 new window(s)" in result.stdout
     assert f"changes held back by pid {pid} (database {engine.url.database}" in result.stderr
-    assert "advisory): blocks the sequencer" in result.stderr
+    assert "ShareLock): blocks the sequencer" in result.stderr
