@@ -64,7 +64,7 @@ def test_a_bad_value_is_quarantined_and_the_window_exports(
         insert(conn, "good")
         insert(conn, "bad")
     with engine.begin() as conn:
-        if postgres:
+        if postgres and in_image is not None:
             append_image(conn, "bad", with_json_value(last_image(conn, "bad"), column, in_image))
         else:
             set_in_row(conn, "bad", column, in_row)
