@@ -8,11 +8,9 @@ columns refuse most of these). The other rows of the window are exported either 
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 
-from subscription_export.core.settings import Settings
+from subscription_export.core.settings import Settings, replace
 from subscription_export.runtime import Project
 from subscription_export.source.schema import init_source
 from subscription_export_tests.export.hostile_writes import (

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import replace
 from decimal import Decimal
 
 import pytest
@@ -18,7 +17,7 @@ from hypothesis import strategies as st
 from subscription_export.core.columns import BASE_COLUMNS, BASE_TYPES
 from subscription_export.core.currencies import ISO_4217
 from subscription_export.core.domains import check_domain
-from subscription_export.core.settings import Settings
+from subscription_export.core.settings import Settings, replace
 from subscription_export.core.timezones import IANA_ZONES
 from subscription_export.core.values import BadValue, convert
 from subscription_export.runtime import Project

@@ -23,6 +23,7 @@ from subscription_export.metrics.store import (
     reconcile_outcomes,
     record_reconcile_metrics,
 )
+from subscription_export.reconcile import sync_bases
 from subscription_export.reconcile import sync_state as st
 from subscription_export.state import migrate
 from subscription_export.state.progress import completed_keys
@@ -138,7 +139,7 @@ def test_a_pre_alembic_release_upgrades_with_its_state_intact(state: Engine, rel
         8,
     )
     with state.connect() as conn:
-        base = st.get_base(conn, "erp", "s1")
+        base = sync_bases.get_base(conn, "erp", "s1")
     assert base is not None
     assert (base.held_record, base.held_version, base.remote_cursor) == (BASE_RECORD, 3, 7)
     expected_feed = (BASE_RECORD, 3) if with_feed_columns else (None, None)
@@ -156,7 +157,7 @@ def test_a_pre_alembic_database_gains_what_its_release_lacked(state: Engine) -> 
     record_reconcile_metrics(state, ReconcileMetrics("erp", 0, 8, {"merged": 2}, 1, 1, T0))
     assert reconcile_outcomes(state) == {"erp": {"merged": 2}}
     with state.begin() as conn:
-        st.put_base(
+        sync_bases.put_base(
             conn,
             "erp",
             "s1",
@@ -168,7 +169,7 @@ def test_a_pre_alembic_database_gains_what_its_release_lacked(state: Engine) -> 
             feed_record=BASE_RECORD,
             feed_version=4,
         )
-        base = st.get_base(conn, "erp", "s1")
+        base = sync_bases.get_base(conn, "erp", "s1")
     assert base is not None and (base.feed_record, base.feed_version) == (BASE_RECORD, 4)
 
 
