@@ -10,6 +10,7 @@ from sqlalchemy.engine import Engine
 from subscription_export.core.db import redact
 from subscription_export.delivery.dead_letters import dead_letters
 from subscription_export.formats.writers import FORMATS
+from subscription_export.reconcile.outbox import pending_counts
 from subscription_export.reconcile.sync_state import all_cursors, conflicts
 from subscription_export.runtime import Project
 from subscription_export.source.holders import change_log_holders
@@ -75,4 +76,5 @@ def gather_status(project: Project, recent: int = 5) -> dict[str, Any]:
         "open_dead_letters": dead,
         "open_conflicts": queued,
         "feed_cursors": feeds,
+        "pending_pushes": pending_counts(project.state),
     }

@@ -11,6 +11,7 @@ import typer
 from subscription_export.cli.app import console, settings_of
 from subscription_export.metrics.dashboard import render_dashboard, serve_dashboard
 from subscription_export.metrics.store import DashboardData, load_dashboard_data
+from subscription_export.reconcile.outbox import pending_counts
 from subscription_export.runtime import Project
 from subscription_export.source.sequencer import last_lsn
 from subscription_export.status import open_problem_counts
@@ -50,6 +51,7 @@ def dashboard(
             open_dead_letters=dead,
             open_conflicts=conflicts,
             since=since,
+            pending_pushes=pending_counts(project.state),
         )
 
     if out is not None:

@@ -12,7 +12,7 @@ from rich.table import Table
 from subscription_export.cli.app import console, settings_of
 from subscription_export.cli.progress import progress_bar
 from subscription_export.delivery.config import load_destinations
-from subscription_export.delivery.dead_letters import discard, list_dead_letters
+from subscription_export.delivery.dead_letters import discard, held_behind, list_dead_letters
 from subscription_export.delivery.window import ReplaySummary, replay_dead_letters
 from subscription_export.runtime import Project
 from subscription_export.state.leases import default_holder
@@ -166,6 +166,15 @@ def dead_letters_discard(
     ids: Annotated[list[int], typer.Option("--id", help="Ids to give up on (repeatable).")],
 ) -> None:
     """Give up on dead letters: they stop blocking; re-run the window's sync to complete it."""
-
-    count = discard(Project(settings_of(ctx)).state, ids)
+    project = Project(settings_of(ctx))
+    count = discard(project.state, ids)
     console.print(f"discarded {count} open dead letter(s)")
+    behind = held_behind(project.state, ids)
+    if not behind:
+        return
+    # The later changes of those records waited behind them (per-record order): send them now.
+    summary = replay_dead_letters(project, load_destinations(), default_holder(), ids=behind)
+    console.print(f"sent the {len(behind)} change(s) held back behind them:")
+    _print_replay(summary)
+    if summary.failed:
+        raise typer.Exit(1)

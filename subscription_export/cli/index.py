@@ -32,7 +32,11 @@ COMMANDS: Mapping[str, Entry] = {
     ),
     "run": Entry(
         "run",
-        "Sequence new changes, cut windows and export them through Dagster (runs show in the UI).",
+        "One whole cycle: export and deliver new windows through Dagster, then reconcile.",
+    ),
+    "reconcile": Entry(
+        "reconcile",
+        "Bring ERP and CRM edits back and send the pushes that are due (exit 1 on a failure).",
     ),
     "status": Entry("status", "Watermark and lag per consumer, pending changes, recent windows."),
     "export": Entry(

@@ -1,4 +1,5 @@
-"""`run`: sequence, cut and export windows through Dagster, once or repeatedly."""
+"""`run`: whole cycles (sequence, cut, export and deliver windows through Dagster, then
+reconcile every system with a change feed), once or repeatedly."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import typer
 
 from subscription_export.cli.app import console, err_console, settings_of
 from subscription_export.cli.progress import progress_bar
+from subscription_export.cli.reconcile import print_reconciled
 from subscription_export.core.errors import RangeError
 from subscription_export.core.settings import Settings
 from subscription_export.defs.runner import WindowRun, materialize_windows, run_cycle
@@ -36,7 +38,7 @@ def run(
         typer.Option(help="Re-export these registered windows only (repeatable)."),
     ] = None,
 ) -> None:
-    """Sequence new changes, cut windows and export them through Dagster (runs show in the UI)."""
+    """One whole cycle: export and deliver new windows through Dagster, then reconcile."""
     if once and watch:
         raise typer.BadParameter("choose --once or --watch, not both")
     settings = settings_of(ctx)
@@ -89,6 +91,7 @@ def _run_one_cycle(settings: Settings, as_json: bool, quiet: bool) -> bool:
             "pending_changes": result.cut.pending,
             "waiting_for_read_horizon": result.cut.sequenced.waiting,
             "held_by": [h.as_dict() for h in result.cut.sequenced.held_by],
+            "reconciled": [r.summary() for r in result.reconciled],
         }
         console.print_json(json.dumps(summary))
     elif not quiet:
@@ -101,4 +104,5 @@ def _run_one_cycle(settings: Settings, as_json: bool, quiet: bool) -> bool:
             err_console.print(f"[red]window {failure.window.key} failed[/red]: {failure.error}")
         for holder in result.cut.sequenced.held_by:
             err_console.print(f"changes held back by {holder.describe()}", highlight=False)
-    return bool(result.failed)
+        print_reconciled(result.reconciled)
+    return bool(result.failed or result.reconcile_failed)

@@ -54,6 +54,14 @@ def _print_problems(report: dict[str, Any]) -> None:
             ),
             highlight=False,
         )
+    pushes = report["pending_pushes"]
+    if pushes:
+        console.print(
+            "pending pushes: "
+            + ", ".join(f"{name} {n}" for name, n in sorted(pushes.items()))
+            + " (sent by the next reconcile: subscription-export reconcile)",
+            highlight=False,
+        )
     console.print(
         f"open dead letters: {report['open_dead_letters']}"
         " (subscription-export dead-letters list), conflicts queued for a person:"

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     lease_wait_s: Annotated[Seconds, _env_name("LEASE_WAIT")] = Field(
         300.0, description="Seconds a run waits for another run exporting the same window"
     )
+    push_max_attempts: PositiveCount = Field(
+        5, description="Attempts at a reconcile push before it becomes a dead letter"
+    )
     schema_contract: SchemaContract = Field(
         "evolve", description="What a schema change does to the export (formats/contract.py)"
     )

@@ -14,10 +14,13 @@ counts per outcome in its output metadata, and the last op copies them to run ta
 runs list shows them without opening a run.
 
 The sensor keeps one feed cursor per system in its cursor (JSON `{"crm": 3, "erp": 12}`) and
-mirrors it to the state database (`sync_feed_cursors.requested`) for the CLI. A run starts from
-the cursor the previous runs have *applied* (`sync_feed_cursors.applied`), not from the range
-it was requested for, so a failed run's changes are picked up by the next run of the system;
-a change applied twice is recognized by its cursor and skipped.
+mirrors it to the state database (`sync_feed_cursors.requested`) for the CLI. A system with no
+new feed change but pending pushes that are due (the delivery has sent what they waited for,
+or a refused one is to be retried) gets a run too, over an empty feed range: without it a push
+deferred behind the delivery would wait for the system's next, unrelated, feed change. A run
+starts from the cursor the previous runs have *applied* (`sync_feed_cursors.applied`), not
+from the range it was requested for, so a failed run's changes are picked up by the next run
+of the system; a change applied twice is recognized by its cursor and skipped.
 """
 
 import json
@@ -38,13 +41,14 @@ from subscription_export.reconcile.feeds import (
     poll_changes,
 )
 from subscription_export.reconcile.flow import advance
+from subscription_export.reconcile.outbox import Push
 from subscription_export.reconcile.policies import (
     ENV_POLICY_FILE,
     ENV_STRATEGY,
     ConflictPolicies,
     load_policies,
 )
-from subscription_export.reconcile.pushes import PushReport, push_pending
+from subscription_export.reconcile.pushes import PushReport, due_pushes, push_pending
 from subscription_export.reconcile.snapshot import load_snapshots, snapshot_metadata
 from subscription_export.reconcile.three_way import Snapshot, Verdict, plan, plan_metadata
 from subscription_export.state.leases import default_holder
@@ -217,7 +221,7 @@ def run_config(system: str, after: int, until: int | None) -> dict[str, object]:
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Polls each system's change feed with its own cursor; one reconcile run per "
-    "system and new cursor range.",
+    "system and new cursor range, or for pending pushes that are due.",
 )
 def external_changes_sensor(
     context: dg.SensorEvaluationContext,
@@ -237,7 +241,11 @@ def external_changes_sensor(
         page = poll_changes(project, system, int(cursors.get(system.name, 0)), SENSOR_PAGE)
         cursors[system.name] = page.until
         if not page.changes:
-            idle.append(f"{system.name} at {page.after}")
+            due = due_pushes(project, system)
+            if due:
+                requests.append(_push_run(system.name, page.after, due))
+            else:
+                idle.append(f"{system.name} at {page.after}")
             continue
         requests.append(
             dg.RunRequest(
@@ -248,8 +256,21 @@ def external_changes_sensor(
         )
     cursor = json.dumps(cursors, sort_keys=True)
     if not requests:
-        return dg.SensorResult(skip_reason=f"no new changes ({', '.join(idle)})", cursor=cursor)
+        return dg.SensorResult(
+            skip_reason=f"no new changes nor pushes due ({', '.join(idle)})", cursor=cursor
+        )
     return dg.SensorResult(run_requests=requests, cursor=cursor)
+
+
+def _push_run(system: str, cursor: int, due: list[Push]) -> dg.RunRequest:
+    """A run for due pushes alone (an empty feed range). The key names the pushes and their
+    attempts so far, so a retry of a refused push is a new run and a sent one is not re-run."""
+    attempts = sum(p.attempts for p in due)
+    return dg.RunRequest(
+        run_key=f"{system}:{cursor}-{cursor}:push-{due[-1].id}-{attempts}",
+        run_config=run_config(system, cursor, cursor),
+        tags={SYSTEM_TAG: system},
+    )
 
 
 reconcile_jobs = [reconcile_job]

@@ -4,7 +4,7 @@ CLI runs show up in the UI next to sensor and backfill runs."""
 import fcntl
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
@@ -17,8 +17,10 @@ from subscription_export.defs.destinations import SYNC_WINDOW_JOB, DestinationsR
 from subscription_export.defs.instance import ensure_dagster_home
 from subscription_export.defs.jobs import EXPORT_WINDOW_JOB
 from subscription_export.defs.partitions import cdc_windows
+from subscription_export.defs.reconcile import ConflictPoliciesResource
 from subscription_export.delivery.window import lagging_window
 from subscription_export.export.cut import CutResult, cut_windows, incomplete_windows
+from subscription_export.reconcile.flow import SystemRun, reconcile_all
 from subscription_export.runtime import Project
 from subscription_export.state.windows import Window
 
@@ -40,10 +42,15 @@ class WindowRun:
 class CycleResult:
     cut: CutResult
     runs: list[WindowRun]
+    reconciled: list[SystemRun] = field(default_factory=list)
 
     @property
     def failed(self) -> list[WindowRun]:
         return [r for r in self.runs if not r.success]
+
+    @property
+    def reconcile_failed(self) -> list[SystemRun]:
+        return [r for r in self.reconciled if r.failed]
 
 
 def materialize_windows(
@@ -122,7 +129,9 @@ def run_cycle(
     on_done: Callable[[WindowRun], None] | None = None,
     destinations: Path | None = None,
 ) -> CycleResult:
-    """One cycle: sequence, cut due windows, export every window not yet fully exported.
+    """One whole cycle: sequence, cut due windows, export and deliver every window not yet
+    fully exported (and catch up a destination left behind), then reconcile every system with
+    a change feed: bring its users' edits back and send the pending pushes that are due.
     `destinations`: the destinations file to deliver with (None: found from the environment)."""
     project = Project(settings)
     cut = cut_windows(project)
@@ -139,7 +148,19 @@ def run_cycle(
             trigger="cli-catch-up",
             destinations=destinations,
         )
-    return CycleResult(cut, runs)
+    return CycleResult(cut, runs, reconcile_systems(project, destinations))
+
+
+def reconcile_systems(project: Project, destinations: Path | None = None) -> list[SystemRun]:
+    """The cycle's reconcile step (every system with a feed); nothing without a destinations
+    file, or with one that does not load (the sync steps report that)."""
+    try:
+        config = DestinationsResource.at(destinations).load()
+        policies = ConflictPoliciesResource.from_env().load()
+    except ConfigError as exc:
+        log.warning("systems not reconciled: %s", exc)
+        return []
+    return reconcile_all(project, config, policies)
 
 
 def destination_catch_up(project: Project, destinations: Path | None = None) -> Window | None:

@@ -21,7 +21,7 @@ import abc
 import datetime as dt
 import hashlib
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -102,6 +102,14 @@ class OutboundItem:
         return DeliveryResult(self.lsn, self.subscription_id, status, attempts, error, self.key)
 
 
+HELD_BACK = "held back: an earlier change of this subscription is an open dead letter"
+
+
+def held_back(item: OutboundItem) -> DeliveryResult:
+    """Not sent, to keep the record's order: a dead letter that waits behind the earlier one."""
+    return item.result("dead_letter", 0, HELD_BACK)
+
+
 @dataclass(frozen=True)
 class RemoteChange:
     """One edit made by a user of a remote system, from its change feed."""
@@ -124,6 +132,7 @@ class DeliveryClient(abc.ABC):
     """Base: session, timeouts, retries, preparation of rows into keyed units."""
 
     destination: ClassVar[str]
+    keeps_record_order: ClassVar[bool] = True  # a later change of a record waits behind a failure
 
     def __init__(
         self,
@@ -198,17 +207,24 @@ class DeliveryClient(abc.ABC):
 
     # -- sending -----------------------------------------------------------------------------
 
-    def send(self, items: Sequence[OutboundItem]) -> list[DeliveryResult]:
-        """Deliver prepared items (retrying as the policy allows); one result per item."""
+    def send(
+        self, items: Sequence[OutboundItem], *, held: Collection[str] = ()
+    ) -> list[DeliveryResult]:
+        """Deliver prepared items (retrying as the policy allows); one result per item. An item
+        of a subscription in `held` (open dead letter) or after its failed item is held back:
+        sent, it would make the failed change stale (409) and so never replayable."""
+        blocked = set(held) if self.keeps_record_order else set()
         results: dict[int, DeliveryResult] = {}
         pending = []
         for item in items:
             settled = item.settled()
-            if settled is None:
-                pending.append(item)
-            else:
+            if settled is not None:
                 results[item.lsn] = settled
-        for result in self._send_items(pending):
+            elif item.subscription_id in blocked:
+                results[item.lsn] = held_back(item)
+            else:
+                pending.append(item)
+        for result in self._send_items(pending, blocked):
             results[result.lsn] = result
         return [results[item.lsn] for item in items]
 
@@ -223,8 +239,8 @@ class DeliveryClient(abc.ABC):
         return self.send(self.prepare(rows, window_key=window_key, prior_state=prior_state))
 
     @abc.abstractmethod
-    def _send_items(self, items: Sequence[OutboundItem]) -> list[DeliveryResult]:
-        """Send items that need a request; one result per item."""
+    def _send_items(self, items: Sequence[OutboundItem], blocked: set[str]) -> list[DeliveryResult]:
+        """Send items that need a request, one result per item; a failure blocks its record."""
 
     def _url(self, path: str) -> str:
         return self.base_url + path
@@ -288,8 +304,14 @@ class ErpClient(ChangeFeedMixin, DeliveryClient):
     ) -> dict[int, list[dict[str, Any]] | MappingError]:
         return self._map_each(rows, _erp_body)
 
-    def _send_items(self, items: Sequence[OutboundItem]) -> list[DeliveryResult]:
-        return [self._send_one(item) for item in items]
+    def _send_items(self, items: Sequence[OutboundItem], blocked: set[str]) -> list[DeliveryResult]:
+        results = []
+        for item in items:
+            result = held_back(item) if item.subscription_id in blocked else self._send_one(item)
+            if result.status == "dead_letter":
+                blocked.add(item.subscription_id)
+            results.append(result)
+        return results
 
     def _send_one(self, item: OutboundItem) -> DeliveryResult:
         (unit,) = item.units
@@ -334,10 +356,15 @@ class _BatchClient(DeliveryClient):
     batch_field: ClassVar[str]
     one_change_per_subscription: ClassVar[bool] = True
 
-    def _send_items(self, items: Sequence[OutboundItem]) -> list[DeliveryResult]:
+    def _send_items(self, items: Sequence[OutboundItem], blocked: set[str]) -> list[DeliveryResult]:
         results: list[DeliveryResult] = []
         for round_items in self._rounds(items):
-            results.extend(self._send_round(round_items))
+            sent = [i for i in round_items if i.subscription_id not in blocked]
+            results.extend(held_back(i) for i in round_items if i.subscription_id in blocked)
+            for result in self._send_round(sent):
+                if result.status == "dead_letter" and self.keeps_record_order:
+                    blocked.add(result.subscription_id)
+                results.append(result)
         return results
 
     def _rounds(self, items: Sequence[OutboundItem]) -> list[list[OutboundItem]]:
@@ -457,6 +484,7 @@ class AccountingClient(_BatchClient):
     """
 
     destination = "accounting"
+    keeps_record_order = False  # a ledger: entries are independent postings
     batch_path = "/journal/batch"
     batch_field = "entries"
     one_change_per_subscription = False

@@ -44,6 +44,9 @@ if TYPE_CHECKING:  # at run time only `DeadLetter.item` needs them (it imports t
     )
 
 ENV_POLICY = "SUBSCRIPTION_EXPORT_ON_DEAD_LETTER"
+PUSH_WINDOW_KEY = "reconcile"
+"""`window_key` of a reconcile push's dead letter: it belongs to no window, so it never blocks a
+window's completion; its `lsn` is minus the push's id (unique, and sorted before every change)."""
 Policy = Literal["block", "skip"]
 Status = Literal["open", "replayed", "discarded"]
 STATUSES: tuple[Status, ...] = ("open", "replayed", "discarded")
@@ -264,6 +267,33 @@ def list_dead_letters(
         return [_from_row(row) for row in conn.execute(query)]
 
 
+def held_subscriptions(
+    engine: Engine, destination: str, *, except_window: str | None = None
+) -> set[str]:
+    """Subscriptions with an open dead letter at `destination` (outside `except_window`): their
+    later changes are held back behind it, to reach the destination in order."""
+    init_dead_letters(engine)
+    table = dead_letters
+    query = sa.select(table.c.subscription_id).where(
+        table.c.destination == destination, table.c.status == "open"
+    )
+    if except_window is not None:
+        query = query.where(table.c.window_key != except_window)
+    with engine.connect() as conn:
+        return set(conn.execute(query.distinct()).scalars())
+
+
+def statuses_by_lsn(engine: Engine, destination: str, lsns: Sequence[int]) -> dict[int, Status]:
+    """LSN -> status of the destination's dead letters with these LSNs."""
+    init_dead_letters(engine)
+    table = dead_letters
+    query = sa.select(table.c.lsn, table.c.status).where(
+        table.c.destination == destination, table.c.lsn.in_(list(lsns))
+    )
+    with engine.connect() as conn:
+        return {int(lsn): status for lsn, status in conn.execute(query)}
+
+
 def open_windows(engine: Engine, destination: str) -> dict[str, int]:
     """Window key -> number of open dead letters of `destination` in it."""
     init_dead_letters(engine)
@@ -277,8 +307,29 @@ def open_windows(engine: Engine, destination: str) -> dict[str, int]:
         return {key: int(n) for key, n in conn.execute(query)}
 
 
+def held_behind(engine: Engine, ids: Sequence[int]) -> list[int]:
+    """Open dead letters of the same destination and subscription as these (discarded) ones,
+    with a later LSN: the changes held back behind them, to send now that they are settled."""
+    init_dead_letters(engine)
+    table = dead_letters
+    given = list_dead_letters(engine, status=None, ids=ids)
+    found: list[int] = []
+    with engine.connect() as conn:
+        for letter in given:
+            found += conn.execute(
+                sa.select(table.c.id).where(
+                    table.c.destination == letter.destination,
+                    table.c.subscription_id == letter.subscription_id,
+                    table.c.status == "open",
+                    table.c.lsn > letter.lsn,
+                )
+            ).scalars()
+    return sorted(set(found) - set(ids))
+
+
 def discard(engine: Engine, ids: Sequence[int]) -> int:
-    """Give up on dead letters: they stop blocking; the changes are never delivered."""
+    """Give up on dead letters: they stop blocking; the changes are never delivered (the
+    changes held back behind them are sent by a replay: `held_behind`)."""
     init_dead_letters(engine)
     table = dead_letters
     with engine.begin() as conn:
@@ -310,9 +361,10 @@ def replay(
     """Re-send open dead letters (oldest LSN first per destination) with their original keys.
 
     A delivered one is marked `replayed`; one that fails again stays `open` with the new error
-    and its attempts added. `client_for(destination)` gives the client of each destination
-    (the caller owns and closes it). Sent `chunk_size` at a time, so batch APIs get batches
-    while each destination's changes keep their LSN order.
+    and its attempts added, and the later letters of its subscription stay open unsent (held
+    back: sent before it, they would make it stale for ever). `client_for(destination)` gives
+    the client of each destination (the caller owns and closes it). Sent `chunk_size` at a
+    time, so batch APIs get batches while each destination's changes keep their LSN order.
     """
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
@@ -323,9 +375,11 @@ def replay(
         by_destination.setdefault(letter.destination, []).append(letter)
     for name, group in by_destination.items():
         client = client_for(name)
+        failed: set[str] = set()  # a record whose letter failed again keeps its later ones
         for start in range(0, len(group), chunk_size):
             chunk = group[start : start + chunk_size]
-            sent = client.send([letter.item() for letter in chunk])
+            sent = client.send([letter.item() for letter in chunk], held=failed)
+            failed |= {r.subscription_id for r in sent if r.status == "dead_letter"}
             for letter, outcome in zip(chunk, sent, strict=True):
                 result = _settle(engine, letter, outcome)
                 results.append(result)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -71,11 +71,14 @@ def deliver(
     max_concurrency: int = 4,
     prior_state: Mapping[str, Mapping[str, Any]] | None = None,
     clock: Callable[[], float] = time.monotonic,
+    held: Collection[str] = (),
 ) -> DeliveryReport:
     """Send `rows` through `client`; every row gets a result (delivered, skipped, dead letter).
 
     `prior_state` (subscription id -> image just before the window) is used by destinations
     whose payload depends on the previous state (accounting books price differences).
+    `held`: subscriptions with an open dead letter; their rows, and a subscription's rows after
+    one of them failed, are held back as dead letters (`DeliveryClient.send`).
     """
     if batch_size < 1 or max_concurrency < 1:
         raise ValueError("batch_size and max_concurrency must be at least 1")
@@ -95,9 +98,12 @@ def deliver(
     def run_lane(lane: list[OutboundItem]) -> tuple[list[DeliveryResult], list[float]]:
         lane_results: list[DeliveryResult] = []
         lane_latencies: list[float] = []
+        blocked = {item.subscription_id for item in lane} & set(held)  # this lane's own
         for start in range(0, len(lane), batch_size):
             batch_started = clock()
-            lane_results.extend(client.send(lane[start : start + batch_size]))
+            sent = client.send(lane[start : start + batch_size], held=blocked)
+            blocked |= {r.subscription_id for r in sent if r.status == "dead_letter"}
+            lane_results.extend(sent)
             lane_latencies.append(clock() - batch_started)
         return lane_results, lane_latencies
 

@@ -20,6 +20,7 @@ from subscription_export.delivery.config import DestinationConfig
 from subscription_export.delivery.dead_letters import (
     NewDeadLetter,
     Policy,
+    held_subscriptions,
     list_dead_letters,
     open_windows,
     record_dead_letters,
@@ -169,6 +170,9 @@ def _send_batches(
     }
     accounting = destination.kind == "accounting"
     prior = mapping_prior_state(project.source, window) if accounting else None
+    # Per-record order: a subscription with an open dead letter of another window (or a push)
+    # gets its changes held back behind it; this window's own are re-sent in LSN order.
+    held = held_subscriptions(project.state, destination.name, except_window=window.key)
     totals = _Totals()
     for rows in read_rows(parquet, project.settings.read_batch_size):
         report = deliver(
@@ -178,7 +182,9 @@ def _send_batches(
             batch_size=destination.batch_size,
             max_concurrency=destination.max_concurrency,
             prior_state=prior,
+            held=held,
         )
+        held |= {r.subscription_id for r in report.dead_letters}
         totals.add(report, rows)
         if report.dead_letters:
             totals.letters.extend(_dead_letters(client, rows, report.results, window.key, prior))

@@ -18,6 +18,7 @@ from dataclasses import replace
 from subscription_export.delivery.clients import DeliveryClient
 from subscription_export.delivery.config import DestinationConfig
 from subscription_export.delivery.dead_letters import (
+    PUSH_WINDOW_KEY,
     Policy,
     dead_letter_policy,
     init_dead_letters,
@@ -169,7 +170,7 @@ def lagging_window(project: Project, names: Sequence[str]) -> Window | None:
     """
     newest: Window | None = None
     for name in names:
-        if open_windows(project.state, name):
+        if set(open_windows(project.state, name)) - {PUSH_WINDOW_KEY}:
             continue
         exported = completed_keys(project.state, PARQUET_CONSUMER, project.watermarks.get(name))
         behind = [w for w in pending_windows(project, name) if w.key in exported]

@@ -17,6 +17,7 @@ from subscription_export.core.errors import SubscriptionExportError
 from subscription_export.delivery.clients import DeliveryClient
 from subscription_export.delivery.config import DestinationsConfig
 from subscription_export.delivery.dead_letters import (
+    PUSH_WINDOW_KEY,
     Policy,
     ReplayResult,
     dead_letter_policy,
@@ -107,8 +108,8 @@ def _finish_replayed_window(project: Project, name: str, window_key: str, holder
     """Complete a window for `name` once it has no open dead letter (its other changes were
     delivered by the pass that recorded the dead letters). True if it was completed now."""
     state = project.state
-    if open_windows(state, name).get(window_key, 0):
-        return False
+    if window_key == PUSH_WINDOW_KEY or open_windows(state, name).get(window_key, 0):
+        return False  # a push's dead letter belongs to no window
     window = find_window(state, window_key)
     if window is None:
         raise DeliveryOrderError(f"{name}: dead letters name window {window_key}, not registered")

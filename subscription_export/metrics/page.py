@@ -29,6 +29,7 @@ from subscription_export.metrics.tables import (
     consumers_table,
     esc,
     num,
+    pushes_table,
     reconcile_table,
     utc_text,
 )
@@ -73,6 +74,7 @@ def _cards(data: DashboardData) -> str:
         ("last LSN", num(data.last_lsn), "last-lsn", False),
         ("open dead letters", num(data.open_dead_letters), "open-dead-letters", True),
         ("open conflicts", num(data.open_conflicts), "open-conflicts", True),
+        ("pending pushes", num(sum(data.pending_pushes.values())), "pending-pushes", True),
         ("capture lag (s)", num(latest.lag_s if latest else None, 2), "capture-lag", False),
     ]
     return "".join(
@@ -109,6 +111,7 @@ def render_dashboard(data: DashboardData, refresh_s: int | None = None) -> str:
         "open_dead_letters": data.open_dead_letters,
         "open_conflicts": data.open_conflicts,
         "reconcile": data.reconcile,
+        "pending_pushes": data.pending_pushes,
         "colors": colors,
         "charts": {name: chart.as_dict() for name, chart in charts.items()},
     }
@@ -135,7 +138,8 @@ def render_dashboard(data: DashboardData, refresh_s: int | None = None) -> str:
         f'<div class="charts">{_chart_blocks(charts)}</div>'
         '<div class="tables"><h2>Consumers</h2>'
         f"{consumers_table(data)}<h2>Capture</h2>{capture_table(data)}"
-        f"<h2>Remote edits by outcome</h2>{reconcile_table(data)}</div></main>"
+        f"<h2>Remote edits by outcome</h2>{reconcile_table(data)}"
+        f"<h2>Pending pushes</h2>{pushes_table(data)}</div></main>"
         '<script type="application/json" id="dashboard-data">'
         f"{_json_for_html(payload)}</script>"
         f"<script>{library}</script><script>{script}</script></body></html>\n"

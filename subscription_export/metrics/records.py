@@ -252,6 +252,7 @@ class DashboardData:
     capture: list[CaptureSample]  # oldest first
     since: dt.datetime | None = None
     reconcile: dict[str, dict[str, int]] = field(default_factory=dict)  # system -> outcome -> n
+    pending_pushes: dict[str, int] = field(default_factory=dict)  # system -> pushes to send
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -264,6 +265,7 @@ class DashboardData:
             "exports": [e.as_dict() for e in self.exports],
             "capture": [s.as_dict() for s in self.capture],
             "reconcile": self.reconcile,
+            "pending_pushes": self.pending_pushes,
         }
 
     def to_json(self) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -302,11 +302,13 @@ def load_dashboard_data(
     open_dead_letters: int,
     open_conflicts: int,
     since: dt.datetime | None = None,
+    pending_pushes: Mapping[str, int] | None = None,
 ) -> DashboardData:
     """The dashboard's numbers: metrics from the store, positions and open items from the caller.
 
-    Watermarks, the log's last LSN and open dead letters/conflicts live elsewhere (watermark
-    store, source, sync tables); taking them as arguments keeps this module independent of them.
+    Watermarks, the log's last LSN, open dead letters/conflicts and pending pushes per system live
+    elsewhere (watermark store, source, sync tables); taking them as arguments keeps this module
+    independent of them.
     """
     exports = load_exports(engine, since)
     return DashboardData(
@@ -319,4 +321,5 @@ def load_dashboard_data(
         capture=load_capture_samples(engine, since),
         since=since,
         reconcile=reconcile_outcomes(engine, since),
+        pending_pushes=dict(sorted((pending_pushes or {}).items())),
     )

@@ -127,3 +127,10 @@ def reconcile_table(data: DashboardData) -> str:
         for system, counts in data.reconcile.items()
     ]
     return table(["system", *outcomes], rows, "reconcile", "no reconcile runs yet")
+
+
+def pushes_table(data: DashboardData) -> str:
+    """Merged records still to push per system (a push waits for the window delivery, or is
+    retried until `push_max_attempts`, then it is a dead letter)."""
+    rows = [[esc(system), num(n)] for system, n in data.pending_pushes.items()]
+    return table(["system", "pending pushes"], rows, "pushes", "no pending pushes")

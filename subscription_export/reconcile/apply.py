@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection, Engine
 from subscription_export.delivery.clients import RemoteChange
 from subscription_export.delivery.config import DestinationConfig
 from subscription_export.reconcile.feeds import FeedBatch
+from subscription_export.reconcile.push_letters import settle_dead_lettered
 from subscription_export.reconcile.record import Entry, Provenance, provenance_of, record_decision
 from subscription_export.reconcile.snapshot import load_snapshot
 from subscription_export.reconcile.source_side import (
@@ -148,6 +149,8 @@ def apply_batch(
     with lease(
         project.state, f"reconcile:{config.name}", who, wait_s=project.settings.lease_wait_s
     ):
+        # a replayed push's record is what the remote holds: the base of its next edit
+        settle_dead_lettered(project.state, config.name)
         with project.source.connect() as conn:
             types = column_types(conn)
         for change in batch.changes:

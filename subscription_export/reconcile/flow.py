@@ -56,12 +56,14 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from subscription_export.core.errors import SubscriptionExportError
 from subscription_export.delivery.clients import DeliveryClient
-from subscription_export.delivery.config import DestinationConfig
+from subscription_export.delivery.config import DestinationConfig, DestinationsConfig
+from subscription_export.delivery.retry import DeliveryError
 from subscription_export.metrics.store import ReconcileMetrics, record_reconcile_metrics
 from subscription_export.reconcile.apply import ApplyReport, apply_batch
 from subscription_export.reconcile.errors import ReconcileError
-from subscription_export.reconcile.feeds import fetch_changes
+from subscription_export.reconcile.feeds import feed_system, feed_systems, fetch_changes
 
 # Kept for cli.py until its `conflicts` commands import them from `manual_queue` (the CLI is
 # being split into a package; see the reconcile branch's report).
@@ -70,6 +72,7 @@ from subscription_export.reconcile.manual_queue import (
     history,
     resolve_conflict,
 )
+from subscription_export.reconcile.policies import ConflictPolicies
 from subscription_export.reconcile.pushes import PushReport, push_pending
 from subscription_export.reconcile.strategies import ConflictPolicy
 from subscription_export.reconcile.sync_state import advance_applied, init_sync_state
@@ -78,9 +81,11 @@ from subscription_export.runtime import Project
 __all__ = [
     "ReconcileError",
     "ReconcileReport",
+    "SystemRun",
     "advance",
     "describe_conflict",
     "history",
+    "reconcile_all",
     "reconcile_system",
     "resolve_conflict",
 ]
@@ -94,6 +99,25 @@ class ReconcileReport:
 
     def metadata(self) -> dict[str, int | str]:
         return {**self.applied.metadata(), **self.pushes.metadata(), "applied_cursor": self.cursor}
+
+    @property
+    def failed(self) -> bool:
+        """A push was refused this run (kept for the next, or now a dead letter)."""
+        return bool(self.pushes.failed or self.pushes.dead_lettered)
+
+    def summary(self) -> dict[str, int | str]:
+        """What `subscription-export reconcile` prints per system."""
+        return {
+            "system": self.applied.system,
+            "changes": sum(self.applied.outcomes.values()),
+            "applied": self.applied.written_back,
+            "conflicts_queued": self.applied.outcomes.get("queued", 0),
+            "pushes_sent": self.pushes.pushed,
+            "pushes_waiting": self.pushes.deferred,
+            "pushes_failed": self.pushes.failed,
+            "pushes_dead_lettered": self.pushes.dead_lettered,
+            "feed_cursor": self.cursor,
+        }
 
 
 def reconcile_system(
@@ -121,6 +145,48 @@ def reconcile_system(
         if own:
             active.close()
     return advance(project, applied, pushes)
+
+
+@dataclass(frozen=True)
+class SystemRun:
+    """One system's reconcile in `reconcile_all`: its report, or why it could not run."""
+
+    system: str
+    report: ReconcileReport | None
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.report is None or self.report.failed
+
+    def summary(self) -> dict[str, int | str | None]:
+        if self.report is None:
+            return {"system": self.system, "error": self.error}
+        return {**self.report.summary(), "errors": "; ".join(self.report.pushes.errors) or None}
+
+
+def reconcile_all(
+    project: Project,
+    destinations: DestinationsConfig,
+    policies: ConflictPolicies,
+    *,
+    system: str | None = None,
+    holder: str | None = None,
+) -> list[SystemRun]:
+    """`reconcile_system` for every system with a change feed (or the one named), each on its
+    own: one unreachable system does not keep the others from their edits and pushes. What
+    the CLI's `reconcile` and `run --once` do after the delivery."""
+    configs = [feed_system(destinations, system)] if system else feed_systems(destinations)
+    runs = []
+    for config in configs:
+        try:
+            policy = policies.for_destination(config.name)
+            report = reconcile_system(project, config, policy, holder=holder)
+        except (SubscriptionExportError, DeliveryError) as exc:
+            runs.append(SystemRun(config.name, None, f"{type(exc).__name__}: {exc}"))
+            continue
+        runs.append(SystemRun(config.name, report))
+    return runs
 
 
 def advance(project: Project, applied: ApplyReport, pushes: PushReport) -> ReconcileReport:

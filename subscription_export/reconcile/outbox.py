@@ -86,14 +86,26 @@ def supersede_pushes(
     conn.execute(query.values(status="superseded", updated_at=now()))
 
 
-def pending_pushes(engine: Engine, destination: str) -> list[Push]:
+def pending_pushes(engine: Engine, destination: str, status: str = "pending") -> list[Push]:
+    """The destination's pushes in this status (`pending`: still to send), oldest first."""
     with engine.connect() as conn:
         rows = conn.execute(
             sa.select(pushes)
-            .where(pushes.c.destination == destination, pushes.c.status == "pending")
+            .where(pushes.c.destination == destination, pushes.c.status == status)
             .order_by(pushes.c.id)
         ).all()
     return [_push(r) for r in rows]
+
+
+def pending_counts(engine: Engine) -> dict[str, int]:
+    """Destination -> pushes still to send (`status`, the dashboard)."""
+    query = (
+        sa.select(pushes.c.destination, sa.func.count())
+        .where(pushes.c.status == "pending")
+        .group_by(pushes.c.destination)
+    )
+    with engine.connect() as conn:
+        return {name: int(n) for name, n in conn.execute(query)}
 
 
 def list_pushes(engine: Engine, destination: str | None = None) -> list[Push]:
@@ -124,6 +136,8 @@ def _push(r: Any) -> Push:
 def settle_push(
     conn: Connection, push_id: int, status: str, error: str | None = None, attempted: bool = False
 ) -> None:
+    """Statuses: pending, sent, obsolete, superseded, dead_letter (attempts ran out: a dead
+    letter of the destination holds it), discarded (that dead letter was discarded)."""
     values: dict[str, Any] = {"status": status, "error": error, "updated_at": now()}
     if attempted:
         values["attempts"] = pushes.c.attempts + 1

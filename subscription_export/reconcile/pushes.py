@@ -2,6 +2,11 @@
 idempotency keys, once the window delivery has sent it every earlier change of the
 subscription (the ERP refuses a version older than the one it holds), and dropped as obsolete
 when the delivery has since brought it a newer image (built on the merged record).
+
+A push the system does not accept stays pending for the next run, at most
+`push_max_attempts` times (a setting); then it becomes a dead letter of the destination
+(`push_letters`), which `dead-letters replay|discard` settle like any other. `due_pushes` says
+whether a run has anything to do, so the sensor and `run --once` start one for pushes alone.
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ from typing import Any, Literal
 
 from subscription_export.delivery.clients import DeliveryClient
 from subscription_export.delivery.config import DestinationConfig
+from subscription_export.delivery.dead_letters import held_subscriptions
 from subscription_export.reconcile.apply import crash_point
 from subscription_export.reconcile.outbox import Push, pending_pushes, settle_push
+from subscription_export.reconcile.push_letters import dead_letter_push, settle_dead_lettered
 from subscription_export.reconcile.source_side import (
     Types,
     changed_after,
@@ -33,7 +40,8 @@ class PushReport:
     pushed: int = 0
     deferred: int = 0  # waiting for the window delivery to send earlier changes
     obsolete: int = 0  # the delivery brought the remote a newer image since
-    failed: int = 0
+    failed: int = 0  # kept pending for the next run
+    dead_lettered: int = 0  # out of attempts: now a dead letter of the destination
     errors: list[str] = field(default_factory=list)
 
     def metadata(self) -> dict[str, int | str]:
@@ -43,6 +51,7 @@ class PushReport:
             "push_deferred": self.deferred,
             "push_obsolete": self.obsolete,
             "push_failed": self.failed,
+            "push_dead_lettered": self.dead_lettered,
         }
 
 
@@ -74,6 +83,7 @@ def push_pending(
     """Send the pending pushes of one system whose turn has come."""
     init_sync_state(project.state)
     report = PushReport(config.name)
+    settle_dead_lettered(project.state, config.name)
     pending = pending_pushes(project.state, config.name)
     if not pending:
         return report
@@ -81,10 +91,11 @@ def push_pending(
     active = client or config.client()
     try:
         watermark = project.watermarks.get(config.name)
+        held = held_subscriptions(project.state, config.name)
         with project.source.connect() as conn:
             types = column_types(conn)
         for push in pending:
-            turn = _turn(project, push, config.name, types, watermark)
+            turn = _turn(project, push, config.name, types, watermark, held)
             if turn == "obsolete":
                 with project.state.begin() as s:
                     settle_push(s, push.id, "obsolete")
@@ -99,11 +110,28 @@ def push_pending(
     return report
 
 
+def due_pushes(project: Project, config: DestinationConfig) -> list[Push]:
+    """Pending pushes a run would send or drop now (not those still waiting for the delivery)."""
+    init_sync_state(project.state)
+    pending = pending_pushes(project.state, config.name)
+    if not pending:
+        return []
+    watermark = project.watermarks.get(config.name)
+    held = held_subscriptions(project.state, config.name)
+    with project.source.connect() as conn:
+        types = column_types(conn)
+    return [
+        p for p in pending if _turn(project, p, config.name, types, watermark, held) != "deferred"
+    ]
+
+
 def _turn(
-    project: Project, push: Push, system: str, types: Types, watermark: int
+    project: Project, push: Push, system: str, types: Types, watermark: int, held: set[str]
 ) -> Literal["obsolete", "deferred", "now"]:
-    """Whether the delivery has since sent a newer image, still owes an earlier change, or the
-    push may go now."""
+    """Whether the delivery has since sent a newer image, still owes an earlier change (or
+    holds the record back behind an open dead letter), or the push may go now."""
+    if push.subscription_id in held:
+        return "deferred"
     with project.source.connect() as conn:
         newer = changed_after(
             conn, push.subscription_id, push.plan_log_id, system, types, watermark
@@ -119,14 +147,20 @@ def _send(
     project: Project, client: DeliveryClient, push: Push, types: Types, report: PushReport
 ) -> None:
     crash_point("before_push")
-    items = client.prepare([_push_row(push, types)], window_key=push.window_key)
-    (result,) = client.send(items)
-    with project.state.begin() as s:
-        if result.status == "dead_letter":  # kept pending: the next run re-sends it
-            settle_push(s, push.id, "pending", result.error, attempted=True)
+    row = _push_row(push, types)
+    (item,) = client.prepare([row], window_key=push.window_key)
+    (result,) = client.send([item])
+    if result.status == "dead_letter":
+        report.errors.append(f"{push.idempotency_key}: {result.error}")
+        if push.attempts + 1 >= project.settings.push_max_attempts:
+            dead_letter_push(project.state, push, item, row, result)
+            report.dead_lettered += 1
+        else:  # kept pending: the next run re-sends it under the same key
+            with project.state.begin() as s:
+                settle_push(s, push.id, "pending", result.error, attempted=True)
             report.failed += 1
-            report.errors.append(f"{push.idempotency_key}: {result.error}")
-            return
+        return
+    with project.state.begin() as s:
         settle_push(s, push.id, "sent", attempted=True)
         held_version = version_of(push.record) if push.record is not None else push.delete_version
         mark_held(

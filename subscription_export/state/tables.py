@@ -207,7 +207,8 @@ sync_pushes = sa.Table(
     sa.Column("record", sa.Text, nullable=False),  # JSON; "null": push a delete
     sa.Column("delete_version", sa.BigInteger),  # version a delete carries
     sa.Column("plan_log_id", sa.BigInteger, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),  # pending|sent|obsolete|superseded
+    # pending|sent|obsolete|superseded, dead_letter (retries ran out) or discarded (its dead letter)
+    sa.Column("status", sa.String(16), nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("error", sa.Text),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),

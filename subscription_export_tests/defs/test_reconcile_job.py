@@ -17,6 +17,7 @@ from subscription_export.core.settings import Settings
 from subscription_export.defs.definitions import build_definitions
 from subscription_export.defs.destinations import DestinationsResource
 from subscription_export.defs.reconcile import (
+    SYSTEM_TAG,
     ConflictPoliciesResource,
     external_changes_sensor,
     reconcile_job,
@@ -192,3 +193,56 @@ def test_the_project_definitions_hold_the_job_the_sensor_and_their_resources(
     loaded = defs.resources["conflict_policies"].load()  # type: ignore[union-attr]
     assert loaded.for_destination("crm").strategy.value == "manual"
     assert defs.resolve_sensor_def("change_log_sensor").job_name == "export_window"
+
+
+def test_a_push_left_waiting_for_the_delivery_gets_a_run_without_a_new_feed_change(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The ERP's user sets past_due while the app renames the record; the reconcile merges both
+    but its push must wait for the delivery of the rename, which then overwrites the ERP with
+    `active`. No later ERP edit comes: the sensor must still start a run for the push."""
+    with dagster_world(settings, tmp_path, "last_writer_wins") as (w, resources, instance):
+        seeded(w)
+        w.update("s1", 1, name="Renamed")
+        w.remote_edit("erp", "s1", 2, status="past_due")
+        first = tick(instance, resources, None)
+        (request,) = [r for r in first.run_requests or [] if r.run_key.startswith("erp")]
+        run = reconcile_job.execute_in_process(
+            run_config=request.run_config, instance=instance, resources=resources
+        )
+        assert output_metadata(run, "push_to_remote")["push_deferred"] == 1
+        w.deliver()  # the rename reaches the ERP, and with it status `active` again
+        assert w.remote_record("erp", "s1")["status"] == "active"  # type: ignore[index]
+
+        second = tick(instance, resources, first.cursor)
+        (due,) = second.run_requests or []
+        assert due.run_key == "erp:1-1:push-1-0" and due.tags[SYSTEM_TAG] == "erp"
+        run = reconcile_job.execute_in_process(
+            run_config=due.run_config, instance=instance, resources=resources
+        )
+        assert output_metadata(run, "fetch_remote_changes")["changes"] == 0
+        assert output_metadata(run, "push_to_remote")["pushed"] == 1
+        w.assert_converged("s1", record(name="Renamed", status="past_due"))
+        third = tick(instance, resources, second.cursor)
+        assert not third.run_requests  # nothing due any more
+
+
+def test_run_once_is_a_whole_cycle_export_deliver_reconcile_push(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`run --once` (`run_cycle`) brings the ERP's edit back and the next cycle delivers the
+    write-back to the CRM: no sensor, no separate command."""
+    from subscription_export.defs.runner import run_cycle
+
+    monkeypatch.setenv("SUBSCRIPTION_EXPORT_DESTINATIONS", str(tmp_path / "destinations.toml"))
+    monkeypatch.setenv("SUBSCRIPTION_EXPORT_CONFLICT_STRATEGY", "last_writer_wins")
+    with dagster_world(settings, tmp_path, "last_writer_wins") as (w, _resources, instance):
+        w.insert("s1")
+        run_cycle(settings, instance=instance)
+        w.remote_edit("erp", "s1", 1, status="past_due")
+        first = run_cycle(settings, instance=instance)
+        assert w.source_record("s1")["status"] == "past_due"  # type: ignore[index]
+        second = run_cycle(settings, instance=instance)
+        w.assert_converged("s1", record(status="past_due"))
+        assert [r.summary()["changes"] for r in first.reconciled] == [1, 0]  # erp, crm
+        assert not first.reconcile_failed and [r.success for r in second.runs] == [True]

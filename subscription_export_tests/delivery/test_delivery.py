@@ -36,7 +36,7 @@ class RecordingClient(DeliveryClient):
     ) -> dict[int, list[dict[str, Any]] | MappingError]:
         return self._map_each(rows, lambda row: {"id": row["id"]})
 
-    def _send_items(self, items: Sequence[OutboundItem]) -> list[DeliveryResult]:
+    def _send_items(self, items: Sequence[OutboundItem], blocked: set[str]) -> list[DeliveryResult]:
         with self._lock:
             self.active += 1
             self.peak = max(self.peak, self.active)

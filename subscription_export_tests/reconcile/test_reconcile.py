@@ -121,6 +121,7 @@ class World:
     clock: Clock
     reports: list[rc.ReconcileReport] = field(default_factory=list)
     batch_limit: int = 100  # feed changes per reconcile run (1: one change per run)
+    destinations_path: Path | None = None  # the file `destinations` was loaded from
 
     # -- the people editing ------------------------------------------------------------------
 
@@ -300,7 +301,10 @@ def world(
     with sandbox(clock, names) as servers:
         destinations = write_destinations(tmp_path / "destinations.toml", servers, read_s=2.0)
         project = Project(settings)
-        yield World(project, servers, destinations, policies_of(policy), clock)
+        path = tmp_path / "destinations.toml"
+        yield World(
+            project, servers, destinations, policies_of(policy), clock, destinations_path=path
+        )
 
 
 def seeded(w: World, sid: str = "s1") -> None:

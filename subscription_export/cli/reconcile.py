@@ -1,0 +1,60 @@
+"""`reconcile`: bring the ERP's and CRM's edits back and send the pushes that are due, now,
+without Dagster (the sensor's runs do the same per system)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Annotated
+
+import typer
+
+from subscription_export.cli.app import console, err_console, settings_of
+from subscription_export.delivery.config import load_destinations
+from subscription_export.reconcile.flow import SystemRun, reconcile_all
+from subscription_export.reconcile.policies import load_policies
+from subscription_export.runtime import Project
+from subscription_export.state.leases import default_holder
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+def reconcile(
+    ctx: typer.Context,
+    system: Annotated[
+        str | None, typer.Option(help="Only this system (default: every ERP and CRM).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Bring ERP and CRM edits back and send the pushes that are due (exit 1 on a failure)."""
+    project = Project(settings_of(ctx))
+    runs = reconcile_all(
+        project, load_destinations(), load_policies(), system=system, holder=default_holder()
+    )
+    if as_json:
+        console.print_json(json.dumps([r.summary() for r in runs]))
+    else:
+        if not runs:
+            console.print("no system with a change feed is configured")
+        print_reconciled(runs)
+    if any(r.failed for r in runs):
+        raise typer.Exit(1)
+
+
+def print_reconciled(runs: Sequence[SystemRun]) -> None:
+    """One line per system (also printed by `run`)."""
+    for run in runs:
+        if run.report is None:
+            err_console.print(f"[red]{run.system}: not reconciled[/red]: {run.error}")
+            continue
+        s = run.report.summary()
+        console.print(
+            f"{run.system}: {s['changes']} change(s), {s['applied']} applied,"
+            f" {s['conflicts_queued']} conflict(s) queued; pushes {s['pushes_sent']} sent,"
+            f" {s['pushes_waiting']} waiting for the delivery, {s['pushes_failed']} failed,"
+            f" {s['pushes_dead_lettered']} dead-lettered",
+            highlight=False,
+        )
+        for error in run.report.pushes.errors:
+            err_console.print(f"  [red]push refused[/red]: {error}", highlight=False)
