@@ -94,11 +94,28 @@ def deliver(
             results.append(settled)
 
     latencies: list[float] = []
+    work = lanes(to_send, max_concurrency)
+    if work:
+        name = f"deliver-{client.destination}"
+        send = _lane_sender(client, batch_size, set(held), clock)
+        with ThreadPoolExecutor(max_workers=len(work), thread_name_prefix=name) as pool:
+            for lane_results, lane_latencies in pool.map(send, work):
+                results.extend(lane_results)
+                latencies.extend(lane_latencies)
+    results.sort(key=lambda r: r.lsn)
+    stats = _stats(results, latencies, clock() - started)
+    return DeliveryReport(results, stats)
+
+
+def _lane_sender(
+    client: DeliveryClient, batch_size: int, held: set[str], clock: Callable[[], float]
+) -> Callable[[list[OutboundItem]], tuple[list[DeliveryResult], list[float]]]:
+    """Send one lane batch by batch; a subscription that failed holds back its later rows."""
 
     def run_lane(lane: list[OutboundItem]) -> tuple[list[DeliveryResult], list[float]]:
         lane_results: list[DeliveryResult] = []
         lane_latencies: list[float] = []
-        blocked = {item.subscription_id for item in lane} & set(held)  # this lane's own
+        blocked = {item.subscription_id for item in lane} & held  # this lane's own
         for start in range(0, len(lane), batch_size):
             batch_started = clock()
             sent = client.send(lane[start : start + batch_size], held=blocked)
@@ -107,24 +124,20 @@ def deliver(
             lane_latencies.append(clock() - batch_started)
         return lane_results, lane_latencies
 
-    work = lanes(to_send, max_concurrency)
-    if work:
-        name = f"deliver-{client.destination}"
-        with ThreadPoolExecutor(max_workers=len(work), thread_name_prefix=name) as pool:
-            for lane_results, lane_latencies in pool.map(run_lane, work):
-                results.extend(lane_results)
-                latencies.extend(lane_latencies)
+    return run_lane
 
-    results.sort(key=lambda r: r.lsn)
-    stats = DeliveryStats(
+
+def _stats(
+    results: list[DeliveryResult], latencies: list[float], elapsed_s: float
+) -> DeliveryStats:
+    return DeliveryStats(
         rows=len(results),
         delivered=sum(r.status == "delivered" for r in results),
         skipped=sum(r.status == "skipped" for r in results),
         dead_lettered=sum(r.status == "dead_letter" for r in results),
         retried_attempts=sum(max(0, r.attempts - 1) for r in results),
         batches=len(latencies),
-        elapsed_s=clock() - started,
+        elapsed_s=elapsed_s,
         batch_latency_p50_s=statistics.median(latencies) if latencies else 0.0,
         batch_latency_max_s=max(latencies, default=0.0),
     )
-    return DeliveryReport(results, stats)
