@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from subscription_export.core.db import redact
-from subscription_export.delivery.dead_letters import dead_letters
+from subscription_export.delivery.dead_letters import dead_letters, open_windows
 from subscription_export.formats.writers import FORMATS
 from subscription_export.reconcile.outbox import pending_counts
 from subscription_export.reconcile.sync_state import all_cursors, conflicts
@@ -42,17 +43,37 @@ def unsequenced_changes(source: Engine) -> int:
         return int(conn.execute(query).scalar_one())
 
 
-def consumer_lags(project: Project, top: int) -> dict[str, dict[str, int]]:
-    """Watermark and lag per consumer: the formats always, destinations once they have a
-    watermark."""
+def consumer_lags(
+    project: Project, top: int, destinations: Sequence[str] = ()
+) -> dict[str, dict[str, Any]]:
+    """Watermark, lag and what blocks it, per consumer: the formats and every configured
+    destination always (watermark 0 until it first advances), then any other with a watermark."""
     marks = project.watermarks.all()
-    names = [*FORMATS, *sorted(set(marks) - set(FORMATS))]
-    return {
-        name: {"watermark": marks.get(name, 0), "lag": top - marks.get(name, 0)} for name in names
-    }
+    names = [*FORMATS, *destinations, *sorted(set(marks) - set(FORMATS) - set(destinations))]
+    lags: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(names):
+        mark = marks.get(name, 0)
+        lags[name] = {
+            "watermark": mark,
+            "lag": top - mark,
+            "blocked_by": _blocked_by(project, name),
+        }
+    return lags
 
 
-def gather_status(project: Project, recent: int = 5) -> dict[str, Any]:
+def _blocked_by(project: Project, consumer: str) -> str | None:
+    """Why a destination is not advancing, when the state says so (open dead letters)."""
+    if consumer in FORMATS:
+        return None
+    letters = sum(open_windows(project.state, consumer).values())
+    if not letters:
+        return None
+    return f"{letters} open dead letter(s): dead-letters list --destination {consumer}"
+
+
+def gather_status(
+    project: Project, recent: int = 5, destinations: Sequence[str] = ()
+) -> dict[str, Any]:
     """Everything `status --json` prints: positions, lags, recent windows, open problems."""
     settings = project.settings
     top = last_lsn(project.source)
@@ -69,7 +90,7 @@ def gather_status(project: Project, recent: int = 5) -> dict[str, Any]:
         "unsequenced_changes": unsequenced_changes(project.source),
         "held_by": [h.as_dict() for h in change_log_holders(project.source)],
         "changes_not_in_a_window": top - last_window_end(project.state),
-        "consumers": consumer_lags(project, top),
+        "consumers": consumer_lags(project, top, destinations),
         "recent_windows": [
             {"key": w.key, "changes": w.changes} for w in recent_windows(project.state, recent)
         ],

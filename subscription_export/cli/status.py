@@ -6,9 +6,12 @@ import json
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from subscription_export.cli.app import console, settings_of
+from subscription_export.cli.app import console, err_console, settings_of
+from subscription_export.core.errors import ConfigError
+from subscription_export.delivery.config import load_destinations
 from subscription_export.runtime import Project
 from subscription_export.source.holders import Holder
 from subscription_export.status import gather_status
@@ -22,7 +25,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Watermark and lag per consumer, pending changes, recent windows."""
-    report = gather_status(Project(settings_of(ctx)))
+    report = gather_status(Project(settings_of(ctx)), destinations=_configured_destinations())
     if as_json:
         console.print_json(json.dumps(report))
         return
@@ -33,9 +36,10 @@ def status(
     )
     for holder in report["held_by"]:
         console.print(f"held by {Holder(**holder).describe()}", highlight=False)
-    table = Table("consumer", "watermark", "lag")
+    table = Table("consumer", "watermark", "lag", "blocked by")
     for name, info in report["consumers"].items():
-        table.add_row(name, str(info["watermark"]), str(info["lag"]))
+        reason = escape(info["blocked_by"] or "")
+        table.add_row(escape(name), str(info["watermark"]), str(info["lag"]), reason)
     console.print(table)
     windows = Table("recent window", "changes")
     for w in report["recent_windows"]:
@@ -68,3 +72,13 @@ def _print_problems(report: dict[str, Any]) -> None:
         f" {report['open_conflicts']} (subscription-export conflicts list)",
         highlight=False,
     )
+
+
+def _configured_destinations() -> list[str]:
+    """Every destination the destinations file declares, so one that never advanced is listed;
+    a file that does not load is said once and the rest of the status still printed."""
+    try:
+        return list(load_destinations().names)
+    except ConfigError as exc:
+        err_console.print(f"destinations not listed: {escape(str(exc))}", highlight=False)
+        return []

@@ -20,8 +20,14 @@ from subscription_export_tests.helpers import delete, insert, update, writer
 CLI = [sys.executable, "-m", "subscription_export.cli"]
 
 
-def _run(args: list[str], settings: Settings | None, tmp_path: Path, check: bool = True):  # type: ignore[no-untyped-def]
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster_home")}
+def _run(  # type: ignore[no-untyped-def]
+    args: list[str],
+    settings: Settings | None,
+    tmp_path: Path,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+):
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster_home"), **(env or {})}
     if settings is not None:
         env.update(settings.as_env())
     result = subprocess.run(
@@ -202,3 +208,29 @@ def test_no_command_shows_help_without_an_error(tmp_path: Path) -> None:
     result = _run([], None, tmp_path, check=False)
     assert "Usage: python -m subscription_export.cli" in result.stdout
     assert "unexpected error" not in result.stderr
+
+
+def test_status_lists_every_configured_destination_even_before_it_advanced(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A destination that never delivered (watermark 0) is listed with its lag, not hidden."""
+    engine = writer(settings.source_url)
+    with engine.begin() as conn:
+        for i in range(5):
+            insert(conn, f"s{i}")
+    destinations = tmp_path / "destinations.toml"
+    destinations.write_text('[destinations.accounting]\nbase_url = "http://127.0.0.1:9"\n')
+    result = _run(
+        ["status", "--json"],
+        settings,
+        tmp_path,
+        env={"SUBSCRIPTION_EXPORT_DESTINATIONS": str(destinations)},
+    )
+    report = json.loads(result.stdout)
+    consumers = report["consumers"]
+    assert consumers["accounting"]["watermark"] == 0
+    assert consumers["accounting"]["lag"] == report["last_lsn"]
+    text = _run(
+        ["status"], settings, tmp_path, env={"SUBSCRIPTION_EXPORT_DESTINATIONS": str(destinations)}
+    ).stdout
+    assert "accounting" in text
