@@ -8,9 +8,10 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.text import Text
 
 from subscription_export.cli.app import console, err_console, settings_of
+from subscription_export.cli.shown import DataTable, shown
 from subscription_export.delivery.config import load_destinations
 from subscription_export.reconcile.feeds import ReconcileError
 from subscription_export.reconcile.manual_queue import (
@@ -65,7 +66,7 @@ def conflicts_list(
     if as_json:
         console.print_json(json.dumps([describe_conflict(c) for c in found]))
         return
-    table = Table("id", "system", "subscription", "fields", "status", "opened (UTC)")
+    table = DataTable("id", "system", "subscription", "fields", "status", "opened (UTC)")
     for c in found:
         table.add_row(
             str(c.id),
@@ -118,9 +119,9 @@ def _print_sides(conflict: Conflict, shown: dict[str, Any]) -> None:
     """Base, local and remote field by field, the conflicting fields marked."""
     base, local, remote = shown["base"], shown["local"], shown["remote"]
     names = sorted({*(base or {}), *(local or {}), *(remote or {})} - {"id"})
-    table = Table("field", "base", "local (source)", f"remote ({conflict.destination})", "")
+    table = DataTable("field", "base", "local (source)", f"remote ({conflict.destination})", "")
     for name in names:
-        mark = "[red]conflict[/red]" if name in conflict.fields else ""
+        mark = Text.from_markup("[red]conflict[/red]") if name in conflict.fields else ""
         table.add_row(
             name,
             _record_cell(base, name) if base is not None else "(none)",
@@ -209,7 +210,7 @@ def conflicts_history(
     if as_json:
         console.print_json(json.dumps(entries))
         return
-    table = Table("at (UTC)", "system", "ref", "strategy", "outcome", "decisions")
+    table = DataTable("at (UTC)", "system", "ref", "strategy", "outcome", "decisions")
     for e in entries:
         decisions = "; ".join(
             f"{d['field']}: {d['winner']}" for d in e["detail"].get("decisions", [])
@@ -223,4 +224,4 @@ def conflicts_history(
             decisions,
         )
     console.print(table)
-    console.print(f"{len(entries)} decision(s) about {subscription}", highlight=False)
+    console.print(f"{len(entries)} decision(s) about", shown(subscription), highlight=False)

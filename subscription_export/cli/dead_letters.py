@@ -7,10 +7,10 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from subscription_export.cli.app import console, settings_of
 from subscription_export.cli.progress import progress_bar
+from subscription_export.cli.shown import DataTable
 from subscription_export.delivery.config import load_destinations
 from subscription_export.delivery.dead_letters import discard, held_behind, list_dead_letters
 from subscription_export.delivery.window import ReplaySummary, replay_dead_letters
@@ -51,7 +51,7 @@ def dead_letters_list(
     if as_json:
         console.print_json(json.dumps([d.as_json() for d in letters]))
         return
-    table = Table(
+    table = DataTable(
         "id", "destination", "window", "LSN", "subscription", "attempts", "status", "error"
     )
     for d in letters:

@@ -6,9 +6,9 @@ import json
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from subscription_export.cli.app import console, settings_of
+from subscription_export.cli.shown import DataTable
 from subscription_export.runtime import Project
 from subscription_export.state.quarantine import list_quarantine
 
@@ -28,7 +28,7 @@ def quarantine_list(
     if as_json:
         console.print_json(json.dumps(rows, default=str))
         return
-    table = Table("window", "LSN", "field", "reason")
+    table = DataTable("window", "LSN", "field", "reason")
     for r in rows:
         table.add_row(str(r["window_key"]), str(r["lsn"]), str(r["field"] or ""), str(r["reason"]))
     console.print(table)

@@ -7,9 +7,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from subscription_export.cli.app import console, err_console, settings_of
+from subscription_export.cli.shown import DataTable
 from subscription_export.core.errors import ConfigError
 from subscription_export.delivery.config import load_destinations
 from subscription_export.runtime import Project
@@ -36,12 +36,11 @@ def status(
     )
     for holder in report["held_by"]:
         console.print(f"held by {Holder(**holder).describe()}", highlight=False)
-    table = Table("consumer", "watermark", "lag", "blocked by")
+    table = DataTable("consumer", "watermark", "lag", "blocked by")
     for name, info in report["consumers"].items():
-        reason = escape(info["blocked_by"] or "")
-        table.add_row(escape(name), str(info["watermark"]), str(info["lag"]), reason)
+        table.add_row(name, str(info["watermark"]), str(info["lag"]), info["blocked_by"] or "")
     console.print(table)
-    windows = Table("recent window", "changes")
+    windows = DataTable("recent window", "changes")
     for w in report["recent_windows"]:
         windows.add_row(w["key"], str(w["changes"]))
     console.print(windows)

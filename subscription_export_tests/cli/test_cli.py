@@ -234,3 +234,16 @@ def test_status_lists_every_configured_destination_even_before_it_advanced(
         ["status"], settings, tmp_path, env={"SUBSCRIPTION_EXPORT_DESTINATIONS": str(destinations)}
     ).stdout
     assert "accounting" in text
+
+
+def test_quarantine_list_prints_hostile_values_as_text(settings: Settings, tmp_path: Path) -> None:
+    """A value from data is never read as rich markup nor reaches the terminal raw (it crashed
+    with a MarkupError or hid the value)."""
+    engine = writer(settings.source_url)
+    with engine.begin() as conn:
+        insert(conn, "s1")
+        update(conn, "s1", currency="[/red]\x1b[2J")
+    _run(["run", "--once"], settings, tmp_path)
+    result = _run(["quarantine", "list"], settings, tmp_path)
+    assert "[/red]" in result.stdout
+    assert "\x1b" not in result.stdout

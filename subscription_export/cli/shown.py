@@ -1,0 +1,26 @@
+"""Values that come from data, printed as plain text: never read as rich markup, and control
+characters (ESC, CR, NUL, ...) shown escaped instead of reaching the terminal."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def shown(value: object) -> Text:
+    text = "" if value is None else str(value)
+    return Text(_CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text))
+
+
+class DataTable(Table):
+    """A table whose string cells are data: each is added as `shown(cell)`. A cell that is
+    meant to carry markup is passed as a `Text` (e.g. `Text.from_markup("[red]x[/red]")`)."""
+
+    def add_row(self, *renderables: Any, **kwargs: Any) -> None:
+        cells = [c if isinstance(c, Text) or c is None else shown(c) for c in renderables]
+        super().add_row(*cells, **kwargs)
