@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     lease_wait_s: Annotated[Seconds, _env_name("LEASE_WAIT")] = Field(
         300.0, description="Seconds a run waits for another run exporting the same window"
     )
+    sensor_interval_s: Annotated[Seconds, _env_name("SENSOR_INTERVAL")] = Field(
+        30.0, description="Seconds between the change-log sensor's evaluations (at least 1)"
+    )
     push_max_attempts: PositiveCount = Field(
         5, description="Attempts at a reconcile push before it becomes a dead letter"
     )

@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -79,22 +79,32 @@ class DagsterProject:
 
     root: Path
     settings: Settings
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. DAGSTER_PG_URL
 
     @classmethod
     def create(
-        cls, root: Path, window_max_changes: int, window_max_age_s: float = 0.0
+        cls,
+        root: Path,
+        window_max_changes: int,
+        window_max_age_s: float = 0.0,
+        dagster_yaml: Path = REPO / "dagster.yaml",
+        extra_env: dict[str, str] | None = None,
+        **settings: Any,
     ) -> DagsterProject:
+        """A project on `dagster_yaml` (the embedded default unless given); `settings` are
+        further Settings fields (e.g. sensor_interval_s)."""
         root.mkdir(parents=True, exist_ok=True)
-        settings = Settings(
+        project_settings = Settings(
             source_url=f"sqlite:///{root / 'source.db'}",
             state_url=f"sqlite:///{root / 'state.db'}",
             export_dir=root / "exports",
             window_max_changes=window_max_changes,
             window_max_age_s=window_max_age_s,
+            **settings,
         )
-        project = cls(root, settings)
+        project = cls(root, project_settings, dict(extra_env or {}))
         project.dagster_home.mkdir(exist_ok=True)
-        shutil.copy(REPO / "dagster.yaml", project.dagster_home / "dagster.yaml")
+        shutil.copy(dagster_yaml, project.dagster_home / "dagster.yaml")
         return project
 
     @property
@@ -107,6 +117,7 @@ class DagsterProject:
         env.update(self.settings.as_env())
         env["DAGSTER_HOME"] = str(self.dagster_home)
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.extra_env)
         return env
 
     def cli(self, *args: str, timeout_s: float = 120) -> str:
