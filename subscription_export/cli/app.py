@@ -114,9 +114,7 @@ def main() -> None:
             if debug:
                 traceback.print_exc()
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-            err_console.print(
-                f"[red]database error:[/red] {mask_in_text(reason)}", highlight=False
-            )
+            err_console.print(f"[red]database error:[/red] {mask_in_text(reason)}", highlight=False)
             sys.exit(2)
         if debug:
             raise
