@@ -68,7 +68,7 @@ def _destinations(path: Path, urls: dict[str, str]) -> Path:
         lines += [
             f"[destinations.{name}]",
             f'base_url = "{url}"',
-            "[destinations.{name}.timeouts]".format(name=name),
+            f"[destinations.{name}.timeouts]",
             "connect_s = 1.0",
             "read_s = 2.0",
             f"[destinations.{name}.retry]",
