@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
-from subscription_export.core.db import check_reachable, engine_for
+from subscription_export.core.db import check_reachable, engine_for, require_existing
 from subscription_export.core.settings import Settings
 from subscription_export.formats.layout import export_file_path
 from subscription_export.formats.writers import Format
@@ -25,13 +25,20 @@ def init_state_tables(engine: Engine) -> None:
 
 
 class Project:
-    """Settings plus the connections they imply, opened lazily and checked once."""
+    """Settings plus the connections they imply, opened lazily and checked once.
 
-    def __init__(self, settings: Settings) -> None:
+    `create=False` is for read-only commands (status, lists, dashboard): a SQLite database that
+    does not exist is an error instead of a new empty file at a mistyped path.
+    """
+
+    def __init__(self, settings: Settings, *, create: bool = True) -> None:
         self.settings = settings
+        self.create = create
 
     @cached_property
     def source(self) -> Engine:
+        if not self.create:
+            require_existing(self.settings.source_url, "source")
         engine = engine_for(self.settings.source_url)
         check_reachable(engine, "source")
         require_source_schema(engine)
@@ -39,6 +46,8 @@ class Project:
 
     @cached_property
     def state(self) -> Engine:
+        if not self.create:
+            require_existing(self.settings.state_url, "state")
         engine = engine_for(self.settings.state_url, writer=True)
         check_reachable(engine, "state")
         init_state_tables(engine)

@@ -15,6 +15,7 @@ from rich.console import Console
 
 from subscription_export.cli.index import LazyCommands
 from subscription_export.core.errors import SubscriptionExportError
+from subscription_export.core.secrets import mask_in_text
 from subscription_export.core.settings import Settings
 
 app = typer.Typer(
@@ -97,7 +98,8 @@ def main() -> None:
     except SubscriptionExportError as exc:
         if debug:
             traceback.print_exc()
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        # Every message is masked here too: a library's text may quote a URL with its password.
+        err_console.print(f"[red]error:[/red] {mask_in_text(str(exc))}", highlight=False)
         sys.exit(exc.exit_code)
     except typer.TyperException as exc:
         # typer vendors click: usage errors (unknown option, BadParameter, no command given) are
@@ -112,12 +114,13 @@ def main() -> None:
             if debug:
                 traceback.print_exc()
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-            err_console.print(f"[red]database error:[/red] {reason}", highlight=False)
+            err_console.print(f"[red]database error:[/red] {mask_in_text(reason)}", highlight=False)
             sys.exit(2)
         if debug:
             raise
         err_console.print(
-            f"[red]unexpected error:[/red] {type(exc).__name__}: {exc} (rerun with --debug)",
+            f"[red]unexpected error:[/red] {type(exc).__name__}: {mask_in_text(str(exc))}"
+            " (rerun with --debug)",
             highlight=False,
         )
         sys.exit(1)

@@ -59,7 +59,7 @@ def conflicts_list(
 ) -> None:
     """Conflicts a `manual` strategy queued: system, subscription, conflicting fields."""
     found = list_conflicts(
-        Project(settings_of(ctx)).state,
+        Project(settings_of(ctx), create=False).state,
         status=None if show_all else "open",
         destination=destination,
     )
@@ -88,7 +88,7 @@ def conflicts_show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """One conflict: base, local and remote side by side, conflicting fields marked."""
-    conflict = get_conflict(Project(settings_of(ctx)).state, conflict_id)
+    conflict = get_conflict(Project(settings_of(ctx), create=False).state, conflict_id)
     if conflict is None:
         raise ReconcileError(f"no conflict {conflict_id}; see `subscription-export conflicts list`")
     shown = describe_conflict(conflict)
@@ -206,7 +206,7 @@ def conflicts_history(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Every sync decision about a subscription, oldest first (the audit log)."""
-    entries = history(Project(settings_of(ctx)), subscription)
+    entries = history(Project(settings_of(ctx), create=False), subscription)
     if as_json:
         console.print_json(json.dumps(entries))
         return

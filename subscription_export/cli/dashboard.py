@@ -37,7 +37,7 @@ def dashboard(
     """Export metrics as an offline HTML dashboard (--out FILE) or a live page (--serve)."""
     if (out is None) == (not serve):
         raise typer.BadParameter("give exactly one of --out FILE or --serve")
-    project = Project(settings_of(ctx))
+    project = Project(settings_of(ctx), create=False)
     since = (
         None if since_hours is None else dt.datetime.now(dt.UTC) - dt.timedelta(hours=since_hours)
     )

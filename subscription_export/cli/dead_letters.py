@@ -43,7 +43,7 @@ def dead_letters_list(
 
     wanted = None if status is DeadLetterStatus.all else status.value
     letters = list_dead_letters(
-        Project(settings_of(ctx)).state,
+        Project(settings_of(ctx), create=False).state,
         destination,
         status=wanted,  # type: ignore[arg-type]
         limit=limit,

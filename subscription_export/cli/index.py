@@ -57,6 +57,11 @@ COMMANDS: Mapping[str, Entry] = {
         "dashboard",
         "Export metrics as an offline HTML dashboard (--out FILE) or a live page (--serve).",
     ),
+    "watermarks": Entry(
+        "watermarks",
+        "Watermark per consumer: list them, or migrate them between the state DB and Redis.",
+        group=True,
+    ),
     "quarantine": Entry("quarantine", "Rows that could not be exported.", group=True),
     "dead-letters": Entry(
         "dead_letters", "Changes a destination did not accept (see destinations.toml).", group=True

@@ -24,7 +24,7 @@ def quarantine_list(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Quarantined rows with their LSN, field and reason (newest first)."""
-    rows = list_quarantine(Project(settings_of(ctx)).state, limit)
+    rows = list_quarantine(Project(settings_of(ctx), create=False).state, limit)
     if as_json:
         console.print_json(json.dumps(rows, default=str))
         return

@@ -25,7 +25,9 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Watermark and lag per consumer, pending changes, recent windows."""
-    report = gather_status(Project(settings_of(ctx)), destinations=_configured_destinations())
+    report = gather_status(
+        Project(settings_of(ctx), create=False), destinations=_configured_destinations()
+    )
     if as_json:
         console.print_json(json.dumps(report))
         return

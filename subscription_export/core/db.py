@@ -14,26 +14,43 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
 from subscription_export.core.errors import ConfigError, SourceUnavailableError
+from subscription_export.core.secrets import mask_in_text, mask_url
 
 _SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
 def normalize_url(url: str) -> sa.URL:
     """`postgresql://` means psycopg 3 here; only SQLite and PostgreSQL are supported."""
+    shown = mask_url(url)  # errors quote the URL: never with its password
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise ConfigError(
-            f"{url!r} is not a database URL; use sqlite:///path.db or postgresql://user@host:5432/db"
+            f"{shown!r} is not a database URL;"
+            " use sqlite:///path.db or postgresql://user@host:5432/db"
         ) from None
     backend = parsed.get_backend_name()
     if backend == "postgresql":
         return parsed.set(drivername="postgresql+psycopg")
     if backend == "sqlite":
         if not parsed.database:
-            raise ConfigError(f"{url!r} names no SQLite file; use sqlite:///path/to/file.db")
+            raise ConfigError(f"{shown!r} names no SQLite file; use sqlite:///path/to/file.db")
         return parsed
-    raise ConfigError(f"{url!r}: unsupported database {backend!r}; use sqlite or postgresql")
+    raise ConfigError(f"{shown!r}: unsupported database {backend!r}; use sqlite or postgresql")
+
+
+def require_existing(url: str, what: str) -> None:
+    """A read-only command must not create a mistyped SQLite file (SQLite creates any file it
+    is asked to open): refuse, with one line, a SQLite database that is not there. Servers
+    (PostgreSQL) are checked by connecting."""
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database == ":memory:":
+        return
+    path = Path(parsed.database)  # type: ignore[arg-type]
+    if not path.is_file():
+        raise ConfigError(
+            f"{what} database {path} does not exist; run `subscription-export init` first"
+        )
 
 
 def _is_locked(exc: BaseException) -> bool:
@@ -102,16 +119,15 @@ def check_reachable(engine: Engine, what: str) -> None:
     except OperationalError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         raise SourceUnavailableError(
-            f"cannot reach the {what} database at {engine.url.render_as_string()}: {reason}"
+            f"cannot reach the {what} database at {mask_url(engine.url.render_as_string())}:"
+            f" {mask_in_text(reason)}"
             " (is the server running and the URL right?)"
         ) from None
 
 
 def redact(url: str) -> str:
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
+    """`url` as it may be shown: password and secret query values masked (`core.secrets`)."""
+    return mask_url(url)
 
 
 def dialect_insert(conn: sa.Connection) -> Any:

@@ -4,10 +4,16 @@ The resource's config fields are made from `Settings.model_fields` (Dagster's co
 pydantic too), so a new setting appears here, in the UI's launchpad and in `as_env()` without
 being listed again. Values are checked by `Settings` when a run builds its Project, with the
 same one-line errors as the environment gets.
+
+The URL-like settings (they may carry a password) are `dg.EnvVar`s when they came from the
+environment: the UI's resource view then shows `SUBSCRIPTION_EXPORT_SOURCE_URL`, not the URL,
+and each run reads the variable itself. A value that did not come from the environment (a CLI
+flag) stays literal; the CLI runs such jobs in its own process, never in the UI's view.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +21,13 @@ import dagster as dg
 from pydantic import Field, create_model
 from pydantic_core import to_jsonable_python
 
-from subscription_export.core.settings import Settings
+from subscription_export.core.settings import Settings, env_variable
 from subscription_export.runtime import Project
 
 _projects: dict[Settings, Project] = {}
+
+# Settings that may hold credentials (database, Redis or fsspec URLs).
+_FROM_ENV_VAR = ("source_url", "state_url", "watermark_url", "export_dir")
 
 
 def _config_field(name: str) -> tuple[Any, Any]:
@@ -43,10 +52,16 @@ class ExportSettings(_SettingsFields):  # type: ignore[misc,valid-type]
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ExportSettings:
-        return cls(**settings.model_dump(mode="json"))
+        values: dict[str, Any] = settings.model_dump(mode="json")
+        for name in _FROM_ENV_VAR:
+            variable = env_variable(name)
+            if values[name] is not None and os.environ.get(variable) == values[name]:
+                values[name] = dg.EnvVar(variable)
+        return cls(**values)
 
     def settings(self) -> Settings:
-        return Settings(**{name: getattr(self, name) for name in Settings.model_fields})
+        """In a run Dagster has resolved every `EnvVar`; outside one it is read here."""
+        return Settings(**{name: _value(getattr(self, name)) for name in Settings.model_fields})
 
     def project(self) -> Project:
         """One Project (and its connection pools) per settings per process."""
@@ -54,3 +69,7 @@ class ExportSettings(_SettingsFields):  # type: ignore[misc,valid-type]
         if settings not in _projects:
             _projects[settings] = Project(settings)
         return _projects[settings]
+
+
+def _value(configured: Any) -> Any:
+    return configured.get_value() if isinstance(configured, dg.EnvVar) else configured

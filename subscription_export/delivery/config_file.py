@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from subscription_export.core.columns import BASE_TYPES
+from subscription_export.core.secrets import mask_url
 from subscription_export.core.validation import Count, NonNegativeNumber, PositiveNumber, problem
 from subscription_export.delivery.mapping import CRM_FIELD_NAMES
 from subscription_export.delivery.retry import RetryPolicy
@@ -59,7 +60,7 @@ def _http_base_url(raw: str) -> str:
     except ValueError:
         port_ok = False
     if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
-        raise ValueError(f"= {raw!r} is not an http(s) URL with a host")
+        raise ValueError(f"= {mask_url(raw)!r} is not an http(s) URL with a host")
     if parts.query or parts.fragment:
         raise ValueError("must not have a query or fragment")
     return raw.rstrip("/")

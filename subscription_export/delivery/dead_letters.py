@@ -32,6 +32,7 @@ from sqlalchemy.engine import Engine
 
 from subscription_export.core.codec import dumps, loads
 from subscription_export.core.errors import ConfigError
+from subscription_export.core.secrets import mask_in_text
 from subscription_export.state.migrate import upgrade
 from subscription_export.state.tables import dead_letters
 
@@ -136,7 +137,7 @@ def _from_row(row: sa.Row[Any]) -> DeadLetter:
         subscription_id=row.subscription_id,
         idempotency_key=row.idempotency_key,
         payload=loads(row.payload),
-        error=row.error,
+        error=mask_in_text(row.error),  # rows stored before errors were masked
         attempts=int(row.attempts),
         first_seen=_utc(row.first_seen),
         last_seen=_utc(row.last_seen),
@@ -186,7 +187,7 @@ def record_dead_letters(
                         "subscription_id": letter.subscription_id,
                         "idempotency_key": letter.idempotency_key,
                         "payload": payload_text(letter),
-                        "error": letter.error,
+                        "error": mask_in_text(letter.error),
                         "attempts": letter.attempts,
                         "first_seen": now,
                         "last_seen": now,
@@ -199,7 +200,7 @@ def record_dead_letters(
                 .where(table.c.id == row.id)
                 .values(
                     payload=payload_text(letter),
-                    error=letter.error,
+                    error=mask_in_text(letter.error),
                     attempts=int(row.attempts) + letter.attempts,
                     last_seen=now,
                     status="discarded" if row.status == "discarded" else "open",
@@ -396,7 +397,7 @@ def _settle(engine: Engine, letter: DeadLetter, outcome: DeliveryResult) -> Repl
     if delivered:
         values["status"] = "replayed"
     else:
-        values["error"] = outcome.error or "not delivered"
+        values["error"] = mask_in_text(outcome.error or "not delivered")
     with engine.begin() as conn:
         conn.execute(
             sa.update(table)

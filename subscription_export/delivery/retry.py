@@ -30,6 +30,8 @@ from typing import TypeVar
 import requests
 import tenacity
 
+from subscription_export.core.secrets import mask_in_text
+
 T = TypeVar("T")
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -40,7 +42,9 @@ class DeliveryError(Exception):
     """A request (or batch item) that did not succeed."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
+        # Messages quote request URLs (requests keeps `user:password@` in `response.url`) and
+        # end up printed and stored in dead letters: masked once, here.
+        super().__init__(mask_in_text(message))
         self.status = status
         self.attempts = 0  # set by RetryPolicy.call when it gives up
 

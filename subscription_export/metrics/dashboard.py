@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
+from subscription_export.core.secrets import mask_in_text
 from subscription_export.metrics.page import render_dashboard
 from subscription_export.metrics.store import DashboardData
 
@@ -38,7 +39,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(HTTPStatus.NOT_FOUND, "text/plain; charset=utf-8", "not found\n")
         except Exception as exc:  # a broken state DB must show as an error page, not kill it
             log.exception("dashboard request %s failed", path)
-            reason = f"cannot load dashboard data: {type(exc).__name__}: {exc}\n"
+            reason = f"cannot load dashboard data: {type(exc).__name__}: {mask_in_text(str(exc))}\n"
             self._send(HTTPStatus.INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8", reason)
 
     def _send(self, status: HTTPStatus, content_type: str, body: str) -> None:

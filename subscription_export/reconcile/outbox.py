@@ -14,6 +14,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from subscription_export.core.codec import dumps, loads
 from subscription_export.core.db import insert_ignore
+from subscription_export.core.secrets import mask_in_text
 from subscription_export.reconcile.sync_state import now, pushes
 
 # -- pushes (outbox) ---------------------------------------------------------------------------
@@ -138,7 +139,8 @@ def settle_push(
 ) -> None:
     """Statuses: pending, sent, obsolete, superseded, dead_letter (attempts ran out: a dead
     letter of the destination holds it), discarded (that dead letter was discarded)."""
-    values: dict[str, Any] = {"status": status, "error": error, "updated_at": now()}
+    shown = None if error is None else mask_in_text(error)  # may quote a URL with a password
+    values: dict[str, Any] = {"status": status, "error": shown, "updated_at": now()}
     if attempted:
         values["attempts"] = pushes.c.attempts + 1
     conn.execute(sa.update(pushes).where(pushes.c.id == push_id).values(**values))

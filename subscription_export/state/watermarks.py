@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from subscription_export.core.errors import ConfigError, SourceUnavailableError
+from subscription_export.core.secrets import mask_in_text, mask_url
 from subscription_export.state.tables import watermarks
 
 
@@ -100,20 +101,53 @@ class RedisWatermarkStore:
             return fn(*args, **kwargs)
         except self._connection_error as exc:
             raise SourceUnavailableError(
-                f"cannot reach Redis for watermarks: {exc} (is redis-server running?)"
+                f"cannot reach Redis for watermarks: {mask_in_text(str(exc))}"
+                " (is redis-server running?)"
             ) from None
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def is_redis_url(url: str) -> bool:
+    return urlsplit(url).scheme in REDIS_SCHEMES
 
 
 def watermark_store(watermark_url: str | None, state_engine: Engine) -> WatermarkStore:
     """Redis when `WATERMARK_URL` is redis://…; otherwise the state database."""
     if not watermark_url:
         return SqlWatermarkStore(state_engine)
-    parts = urlsplit(watermark_url)
-    if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ConfigError(
-            f"WATERMARK_URL {watermark_url!r} must be redis://host:port/db (or unset for SQL)"
+    url, namespace = checked_redis_url(watermark_url)
+    return RedisWatermarkStore(url, namespace)
+
+
+def checked_redis_url(watermark_url: str) -> tuple[str, str]:
+    """(URL for redis-py, key namespace). redis-py reads `/9x` as db 0 and a bad port late or
+    not at all: every part is checked here, and a mistake is one line naming that part (the
+    URL shown with its password masked)."""
+    shown = mask_url(watermark_url)
+
+    def refuse(problem: str) -> ConfigError:
+        return ConfigError(
+            f"WATERMARK_URL {shown!r}: {problem}; use redis://[:password@]host:port/db,"
+            " rediss://… or unix:///path.sock?db=N (or unset it for watermarks in the state DB)"
         )
+
+    parts = urlsplit(watermark_url)
+    if parts.scheme not in REDIS_SCHEMES:
+        raise refuse(f"unsupported scheme {parts.scheme!r}")
+    host_port = parts.netloc.rpartition("@")[2]
+    try:
+        parts.port  # noqa: B018  # urllib checks the port only when asked for it
+    except ValueError:
+        raise refuse(f"port {host_port.rpartition(':')[2]!r} is not a number") from None
     query = parse_qs(parts.query)
+    databases = query.get("db", [])
+    if parts.scheme != "unix" and parts.path.strip("/"):
+        databases = [parts.path.strip("/"), *databases]
+    for db in databases:
+        if not db.isdigit():
+            raise refuse(f"database {db!r} is not a number")
     namespace = query.pop("namespace", ["subscription_export"])[0]
     url = urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
-    return RedisWatermarkStore(url, namespace)
+    return url, namespace

@@ -220,6 +220,7 @@ def test_status_lists_every_configured_destination_even_before_it_advanced(
             insert(conn, f"s{i}")
     destinations = tmp_path / "destinations.toml"
     destinations.write_text('[destinations.accounting]\nbase_url = "http://127.0.0.1:9"\n')
+    _run(["init"], settings, tmp_path)  # status never creates the state DB
     result = _run(
         ["status", "--json"],
         settings,

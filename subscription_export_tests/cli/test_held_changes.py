@@ -30,6 +30,7 @@ def test_status_names_an_open_writer(pg_url: str, tmp_path: Path) -> None:
     settings = _settings(pg_url, tmp_path)
     engine = writer(pg_url)
     init_source(engine)
+    _run(["init"], settings, tmp_path)  # status never creates the state DB
     with engine.connect() as open_writer:
         pid = open_writer.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
         insert(open_writer, "uncommitted")
