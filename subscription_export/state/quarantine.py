@@ -136,6 +136,19 @@ def open_entries(
     return found
 
 
+def recovered_windows(
+    engine: Engine, window_key: str | None = None, lsns: Collection[int] = ()
+) -> list[str]:
+    """Windows with recovered entries (narrowed like `open_entries`)."""
+    query = sa.select(quarantine.c.window_key).where(quarantine.c.status == "recovered")
+    if window_key is not None:
+        query = query.where(quarantine.c.window_key == window_key)
+    if lsns:
+        query = query.where(quarantine.c.lsn.in_(list(lsns)))
+    with engine.connect() as conn:
+        return sorted({str(k) for k in conn.execute(query.distinct()).scalars()})
+
+
 @dataclass(frozen=True)
 class Action:
     """One audited `quarantine replay` or `quarantine discard` of one window."""
