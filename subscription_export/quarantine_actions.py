@@ -85,7 +85,12 @@ class WindowReplay:
             "revision": self.revision,
             "reexported": self.reexported,
             "deliveries": [
-                {"destination": d.destination, "lsn": d.lsn, "outcome": d.outcome, "detail": d.detail}
+                {
+                    "destination": d.destination,
+                    "lsn": d.lsn,
+                    "outcome": d.outcome,
+                    "detail": d.detail,
+                }
                 for d in self.deliveries
             ],
         }

@@ -165,9 +165,7 @@ def plan_dataset(
     return plan, version
 
 
-def stream_window(
-    project: Project, window: Window, release: Collection[int] = ()
-) -> WindowStream:
+def stream_window(project: Project, window: Window, release: Collection[int] = ()) -> WindowStream:
     """The window as a normal export reads it: changes still in the quarantine (open or
     discarded) stay out, except those in `release` (what `quarantine replay` tries again)."""
     held = {k: v for k, v in held_entries(project.state, window.key).items() if k not in release}

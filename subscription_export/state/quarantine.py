@@ -176,8 +176,7 @@ def record_action(
     with engine.begin() as conn:
         revision = _next_revision(conn, action.window_key) if action.recovered else None
         inserted = conn.execute(
-            sa.insert(quarantine_actions)
-            .values(
+            sa.insert(quarantine_actions).values(
                 action=action.action,
                 actor=action.actor,
                 at=dt.datetime.now(dt.UTC),

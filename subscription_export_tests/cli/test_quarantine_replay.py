@@ -195,7 +195,9 @@ def test_discard_is_audited_and_leaves_the_open_list(settings: Settings, tmp_pat
     discard = ["quarantine", "discard", "--lsn", "3", "--reason", "fixed at the source by LSN 4"]
     _run(discard, settings, tmp_path)
     assert _open(settings, tmp_path) == []
-    everything = json.loads(_run(["quarantine", "list", "--all", "--json"], settings, tmp_path).stdout)
+    everything = json.loads(
+        _run(["quarantine", "list", "--all", "--json"], settings, tmp_path).stdout
+    )
     assert [(q["lsn"], q["status"]) for q in everything] == [(3, "discarded")]
     audit = json.loads(_run(["quarantine", "history", "--json"], settings, tmp_path).stdout)
     assert [(a["action"], a["lsns"], a["reason"]) for a in audit] == [

@@ -21,9 +21,7 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     with op.batch_alter_table("quarantine") as batch:
-        batch.add_column(
-            sa.Column("status", sa.String(16), nullable=False, server_default="open")
-        )
+        batch.add_column(sa.Column("status", sa.String(16), nullable=False, server_default="open"))
         batch.add_column(sa.Column("action_id", sa.Integer(), nullable=True))
     op.create_table(
         "quarantine_actions",
