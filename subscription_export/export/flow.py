@@ -9,7 +9,7 @@ import datetime as dt
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from subscription_export.core.errors import ExportVerificationError
+from subscription_export.export.adoption import newest_version
 from subscription_export.export.window import (
     QuarantinedRow,
     WindowStream,
@@ -44,7 +45,7 @@ from subscription_export.state.progress import (
     advance,
     record_completed,
 )
-from subscription_export.state.quarantine import record_quarantine
+from subscription_export.state.quarantine import held_entries, record_quarantine, revision_of
 from subscription_export.state.schema_registry import latest as latest_schema
 from subscription_export.state.schema_registry import register as register_schema
 from subscription_export.state.windows import (
@@ -111,6 +112,7 @@ def _write(
         neutralize_formulas=project.settings.csv_neutralize_formulas,
     )
     counts = rows_by_op if rows_by_op is not None else {}
+    revision, recovered = revision_of(project.state, window.key)
     content = build_content(
         asset=ASSET_FOR_FORMAT[fmt],
         fmt=fmt,
@@ -122,6 +124,8 @@ def _write(
         quarantined=len(quarantined),
         written=written,
         export_dir=project.settings.export_dir,
+        revision=revision,
+        recovered_lsns=recovered,
     )
     manifest = write_manifest(
         manifest_path(project.settings.export_dir, ASSET_FOR_FORMAT[fmt], window.key), content
@@ -142,25 +146,35 @@ def _write(
     )
 
 
-def plan_dataset(project: Project, lo: int, hi: int) -> tuple[DatasetPlan, int]:
-    """The window's dataset schema under the schema contract, and its registered version."""
+def plan_dataset(
+    project: Project, lo: int, hi: int, held: Collection[int] = ()
+) -> tuple[DatasetPlan, int]:
+    """The window's dataset schema under the schema contract, and its registered version.
+    `held`: quarantined LSNs kept out of the files (they do not widen the schema)."""
     check_range(project.source, lo, hi)
     capture, present = capture_columns(project.source, lo, hi)
     mode = parse_mode(project.settings.schema_contract)
     reference = latest_schema(project.state)
+    first = present[max(present)]
     if mode == "evolve" or reference is None:
-        plan = evolve(capture, max(present))
+        newest, first = newest_version(project.source, lo, hi, capture, present, held)
+        plan = evolve(capture, newest)
     else:
         plan = restrict(reference.columns, capture, present, mode)
-    version = register_schema(project.state, plan.columns, first_lsn=present[max(present)])
+    version = register_schema(project.state, plan.columns, first_lsn=first)
     return plan, version
 
 
-def stream_window(project: Project, window: Window) -> WindowStream:
-    plan, version = plan_dataset(project, window.lo, window.hi)
-    return open_window(
+def stream_window(project: Project, window: Window, release: Collection[int] = ()) -> WindowStream:
+    """The window as a normal export reads it: changes still in the quarantine (open or
+    discarded) stay out, except those in `release` (what `quarantine replay` tries again)."""
+    held = {k: v for k, v in held_entries(project.state, window.key).items() if k not in release}
+    plan, version = plan_dataset(project, window.lo, window.hi, held)
+    stream = open_window(
         project.source, window.lo, window.hi, project.settings.read_batch_size, plan, version
     )
+    stream.held = held
+    return stream
 
 
 def export_canonical(project: Project, window: Window, path: Path | None = None) -> ExportOutcome:

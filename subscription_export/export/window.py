@@ -74,6 +74,10 @@ class WindowStream:
     rows_by_op: Counter[str] = field(default_factory=Counter)
     quarantined: list[QuarantinedRow] = field(default_factory=list)
     dropped_values: Counter[str] = field(default_factory=Counter)  # discard_value, per column
+    # LSN → (field, reason): changes quarantined before and not released by `quarantine
+    # replay`; they stay out of the files as they were, so re-exporting a window never lets a
+    # change in silently (a rerun `init` or a fix would otherwise change its files unnoticed).
+    held: dict[int, tuple[str | None, str]] = field(default_factory=dict)
 
     @property
     def columns(self) -> tuple[SourceColumn, ...]:
@@ -99,6 +103,8 @@ class WindowStream:
         convert cleanly)."""
         versions = pc.unique(log.column("schema_version")).to_pylist()
         if len(versions) != 1:
+            return None
+        if self.held and pc.any(pc.is_in(log.column("lsn"), pa.array(list(self.held)))).as_py():
             return None
         mapping = self.plan.by_version.get(versions[0])
         if mapping is None or mapping.discard_reason or mapping.dropped_values:
@@ -192,6 +198,9 @@ class WindowStream:
         """The row's image and how its capture version maps to the dataset, or None once the
         whole row is quarantined (unreadable, no image, unknown or discarded version...)."""
         raw = row.image
+        if row.lsn in self.held:
+            self._quarantine(row.lsn, *self.held[row.lsn], raw)
+            return None
         if row.unreadable:
             self._quarantine(row.lsn, row.unreadable_field, row.unreadable, raw)
             return None
@@ -213,6 +222,10 @@ class WindowStream:
         # PostgreSQL captures whole rows: a column added but not yet `init`-ed shows up as an
         # extra key. Null carries nothing; a value must not vanish, so it is quarantined.
         unknown = sorted(k for k in set(image) - mapping.captured if image[k] is not None)
+        carried = frozenset(k for k, v in image.items() if v is not None)
+        adopted = self.plan.adopting(row.schema_version, carried) if unknown else None
+        if adopted is not None:
+            return image, adopted
         if unknown:
             self._quarantine(
                 row.lsn,

@@ -62,6 +62,21 @@ class DatasetPlan:
     columns: tuple[SourceColumn, ...]
     by_version: dict[int, VersionMapping] = field(hash=False)
 
+    def adopting(self, version: int, keys: frozenset[str]) -> VersionMapping | None:
+        """The mapping of the first later capture version that captures every key of an image
+        (`keys`: its non-null ones), or None.
+
+        A PostgreSQL image carries whole rows, so a change written after `ALTER TABLE` but
+        before `init` holds a column its capture version does not know. Once `init` has
+        registered a version with that column, the change is read with that version's mapping
+        (its recorded `_schema_version` stays), so nothing of it is lost.
+        """
+        for later in sorted(v for v in self.by_version if v > version):
+            mapping = self.by_version[later]
+            if keys <= mapping.captured and not mapping.discard_reason:
+                return mapping
+        return None
+
 
 def _differences(
     reference: tuple[SourceColumn, ...], actual: tuple[SourceColumn, ...]

@@ -45,9 +45,19 @@ def build_content(
     quarantined: int,
     written: WrittenFile,
     export_dir: Path,
+    revision: int = 1,
+    recovered_lsns: tuple[int, ...] = (),
 ) -> dict[str, Any]:
+    """The hashed content. `revision` counts the versions of the window's files: 1 as first
+    exported, +1 per `quarantine replay` that wrote recovered changes into them
+    (`recovered_lsns`, all replays so far). Both keys are written only from revision 2 on, so
+    every manifest of a window no one replayed keeps its bytes and hash, and a reader that
+    predates them reads a missing `revision` as 1."""
     version = (schema.metadata or {}).get(SCHEMA_VERSION_KEY, b"0").decode()
-    return {
+    replayed: dict[str, Any] = (
+        {"revision": revision, "recovered_lsns": list(recovered_lsns)} if revision > 1 else {}
+    )
+    return replayed | {
         "asset": asset,
         "format": fmt,
         "window": window_key,

@@ -263,3 +263,34 @@ def changed_at_of(engine: Engine, lsn: int) -> dt.datetime | None:
             sa.text("SELECT changed_at FROM subscription_change_log WHERE lsn = :lsn"), {"lsn": lsn}
         ).scalar()
     return to_utc(raw) if raw is not None else None
+
+
+def uncaptured_keys(
+    engine: Engine, lo: int, hi: int, captured: dict[int, frozenset[str]]
+) -> dict[int, tuple[int, frozenset[str]]]:
+    """LSN → (its capture version, the non-null image keys that version does not capture), for
+    the changes of [lo, hi] that have such keys.
+
+    Only PostgreSQL captures whole rows (`to_jsonb`), so only there can an image carry a column
+    that was added after the capture schema its trigger knew (`ALTER TABLE` before `init`); a
+    SQLite trigger builds the image from its own column list.
+    """
+    if not is_postgres(engine) or not captured:
+        return {}
+    known = json.dumps({str(v): sorted(cols) for v, cols in captured.items()})
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT l.lsn, l.schema_version, e.key FROM subscription_change_log AS l,"
+                f" jsonb_each({_IMAGE}) AS e"
+                " WHERE l.lsn BETWEEN :lo AND :hi AND e.value <> 'null'::jsonb"
+                " AND NOT (CAST(:known AS jsonb) -> CAST(l.schema_version AS text))"
+                " ? e.key ORDER BY l.lsn"
+            ),
+            {"lo": lo, "hi": hi, "known": known},
+        ).all()
+    found: dict[int, tuple[int, frozenset[str]]] = {}
+    for lsn, version, key in rows:
+        _, keys = found.get(int(lsn), (int(version), frozenset()))
+        found[int(lsn)] = (int(version), keys | {key})
+    return found

@@ -61,7 +61,44 @@ quarantine = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("raw", sa.Text, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    # open (held out of the window's files) | recovered (written by `quarantine replay`) |
+    # discarded (`quarantine discard`); rows are never deleted once someone acted on them.
+    sa.Column("status", sa.String(16), nullable=False, server_default="open"),
+    sa.Column("action_id", sa.Integer),  # the quarantine_actions row that resolved it
     sa.UniqueConstraint("window_key", "lsn", name="quarantine_once_per_window"),
+)
+
+# Audit of `quarantine replay` / `quarantine discard`: who, when, which LSNs, what came of it.
+quarantine_actions = sa.Table(
+    "quarantine_actions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("action", sa.String(16), nullable=False),  # replay | discard
+    sa.Column("actor", sa.String(200), nullable=False),  # user@host
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("window_key", sa.String(41), nullable=False),
+    sa.Column("lsns", sa.Text, nullable=False),  # JSON list: the LSNs the action was asked for
+    sa.Column("recovered", sa.Text, nullable=False),  # JSON list: LSNs now in the files
+    sa.Column("outcome", sa.Text, nullable=False),  # JSON: still bad, deliveries, superseded
+    sa.Column("reason", sa.Text),  # discard: the operator's reason
+    sa.Column("revision", sa.Integer),  # replay: the window's manifest revision it produced
+    sa.Index("quarantine_actions_by_window", "window_key", "id"),
+)
+
+# What each destination that had already passed a window got of a recovered change: delivered
+# (with its original LSN and idempotency key), superseded (the destination already holds a later
+# change of the record, so it was not sent) or dead_letter. One row per (destination, LSN): a
+# second replay sends nothing twice.
+quarantine_deliveries = sa.Table(
+    "quarantine_deliveries",
+    metadata,
+    sa.Column("destination", sa.String(100), primary_key=True),
+    sa.Column("lsn", sa.BigInteger, primary_key=True),
+    sa.Column("window_key", sa.String(41), nullable=False),
+    sa.Column("subscription_id", sa.String(200), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
 )
 
 # Who is exporting a (consumer, window) right now: two runs of one window never write at once.

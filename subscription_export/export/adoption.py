@@ -1,0 +1,38 @@
+"""Which capture schema version a window's dataset must reach so that changes written after
+`ALTER TABLE` but before `init` (PostgreSQL images carry whole rows) can be read once `init` has
+registered their columns (`DatasetPlan.adopting` reads each such change).
+
+Changes still held in the quarantine (not released by `quarantine replay`) do not count: they
+stay out of the files, so they must not widen the window's schema either - a re-export of a
+window gives the same bytes until someone replays it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from sqlalchemy.engine import Engine
+
+from subscription_export.core.columns import SourceColumn
+from subscription_export.source.reader import uncaptured_keys
+
+
+def newest_version(
+    source: Engine,
+    lo: int,
+    hi: int,
+    capture: dict[int, tuple[SourceColumn, ...]],
+    present: dict[int, int],
+    held: Collection[int],
+) -> tuple[int, int]:
+    """(the newest capture version the window's dataset folds in, its first LSN here)."""
+    newest = max(present)
+    first = present[newest]
+    captured = {v: frozenset(c.name for c in cols) for v, cols in capture.items()}
+    for lsn, (version, keys) in uncaptured_keys(source, lo, hi, captured).items():
+        if lsn in held:
+            continue
+        later = [v for v in sorted(captured) if v > version and keys <= captured[v]]
+        if later and later[0] > newest:
+            newest, first = later[0], lsn
+    return newest, first
