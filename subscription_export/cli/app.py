@@ -78,6 +78,10 @@ def main_options(
         )
         .resolved()
     )
+    if settings.log_format == "json":
+        from subscription_export.core.logs import use_json_logs  # lazy: most runs never need it
+
+        use_json_logs()
     ctx.obj = Context(settings, debug)
 
 

@@ -42,7 +42,7 @@ def dashboard(
         None if since_hours is None else dt.datetime.now(dt.UTC) - dt.timedelta(hours=since_hours)
     )
 
-    def load() -> DashboardData:
+    def load(since: dt.datetime | None = since) -> DashboardData:
         dead, conflicts = open_problem_counts(project)
         return load_dashboard_data(
             project.state,
@@ -58,5 +58,7 @@ def dashboard(
         out.write_text(render_dashboard(load()), encoding="utf-8")
         console.print(f"dashboard written to {out}")
         return
-    console.print(f"dashboard on http://{host}:{port}/ (Ctrl-C stops)")
-    serve_dashboard(load, host, port)
+    console.print(
+        f"dashboard on http://{host}:{port}/, Prometheus metrics on /metrics (Ctrl-C stops)"
+    )
+    serve_dashboard(load, host, port, load_totals=lambda: load(None))

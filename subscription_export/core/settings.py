@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     schema_contract: SchemaContract = Field(
         "evolve", description="What a schema change does to the export (formats/contract.py)"
     )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="CLI log lines as text, or one JSON object per line"
+    )
     csv_neutralize_formulas: bool = Field(
         True, description="Prefix ' to CSV text cells a spreadsheet would run as a formula"
     )

@@ -26,8 +26,12 @@ from subscription_export.state.windows import Window
 
 log = logging.getLogger(__name__)
 
-# The CLI prints its own summary; Dagster's per-step DEBUG lines stay in the instance (UI).
-_QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+def _console_logs(settings: Settings) -> dict[str, object]:
+    """The CLI prints its own summary; Dagster's per-step DEBUG lines stay in the instance (UI).
+    With JSON logs its text console says nothing: stderr carries only JSON lines."""
+    level = "CRITICAL" if settings.log_format == "json" else "WARNING"
+    return {"loggers": {"console": {"config": {"log_level": level}}}}
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ def materialize_windows(
             instance=instance,
             raise_on_error=False,
             tags={"subscription_export/trigger": trigger},
-            run_config=_QUIET_LOGS,
+            run_config=_console_logs(settings),
         )
         error = None
         if not result.success:

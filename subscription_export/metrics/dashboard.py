@@ -1,6 +1,7 @@
 """The dashboard's tiny HTTP server: every request renders the store's current numbers.
 
-`GET /` is the page (`metrics.page`, refreshing itself), `GET /data.json` the raw data.
+`GET /` is the page (`metrics.page`, refreshing itself), `GET /data.json` the raw data, and
+`GET /metrics` the same numbers for Prometheus (`metrics.prometheus`; totals over all time).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from urllib.parse import urlsplit
 
 from subscription_export.core.secrets import mask_in_text
 from subscription_export.metrics.page import render_dashboard
+from subscription_export.metrics.prometheus import exposition
 from subscription_export.metrics.store import DashboardData
 
 __all__ = ["render_dashboard", "serve_dashboard"]  # the CLI imports both from here
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 
 class _Handler(BaseHTTPRequestHandler):
     load: Callable[[], DashboardData]
+    load_totals: Callable[[], DashboardData]
     refresh_s: int
 
     def do_GET(self) -> None:
@@ -35,6 +38,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(HTTPStatus.OK, "text/html; charset=utf-8", body)
             elif path == "/data.json":
                 self._send(HTTPStatus.OK, "application/json", self.load().to_json())
+            elif path == "/metrics":
+                content_type, raw = exposition(self.load_totals, self.headers.get("Accept", ""))
+                self._send(HTTPStatus.OK, content_type, raw.decode("utf-8"))
             else:
                 self._send(HTTPStatus.NOT_FOUND, "text/plain; charset=utf-8", "not found\n")
         except Exception as exc:  # a broken state DB must show as an error page, not kill it
@@ -63,6 +69,7 @@ def serve_dashboard(
     *,
     refresh_s: int = 10,
     background: bool = False,
+    load_totals: Callable[[], DashboardData] | None = None,
 ) -> ThreadingHTTPServer:
     """Serve `GET /` (fresh HTML, refreshing every `refresh_s`) and `GET /data.json`.
 
@@ -70,9 +77,17 @@ def serve_dashboard(
     picks a free port (see `server.server_address`). With `background=True` the server runs in
     a daemon thread and is returned at once (call `shutdown()`); otherwise this blocks until
     interrupted. Binds to localhost by default: the page is unauthenticated.
+    `load_totals` feeds `GET /metrics` (default `load`): give it a loader over all time when
+    `load` covers only recent hours, so Prometheus counters never shrink.
     """
     handler = type(
-        "DashboardHandler", (_Handler,), {"load": staticmethod(load), "refresh_s": refresh_s}
+        "DashboardHandler",
+        (_Handler,),
+        {
+            "load": staticmethod(load),
+            "load_totals": staticmethod(load_totals or load),
+            "refresh_s": refresh_s,
+        },
     )
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True

@@ -1,0 +1,93 @@
+"""`GET /metrics`: the dashboard's numbers in the Prometheus and OpenMetrics text formats,
+parsed back with prometheus_client's own parsers."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
+from prometheus_client.parser import text_string_to_metric_families as parse_text
+from sqlalchemy.engine import Engine
+
+from subscription_export.metrics.dashboard import serve_dashboard
+from subscription_export.metrics.store import (
+    DashboardData,
+    ExportMetrics,
+    load_dashboard_data,
+    record_export_metrics,
+)
+from subscription_export_tests.metrics.seed import ERP, LAST_LSN, T0, WATERMARKS, key, seed
+
+HOSTILE = 'a"b\\c\nd'  # a consumer name needing every label escape
+
+
+@pytest.fixture
+def data(sqlite_metrics: Engine) -> DashboardData:
+    seed(sqlite_metrics)
+    record_export_metrics(
+        sqlite_metrics, ExportMetrics(HOSTILE, key(1, 10), 1, 10, 7, 2, 1, 123, 1.0, T0)
+    )
+    return load_dashboard_data(
+        sqlite_metrics, {**WATERMARKS, HOSTILE: 10}, LAST_LSN, 15, 3, pending_pushes={"crm": 2}
+    )
+
+
+@pytest.fixture
+def base(data: DashboardData) -> Iterator[str]:
+    httpd = serve_dashboard(
+        lambda: pytest.fail("/metrics must read the all-time loader"),  # type: ignore[arg-type,return-value]
+        "127.0.0.1",
+        0,
+        background=True,
+        load_totals=lambda: data,
+    )
+    host, port = httpd.server_address[:2]
+    yield f"http://{host}:{port}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _scrape(url: str, accept: str = "") -> tuple[str, str]:
+    request = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return response.headers["Content-Type"], response.read().decode()
+
+
+def _samples(text: str, parse=parse_text) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:  # type: ignore[no-untyped-def]
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in parse(text)
+        for s in family.samples
+    }
+
+
+def test_metrics_match_the_dashboard_data(base: str, data: DashboardData) -> None:
+    content_type, body = _scrape(base + "/metrics")
+    assert content_type.startswith("text/plain; version=0.0.4")
+    samples = _samples(body)
+    assert samples[("subscription_export_last_lsn", ())] == LAST_LSN
+    assert samples[("subscription_export_open_dead_letters", ())] == 15
+    assert samples[("subscription_export_open_conflicts", ())] == 3
+    assert samples[("subscription_export_pending_pushes", (("system", "crm"),))] == 2
+    for status in data.consumers:
+        labels = (("consumer", status.consumer),)
+        assert samples[("subscription_export_watermark", labels)] == status.watermark
+        assert samples[("subscription_export_lag", labels)] == LAST_LSN - status.watermark
+        assert samples[("subscription_export_records_total", labels)] == status.records
+        assert samples[("subscription_export_dead_letters_total", labels)] == status.dead_letters
+    erp = (("consumer", "erp"),)
+    assert samples[("subscription_export_records_total", erp)] == sum(r for r, _, _ in ERP)
+    assert samples[("subscription_export_retries_total", erp)] == sum(r for _, r, _ in ERP)
+    # the hostile name survives the label escaping unchanged
+    assert samples[("subscription_export_bytes_written_total", (("consumer", HOSTILE),))] == 123
+
+
+def test_openmetrics_when_the_scraper_asks_for_it(base: str) -> None:
+    content_type, body = _scrape(base + "/metrics", "application/openmetrics-text; version=1.0.0")
+    assert content_type.startswith("application/openmetrics-text")
+    assert body.endswith("# EOF\n")
+    samples = _samples(body, parse_om)
+    assert samples[("subscription_export_open_conflicts", ())] == 3
+    assert samples[("subscription_export_records_total", (("consumer", "parquet"),))] > 0
