@@ -158,3 +158,14 @@ def insert_ignore(conn: sa.Connection, table: sa.Table, values: Mapping[str, Any
     """INSERT … ON CONFLICT DO NOTHING; True if a row was inserted."""
     result = conn.execute(dialect_insert(conn)(table).values(**values).on_conflict_do_nothing())
     return bool(result.rowcount)
+
+
+def psycopg2_url(url: str) -> str:
+    """The same PostgreSQL URL with the psycopg2 driver (what dagster-postgres is written for;
+    see defs/pg_storage.py)."""
+    parsed = make_url(url)
+    if parsed.drivername.split("+")[0] not in {"postgres", "postgresql"}:
+        raise ConfigError(
+            f"the Dagster instance needs a postgresql:// URL, not {parsed.drivername}://…"
+        )
+    return parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)

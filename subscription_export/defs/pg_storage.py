@@ -13,22 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from dagster_postgres import DagsterPostgresStorage
 from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
-from sqlalchemy.engine import make_url
 
-from subscription_export.core.errors import ConfigError
+from subscription_export.core.db import psycopg2_url
 
 if TYPE_CHECKING:  # Dagster keeps it private; only its type is needed here
     from dagster._serdes import ConfigurableClassData
-
-
-def psycopg2_url(url: str) -> str:
-    """The same PostgreSQL URL with the psycopg2 driver."""
-    parsed = make_url(url)
-    if parsed.drivername.split("+")[0] not in {"postgres", "postgresql"}:
-        raise ConfigError(
-            f"the Dagster instance needs a postgresql:// URL, not {parsed.drivername}://…"
-        )
-    return parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
 
 
 class PostgresStorage(DagsterPostgresStorage):
