@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     lease_wait_s: Annotated[Seconds, _env_name("LEASE_WAIT")] = Field(
         300.0, description="Seconds a run waits for another run exporting the same window"
     )
+    lease_ttl_s: Annotated[Seconds, Field(gt=0)] = Field(
+        60.0, description="Seconds a lease outlives its holder's last heartbeat (renewed at 1/3)"
+    )
     push_max_attempts: PositiveCount = Field(
         5, description="Attempts at a reconcile push before it becomes a dead letter"
     )
