@@ -22,6 +22,7 @@ import dagster as dg
 from subscription_export.defs.assets import STEP_RETRY, subscription_changes
 from subscription_export.defs.partitions import cdc_windows
 from subscription_export.defs.resources import ExportSettings
+from subscription_export.defs.stopping import stoppable
 from subscription_export.delivery.config import (
     KINDS,
     DestinationsConfig,
@@ -88,9 +89,10 @@ def _sync(
         return dg.MaterializeResult(metadata={"configured": False, "destination": name})
     holder = default_holder(context.run_id)
     try:
-        outcome = deliver_window(
-            project, destination, Window(lo, hi), holder, policy=destinations.policy()
-        )
+        with stoppable():
+            outcome = deliver_window(
+                project, destination, Window(lo, hi), holder, policy=destinations.policy()
+            )
     except DestinationBlocked as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from None
     metadata = {"configured": True, **outcome.metadata()}

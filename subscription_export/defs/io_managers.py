@@ -9,6 +9,7 @@ from upath import UPath
 
 from subscription_export.core.errors import ExportVerificationError
 from subscription_export.defs.resources import ExportSettings
+from subscription_export.defs.stopping import stoppable
 from subscription_export.export.flow import ExportOutcome, export_window_file
 from subscription_export.formats.contract import ContractViolation
 from subscription_export.formats.writers import EXTENSIONS, Format
@@ -41,7 +42,10 @@ class _WindowFileIOManager(dg.UPathIOManager):
 
     def dump_to_path(self, context: dg.OutputContext, obj: object, path: UPath) -> None:
         try:
-            outcome, watermark = self._export(obj, Path(str(path)), default_holder(context.run_id))
+            with stoppable():
+                outcome, watermark = self._export(
+                    obj, Path(str(path)), default_holder(context.run_id)
+                )
         except (ContractViolation, ExportVerificationError) as exc:
             # Deterministic: a retry would fail the same way, so fail the step at once.
             raise dg.Failure(str(exc), allow_retries=False) from exc

@@ -219,7 +219,6 @@ class Held:
             " it stopped before recording anything"
         )
 
-
     def stop_if_lost(self) -> None:
         """No query: raise `LeaseLost` if the heartbeat found the lease lost (between items)."""
         if self.lost.is_set():
@@ -262,7 +261,9 @@ def _wait_for(
                 " try again when it finishes"
             )
         if said is None or other.holder != said.holder:
-            log.warning("waiting for %s: held by %s (waiting up to %.0f s)", name, other.describe(), wait_s)
+            log.warning(
+                "waiting for %s: held by %s (waiting up to %.0f s)", name, other.describe(), wait_s
+            )
             said, last_said = other, time.monotonic()
         elif time.monotonic() - last_said >= PROGRESS_EVERY_S:
             log.warning("still waiting for %s (%.0f s of %.0f s)", name, waited, wait_s)

@@ -16,8 +16,8 @@ import sqlalchemy as sa
 
 from subscription_export.core.db import engine_for
 from subscription_export.state.leases import LeaseBusy, LeaseLost, lease, try_acquire
-from subscription_export.state.tables import leases
 from subscription_export.state.migrate import upgrade
+from subscription_export.state.tables import leases
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
@@ -100,7 +100,9 @@ def test_a_dead_holder_on_this_host_is_taken_over_at_once(state, caplog) -> None
         took = time.monotonic() - started
     assert took < 2, took  # not the old TTL (15 minutes), not the wait
     [takeover] = [r.getMessage() for r in caplog.records if "took the lease over" in r.getMessage()]
-    assert f"run B took the lease over from run killed" in takeover and f":{dead} is gone" in takeover
+    assert (
+        "run B took the lease over from run killed" in takeover and f":{dead} is gone" in takeover
+    )
 
 
 def test_a_working_holder_keeps_its_lease_by_heartbeat(state) -> None:  # type: ignore[no-untyped-def]
@@ -135,7 +137,7 @@ def test_a_holder_whose_lease_was_taken_over_stops_loudly(state) -> None:  # typ
             conn.execute(
                 sa.update(leases).values(holder="run B", acquired_at=dt.datetime.now(dt.UTC))
             )
-        with pytest.raises(LeaseLost, match="csv:w1: the lease of run A was lost.*run B"):
+        with pytest.raises(LeaseLost, match=r"csv:w1: the lease of run A was lost.*run B"):
             held.check()
     assert try_acquire(state, "csv:w1", "run C") is not None  # run B's lease is left alone
 
