@@ -89,10 +89,9 @@ def _sync(
         return dg.MaterializeResult(metadata={"configured": False, "destination": name})
     holder = default_holder(context.run_id)
     try:
-        with stoppable():
-            outcome = deliver_window(
-                project, destination, Window(lo, hi), holder, policy=destinations.policy()
-            )
+        outcome = deliver_window(
+            project, destination, Window(lo, hi), holder, policy=destinations.policy()
+        )
     except DestinationBlocked as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from None
     metadata = {"configured": True, **outcome.metadata()}
@@ -133,7 +132,8 @@ def sync_asset(name: str) -> dg.AssetsDefinition:
             settings: ExportSettings,
             destinations: DestinationsResource,
         ) -> dg.MaterializeResult:
-            return _sync(context, name, settings, destinations)
+            with stoppable():  # SIGTERM: fail the step without retry (defs/stopping.py)
+                return _sync(context, name, settings, destinations)
 
         _assets[name] = _asset
     return _assets[name]

@@ -42,10 +42,7 @@ class _WindowFileIOManager(dg.UPathIOManager):
 
     def dump_to_path(self, context: dg.OutputContext, obj: object, path: UPath) -> None:
         try:
-            with stoppable():
-                outcome, watermark = self._export(
-                    obj, Path(str(path)), default_holder(context.run_id)
-                )
+            outcome, watermark = self._export(obj, Path(str(path)), default_holder(context.run_id))
         except (ContractViolation, ExportVerificationError) as exc:
             # Deterministic: a retry would fail the same way, so fail the step at once.
             raise dg.Failure(str(exc), allow_retries=False) from exc
@@ -58,6 +55,10 @@ class _WindowFileIOManager(dg.UPathIOManager):
         context.add_output_metadata(metadata)
 
     def _export(self, obj: object, path: Path, holder: str) -> tuple[ExportOutcome, int]:
+        with stoppable():  # SIGTERM: fail the step without retry (defs/stopping.py)
+            return self._export_now(obj, path, holder)
+
+    def _export_now(self, obj: object, path: Path, holder: str) -> tuple[ExportOutcome, int]:
         if isinstance(obj, WindowRequest) and self.fmt == "parquet":
             return export_window_file(self.project, "parquet", obj.window, path, holder=holder)
         if isinstance(obj, WindowFile) and self.fmt != "parquet":

