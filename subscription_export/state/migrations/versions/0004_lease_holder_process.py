@@ -4,8 +4,8 @@ A lease whose holder process is gone is taken over at once (same host: the pid i
 reused), and any other when its heartbeat stops; see `state/leases.py`. All nullable: a row left
 by an older release has none and expires by its `expires_at` as before.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-12-01
 """
 
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0003"
-down_revision: str | None = "0002"
+revision: str = "0004"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
