@@ -14,6 +14,7 @@ from subscription_export.cli.progress import progress_bar
 from subscription_export.cli.reconcile import print_reconciled
 from subscription_export.core.errors import RangeError
 from subscription_export.core.settings import Settings
+from subscription_export.core.stopping import Stopped, stop_on_signals
 from subscription_export.defs.runner import WindowRun, materialize_windows, run_cycle
 from subscription_export.runtime import Project
 from subscription_export.state.windows import find_window
@@ -42,16 +43,32 @@ def run(
     if once and watch:
         raise typer.BadParameter("choose --once or --watch, not both")
     settings = settings_of(ctx)
+    try:
+        with stop_on_signals():
+            failed = _run(settings, window, watch, interval, as_json, quiet)
+    except Stopped as stop:
+        # The interrupted step unwound (its leases are released); nothing half-done is
+        # recorded, so the next run redoes that window exactly.
+        err_console.print(f"{stop}: the current step was aborted and its leases released")
+        raise typer.Exit(stop.exit_code) from None
+    if failed:
+        raise typer.Exit(1)
+
+
+def _run(
+    settings: Settings,
+    window: list[str] | None,
+    watch: bool,
+    interval: float,
+    as_json: bool,
+    quiet: bool,
+) -> bool:
     if window:
-        if _export_windows(settings, window, as_json, quiet):
-            raise typer.Exit(1)
-        return
+        return _export_windows(settings, window, as_json, quiet)
     while True:
         failed = _run_one_cycle(settings, as_json, quiet)
         if not watch:
-            if failed:
-                raise typer.Exit(1)
-            return
+            return failed
         time.sleep(interval)
 
 

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     sensor_interval_s: Annotated[Seconds, _env_name("SENSOR_INTERVAL")] = Field(
         30.0, description="Seconds between the change-log sensor's evaluations (at least 1)"
     )
+    lease_ttl_s: Annotated[Seconds, Field(gt=0)] = Field(
+        60.0, description="Seconds a lease outlives its holder's last heartbeat (renewed at 1/3)"
+    )
     push_max_attempts: PositiveCount = Field(
         5, description="Attempts at a reconcile push before it becomes a dead letter"
     )

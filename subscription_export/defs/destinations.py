@@ -22,6 +22,7 @@ import dagster as dg
 from subscription_export.defs.assets import STEP_RETRY, subscription_changes
 from subscription_export.defs.partitions import cdc_windows
 from subscription_export.defs.resources import ExportSettings
+from subscription_export.defs.stopping import stoppable
 from subscription_export.delivery.config import (
     KINDS,
     DestinationsConfig,
@@ -131,7 +132,8 @@ def sync_asset(name: str) -> dg.AssetsDefinition:
             settings: ExportSettings,
             destinations: DestinationsResource,
         ) -> dg.MaterializeResult:
-            return _sync(context, name, settings, destinations)
+            with stoppable():  # SIGTERM: fail the step without retry (defs/stopping.py)
+                return _sync(context, name, settings, destinations)
 
         _assets[name] = _asset
     return _assets[name]

@@ -9,6 +9,7 @@ from upath import UPath
 
 from subscription_export.core.errors import ExportVerificationError
 from subscription_export.defs.resources import ExportSettings
+from subscription_export.defs.stopping import stoppable
 from subscription_export.export.flow import ExportOutcome, export_window_file
 from subscription_export.formats.contract import ContractViolation
 from subscription_export.formats.writers import EXTENSIONS, Format
@@ -54,6 +55,10 @@ class _WindowFileIOManager(dg.UPathIOManager):
         context.add_output_metadata(metadata)
 
     def _export(self, obj: object, path: Path, holder: str) -> tuple[ExportOutcome, int]:
+        with stoppable():  # SIGTERM: fail the step without retry (defs/stopping.py)
+            return self._export_now(obj, path, holder)
+
+    def _export_now(self, obj: object, path: Path, holder: str) -> tuple[ExportOutcome, int]:
         if isinstance(obj, WindowRequest) and self.fmt == "parquet":
             return export_window_file(self.project, "parquet", obj.window, path, holder=holder)
         if isinstance(obj, WindowFile) and self.fmt != "parquet":

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from subscription_export.core.errors import ConfigError
 from subscription_export.core.settings import Settings
+from subscription_export.core.stopping import deferred
 from subscription_export.defs.definitions import build_definitions
 from subscription_export.defs.destinations import SYNC_WINDOW_JOB, DestinationsResource
 from subscription_export.defs.instance import ensure_dagster_home
@@ -76,13 +77,14 @@ def materialize_windows(
     add_partitions(instance, [w.key for w in windows])
     runs = []
     for window in windows:
-        result = job.execute_in_process(
-            partition_key=window.key,
-            instance=instance,
-            raise_on_error=False,
-            tags={"subscription_export/trigger": trigger},
-            run_config=_console_logs(settings),
-        )
+        with deferred():  # a stop signal ends the run's step, then raises here: no next run
+            result = job.execute_in_process(
+                partition_key=window.key,
+                instance=instance,
+                raise_on_error=False,
+                tags={"subscription_export/trigger": trigger},
+                run_config=_console_logs(settings),
+            )
         error = None
         if not result.success:
             failures = [e for e in result.all_events if e.is_step_failure]

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from subscription_export.core.stopping import raise_if_stopped
 from subscription_export.delivery.clients import DeliveryClient, DeliveryResult, OutboundItem
 from subscription_export.delivery.mapping import ChangeRow
 
@@ -117,6 +118,7 @@ def _lane_sender(
         lane_latencies: list[float] = []
         blocked = {item.subscription_id for item in lane} & held  # this lane's own
         for start in range(0, len(lane), batch_size):
+            raise_if_stopped()  # `run` got SIGTERM: send no more (the window is not recorded)
             batch_started = clock()
             sent = client.send(lane[start : start + batch_size], held=blocked)
             blocked |= {r.subscription_id for r in sent if r.status == "dead_letter"}

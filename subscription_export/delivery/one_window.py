@@ -206,13 +206,17 @@ def deliver_one(
 ) -> WindowDeliveryOutcome:
     """Deliver `window` alone under its lease; see the module docstring for the steps."""
     name, state = destination.name, project.state
-    with lease(state, f"{name}:{window.key}", holder, wait_s=project.settings.lease_wait_s):
+    settings = project.settings
+    with lease(
+        state, f"{name}:{window.key}", holder, settings.lease_wait_s, settings.lease_ttl_s
+    ) as held:
         if window.key in completed_keys(state, name, window.lo - 1):
             watermark = advance(project.watermarks, state, name)
             return WindowDeliveryOutcome(name, window, "already_delivered", watermark)
         started = time.monotonic()
         parquet = project.file_path("parquet", window.key)
         totals = _send_batches(project, destination, window, client, parquet)
+        held.check()  # a holder that lost its lease records nothing: the new holder does
         record_dead_letters(state, name, window.key, totals.letters)
         resolve_delivered(state, name, totals.got_through)
         still_open = open_windows(state, name).get(window.key, 0)

@@ -113,12 +113,16 @@ def _finish_replayed_window(project: Project, name: str, window_key: str, holder
     window = find_window(state, window_key)
     if window is None:
         raise DeliveryOrderError(f"{name}: dead letters name window {window_key}, not registered")
-    with lease(state, f"{name}:{window_key}", holder, wait_s=project.settings.lease_wait_s):
+    settings = project.settings
+    with lease(
+        state, f"{name}:{window_key}", holder, settings.lease_wait_s, settings.lease_ttl_s
+    ) as held:
         if window_key in completed_keys(state, name, window.lo - 1):
             advance(project.watermarks, state, name)
             return False
         parquet = project.file_path("parquet", window_key)
         rows = pq.ParquetFile(parquet).metadata.num_rows
+        held.check()
         record_completed(state, completion(name, window, parquet, rows))
         advance(project.watermarks, state, name)
     return True

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 from collections import Counter
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -32,14 +33,14 @@ from subscription_export.formats.memory import configure_arrow_memory
 from subscription_export.formats.parquet_batches import parquet_batches
 from subscription_export.formats.schema import SCHEMA_VERSION_KEY
 from subscription_export.formats.verify import check_lsn_coverage
-from subscription_export.formats.writers import Format, write_atomically
+from subscription_export.formats.writers import Format, remove_temp_of, write_atomically
 from subscription_export.metrics.latency import file_latency_percentiles
 from subscription_export.metrics.store import (
     ExportMetrics,
     record_export_metrics,
 )
 from subscription_export.runtime import Project
-from subscription_export.state.leases import default_holder, lease
+from subscription_export.state.leases import Held, default_holder, lease
 from subscription_export.state.progress import (
     CompletedExport,
     advance,
@@ -51,6 +52,8 @@ from subscription_export.state.schema_registry import register as register_schem
 from subscription_export.state.windows import (
     Window,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,7 @@ def _write(
     path: Path,
     rows_by_op: dict[str, int] | None,
     quarantined: list[QuarantinedRow],
+    before_record: Callable[[], None] = lambda: None,
 ) -> ExportOutcome:
     started = dt.datetime.now(dt.UTC)
     written = write_atomically(
@@ -127,6 +131,7 @@ def _write(
         revision=revision,
         recovered_lsns=recovered,
     )
+    before_record()  # e.g. a lease check: a holder that lost its lease writes no manifest
     manifest = write_manifest(
         manifest_path(project.settings.export_dir, ASSET_FOR_FORMAT[fmt], window.key), content
     )
@@ -177,8 +182,14 @@ def stream_window(project: Project, window: Window, release: Collection[int] = (
     return stream
 
 
-def export_canonical(project: Project, window: Window, path: Path | None = None) -> ExportOutcome:
-    """Source → Parquet (the canonical copy the other formats are made from)."""
+def export_canonical(
+    project: Project,
+    window: Window,
+    path: Path | None = None,
+    before_record: Callable[[], None] = lambda: None,
+) -> ExportOutcome:
+    """Source → Parquet (the canonical copy the other formats are made from); `before_record`
+    runs after the file is written, before its manifest and anything in the state."""
     stream = stream_window(project, window)
     target = path or project.file_path("parquet", window.key)
     outcome = _write(
@@ -190,6 +201,7 @@ def export_canonical(project: Project, window: Window, path: Path | None = None)
         target,
         stream.rows_by_op,
         stream.quarantined,
+        before_record,
     )
     outcome = replace(outcome, dropped_values=dict(stream.dropped_values))
     # Re-exporting replaces the window's quarantine, so a fixed row leaves it.
@@ -224,15 +236,21 @@ def parquet_counts(path: Path) -> dict[str, int]:
 
 
 def export_derived(
-    project: Project, fmt: Format, window: Window, parquet: Path, path: Path | None = None
+    project: Project,
+    fmt: Format,
+    window: Window,
+    parquet: Path,
+    path: Path | None = None,
+    before_record: Callable[[], None] = lambda: None,
 ) -> ExportOutcome:
-    """Parquet → CSV/JSONL, streamed batch by batch."""
+    """Parquet → CSV/JSONL, streamed batch by batch (`before_record`: see export_canonical)."""
     if fmt == "parquet":
         raise ValueError("parquet is the canonical export; use export_canonical")
     schema = pq.read_schema(parquet)
     target = path or project.file_path(fmt, window.key)
     batches = parquet_batches(parquet, project.settings.read_batch_size)
-    return _write(project, fmt, window, schema, batches, target, parquet_counts(parquet), [])
+    counts = parquet_counts(parquet)
+    return _write(project, fmt, window, schema, batches, target, counts, [], before_record)
 
 
 def export_window_file(
@@ -250,13 +268,23 @@ def export_window_file(
     """
     configure_arrow_memory()
     who = holder or default_holder()
-    with lease(project.state, f"{fmt}:{window.key}", who, wait_s=project.settings.lease_wait_s):
+    settings = project.settings
+    with lease(
+        project.state,
+        f"{fmt}:{window.key}",
+        who,
+        wait_s=settings.lease_wait_s,
+        ttl_s=settings.lease_ttl_s,
+    ) as held:
+        target = path or project.file_path(fmt, window.key)
+        _remove_dead_holders_temp(project, fmt, window, target, held)
         if fmt == "parquet":
-            outcome = export_canonical(project, window, path)
+            outcome = export_canonical(project, window, target, held.check)
             _verify_canonical(outcome)
         else:
             source = parquet or project.file_path("parquet", window.key)
-            outcome = export_derived(project, fmt, window, source, path)
+            outcome = export_derived(project, fmt, window, source, target, held.check)
+        held.check()  # again, right before the completion and the watermark
         mark, metrics = finish(project, outcome)
         latency = {
             "p50": metrics.latency_p50_s,
@@ -264,6 +292,21 @@ def export_window_file(
             "max": metrics.latency_max_s,
         }
         return replace(outcome, latency_s={k: v for k, v in latency.items() if v is not None}), mark
+
+
+def _remove_dead_holders_temp(
+    project: Project, fmt: Format, window: Window, target: Path, held: Held
+) -> None:
+    """A holder killed mid-write left `.{name}.{pid}.tmp` beside the file or its manifest:
+    removed when its lease is taken over from it, and only when its process is certainly gone
+    (this host), so a live writer's temp file is never touched."""
+    previous = held.took_over.process if held.took_over else None
+    if previous is None or not held.holder_gone:
+        return
+    manifest = manifest_path(project.settings.export_dir, ASSET_FOR_FORMAT[fmt], window.key)
+    for leftover in (target, manifest):
+        if remove_temp_of(leftover, previous.pid):
+            log.warning("removed %s's temp file of %s", previous.describe(), leftover.name)
 
 
 def _verify_canonical(outcome: ExportOutcome) -> None:

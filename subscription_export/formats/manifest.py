@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from subscription_export.formats.schema import SCHEMA_VERSION_KEY
-from subscription_export.formats.writers import WrittenFile
+from subscription_export.formats.writers import WrittenFile, temp_path
 
 MANIFEST_DIR = "_manifests"
 
@@ -88,7 +88,7 @@ def write_manifest(path: Path, content: dict[str, Any]) -> Manifest:
         "produced_at": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_path(path)
     tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
     return Manifest(content, digest, path)

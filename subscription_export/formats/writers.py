@@ -199,6 +199,22 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def temp_path(path: Path, pid: int | None = None) -> Path:
+    """Where process `pid` (default: this one) writes `path` before renaming it: beside it,
+    hidden, named by the pid so two writers never share one."""
+    return path.with_name(f".{path.name}.{os.getpid() if pid is None else pid}.tmp")
+
+
+def remove_temp_of(path: Path, pid: int) -> bool:
+    """Remove the temp file a dead writer `pid` left beside `path`; True if there was one.
+    Only for a pid known dead on this host (a lease takeover says so): never a live writer's."""
+    try:
+        temp_path(path, pid).unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def write_atomically(
     fmt: Format,
     batches: Iterable[pa.RecordBatch],
@@ -211,7 +227,7 @@ def write_atomically(
 
     `neutralize_formulas` applies to CSV only (setting `csv_neutralize_formulas`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_path(path)
     writer = (
         partial(write_csv, neutralize_formulas=neutralize_formulas)
         if fmt == "csv"

@@ -146,14 +146,16 @@ def apply_batch(
     init_sync_state(project.state)
     report = ApplyReport(config.name, batch.after, batch.until)
     who = holder or default_holder()
+    settings = project.settings
     with lease(
-        project.state, f"reconcile:{config.name}", who, wait_s=project.settings.lease_wait_s
-    ):
+        project.state, f"reconcile:{config.name}", who, settings.lease_wait_s, settings.lease_ttl_s
+    ) as held:
         # a replayed push's record is what the remote holds: the base of its next edit
         settle_dead_lettered(project.state, config.name)
         with project.source.connect() as conn:
             types = column_types(conn)
         for change in batch.changes:
+            held.stop_if_lost()  # another run took the system over: apply nothing more
             verdict = apply_change(project, config, change, policy, types=types)
             report.outcomes[verdict.outcome] += 1
             report.written_back += int(verdict.applies and verdict.write_local)

@@ -109,6 +109,13 @@ leases = sa.Table(
     sa.Column("holder", sa.String(200), nullable=False),
     sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    # The holding process (state/leases.py): a dead one on this host is taken over at once,
+    # any other only when its heartbeat stops (expires_at = last heartbeat + TTL). Nullable:
+    # rows of releases before 0003 have none.
+    sa.Column("host", sa.String(255), nullable=True),
+    sa.Column("pid", sa.Integer, nullable=True),
+    sa.Column("incarnation", sa.String(200), nullable=True),
+    sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=True),
 )
 
 

@@ -1,0 +1,164 @@
+"""Killed and stopped runs (issue 12 item 8): a lease left by a run killed with SIGKILL is taken
+over at once by the next `run`, and `run` stops promptly on SIGTERM, releasing what it holds.
+Real subprocesses, a real SQLite source and state, the sandbox ERP over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from subscription_export.core.settings import Settings, replace
+from subscription_export.export.cut import cut_windows
+from subscription_export.runtime import Project
+from subscription_export.sandbox.faults import FaultPlan, FaultSpec
+from subscription_export.sandbox.server import SandboxServer, running_sandbox
+from subscription_export.state.progress import completed_keys
+from subscription_export.state.tables import leases
+from subscription_export.state.windows import Window, list_windows
+from subscription_export_tests.delivery.test_window_delivery import (
+    assert_in_sync,
+    write_destinations,
+)
+from subscription_export_tests.helpers import insert, update, writer
+from subscription_export_tests.state.test_leases import hold_then_kill
+
+CLI = [sys.executable, "-m", "subscription_export.cli", "run"]
+FORMATS = ("parquet", "csv", "jsonl")
+
+pytestmark = [
+    pytest.mark.timeout(240),
+    # Subprocess CLI runs are slow: SQLite only (the lease logic is the same on PostgreSQL,
+    # tests/state/test_leases.py runs it on both).
+    pytest.mark.parametrize("source_url", ["sqlite"], indirect=True),
+]
+
+
+@pytest.fixture
+def erp() -> Iterator[SandboxServer]:
+    with running_sandbox(("erp",)) as servers:
+        yield servers["erp"]
+
+
+def _three_windows(settings: Settings) -> tuple[Project, list[Window]]:
+    project = Project(replace(settings, window_max_changes=20))
+    with writer(settings.source_url).begin() as conn:
+        for i in range(30):
+            insert(conn, f"s{i}")
+        for i in range(30):
+            update(conn, f"s{i}", status="paused")
+    return project, cut_windows(project).new_windows
+
+
+def _env(project: Project, tmp_path: Path, erp: SandboxServer) -> dict[str, str]:
+    destinations = tmp_path / "destinations.toml"
+    write_destinations(destinations, {"erp": erp}, read_s=30.0)
+    return {
+        **os.environ,
+        **project.settings.as_env(),
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+        "SUBSCRIPTION_EXPORT_DESTINATIONS": str(destinations),
+    }
+
+
+def _run_once(env: dict[str, str], tmp_path: Path) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.monotonic()
+    try:
+        done = subprocess.run(
+            [*CLI, "--once"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=90
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"run --once still waiting after {exc.timeout} s: {exc.stderr!r}")
+    return done, time.monotonic() - started
+
+
+def _assert_exact(project: Project, erp: SandboxServer) -> None:
+    """Every window in every format and at the ERP, each once: no gap, no duplicate."""
+    last = list_windows(project.state)[-1].hi
+    keys = {w.key for w in list_windows(project.state)}
+    for consumer in (*FORMATS, "erp"):
+        assert project.watermarks.get(consumer) == last, consumer
+        assert completed_keys(project.state, consumer) == keys, consumer
+    assert_in_sync(project, {"erp": erp})
+    with project.state.connect() as conn:
+        assert conn.execute(sa.select(leases)).all() == []
+
+
+def test_leases_of_killed_runs_are_taken_over_at_once(
+    settings: Settings, erp: SandboxServer, tmp_path: Path
+) -> None:
+    """A run SIGKILLed while delivering window 1 to the ERP and one killed exporting window 2:
+    the next run neither waits for their leases (15 minutes before) nor holds the CSV/JSONL of
+    later windows behind the ERP's."""
+    project, windows = _three_windows(settings)
+    env = _env(project, tmp_path, erp)
+    state_url = settings.state_url
+    hold_then_kill(state_url, f"erp:{windows[0].key}")
+    hold_then_kill(state_url, f"parquet:{windows[1].key}")
+
+    done, seconds = _run_once(env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert seconds < 30, seconds  # CLI + Dagster start-up included; the takeovers are instant
+    assert done.stderr.count("took the lease over from run killed") == 2, done.stderr
+    _assert_exact(project, erp)
+
+
+def _wait_for_lease(project: Project, pid: int, proc: subprocess.Popen) -> str:
+    """The name of a lease the run `pid` holds, once it holds one."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        with project.state.connect() as conn:
+            names = conn.execute(sa.select(leases.c.name, leases.c.holder)).all()
+        held = [n for n, holder in names if f":{pid})" in holder or holder.endswith(f":{pid}")]
+        if held:
+            return held[0]
+        time.sleep(0.05)
+    pytest.fail("the run never took a lease")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_run_stops_promptly_on_a_signal_and_releases_its_leases(
+    settings: Settings, erp: SandboxServer, tmp_path: Path, signum: signal.Signals
+) -> None:
+    project, _windows = _three_windows(settings)
+    env = _env(project, tmp_path, erp)
+    erp.system.set_faults(FaultPlan(default=FaultSpec(latency_s=1.0)))  # a slow delivery
+    proc = subprocess.Popen(
+        [*CLI, "--watch", "--interval", "1"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        name = _wait_for_lease(project, proc.pid, proc)
+        proc.send_signal(signum)
+        stopped = time.monotonic()
+        _, err = proc.communicate(timeout=30)
+        seconds = time.monotonic() - stopped
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 128 + signum, err
+    assert seconds < 5, (seconds, name)
+    # The run's own output is one line (Dagster's console log of the failed step may precede it
+    # while the runner shows Dagster's WARNING lines); no Python traceback, no teardown noise.
+    assert err.strip().splitlines()[-1].startswith(f"stopped by {signum.name}"), err
+    assert "Exception ignored" not in err and "stopping.Stopped" not in err, err
+    with project.state.connect() as conn:
+        assert conn.execute(sa.select(leases)).all() == []
+
+    erp.system.set_faults(FaultPlan())
+    done, seconds = _run_once(env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert seconds < 30, seconds
+    _assert_exact(project, erp)
