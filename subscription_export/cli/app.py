@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from subscription_export.cli.index import LazyCommands
+from subscription_export.cli.shown import marked
 from subscription_export.core.errors import SubscriptionExportError
 from subscription_export.core.settings import Settings
 
@@ -25,6 +26,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
+# The largest LSN or id a database column holds (BIGINT): a larger option is a usage error,
+# not an OverflowError from the driver.
+DB_INT_MAX = 2**63 - 1
 err_console = Console(stderr=True, soft_wrap=True)
 
 
@@ -97,12 +101,12 @@ def main() -> None:
     except SubscriptionExportError as exc:
         if debug:
             traceback.print_exc()
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        err_console.print(marked("[red]error:[/red] {exc}", exc=exc), highlight=False)
         sys.exit(exc.exit_code)
     except typer.TyperException as exc:
         # typer vendors click: usage errors (unknown option, BadParameter, no command given) are
-        # typer's ClickException, never click.ClickException. Shown as click shows them.
-        exc.show()  # type: ignore[attr-defined]  # its one subclass, ClickException, has show()
+        # typer's ClickException, never click.ClickException.
+        _show_usage_error(exc)
         sys.exit(exc.exit_code)
     except Exception as exc:
         # lazy: only an error reaches here; --help and the usage errors never load SQLAlchemy
@@ -112,12 +116,33 @@ def main() -> None:
             if debug:
                 traceback.print_exc()
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-            err_console.print(f"[red]database error:[/red] {reason}", highlight=False)
+            err_console.print(marked("[red]database error:[/red] {r}", r=reason), highlight=False)
             sys.exit(2)
         if debug:
             raise
         err_console.print(
-            f"[red]unexpected error:[/red] {type(exc).__name__}: {exc} (rerun with --debug)",
+            marked(
+                "[red]unexpected error:[/red] {name}: {exc} (rerun with --debug)",
+                name=type(exc).__name__,
+                exc=exc,
+            ),
             highlight=False,
         )
         sys.exit(1)
+
+
+def _show_usage_error(exc: typer.TyperException) -> None:
+    """A bad option or argument as one line naming it, with where to read the usage; help
+    asked for by giving no command is shown as click shows it."""
+    ctx = getattr(exc, "ctx", None)
+    if ctx is None or type(exc).__name__ == "NoArgsIsHelpError":
+        exc.show()  # type: ignore[attr-defined]  # its one subclass, ClickException, has show()
+        return
+    err_console.print(
+        marked(
+            "Error: {message} (see '{command} --help')",
+            message=exc.format_message(),  # type: ignore[attr-defined]
+            command=ctx.command_path,
+        ),
+        highlight=False,
+    )

@@ -56,7 +56,7 @@ def dashboard(
 
     if out is not None:
         out.write_text(render_dashboard(load()), encoding="utf-8")
-        console.print(f"dashboard written to {out}")
+        console.print(f"dashboard written to {out}", markup=False)
         return
-    console.print(f"dashboard on http://{host}:{port}/ (Ctrl-C stops)")
+    console.print(f"dashboard on http://{host}:{port}/ (Ctrl-C stops)", markup=False)
     serve_dashboard(load, host, port)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from subscription_export.cli.app import console, settings_of
+from subscription_export.cli.app import DB_INT_MAX, console, settings_of
 from subscription_export.cli.shown import DataTable
 from subscription_export.runtime import Project
 from subscription_export.state.quarantine import list_quarantine
@@ -20,7 +20,7 @@ app = typer.Typer(
 @app.command("list")
 def quarantine_list(
     ctx: typer.Context,
-    limit: Annotated[int, typer.Option(min=1)] = 100,
+    limit: Annotated[int, typer.Option(min=1, max=DB_INT_MAX)] = 100,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Quarantined rows with their LSN, field and reason (newest first)."""

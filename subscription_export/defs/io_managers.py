@@ -13,7 +13,7 @@ from subscription_export.export.flow import ExportOutcome, export_window_file
 from subscription_export.formats.contract import ContractViolation
 from subscription_export.formats.writers import EXTENSIONS, Format
 from subscription_export.runtime import Project
-from subscription_export.state.leases import default_holder
+from subscription_export.state.leases import LeaseBusy, default_holder
 from subscription_export.state.windows import Window, parse_window_key
 
 
@@ -42,8 +42,9 @@ class _WindowFileIOManager(dg.UPathIOManager):
     def dump_to_path(self, context: dg.OutputContext, obj: object, path: UPath) -> None:
         try:
             outcome, watermark = self._export(obj, Path(str(path)), default_holder(context.run_id))
-        except (ContractViolation, ExportVerificationError) as exc:
-            # Deterministic: a retry would fail the same way, so fail the step at once.
+        except (ContractViolation, ExportVerificationError, LeaseBusy) as exc:
+            # Deterministic: a retry would fail the same way, so fail the step at once. A busy
+            # lease has already been waited for (SUBSCRIPTION_EXPORT_LEASE_WAIT).
             raise dg.Failure(str(exc), allow_retries=False) from exc
         metadata: dict[str, object] = dict(outcome.metadata())
         metadata.pop("path")  # UPathIOManager reports the path itself

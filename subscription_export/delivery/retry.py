@@ -30,6 +30,8 @@ from typing import TypeVar
 import requests
 import tenacity
 
+from subscription_export.core.causes import errno_phrase, mask_url, os_error_in
+
 T = TypeVar("T")
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -114,9 +116,21 @@ def send(call: Callable[[], requests.Response]) -> requests.Response:
     try:
         return call()
     except (requests.ConnectionError, requests.Timeout) as exc:
-        raise RetryableDeliveryError(f"{type(exc).__name__}: {exc}") from exc
+        raise RetryableDeliveryError(transport_failure(exc)) from exc
     except requests.exceptions.ChunkedEncodingError as exc:
         raise RetryableDeliveryError(f"truncated answer: {exc}") from exc
+
+
+def transport_failure(exc: requests.RequestException) -> str:
+    """'connection refused: POST http://user:***@host/path' rather than urllib3's repr: the
+    operating system's reason first, then the request (its password masked)."""
+    request = exc.request
+    target = f"{request.method} {mask_url(str(request.url))}" if request is not None else ""
+    found = os_error_in(exc)
+    reason = errno_phrase(found) if found is not None else type(exc).__name__
+    if isinstance(exc, requests.Timeout) and found is None:
+        reason = "timed out"
+    return f"{reason}: {target}" if target else f"{reason}: {exc}"
 
 
 @dataclass(frozen=True)
