@@ -61,6 +61,8 @@ def errno_phrase(error: OSError) -> str:
 def describe_os_error(error: OSError, path: Path | str | None = None) -> str:
     """What failed and on which file: the path given, else the one the error names."""
     where = path if path is not None else error.filename
+    if error.errno is not None and where is not None and str(where) != str(error.filename):
+        where = f"{where} ({error.filename})" if error.filename else where
     return errno_phrase(error) + (f" writing {where}" if where is not None else "")
 
 

@@ -56,10 +56,11 @@ def _exit_code(error: Any) -> int:
 
 
 def root_cause(error: Any) -> RunFailure:
-    """The first error in the chain that is not Dagster's own wrapper (the step execution
-    error, the retry request, a `Failure` raised from our exception), else the last one."""
+    """The first of our own errors in the chain (it says what to do; it may be raised from a
+    lower-level one), else the last one: what Dagster's wrappers (the step execution error,
+    the retry request, a `Failure`) were raised from."""
     chain = list(_chain(error))
-    ours = [e for e in chain if not _qualified_name(e).startswith("dagster")]
+    ours = [e for e in chain if _qualified_name(e).startswith("subscription_export.")]
     cause = ours[0] if ours else chain[-1]
     return RunFailure(_text(cause), _exit_code(cause), str(error.to_string()))
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import dagster as dg
 from upath import UPath
 
-from subscription_export.core.errors import ExportVerificationError
+from subscription_export.core.causes import describe_os_error
+from subscription_export.core.errors import ExportVerificationError, StorageError
 from subscription_export.defs.resources import ExportSettings
 from subscription_export.export.flow import ExportOutcome, export_window_file
 from subscription_export.formats.contract import ContractViolation
@@ -38,6 +39,13 @@ class _WindowFileIOManager(dg.UPathIOManager):
         self.project = project
         self.fmt = fmt
         self.extension = EXTENSIONS[fmt]
+
+    def make_directory(self, path: UPath) -> None:
+        try:
+            super().make_directory(path)
+        except OSError as exc:
+            # Named as a storage problem (not a directory, read-only, disk full) for `run`.
+            raise StorageError(describe_os_error(exc, Path(str(path)))) from exc
 
     def dump_to_path(self, context: dg.OutputContext, obj: object, path: UPath) -> None:
         try:

@@ -122,15 +122,15 @@ def send(call: Callable[[], requests.Response]) -> requests.Response:
 
 
 def transport_failure(exc: requests.RequestException) -> str:
-    """'connection refused: POST http://user:***@host/path' rather than urllib3's repr: the
-    operating system's reason first, then the request (its password masked)."""
-    request = exc.request
-    target = f"{request.method} {mask_url(str(request.url))}" if request is not None else ""
+    """'ConnectionError: connection refused (ECONNREFUSED, ...): POST http://user:***@host/path'
+    rather than urllib3's nested repr: the operating system's reason, then the request (its
+    password masked). Without an errno (a reset by the peer, a read timeout) as requests says."""
     found = os_error_in(exc)
-    reason = errno_phrase(found) if found is not None else type(exc).__name__
-    if isinstance(exc, requests.Timeout) and found is None:
-        reason = "timed out"
-    return f"{reason}: {target}" if target else f"{reason}: {exc}"
+    request = exc.request
+    if found is None or request is None:
+        return f"{type(exc).__name__}: {exc}"
+    target = f"{request.method} {mask_url(str(request.url))}"
+    return f"{type(exc).__name__}: {errno_phrase(found)}: {target}"
 
 
 @dataclass(frozen=True)

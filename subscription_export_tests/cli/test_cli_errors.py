@@ -27,6 +27,7 @@ from subscription_export_tests.helpers import insert, update, writer
 
 HOSTILE = "[/red] \x1b[2J boom"
 INT64_MAX = 2**63 - 1
+TO_CSV = ["--format", "csv", "--out", "x"]
 
 
 @pytest.fixture
@@ -59,6 +60,7 @@ class _Refusing(BaseHTTPRequestHandler):
     def _refuse(self) -> None:
         body = HOSTILE.encode()
         self.send_response(400)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -90,16 +92,14 @@ def hostile_server() -> Iterator[str]:
         (["dashboard", "--serve", "--port", "abc"], "--port"),
         (["sandbox", "serve", "--system", "erp", "--port", "abc"], "--port"),
         (
-            ["export", "--from-lsn", "1", "--to-lsn", str(INT64_MAX + 1)]
-            + ["--format", "csv", "--out", "x"],
+            ["export", "--from-lsn", "1", "--to-lsn", str(INT64_MAX + 1), *TO_CSV],
             "--to-lsn",
         ),
         (
-            ["export", "--from-lsn", "99999999999999999999", "--to-lsn", "1"]
-            + ["--format", "csv", "--out", "x"],
+            ["export", "--from-lsn", "99999999999999999999", "--to-lsn", "1", *TO_CSV],
             "--from-lsn",
         ),
-        (["export", "--from-lsn", "-1", "--to-lsn", "5", "--format", "csv", "--out", "x"], "-1"),
+        (["export", "--from-lsn", "-1", "--to-lsn", "5", *TO_CSV], "--from-lsn"),
         (["conflicts", "show", str(INT64_MAX + 1)], "ID"),
         (["dead-letters", "discard", "--id", str(INT64_MAX + 1)], "--id"),
     ],
@@ -169,9 +169,8 @@ def test_unwritable_export_dir_names_the_cause(settings: Settings, tmp_path: Pat
 def test_disk_full_and_read_only_are_named() -> None:
     from subscription_export.core.causes import describe_os_error
 
-    with pytest.raises(OSError) as full:
-        with open("/dev/full", "w") as sink:  # a real write that fails with ENOSPC
-            sink.write("x")
+    with pytest.raises(OSError) as full, open("/dev/full", "w") as sink:
+        sink.write("x")  # a real write that fails with ENOSPC (when the file is closed)
     assert describe_os_error(full.value, Path("/exports/w.parquet")) == (
         "disk full (ENOSPC, No space left on device) writing /exports/w.parquet"
     )
