@@ -14,7 +14,6 @@ import typer
 from rich.console import Console
 
 from subscription_export.cli.index import LazyCommands
-from subscription_export.cli.shown import marked
 from subscription_export.core.errors import SubscriptionExportError
 from subscription_export.core.settings import Settings
 
@@ -62,7 +61,7 @@ def main_options(
         ),
     ] = None,
     window_max_changes: Annotated[
-        int | None, typer.Option(min=1, help="Changes per window at most.")
+        int | None, typer.Option(min=1, max=DB_INT_MAX, help="Changes per window at most.")
     ] = None,
     window_max_age: Annotated[
         float | None, typer.Option(min=0, help="Seconds before a partial window closes.")
@@ -99,6 +98,9 @@ def main() -> None:
         err_console.print("aborted")
         sys.exit(130)
     except SubscriptionExportError as exc:
+        # lazy, like every module under cli/: `--help` loads none of them
+        from subscription_export.cli.shown import marked
+
         if debug:
             traceback.print_exc()
         err_console.print(marked("[red]error:[/red] {exc}", exc=exc), highlight=False)
@@ -111,6 +113,8 @@ def main() -> None:
     except Exception as exc:
         # lazy: only an error reaches here; --help and the usage errors never load SQLAlchemy
         from sqlalchemy.exc import SQLAlchemyError
+
+        from subscription_export.cli.shown import marked
 
         if isinstance(exc, SQLAlchemyError):
             if debug:
@@ -134,6 +138,8 @@ def main() -> None:
 def _show_usage_error(exc: typer.TyperException) -> None:
     """A bad option or argument as one line naming it, with where to read the usage; help
     asked for by giving no command is shown as click shows it."""
+    from subscription_export.cli.shown import marked
+
     ctx = getattr(exc, "ctx", None)
     if ctx is None or type(exc).__name__ == "NoArgsIsHelpError":
         exc.show()  # type: ignore[attr-defined]  # its one subclass, ClickException, has show()
