@@ -24,6 +24,6 @@ def verify(
     for outcome in report.outcomes:
         mark = "[green]ok[/green]" if outcome.passed else "[red]DRIFT[/red]"
         console.print(Text.from_markup(mark), shown(outcome.description), highlight=False)
-    console.print(report.summary, highlight=False)
+    console.print(shown(report.summary), highlight=False)
     if not report.passed:
         raise typer.Exit(1)
