@@ -121,8 +121,9 @@ def _run_one_cycle(settings: Settings, as_json: bool, quiet: bool, debug: bool) 
             f" window(s), {len(result.runs)} exported, {len(result.failed)} failed,"
             f" {result.cut.pending} change(s) waiting for the next window"
         )
-        _print_failures(result.runs, debug)
         for holder in result.cut.sequenced.held_by:
             err_console.print("changes held back by", shown(holder.describe()))
         print_reconciled(result.reconciled)
+    if not as_json:
+        _print_failures(result.runs, debug)  # with --quiet too: a failure is not progress
     return result.exit_code
