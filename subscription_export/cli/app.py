@@ -26,6 +26,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
+# The largest LSN or id a database column holds (BIGINT): a larger option is a usage error,
+# not an OverflowError from the driver.
+DB_INT_MAX = 2**63 - 1
 err_console = Console(stderr=True, soft_wrap=True)
 
 
@@ -59,7 +62,7 @@ def main_options(
         ),
     ] = None,
     window_max_changes: Annotated[
-        int | None, typer.Option(min=1, help="Changes per window at most.")
+        int | None, typer.Option(min=1, max=DB_INT_MAX, help="Changes per window at most.")
     ] = None,
     window_max_age: Annotated[
         float | None, typer.Option(min=0, help="Seconds before a partial window closes.")
@@ -100,31 +103,61 @@ def main() -> None:
         err_console.print("aborted")
         sys.exit(130)
     except SubscriptionExportError as exc:
+        # lazy, like every module under cli/: `--help` loads none of them
+        from subscription_export.cli.shown import marked
+
         if debug:
             traceback.print_exc()
-        # Every message is masked here too: a library's text may quote a URL with its password.
-        err_console.print(f"[red]error:[/red] {mask_in_text(str(exc))}", highlight=False)
+        err_console.print(
+            marked("[red]error:[/red] {exc}", exc=mask_in_text(str(exc))), highlight=False
+        )
         sys.exit(exc.exit_code)
     except typer.TyperException as exc:
         # typer vendors click: usage errors (unknown option, BadParameter, no command given) are
-        # typer's ClickException, never click.ClickException. Shown as click shows them.
-        exc.show()  # type: ignore[attr-defined]  # its one subclass, ClickException, has show()
+        # typer's ClickException, never click.ClickException.
+        _show_usage_error(exc)
         sys.exit(exc.exit_code)
     except Exception as exc:
         # lazy: only an error reaches here; --help and the usage errors never load SQLAlchemy
         from sqlalchemy.exc import SQLAlchemyError
 
+        from subscription_export.cli.shown import marked
+
         if isinstance(exc, SQLAlchemyError):
             if debug:
                 traceback.print_exc()
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-            err_console.print(f"[red]database error:[/red] {mask_in_text(reason)}", highlight=False)
+            err_console.print(
+                marked("[red]database error:[/red] {r}", r=mask_in_text(reason)), highlight=False
+            )
             sys.exit(2)
         if debug:
             raise
         err_console.print(
-            f"[red]unexpected error:[/red] {type(exc).__name__}: {mask_in_text(str(exc))}"
-            " (rerun with --debug)",
+            marked(
+                "[red]unexpected error:[/red] {name}: {exc} (rerun with --debug)",
+                name=type(exc).__name__,
+                exc=mask_in_text(str(exc)),
+            ),
             highlight=False,
         )
         sys.exit(1)
+
+
+def _show_usage_error(exc: typer.TyperException) -> None:
+    """A bad option or argument as one line naming it, with where to read the usage; help
+    asked for by giving no command is shown as click shows it."""
+    from subscription_export.cli.shown import marked
+
+    ctx = getattr(exc, "ctx", None)
+    if ctx is None or type(exc).__name__ == "NoArgsIsHelpError":
+        exc.show()  # type: ignore[attr-defined]  # its one subclass, ClickException, has show()
+        return
+    err_console.print(
+        marked(
+            "Error: {message} (see '{command} --help')",
+            message=exc.format_message(),  # type: ignore[attr-defined]
+            command=ctx.command_path,
+        ),
+        highlight=False,
+    )

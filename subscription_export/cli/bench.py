@@ -75,4 +75,4 @@ def _print_bench(report: dict[str, Any], changes: int, source: str) -> None:
         f" parquet/COPY {report['parquet_vs_copy']};"
         f" incremental 10k {report['incremental_10k_s']} s"
     )
-    console.print(f"written to {report['written_to']}")
+    console.print(f"written to {report['written_to']}", markup=False)

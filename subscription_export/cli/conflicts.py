@@ -10,8 +10,8 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-from subscription_export.cli.app import console, err_console, settings_of
-from subscription_export.cli.shown import DataTable, shown
+from subscription_export.cli.app import DB_INT_MAX, console, err_console, settings_of
+from subscription_export.cli.shown import DataTable, marked, shown
 from subscription_export.delivery.config import load_destinations
 from subscription_export.reconcile.feeds import ReconcileError
 from subscription_export.reconcile.manual_queue import (
@@ -84,30 +84,41 @@ def conflicts_list(
 @app.command("show")
 def conflicts_show(
     ctx: typer.Context,
-    conflict_id: Annotated[int, typer.Argument(metavar="ID", help="Conflict id.")],
+    conflict_id: Annotated[
+        int, typer.Argument(metavar="ID", min=1, max=DB_INT_MAX, help="Conflict id.")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """One conflict: base, local and remote side by side, conflicting fields marked."""
     conflict = get_conflict(Project(settings_of(ctx), create=False).state, conflict_id)
     if conflict is None:
         raise ReconcileError(f"no conflict {conflict_id}; see `subscription-export conflicts list`")
-    shown = describe_conflict(conflict)
+    described = describe_conflict(conflict)
     if as_json:
-        console.print_json(json.dumps(shown))
+        console.print_json(json.dumps(described))
         return
     console.print(
-        f"conflict [bold]{conflict.id}[/bold] ({conflict.status}): {conflict.destination}"
-        f" subscription {conflict.subscription_id}, strategy {conflict.strategy}",
+        marked(
+            "conflict [bold]{id}[/bold] ({status}): {system} subscription {sub}, strategy {how}",
+            id=conflict.id,
+            status=conflict.status,
+            system=conflict.destination,
+            sub=conflict.subscription_id,
+            how=conflict.strategy,
+        ),
         highlight=False,
+        soft_wrap=True,
     )
     console.print(
-        f"local changed {shown['local_changed_at']}, {conflict.destination} changed"
-        f" {shown['remote_changed_at']} (feed cursor {conflict.cursor})",
+        shown(
+            f"local changed {described['local_changed_at']}, {conflict.destination} changed"
+            f" {described['remote_changed_at']} (feed cursor {conflict.cursor})"
+        ),
         highlight=False,
     )
-    _print_sides(conflict, shown)
+    _print_sides(conflict, described)
     if conflict.resolution is not None:
-        console.print(f"resolution: {json.dumps(conflict.resolution)}", highlight=False)
+        console.print(shown(f"resolution: {json.dumps(conflict.resolution)}"), highlight=False)
     else:
         console.print(
             f"resolve with: subscription-export conflicts resolve {conflict.id}"
@@ -115,9 +126,9 @@ def conflicts_show(
         )
 
 
-def _print_sides(conflict: Conflict, shown: dict[str, Any]) -> None:
+def _print_sides(conflict: Conflict, described: dict[str, Any]) -> None:
     """Base, local and remote field by field, the conflicting fields marked."""
-    base, local, remote = shown["base"], shown["local"], shown["remote"]
+    base, local, remote = described["base"], described["local"], described["remote"]
     names = sorted({*(base or {}), *(local or {}), *(remote or {})} - {"id"})
     table = DataTable("field", "base", "local (source)", f"remote ({conflict.destination})", "")
     for name in names:
@@ -135,7 +146,9 @@ def _print_sides(conflict: Conflict, shown: dict[str, Any]) -> None:
 @app.command("resolve")
 def conflicts_resolve(
     ctx: typer.Context,
-    conflict_id: Annotated[int, typer.Argument(metavar="ID", help="Conflict id.")],
+    conflict_id: Annotated[
+        int, typer.Argument(metavar="ID", min=1, max=DB_INT_MAX, help="Conflict id.")
+    ],
     take: Annotated[
         Take,
         typer.Option(
@@ -165,7 +178,10 @@ def conflicts_resolve(
         _print_resolved(report)
     for error in report.pushes.errors:
         err_console.print(
-            f"[yellow]push not accepted yet[/yellow] (the next reconcile run re-sends it): {error}",
+            marked(
+                "[yellow]push not accepted yet[/yellow] (the next reconcile run re-sends it): {e}",
+                e=error,
+            ),
             highlight=False,
         )
 
@@ -186,15 +202,19 @@ def _resolve_json(report: ResolveReport) -> dict[str, Any]:
 def _print_resolved(report: ResolveReport) -> None:
     result = "deleted" if report.target is None else "updated"
     console.print(
-        f"conflict {report.conflict_id} resolved (--take {report.take}):"
-        f" subscription {report.subscription_id} {result}"
-        + (" in the source" if report.written_back else " (the source already held it)"),
+        shown(
+            f"conflict {report.conflict_id} resolved (--take {report.take}):"
+            f" subscription {report.subscription_id} {result}"
+            + (" in the source" if report.written_back else " (the source already held it)")
+        ),
         highlight=False,
     )
     if report.push_planned:
         console.print(
-            f"{report.destination}: {report.pushes.pushed} pushed,"
-            f" {report.pushes.deferred} waiting for the window delivery",
+            shown(
+                f"{report.destination}: {report.pushes.pushed} pushed,"
+                f" {report.pushes.deferred} waiting for the window delivery"
+            ),
             highlight=False,
         )
 

@@ -56,9 +56,10 @@ def dashboard(
 
     if out is not None:
         out.write_text(render_dashboard(load()), encoding="utf-8")
-        console.print(f"dashboard written to {out}")
+        console.print(f"dashboard written to {out}", markup=False)
         return
     console.print(
-        f"dashboard on http://{host}:{port}/, Prometheus metrics on /metrics (Ctrl-C stops)"
+        f"dashboard on http://{host}:{port}/, Prometheus metrics on /metrics (Ctrl-C stops)",
+        markup=False,
     )
     serve_dashboard(load, host, port, load_totals=lambda: load(None))

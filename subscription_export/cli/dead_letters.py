@@ -8,9 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
-from subscription_export.cli.app import console, settings_of
+from subscription_export.cli.app import DB_INT_MAX, console, settings_of
 from subscription_export.cli.progress import progress_bar
-from subscription_export.cli.shown import DataTable
+from subscription_export.cli.shown import DataTable, marked, shown
 from subscription_export.delivery.config import load_destinations
 from subscription_export.delivery.dead_letters import discard, held_behind, list_dead_letters
 from subscription_export.delivery.window import ReplaySummary, replay_dead_letters
@@ -36,7 +36,7 @@ def dead_letters_list(
     ctx: typer.Context,
     destination: Annotated[str | None, typer.Option(help="Only this destination.")] = None,
     status: Annotated[DeadLetterStatus, typer.Option(help="Which ones.")] = DeadLetterStatus.open,
-    limit: Annotated[int, typer.Option(min=1)] = 100,
+    limit: Annotated[int, typer.Option(min=1, max=DB_INT_MAX)] = 100,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Dead letters by destination and LSN, with their error and attempts."""
@@ -74,7 +74,8 @@ def dead_letters_replay(
     ctx: typer.Context,
     destination: Annotated[str | None, typer.Option(help="Only this destination.")] = None,
     ids: Annotated[
-        list[int] | None, typer.Option("--id", help="Only these ids (repeatable).")
+        list[int] | None,
+        typer.Option("--id", min=1, max=DB_INT_MAX, help="Only these ids (repeatable)."),
     ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
@@ -88,7 +89,9 @@ def dead_letters_replay(
         if as_json:
             console.print_json(json.dumps({"replayed": 0, "still_open": [], "caught_up": []}))
         else:
-            console.print("no open dead letters" + (f" for {destination}" if destination else ""))
+            console.print(
+                "no open dead letters", shown(f"for {destination}" if destination else "")
+            )
         return
     with progress_bar(quiet or as_json) as progress:
         task = progress.add_task("replaying dead letters", total=todo)
@@ -113,20 +116,30 @@ def _print_replay(summary: ReplaySummary) -> None:
     for r in summary.results:
         if not r.replayed:
             console.print(
-                f"  [red]still open[/red] #{r.letter.id} {r.letter.destination} LSN"
-                f" {r.letter.lsn}: {r.error}",
+                marked(
+                    "  [red]still open[/red] #{id} {destination} LSN {lsn}: {error}",
+                    id=r.letter.id,
+                    destination=r.letter.destination,
+                    lsn=r.letter.lsn,
+                    error=r.error,
+                ),
                 highlight=False,
+                soft_wrap=True,
             )
     for name, key in summary.completed_windows:
-        console.print(f"  {name}: window {key} completed")
+        console.print(shown(f"  {name}: window {key} completed"))
     for outcome in summary.caught_up:
         console.print(
-            f"  {outcome.destination}: window {outcome.window.key} {outcome.status}"
-            f" ({outcome.delivered} delivered, {outcome.dead_lettered} dead-lettered)"
+            shown(
+                f"  {outcome.destination}: window {outcome.window.key} {outcome.status}"
+                f" ({outcome.delivered} delivered, {outcome.dead_lettered} dead-lettered)"
+            )
         )
     console.print(
-        "[bold]watermarks[/bold]: "
-        + ", ".join(f"{name}={lsn}" for name, lsn in summary.watermarks.items())
+        marked(
+            "[bold]watermarks[/bold]: {marks}",
+            marks=", ".join(f"{name}={lsn}" for name, lsn in summary.watermarks.items()),
+        )
     )
 
 
@@ -163,7 +176,10 @@ def _replay_json(summary: ReplaySummary) -> dict[str, Any]:
 @app.command("discard")
 def dead_letters_discard(
     ctx: typer.Context,
-    ids: Annotated[list[int], typer.Option("--id", help="Ids to give up on (repeatable).")],
+    ids: Annotated[
+        list[int],
+        typer.Option("--id", min=1, max=DB_INT_MAX, help="Ids to give up on (repeatable)."),
+    ],
 ) -> None:
     """Give up on dead letters: they stop blocking; re-run the window's sync to complete it."""
     project = Project(settings_of(ctx))

@@ -10,6 +10,7 @@ import typer
 
 from subscription_export.cli.app import console, settings_of
 from subscription_export.cli.progress import progress_bar
+from subscription_export.cli.shown import marked
 from subscription_export.core.db import engine_for
 from subscription_export.core.settings import Settings, replace
 from subscription_export.defs.runner import CycleResult, run_cycle
@@ -116,29 +117,42 @@ def _demo_json(run: DemoRun, report: dict[str, Any]) -> dict[str, Any]:
 def _print_demo(run: DemoRun, report: dict[str, Any]) -> None:
     made, cycle = run.made, run.cycle
     console.print(
-        f"[bold]source[/bold] {report['source']}: wrote {made.changes} changes"
-        f" ({made.created} creates, {made.updated} updates, {made.deleted} deletes)"
+        marked("[bold]source[/bold] {source}", source=report["source"]),
+        f": wrote {made.changes} changes"
+        f" ({made.created} creates, {made.updated} updates, {made.deleted} deletes)",
+        sep="",
+        markup=False,
     )
     console.print(
         f"[bold]windows[/bold]: {len(cycle.cut.new_windows)} new,"
         f" {len(cycle.runs) - len(cycle.failed)}/{len(cycle.runs)} exported through Dagster"
     )
     for r in cycle.runs:
-        mark = "[green]ok[/green]" if r.success else f"[red]failed: {r.error}[/red]"
+        mark = "[green]ok[/green]" if r.success else "[red]failed: {error}[/red]"
         console.print(
-            f"  {r.window.key}  {r.window.changes:>7} changes  run {r.run_id[:8]}  {mark}"
+            marked(
+                "  {key}  {changes} changes  run {run}  " + mark,
+                key=r.window.key,
+                changes=f"{r.window.changes:>7}",
+                run=r.run_id[:8],
+                error=r.error,
+            )
         )
+    marks = (f"{k}={v['watermark']} (lag {v['lag']})" for k, v in report["consumers"].items())
+    console.print(marked("[bold]watermarks[/bold]: {marks}", marks=", ".join(marks)))
+    systems = (f"{name} {_sandbox_summary(state)}" for name, state in run.held.items())
     console.print(
-        "[bold]watermarks[/bold]: "
-        + ", ".join(
-            f"{k}={v['watermark']} (lag {v['lag']})" for k, v in report["consumers"].items()
+        marked(
+            "[bold]sandbox systems[/bold] (this run's deliveries): {systems}",
+            systems=", ".join(systems),
         )
     )
     console.print(
-        "[bold]sandbox systems[/bold] (this run's deliveries): "
-        + ", ".join(f"{name} {_sandbox_summary(state)}" for name, state in run.held.items())
+        marked(
+            "[bold]files[/bold] under {path}/ (manifests in _manifests/)",
+            path=run.settings.export_dir,
+        )
     )
-    console.print(f"[bold]files[/bold] under {run.settings.export_dir}/ (manifests in _manifests/)")
     console.print("see the runs and partitions in the Dagster UI: make ui")
 
 

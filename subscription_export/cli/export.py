@@ -11,8 +11,9 @@ from typing import Annotated
 import pyarrow as pa
 import typer
 
-from subscription_export.cli.app import console, err_console, settings_of
+from subscription_export.cli.app import DB_INT_MAX, console, err_console, settings_of
 from subscription_export.cli.progress import progress_bar
+from subscription_export.cli.shown import shown
 from subscription_export.core.errors import RangeError
 from subscription_export.export.flow import stream_window
 from subscription_export.export.window import WindowStream
@@ -32,8 +33,12 @@ class OutputFormat(StrEnum):
 @app.command()
 def export(
     ctx: typer.Context,
-    from_lsn: Annotated[int, typer.Option("--from-lsn", min=1, help="First LSN (inclusive).")],
-    to_lsn: Annotated[int, typer.Option("--to-lsn", min=1, help="Last LSN (inclusive).")],
+    from_lsn: Annotated[
+        int, typer.Option("--from-lsn", min=1, max=DB_INT_MAX, help="First LSN (inclusive).")
+    ],
+    to_lsn: Annotated[
+        int, typer.Option("--to-lsn", min=1, max=DB_INT_MAX, help="Last LSN (inclusive).")
+    ],
     fmt: Annotated[OutputFormat, typer.Option("--format", help="File format.")],
     out: Annotated[Path, typer.Option("--out", help="File to write.")],
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
@@ -65,7 +70,7 @@ def export(
             f"[yellow]{len(stream.quarantined)} row(s) could not be exported:[/yellow]"
         )
         for q in stream.quarantined[:20]:
-            err_console.print(f"  LSN {q.lsn} field {q.field}: {q.reason}")
+            err_console.print(shown(f"  LSN {q.lsn} field {q.field}: {q.reason}"))
         raise typer.Exit(1)
 
 
@@ -74,8 +79,10 @@ def _print_written(
 ) -> None:
     if not as_json:
         console.print(
-            f"wrote {written.rows} rows ({dict(stream.rows_by_op)}) to {written.path},"
-            f" {written.bytes} bytes, sha256 {written.sha256}"
+            shown(
+                f"wrote {written.rows} rows ({dict(stream.rows_by_op)}) to {written.path},"
+                f" {written.bytes} bytes, sha256 {written.sha256}"
+            )
         )
         return
     summary = {

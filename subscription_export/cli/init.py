@@ -24,5 +24,6 @@ def init(ctx: typer.Context) -> None:
     init_state_tables(state)
     console.print(
         f"capture installed on {redact(settings.source_url)}: schema version {schema.version},"
-        f" {len(schema.columns)} columns captured; state in {redact(settings.state_url)}"
+        f" {len(schema.columns)} columns captured; state in {redact(settings.state_url)}",
+        markup=False,
     )

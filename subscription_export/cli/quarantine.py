@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from subscription_export.cli.app import console, settings_of
+from subscription_export.cli.app import DB_INT_MAX, console, settings_of
 from subscription_export.cli.shown import DataTable
 from subscription_export.delivery.config import load_destinations
 from subscription_export.quarantine_actions import discard, replay
@@ -26,7 +26,7 @@ LsnOption = Annotated[list[int] | None, typer.Option("--lsn", help="Only these L
 @app.command("list")
 def quarantine_list(
     ctx: typer.Context,
-    limit: Annotated[int, typer.Option(min=1)] = 100,
+    limit: Annotated[int, typer.Option(min=1, max=DB_INT_MAX)] = 100,
     show_all: Annotated[
         bool, typer.Option("--all", help="Also recovered and discarded entries.")
     ] = False,

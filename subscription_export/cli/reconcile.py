@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from subscription_export.cli.app import console, err_console, settings_of
+from subscription_export.cli.shown import marked
 from subscription_export.delivery.config import load_destinations
 from subscription_export.reconcile.flow import SystemRun, reconcile_all
 from subscription_export.reconcile.policies import load_policies
@@ -46,7 +47,13 @@ def print_reconciled(runs: Sequence[SystemRun]) -> None:
     """One line per system (also printed by `run`)."""
     for run in runs:
         if run.report is None:
-            err_console.print(f"[red]{run.system}: not reconciled[/red]: {run.error}")
+            err_console.print(
+                marked(
+                    "[red]{system}: not reconciled[/red]: {error}",
+                    system=run.system,
+                    error=run.error,
+                )
+            )
             continue
         s = run.report.summary()
         console.print(
@@ -55,6 +62,7 @@ def print_reconciled(runs: Sequence[SystemRun]) -> None:
             f" {s['pushes_waiting']} waiting for the delivery, {s['pushes_failed']} failed,"
             f" {s['pushes_dead_lettered']} dead-lettered",
             highlight=False,
+            markup=False,
         )
         for error in run.report.pushes.errors:
-            err_console.print(f"  [red]push refused[/red]: {error}", highlight=False)
+            err_console.print(marked("  [red]push refused[/red]: {e}", e=error), highlight=False)

@@ -9,9 +9,10 @@ from typing import Annotated, Any
 
 import typer
 
-from subscription_export.cli.app import console, err_console, settings_of
+from subscription_export.cli.app import Context, console, err_console, settings_of
 from subscription_export.cli.progress import progress_bar
 from subscription_export.cli.reconcile import print_reconciled
+from subscription_export.cli.shown import marked, shown
 from subscription_export.core.errors import RangeError
 from subscription_export.core.settings import Settings
 from subscription_export.core.stopping import Stopped, stop_on_signals
@@ -43,16 +44,19 @@ def run(
     if once and watch:
         raise typer.BadParameter("choose --once or --watch, not both")
     settings = settings_of(ctx)
+    debug = ctx.ensure_object(Context).debug
     try:
         with stop_on_signals():
-            failed = _run(settings, window, watch, interval, as_json, quiet)
+            code = _run(settings, window, watch, interval, as_json, quiet, debug)
     except Stopped as stop:
         # The interrupted step unwound (its leases are released); nothing half-done is
         # recorded, so the next run redoes that window exactly.
-        err_console.print(f"{stop}: the current step was aborted and its leases released")
+        err_console.print(
+            marked("{stop}: the current step was aborted and its leases released", stop=stop)
+        )
         raise typer.Exit(stop.exit_code) from None
-    if failed:
-        raise typer.Exit(1)
+    if code:
+        raise typer.Exit(code)
 
 
 def _run(
@@ -62,21 +66,43 @@ def _run(
     interval: float,
     as_json: bool,
     quiet: bool,
-) -> bool:
+    debug: bool,
+) -> int:
+    """The exit code: 0, 1 (a window or push failed) or 3 (a person must act)."""
     if window:
-        return _export_windows(settings, window, as_json, quiet)
+        return _export_windows(settings, window, as_json, quiet, debug)
     while True:
-        failed = _run_one_cycle(settings, as_json, quiet)
+        code = _run_one_cycle(settings, as_json, quiet, debug)
         if not watch:
-            return failed
+            return code
         time.sleep(interval)
 
 
+def _print_failures(runs: list[WindowRun], debug: bool) -> None:
+    """One line per failed window naming the original cause (Dagster's traceback with --debug)."""
+    for r in runs:
+        if r.success:
+            continue
+        if debug:
+            err_console.print(shown(r.detail))
+        err_console.print(
+            marked("[red]window {key} failed[/red]: {error}", key=r.window.key, error=r.error)
+        )
+
+
 def _run_json(r: WindowRun) -> dict[str, Any]:
-    return {"window": r.window.key, "run_id": r.run_id, "success": r.success, "error": r.error}
+    return {
+        "window": r.window.key,
+        "run_id": r.run_id,
+        "success": r.success,
+        "error": r.error,
+        "exit_code": r.exit_code,
+    }
 
 
-def _export_windows(settings: Settings, keys: list[str], as_json: bool, quiet: bool) -> bool:
+def _export_windows(
+    settings: Settings, keys: list[str], as_json: bool, quiet: bool, debug: bool
+) -> int:
     state = Project(settings).state
     windows = []
     for key in keys:
@@ -89,13 +115,11 @@ def _export_windows(settings: Settings, keys: list[str], as_json: bool, quiet: b
         runs = materialize_windows(settings, windows, on_done=lambda _r: progress.advance(task))
     if as_json:
         console.print_json(json.dumps({"runs": [_run_json(r) for r in runs]}))
-    for r in runs:
-        if not r.success:
-            err_console.print(f"[red]window {r.window.key} failed[/red]: {r.error}")
-    return any(not r.success for r in runs)
+    _print_failures(runs, debug)
+    return max((r.exit_code for r in runs if not r.success), default=0)
 
 
-def _run_one_cycle(settings: Settings, as_json: bool, quiet: bool) -> bool:
+def _run_one_cycle(settings: Settings, as_json: bool, quiet: bool, debug: bool) -> int:
     with progress_bar(quiet) as progress:
         task = progress.add_task("exporting windows", total=None)
         result = run_cycle(settings, on_done=lambda _run: progress.advance(task))
@@ -117,9 +141,9 @@ def _run_one_cycle(settings: Settings, as_json: bool, quiet: bool) -> bool:
             f" window(s), {len(result.runs)} exported, {len(result.failed)} failed,"
             f" {result.cut.pending} change(s) waiting for the next window"
         )
-        for failure in result.failed:
-            err_console.print(f"[red]window {failure.window.key} failed[/red]: {failure.error}")
         for holder in result.cut.sequenced.held_by:
-            err_console.print(f"changes held back by {holder.describe()}", highlight=False)
+            err_console.print("changes held back by", shown(holder.describe()))
         print_reconciled(result.reconciled)
-    return bool(result.failed or result.reconcile_failed)
+    if not as_json:
+        _print_failures(result.runs, debug)  # with --quiet too: a failure is not progress
+    return result.exit_code

@@ -43,5 +43,7 @@ def sandbox_serve(
         except (OSError, ValueError, TypeError) as exc:
             raise ConfigError(f"{faults}: not a fault plan ({exc})") from None
     server = SandboxServer(make_system(system.value, faults=plan), host=host, port=port)
-    console.print(f"sandbox {system.value} listening on {server.url} (Ctrl-C stops it)")
+    console.print(
+        f"sandbox {system.value} listening on {server.url} (Ctrl-C stops it)", markup=False
+    )
     server.serve_in_foreground()

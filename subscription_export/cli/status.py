@@ -6,10 +6,9 @@ import json
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from subscription_export.cli.app import console, err_console, settings_of
-from subscription_export.cli.shown import DataTable
+from subscription_export.cli.shown import DataTable, marked, shown
 from subscription_export.core.errors import ConfigError
 from subscription_export.delivery.config import load_destinations
 from subscription_export.runtime import Project
@@ -31,13 +30,19 @@ def status(
     if as_json:
         console.print_json(json.dumps(report))
         return
-    console.print(f"source {report['source']}  last LSN [bold]{report['last_lsn']}[/bold]")
+    console.print(
+        marked(
+            "source {source}  last LSN [bold]{lsn}[/bold]",
+            source=report["source"],
+            lsn=report["last_lsn"],
+        )
+    )
     console.print(
         f"pending: {report['changes_not_in_a_window']} change(s) not yet in a window,"
         f" {report['unsequenced_changes']} not yet sequenced"
     )
     for holder in report["held_by"]:
-        console.print(f"held by {Holder(**holder).describe()}", highlight=False)
+        console.print("held by", shown(Holder(**holder).describe()), highlight=False)
     table = DataTable("consumer", "watermark", "lag", "blocked by")
     for name, info in report["consumers"].items():
         table.add_row(name, str(info["watermark"]), str(info["lag"]), info["blocked_by"] or "")
@@ -58,6 +63,7 @@ def _print_problems(report: dict[str, Any]) -> None:
                 for name, c in report["feed_cursors"].items()
             ),
             highlight=False,
+            markup=False,
         )
     pushes = report["pending_pushes"]
     if pushes:
@@ -66,6 +72,7 @@ def _print_problems(report: dict[str, Any]) -> None:
             + ", ".join(f"{name} {n}" for name, n in sorted(pushes.items()))
             + " (sent by the next reconcile: subscription-export reconcile)",
             highlight=False,
+            markup=False,
         )
     console.print(
         f"open dead letters: {report['open_dead_letters']}"
@@ -81,5 +88,5 @@ def _configured_destinations() -> list[str]:
     try:
         return list(load_destinations().names)
     except ConfigError as exc:
-        err_console.print(f"destinations not listed: {escape(str(exc))}", highlight=False)
+        err_console.print(marked("destinations not listed: {exc}", exc=exc), highlight=False)
         return []

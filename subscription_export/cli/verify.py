@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.markup import escape
+from rich.text import Text
 
 from subscription_export.cli.app import console, settings_of
+from subscription_export.cli.shown import shown
 from subscription_export.formats.verify import verify_exports
 
 app = typer.Typer(add_completion=False)
@@ -22,7 +23,7 @@ def verify(
     report = verify_exports(settings_of(ctx).export_dir, window)
     for outcome in report.outcomes:
         mark = "[green]ok[/green]" if outcome.passed else "[red]DRIFT[/red]"
-        console.print(f"{mark}  {escape(outcome.description)}", highlight=False)
-    console.print(report.summary, highlight=False)
+        console.print(Text.from_markup(mark), shown(outcome.description), highlight=False)
+    console.print(shown(report.summary), highlight=False)
     if not report.passed:
         raise typer.Exit(1)

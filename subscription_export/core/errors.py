@@ -37,3 +37,10 @@ class ExportVerificationError(SubscriptionExportError):
     """A written window does not hold what the change log says it should."""
 
     exit_code = 3
+
+
+class StorageError(SubscriptionExportError):
+    """A file could not be written (disk full, read-only, not a directory); the message names
+    the cause and the file. A run failure (exit 1): re-run once the storage is fixed."""
+
+    exit_code = 1

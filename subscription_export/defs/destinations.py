@@ -29,8 +29,8 @@ from subscription_export.delivery.config import (
     destinations_path,
     load_destinations,
 )
-from subscription_export.delivery.dead_letters import Policy, dead_letter_policy
-from subscription_export.delivery.window import DestinationBlocked, blocked_message, deliver_window
+from subscription_export.delivery.dead_letters import Policy, blocked_reason, dead_letter_policy
+from subscription_export.delivery.window import DestinationBlocked, deliver_window
 from subscription_export.state.leases import default_holder
 from subscription_export.state.windows import Window, find_window, parse_window_key
 
@@ -93,14 +93,18 @@ def _sync(
             project, destination, Window(lo, hi), holder, policy=destinations.policy()
         )
     except DestinationBlocked as exc:
-        raise dg.Failure(description=str(exc), allow_retries=False) from None
+        raise dg.Failure(description=str(exc), allow_retries=False) from exc
     metadata = {"configured": True, **outcome.metadata()}
     if outcome.status == "blocked":
+        # Raised from the typed error so `run` finds its cause and exit code (defs/failures.py).
+        blocked = DestinationBlocked(
+            blocked_reason(project.state, name, key, outcome.open_dead_letters)
+        )
         raise dg.Failure(
-            description=blocked_message(name, key, outcome.open_dead_letters),
+            description=str(blocked),
             metadata=metadata,  # type: ignore[arg-type]
             allow_retries=False,
-        )
+        ) from blocked
     context.log.info(
         f"{name}: window {key} {outcome.status}: {outcome.delivered} delivered,"
         f" {outcome.skipped} skipped, {outcome.dead_lettered} dead-lettered,"

@@ -7,14 +7,15 @@ from pathlib import Path
 import dagster as dg
 from upath import UPath
 
-from subscription_export.core.errors import ExportVerificationError
+from subscription_export.core.causes import describe_os_error
+from subscription_export.core.errors import ExportVerificationError, StorageError
 from subscription_export.defs.resources import ExportSettings
 from subscription_export.defs.stopping import stoppable
 from subscription_export.export.flow import ExportOutcome, export_window_file
 from subscription_export.formats.contract import ContractViolation
 from subscription_export.formats.writers import EXTENSIONS, Format
 from subscription_export.runtime import Project
-from subscription_export.state.leases import default_holder
+from subscription_export.state.leases import LeaseBusy, default_holder
 from subscription_export.state.windows import Window, parse_window_key
 
 
@@ -40,11 +41,19 @@ class _WindowFileIOManager(dg.UPathIOManager):
         self.fmt = fmt
         self.extension = EXTENSIONS[fmt]
 
+    def make_directory(self, path: UPath) -> None:
+        try:
+            super().make_directory(path)
+        except OSError as exc:
+            # Named as a storage problem (not a directory, read-only, disk full) for `run`.
+            raise StorageError(describe_os_error(exc, Path(str(path)))) from exc
+
     def dump_to_path(self, context: dg.OutputContext, obj: object, path: UPath) -> None:
         try:
             outcome, watermark = self._export(obj, Path(str(path)), default_holder(context.run_id))
-        except (ContractViolation, ExportVerificationError) as exc:
-            # Deterministic: a retry would fail the same way, so fail the step at once.
+        except (ContractViolation, ExportVerificationError, LeaseBusy) as exc:
+            # Deterministic: a retry would fail the same way, so fail the step at once. A busy
+            # lease has already been waited for (SUBSCRIPTION_EXPORT_LEASE_WAIT).
             raise dg.Failure(str(exc), allow_retries=False) from exc
         metadata: dict[str, object] = dict(outcome.metadata())
         metadata.pop("path")  # UPathIOManager reports the path itself

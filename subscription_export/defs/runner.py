@@ -15,6 +15,7 @@ from subscription_export.core.settings import Settings
 from subscription_export.core.stopping import deferred
 from subscription_export.defs.definitions import build_definitions
 from subscription_export.defs.destinations import SYNC_WINDOW_JOB, DestinationsResource
+from subscription_export.defs.failures import RUN_FAILED, run_failures
 from subscription_export.defs.instance import ensure_dagster_home
 from subscription_export.defs.jobs import EXPORT_WINDOW_JOB
 from subscription_export.defs.partitions import cdc_windows
@@ -28,11 +29,10 @@ from subscription_export.state.windows import Window
 log = logging.getLogger(__name__)
 
 
-def _console_logs(settings: Settings) -> dict[str, object]:
-    """The CLI prints its own summary; Dagster's per-step DEBUG lines stay in the instance (UI).
-    With JSON logs its text console says nothing: stderr carries only JSON lines."""
-    level = "CRITICAL" if settings.log_format == "json" else "WARNING"
-    return {"loggers": {"console": {"config": {"log_level": level}}}}
+# The CLI prints its own summary, one line per failed window; Dagster's step lines and failure
+# tracebacks stay in the instance (UI, and `run --debug` prints them). With JSON logs
+# (SUBSCRIPTION_EXPORT_LOG_FORMAT) stderr then carries only JSON lines.
+_QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,9 @@ class WindowRun:
     window: Window
     run_id: str
     success: bool
-    error: str | None
+    error: str | None  # the original cause, one line per failed step
+    exit_code: int = 0  # what the CLI exits with for it (defs/failures.py)
+    detail: str = ""  # Dagster's error text with stacks, for --debug
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,12 @@ class CycleResult:
     @property
     def failed(self) -> list[WindowRun]:
         return [r for r in self.runs if not r.success]
+
+    @property
+    def exit_code(self) -> int:
+        """0, else the most demanding failure's code (3: an operator must act; 1: failed)."""
+        codes = [r.exit_code for r in self.failed] + [RUN_FAILED for _ in self.reconcile_failed]
+        return max(codes, default=0)
 
     @property
     def reconcile_failed(self) -> list[SystemRun]:
@@ -83,24 +91,29 @@ def materialize_windows(
                 instance=instance,
                 raise_on_error=False,
                 tags={"subscription_export/trigger": trigger},
-                run_config=_console_logs(settings),
+                run_config=_QUIET_LOGS,
             )
-        error = None
-        if not result.success:
-            failures = [e for e in result.all_events if e.is_step_failure]
-            error = (
-                "; ".join(
-                    str(e.step_failure_data.error.message).strip().splitlines()[0]  # type: ignore[union-attr]
-                    for e in failures
-                    if e.step_failure_data and e.step_failure_data.error
-                )
-                or "run failed"
-            )
-        run = WindowRun(window, result.run_id, result.success, error)
+        run = _window_run(window, result.run_id, result.success, result.all_events)
         runs.append(run)
         if on_done:
             on_done(run)
     return runs
+
+
+def _window_run(
+    window: Window, run_id: str, success: bool, events: list[dg.DagsterEvent]
+) -> WindowRun:
+    if success:
+        return WindowRun(window, run_id, True, None)
+    failures = run_failures(events)
+    return WindowRun(
+        window,
+        run_id,
+        False,
+        "; ".join(dict.fromkeys(f.message for f in failures)) or "run failed",
+        exit_code=max((f.exit_code for f in failures), default=RUN_FAILED),
+        detail="\n".join(f.detail for f in failures),
+    )
 
 
 def open_instance() -> dg.DagsterInstance:

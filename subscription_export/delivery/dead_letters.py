@@ -33,6 +33,7 @@ from sqlalchemy.engine import Engine
 from subscription_export.core.codec import dumps, loads
 from subscription_export.core.errors import ConfigError
 from subscription_export.core.secrets import mask_in_text
+from subscription_export.delivery.outcome import blocked_message
 from subscription_export.state.migrate import upgrade
 from subscription_export.state.tables import dead_letters
 
@@ -266,6 +267,14 @@ def list_dead_letters(
         query = query.limit(limit)
     with engine.connect() as conn:
         return [_from_row(row) for row in conn.execute(query)]
+
+
+def blocked_reason(engine: Engine, destination: str, window_key: str, count: int) -> str:
+    """Why a destination is blocked, with the first open dead letter's error: the cause the
+    operator fixes (connection refused, a refusal by the remote system) before replaying."""
+    first = list_dead_letters(engine, destination, window_key=window_key, limit=1)
+    cause = f"; first error (LSN {first[0].lsn}): {first[0].error}" if first else ""
+    return blocked_message(destination, window_key, count) + cause
 
 
 def held_subscriptions(

@@ -20,6 +20,7 @@ from subscription_export.delivery.config import DestinationConfig
 from subscription_export.delivery.dead_letters import (
     PUSH_WINDOW_KEY,
     Policy,
+    blocked_reason,
     dead_letter_policy,
     init_dead_letters,
     open_windows,
@@ -29,7 +30,6 @@ from subscription_export.delivery.outcome import (
     DeliveryOrderError,
     DestinationBlocked,
     WindowDeliveryOutcome,
-    blocked_message,
 )
 from subscription_export.runtime import Project
 from subscription_export.state.progress import completed_keys
@@ -82,7 +82,7 @@ def _deliver_in_order(
         if policy == "block" and blocking:
             if before is None:
                 break
-            raise DestinationBlocked(blocked_message(name, first.key, blocking))
+            raise DestinationBlocked(blocked_reason(project.state, name, first.key, blocking))
         if not _exported(project, first):
             if before is None:
                 break
@@ -98,7 +98,9 @@ def _deliver_in_order(
         if outcome.status == "blocked":
             if before is None:
                 break
-            raise DestinationBlocked(blocked_message(name, first.key, outcome.open_dead_letters))
+            raise DestinationBlocked(
+                blocked_reason(project.state, name, first.key, outcome.open_dead_letters)
+            )
     return outcomes
 
 

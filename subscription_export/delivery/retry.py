@@ -30,7 +30,8 @@ from typing import TypeVar
 import requests
 import tenacity
 
-from subscription_export.core.secrets import mask_in_text
+from subscription_export.core.causes import errno_phrase, os_error_in
+from subscription_export.core.secrets import mask_in_text, mask_url
 
 T = TypeVar("T")
 
@@ -118,9 +119,21 @@ def send(call: Callable[[], requests.Response]) -> requests.Response:
     try:
         return call()
     except (requests.ConnectionError, requests.Timeout) as exc:
-        raise RetryableDeliveryError(f"{type(exc).__name__}: {exc}") from exc
+        raise RetryableDeliveryError(transport_failure(exc)) from exc
     except requests.exceptions.ChunkedEncodingError as exc:
         raise RetryableDeliveryError(f"truncated answer: {exc}") from exc
+
+
+def transport_failure(exc: requests.RequestException) -> str:
+    """'ConnectionError: connection refused (ECONNREFUSED, ...): POST http://user:***@host/path'
+    rather than urllib3's nested repr: the operating system's reason, then the request (its
+    password masked). Without an errno (a reset by the peer, a read timeout) as requests says."""
+    found = os_error_in(exc)
+    request = exc.request
+    if found is None or request is None:
+        return f"{type(exc).__name__}: {exc}"
+    target = f"{request.method} {mask_url(str(request.url))}"
+    return f"{type(exc).__name__}: {errno_phrase(found)}: {target}"
 
 
 @dataclass(frozen=True)

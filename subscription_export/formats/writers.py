@@ -6,6 +6,7 @@ wall-clock value enters any file, so re-exporting a window reproduces it byte fo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -21,6 +22,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from subscription_export.core.causes import describe_os_error
+from subscription_export.core.errors import StorageError
 from subscription_export.formats.formulas import neutralize_name, neutralize_text
 
 Format = Literal["parquet", "csv", "jsonl"]
@@ -226,7 +229,6 @@ def write_atomically(
     """Write to a temp name beside it, fsync, then rename: readers never see a torn file.
 
     `neutralize_formulas` applies to CSV only (setting `csv_neutralize_formulas`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     writer = (
         partial(write_csv, neutralize_formulas=neutralize_formulas)
@@ -234,11 +236,16 @@ def write_atomically(
         else WRITERS[fmt]
     )
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with tmp.open("wb") as sink:
             rows = writer(batches, schema, sink)
             sink.flush()
             os.fsync(sink.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        # Name the storage problem (ENOSPC, EROFS, ...), not a retry count or a traceback.
+        raise StorageError(describe_os_error(exc, path)) from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return WrittenFile(path, rows, path.stat().st_size, sha256_of(path))
