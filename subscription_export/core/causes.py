@@ -63,5 +63,3 @@ def describe_os_error(error: OSError, path: Path | str | None = None) -> str:
     if error.errno is not None and where is not None and str(where) != str(error.filename):
         where = f"{where} ({error.filename})" if error.filename else where
     return errno_phrase(error) + (f" writing {where}" if where is not None else "")
-
-
