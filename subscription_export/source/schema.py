@@ -106,6 +106,11 @@ _PG_TABLES = [
 ]
 
 
+def app_table_ddl(postgres: bool) -> str:
+    """The demo's `subscriptions` table alone, as an application would have created it."""
+    return (_PG_TABLES if postgres else _SQLITE_TABLES)[0]
+
+
 @dataclass(frozen=True)
 class CaptureSchema:
     version: int
