@@ -5,9 +5,9 @@ from __future__ import annotations
 import typer
 
 from subscription_export.cli.app import console, settings_of
+from subscription_export.cli.snapshot import describe, run_with_bar
 from subscription_export.core.db import check_reachable, engine_for, redact
 from subscription_export.runtime import init_state_tables
-from subscription_export.cli.snapshot import describe, run_with_bar
 from subscription_export.source.schema import init_source
 from subscription_export.source.snapshot import DEFAULT_CHUNK, snapshot_progress
 

@@ -28,7 +28,7 @@ Then, in one currency, an increase books a `revenue` entry for the difference (c
 upgrade, reactivation) and a decrease a `credit` entry (downgrade, pause, cancellation) or a
 `refund` entry when the subscription was deleted. A currency change reverses the old price
 (credit/refund) and books the new one (revenue). No price change, no entry. An opening
-balance is booked as kind `opening` (not `revenue`: the ledger did not earn it from a change). Each entry's
+balance is booked as kind `opening` (not `revenue`: no change earned it). Each entry's
 `billing_date` is the image's `next_billing_date` (else the UTC date of `_changed_at`) and its
 `entry_id` is `JE-{lsn}-{n}`, so a re-run of a window produces identical entries.
 """

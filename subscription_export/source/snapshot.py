@@ -103,9 +103,7 @@ def _require_capture(engine: Engine) -> None:
 def _upper_key(conn: Connection, table: str, last: str | None, size: int) -> str | None:
     after = "" if last is None else " WHERE id > :last"
     return conn.execute(
-        sa.text(
-            f"SELECT MAX(id) FROM (SELECT id FROM {table}{after} ORDER BY id LIMIT :n) AS k"
-        ),
+        sa.text(f"SELECT MAX(id) FROM (SELECT id FROM {table}{after} ORDER BY id LIMIT :n) AS k"),
         {"last": last, "n": size},
     ).scalar()
 
@@ -197,7 +195,9 @@ def _remaining(engine: Engine, table: str, last: str | None) -> int:
     after = "" if last is None else " WHERE id > :last"
     with engine.connect() as conn:
         return int(
-            conn.execute(sa.text(f"SELECT COUNT(*) FROM {table}{after}"), {"last": last}).scalar_one()
+            conn.execute(
+                sa.text(f"SELECT COUNT(*) FROM {table}{after}"), {"last": last}
+            ).scalar_one()
         )
 
 

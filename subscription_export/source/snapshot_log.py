@@ -42,7 +42,9 @@ PROGRESS_DDL_PG = f"""CREATE TABLE IF NOT EXISTS {PROGRESS} (
 )"""
 
 # The SQLite change log as `init` creates it now; the rebuild uses the same text.
-SQLITE_LOG_COLUMNS = "id, lsn, op, subscription_id, before, after, changed_at, origin, schema_version"
+SQLITE_LOG_COLUMNS = (
+    "id, lsn, op, subscription_id, before, after, changed_at, origin, schema_version"
+)
 _SQLITE_LOG_INDEX = (
     "CREATE INDEX IF NOT EXISTS subscription_change_log_by_subscription"
     " ON subscription_change_log (subscription_id, id)"
@@ -116,7 +118,9 @@ def _upgrade_sqlite(conn: Connection) -> bool:
         f" SELECT {SQLITE_LOG_COLUMNS} FROM subscription_change_log ORDER BY id"
     )
     conn.exec_driver_sql("DROP TABLE subscription_change_log")
-    conn.exec_driver_sql("ALTER TABLE subscription_change_log_new RENAME TO subscription_change_log")
+    conn.exec_driver_sql(
+        "ALTER TABLE subscription_change_log_new RENAME TO subscription_change_log"
+    )
     conn.exec_driver_sql(_SQLITE_LOG_INDEX)
     if seq is not None:  # ids are never reused, even those of rows deleted at the end
         conn.exec_driver_sql(

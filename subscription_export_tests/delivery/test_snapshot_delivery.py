@@ -95,9 +95,7 @@ def test_rows_that_existed_before_init_reach_every_destination(
         source = source_state(project)
         assert set(last) == set(source) and len(source) == 200
         assert servers["erp"].system.records == {i: erp_record(r) for i, r in last.items()}
-        assert servers["crm"].system.records == {
-            i: crm_item(r)["record"] for i, r in last.items()
-        }
+        assert servers["crm"].system.records == {i: crm_item(r)["record"] for i, r in last.items()}
         # The ledger: an opening balance per billable old row, then the differences; each
         # subscription's balance is its current recognized price.
         journal = servers["accounting"].system.journal

@@ -52,7 +52,10 @@ def app_table(url: str, rows: int, prefix: str = "k") -> Engine:
         if rows:
             conn.execute(
                 _INSERT,
-                [{"id": f"{prefix}{n:06d}", "amount": f"{n % 97}.25", "ts": ts} for n in range(rows)],
+                [
+                    {"id": f"{prefix}{n:06d}", "amount": f"{n % 97}.25", "ts": ts}
+                    for n in range(rows)
+                ],
             )
     return engine
 
@@ -139,7 +142,9 @@ class Writers:
                             {"a": f"{rng.randrange(1, 999)}.50", "id": key},
                         )
                     elif action < 0.8:
-                        conn.execute(sa.text("DELETE FROM subscriptions WHERE id = :id"), {"id": key})
+                        conn.execute(
+                            sa.text("DELETE FROM subscriptions WHERE id = :id"), {"id": key}
+                        )
                     else:  # a new key between existing ones, behind or ahead of the snapshot
                         new = f"{key}-w{i}-{self.done[i]}"
                         conn.execute(_INSERT, {"id": new, "amount": "1.00", "ts": now_iso()})
@@ -374,9 +379,7 @@ def test_init_upgrades_an_existing_change_log_to_accept_snapshot_rows(source_url
     sequence(engine)
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.text(
-                "SELECT id, lsn, op, subscription_id FROM subscription_change_log ORDER BY lsn"
-            )
+            sa.text("SELECT id, lsn, op, subscription_id FROM subscription_change_log ORDER BY lsn")
         ).all()
     assert [tuple(r)[1:] for r in rows] == [
         (10, "c", "old1"),
