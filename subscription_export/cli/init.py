@@ -31,5 +31,5 @@ def init(ctx: typer.Context) -> None:
     # Rows the table held before its triggers existed enter the stream through the snapshot.
     pending = snapshot_progress(source)
     if pending is not None and not pending.finished:
-        done = run_with_bar(source, pending.table, DEFAULT_CHUNK, quiet=False)
+        done = run_with_bar(settings.source_url, pending.table, DEFAULT_CHUNK, quiet=False)
         console.print(describe(done, pending.rows_done))

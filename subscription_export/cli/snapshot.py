@@ -6,7 +6,6 @@ import json
 from typing import Annotated
 
 import typer
-from sqlalchemy.engine import Engine
 
 from subscription_export.cli.app import console, settings_of
 from subscription_export.cli.progress import progress_bar
@@ -24,8 +23,9 @@ app = typer.Typer(add_completion=False)
 TABLES = ("subscriptions",)  # the captured tables (configurable tables: issue 13, item 1)
 
 
-def run_with_bar(source: Engine, table: str, chunk_size: int, quiet: bool) -> SnapshotProgress:
+def run_with_bar(source_url: str, table: str, chunk_size: int, quiet: bool) -> SnapshotProgress:
     """Run or resume the snapshot of `table` with a progress bar on stderr."""
+    source = engine_for(source_url, writer=True)
     with progress_bar(quiet) as bar:
         task = bar.add_task(f"snapshot of {table}", total=None)
 
@@ -68,7 +68,7 @@ def snapshot(
     if before is not None and before.finished:
         done = before
     else:
-        done = run_with_bar(source, table, chunk_size, quiet=as_json)
+        done = run_with_bar(settings.source_url, table, chunk_size, quiet=as_json)
     resumed_at = before.rows_done if before is not None and not before.finished else 0
     if as_json:
         console.print_json(json.dumps(done.as_dict() | {"resumed_after_rows": resumed_at}))
