@@ -4,7 +4,8 @@ table), plus this process's peak RSS. Not part of the test suite.
 
     python bench/snapshot_bench.py --rows 1000000 [--chunk-size 2048] [--pg-url URL]
 
-Writes bench/results/{date}-snapshot-{rows}.json. The table lives in a throw-away schema.
+Writes bench/results/{date}-snapshot-{rows}-chunk{size}.json. The table lives in a throw-away
+schema.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ SELECT 'sub_' || lpad(g::text, 8, '0'), 'user_' || (g % 99991), 'Plan ' || (g % 
        (ARRAY['USD','EUR','GBP','JPY'])[1 + g % 4], 'monthly',
        (ARRAY['active','paused','cancelled','past_due'])[1 + g % 4],
        date '2026-01-01' + (g % 365), 'UTC', now(), now(), 1
-FROM generate_series(1, %s) AS g
+FROM generate_series(1, :rows) AS g
 """
 
 
@@ -59,7 +60,7 @@ def main() -> None:
         engine = engine_for(f"{args.pg_url}?options=-csearch_path%3D{schema}", writer=True)
         with engine.begin() as conn:
             conn.exec_driver_sql(app_table_ddl(True))
-            conn.exec_driver_sql(_FILL % int(args.rows))
+            conn.execute(sa.text(_FILL), {"rows": int(args.rows)})
             conn.exec_driver_sql("ANALYZE subscriptions")
         init_source(engine)
         copy_s, copy_bytes = _copy_seconds(args.pg_url, schema)
@@ -91,7 +92,8 @@ def main() -> None:
         engine_for.cache_clear()
         with psycopg.connect(args.pg_url, autocommit=True) as admin:
             admin.execute(f"DROP SCHEMA {schema} CASCADE")
-    out = Path(__file__).parent / "results" / f"{dt.date.today()}-snapshot-{args.rows}.json"
+    name = f"{dt.date.today()}-snapshot-{args.rows}-chunk{args.chunk_size}.json"
+    out = Path(__file__).parent / "results" / name
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
 
