@@ -30,6 +30,10 @@ COMMANDS: Mapping[str, Entry] = {
         "init",
         "Create the source tables and capture triggers (idempotent; re-run after adding columns).",
     ),
+    "snapshot": Entry(
+        "snapshot",
+        "Copy the rows a captured table holds into the stream as op 'r' (online, resumable).",
+    ),
     "run": Entry(
         "run",
         "One whole cycle: export and deliver new windows through Dagster, then reconcile.",

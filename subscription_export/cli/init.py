@@ -5,9 +5,11 @@ from __future__ import annotations
 import typer
 
 from subscription_export.cli.app import console, settings_of
+from subscription_export.cli.snapshot import describe, run_with_bar
 from subscription_export.core.db import check_reachable, engine_for, redact
 from subscription_export.runtime import init_state_tables
 from subscription_export.source.schema import init_source
+from subscription_export.source.snapshot import DEFAULT_CHUNK, snapshot_progress
 
 app = typer.Typer(add_completion=False)
 
@@ -27,3 +29,8 @@ def init(ctx: typer.Context) -> None:
         f" {len(schema.columns)} columns captured; state in {redact(settings.state_url)}",
         markup=False,
     )
+    # Rows the table held before its triggers existed enter the stream through the snapshot.
+    pending = snapshot_progress(source)
+    if pending is not None and not pending.finished:
+        done = run_with_bar(settings.source_url, pending.table, DEFAULT_CHUNK, quiet=False)
+        console.print(describe(done, pending.rows_done))

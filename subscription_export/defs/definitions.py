@@ -24,6 +24,7 @@ from subscription_export.defs.reconcile import (
 )
 from subscription_export.defs.resources import ExportSettings
 from subscription_export.defs.sensors import build_change_log_sensor
+from subscription_export.defs.snapshot import snapshot_job
 from subscription_export.delivery.config import DestinationsConfig
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def build_definitions(settings: Settings, destinations_file: Path | None = None)
     return dg.Definitions(
         assets=[*window_assets, *daily_assets, *sync_assets],
         asset_checks=window_checks,
-        jobs=[export_window_job, sync_window_job, *reconcile_jobs],
+        jobs=[export_window_job, sync_window_job, *reconcile_jobs, snapshot_job],
         sensors=[build_change_log_sensor(settings.sensor_interval_s), *reconcile_sensors],
         # Every job, the implicit asset job of UI materializations and backfills included, runs
         # its steps in the run's process: a process per step cost ~30 s of imports per window.

@@ -1,6 +1,6 @@
 """Pure mappings between export change rows and each destination's payloads.
 
-A change row has the metadata columns `_lsn`, `_op` (`c|u|d`), `_changed_at`, `_origin`,
+A change row has the metadata columns `_lsn`, `_op` (`c|u|d|r`), `_changed_at`, `_origin`,
 `_deleted`, `_schema_version` and the subscription columns (after-image; before-image for
 deletes), plus any columns added later. Payloads carry money as decimal strings (never floats),
 dates as ISO dates and timestamps as ISO-8601 UTC with `Z`. A row that cannot be mapped raises
@@ -18,12 +18,17 @@ billable (`active`, `past_due`) and nothing otherwise (`paused`, `cancelled`, de
 * update: the previous image is the subscription's state before this change (an earlier row of
   the same window, or `prior_state` for its first change in the window); without it the
   row cannot be booked and is a mapping error, never a guess;
-* delete: the row (its before-image) is the previous image, the new image is nothing.
+* delete: the row (its before-image) is the previous image, the new image is nothing;
+* snapshot (`r`, a row that existed before capture): with a previous state (a change or an
+  earlier snapshot row) it is booked like an update, so a re-snapshot books nothing new;
+  without one it is the subscription's opening balance: one `opening` entry for its
+  recognized price, and it becomes the prior state its later updates are booked against.
 
 Then, in one currency, an increase books a `revenue` entry for the difference (create,
 upgrade, reactivation) and a decrease a `credit` entry (downgrade, pause, cancellation) or a
 `refund` entry when the subscription was deleted. A currency change reverses the old price
-(credit/refund) and books the new one (revenue). No price change, no entry. Each entry's
+(credit/refund) and books the new one (revenue). No price change, no entry. An opening
+balance is booked as kind `opening` (not `revenue`: no change earned it). Each entry's
 `billing_date` is the image's `next_billing_date` (else the UTC date of `_changed_at`) and its
 `entry_id` is `JE-{lsn}-{n}`, so a re-run of a window produces identical entries.
 """
@@ -216,7 +221,7 @@ def journal_entries(row: ChangeRow, previous: Mapping[str, Any] | None) -> list[
     deleted = is_delete(row)
     if deleted:
         before, after = recognized_price(row), None
-    elif row.get("_op") == "c":
+    elif row.get("_op") == "c" or (row.get("_op") == "r" and previous is None):
         before, after = None, recognized_price(row)
     elif previous is None:
         raise MappingError(
@@ -226,18 +231,19 @@ def journal_entries(row: ChangeRow, previous: Mapping[str, Any] | None) -> list[
         before, after = recognized_price(previous), recognized_price(row)
 
     decrease = "refund" if deleted else "credit"
+    increase = "opening" if row.get("_op") == "r" and previous is None else "revenue"
     movements: list[tuple[str, str, Decimal]] = []
     if before and after and before[0] == after[0]:
         delta = after[1] - before[1]
         if delta > 0:
-            movements.append(("revenue", after[0], delta))
+            movements.append((increase, after[0], delta))
         elif delta < 0:
             movements.append((decrease, after[0], -delta))
     else:
         if before:
             movements.append((decrease, *before))
         if after:
-            movements.append(("revenue", *after))
+            movements.append((increase, *after))
 
     billing_date = _billing_date(row)
     return [

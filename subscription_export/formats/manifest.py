@@ -10,6 +10,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,7 @@ def build_content(
         "window": window_key,
         "lsn_range": [lo, hi],
         "rows": written.rows,
-        "rows_by_op": {op: int(rows_by_op.get(op, 0)) for op in ("c", "u", "d")},
+        "rows_by_op": _by_op(rows_by_op),
         "quarantined": quarantined,
         "schema_version": int(version),
         "fields": [{"name": f.name, "type": str(f.type)} for f in schema],
@@ -73,6 +74,15 @@ def build_content(
             "sha256": written.sha256,
         },
     }
+
+
+def _by_op(rows_by_op: Mapping[str, int]) -> dict[str, int]:
+    """c/u/d always; `r` (snapshot rows) only when present, so the manifest of a window without
+    snapshot rows keeps the bytes and hash it had before snapshots existed."""
+    counts = {op: int(rows_by_op.get(op, 0)) for op in ("c", "u", "d")}
+    if rows_by_op.get("r"):
+        counts["r"] = int(rows_by_op["r"])
+    return counts
 
 
 def canonical_sha256(content: dict[str, Any]) -> str:

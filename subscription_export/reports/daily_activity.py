@@ -179,7 +179,7 @@ class MrrTracker:
 
     def remember(self, subscription_id: str, op: str, image: SubscriptionState) -> None:
         """Only move the state (changes outside the reported days need no effect computed)."""
-        if op in ("c", "u"):
+        if op in ("c", "u", "r"):  # r: a snapshot row, the state of a pre-existing subscription
             self._states[subscription_id] = image
         elif op == "d":
             self._states.pop(subscription_id, None)
@@ -190,7 +190,7 @@ class MrrTracker:
         """Record the change and return its effect. `image` is the after-image for c/u and the
         before-image for d, exactly as in the export row."""
         previous = image if op == "d" else None  # a delete row is the before-image
-        if op == "u":
+        if op in ("u", "r"):  # an unknown snapshot row opens with its whole MRR
             previous = self._states.get(subscription_id)
         self.remember(subscription_id, op, image)
         churned = _is_churn(op, previous, image)

@@ -35,7 +35,7 @@ from subscription_export.sandbox.validation import (
     require_version,
 )
 
-JOURNAL_KINDS = ("revenue", "refund", "credit")
+JOURNAL_KINDS = ("revenue", "refund", "credit", "opening")  # opening: a snapshot row
 _CHANGES = re.compile(r"/changes")
 
 

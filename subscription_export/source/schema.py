@@ -22,6 +22,11 @@ from subscription_export.core.columns import (
 )
 from subscription_export.core.db import is_postgres
 from subscription_export.core.errors import SchemaMissingError
+from subscription_export.source.snapshot_log import (
+    prepare_snapshot,
+    sqlite_log_ddl,
+    upgrade_change_log,
+)
 
 ORIGIN_SETTING = "subscription_export.origin"
 
@@ -41,17 +46,7 @@ _SQLITE_TABLES = [
         updated_at TEXT NOT NULL,
         version INTEGER NOT NULL DEFAULT 1
     )""",
-    """CREATE TABLE IF NOT EXISTS subscription_change_log (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        lsn INTEGER UNIQUE,
-        op TEXT NOT NULL CHECK (op IN ('c', 'u', 'd')),
-        subscription_id TEXT NOT NULL,
-        before TEXT,
-        after TEXT,
-        changed_at TEXT NOT NULL,
-        origin TEXT NOT NULL DEFAULT 'app',
-        schema_version INTEGER NOT NULL
-    )""",
+    sqlite_log_ddl(),  # op c|u|d|r; shared with the upgrade that rebuilds an older log
     # The reconcile looks up one subscription's changes (newest first).
     """CREATE INDEX IF NOT EXISTS subscription_change_log_by_subscription
         ON subscription_change_log (subscription_id, id)""",
@@ -86,7 +81,7 @@ _PG_TABLES = [
         id bigserial PRIMARY KEY,
         lsn bigint UNIQUE,
         txid xid8 NOT NULL DEFAULT pg_current_xact_id(),
-        op char(1) NOT NULL CHECK (op IN ('c', 'u', 'd')),
+        op char(1) NOT NULL CHECK (op IN ('c', 'u', 'd', 'r')),
         subscription_id text NOT NULL,
         before jsonb,
         after jsonb,
@@ -104,6 +99,11 @@ _PG_TABLES = [
         installed_at timestamptz NOT NULL DEFAULT now()
     )""",
 ]
+
+
+def app_table_ddl(postgres: bool) -> str:
+    """The demo's `subscriptions` table alone, as an application would have created it."""
+    return (_PG_TABLES if postgres else _SQLITE_TABLES)[0]
 
 
 @dataclass(frozen=True)
@@ -230,6 +230,7 @@ def init_source(engine: Engine) -> CaptureSchema:
                 conn.execute(sa.text("LOCK TABLE subscriptions IN SHARE ROW EXCLUSIVE MODE"))
         for ddl in _PG_TABLES if postgres else _SQLITE_TABLES:
             conn.exec_driver_sql(ddl)
+        upgrade_change_log(conn)  # a log from before snapshots: accept op 'r'
         columns = _current_columns(conn)
         missing = [c.name for c in BASE_COLUMNS if c.name not in {x.name for x in columns}]
         if missing:
@@ -251,6 +252,9 @@ def init_source(engine: Engine) -> CaptureSchema:
             schema = latest
         for stmt in _pg_triggers(schema) if postgres else _sqlite_triggers(schema, conn.dialect):
             conn.exec_driver_sql(stmt)
+        # With the triggers in place (and writers locked out on PostgreSQL): does the table
+        # hold rows the triggers never saw? Then a snapshot is recorded as pending.
+        prepare_snapshot(conn)
     return schema
 
 

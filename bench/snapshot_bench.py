@@ -1,0 +1,102 @@
+"""Snapshot throughput on PostgreSQL: rows/s of the online snapshot of an N-row `subscriptions`
+table against the same run's `COPY subscriptions TO STDOUT` (the fastest anything can read the
+table), plus this process's peak RSS. Not part of the test suite.
+
+    python bench/snapshot_bench.py --rows 1000000 [--chunk-size 2048] [--pg-url URL]
+
+Writes bench/results/{date}-snapshot-{rows}-chunk{size}.json. The table lives in a throw-away
+schema.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import resource
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+import sqlalchemy as sa
+
+from subscription_export.core.db import engine_for
+from subscription_export.source.schema import app_table_ddl, init_source
+from subscription_export.source.sequencer import sequence
+from subscription_export.source.snapshot import DEFAULT_CHUNK, run_snapshot
+
+_FILL = """
+INSERT INTO subscriptions (id, user_id, name, category, amount, currency, billing_cycle, status,
+    next_billing_date, timezone, created_at, updated_at, version)
+SELECT 'sub_' || lpad(g::text, 8, '0'), 'user_' || (g % 99991), 'Plan ' || (g % 7),
+       (ARRAY['streaming','software','news','fitness'])[1 + g % 4], (g % 49999) / 100.0,
+       (ARRAY['USD','EUR','GBP','JPY'])[1 + g % 4], 'monthly',
+       (ARRAY['active','paused','cancelled','past_due'])[1 + g % 4],
+       date '2026-01-01' + (g % 365), 'UTC', now(), now(), 1
+FROM generate_series(1, :rows) AS g
+"""
+
+
+def _copy_seconds(dsn: str, schema: str) -> tuple[float, int]:
+    with psycopg.connect(dsn, options=f"-csearch_path={schema}") as conn:
+        started, size = time.perf_counter(), 0
+        with conn.cursor().copy("COPY subscriptions TO STDOUT") as copy:
+            for block in copy:
+                size += len(block)
+        return time.perf_counter() - started, size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK)
+    parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test")
+    args = parser.parse_args()
+    schema = f"snapbench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(args.pg_url, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+    try:
+        engine = engine_for(f"{args.pg_url}?options=-csearch_path%3D{schema}", writer=True)
+        with engine.begin() as conn:
+            conn.exec_driver_sql(app_table_ddl(True))
+            conn.execute(sa.text(_FILL), {"rows": int(args.rows)})
+            conn.exec_driver_sql("ANALYZE subscriptions")
+        init_source(engine)
+        copy_s, copy_bytes = _copy_seconds(args.pg_url, schema)
+        started = time.perf_counter()
+        done = run_snapshot(engine, chunk_size=args.chunk_size)
+        snapshot_s = time.perf_counter() - started
+        started = time.perf_counter()
+        sequence(engine)
+        sequence_s = time.perf_counter() - started
+        with engine.connect() as conn:
+            emitted = conn.execute(
+                sa.text("SELECT COUNT(*) FROM subscription_change_log WHERE op = 'r'")
+            ).scalar_one()
+        assert emitted == done.rows_done == args.rows, (emitted, done)
+        result = {
+            "rows": args.rows,
+            "chunk_size": args.chunk_size,
+            "chunks": done.chunks_done,
+            "copy_s": round(copy_s, 3),
+            "copy_rows_per_s": round(args.rows / copy_s),
+            "copy_bytes": copy_bytes,
+            "snapshot_s": round(snapshot_s, 3),
+            "snapshot_rows_per_s": round(args.rows / snapshot_s),
+            "snapshot_vs_copy": round(copy_s / snapshot_s, 3),
+            "sequence_s": round(sequence_s, 3),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        }
+    finally:
+        engine_for.cache_clear()
+        with psycopg.connect(args.pg_url, autocommit=True) as admin:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+    name = f"{dt.date.today()}-snapshot-{args.rows}-chunk{args.chunk_size}.json"
+    out = Path(__file__).parent / "results" / name
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

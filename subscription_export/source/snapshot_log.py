@@ -1,0 +1,158 @@
+"""What `init` does for the snapshot, inside its own transaction.
+
+* The change log accepts `op = 'r'` (a snapshot row). A log created before snapshots existed
+  has `CHECK (op IN ('c', 'u', 'd'))`: PostgreSQL swaps the constraint; SQLite cannot alter a
+  CHECK, so the log is rebuilt under the new definition in the same transaction (rows, ids,
+  LSNs and the AUTOINCREMENT counter kept).
+* `subscription_snapshot_progress` holds, per table, how far the snapshot got. It is written in
+  the same transaction as each chunk's rows, so after a kill it says exactly what is done.
+* Whether a snapshot is needed is decided in `init`'s transaction, which has just installed the
+  triggers and (PostgreSQL) locks the table against writers: an empty table needs none (every
+  row will come through the triggers), so it is recorded as finished with 0 rows; otherwise a
+  pending snapshot is recorded, and `init` (or `snapshot`) runs it after the commit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+PROGRESS = "subscription_snapshot_progress"
+LOG_OPS = ("c", "u", "d", "r")
+OP_CHECK = "op IN ('c', 'u', 'd', 'r')"
+_PG_CHECK_NAME = "subscription_change_log_op_check"
+
+PROGRESS_DDL_SQLITE = f"""CREATE TABLE IF NOT EXISTS {PROGRESS} (
+    table_name TEXT PRIMARY KEY,
+    last_key TEXT,
+    rows_done INTEGER NOT NULL DEFAULT 0,
+    chunks_done INTEGER NOT NULL DEFAULT 0,
+    started_at TEXT NOT NULL,
+    finished_at TEXT
+)"""
+PROGRESS_DDL_PG = f"""CREATE TABLE IF NOT EXISTS {PROGRESS} (
+    table_name text PRIMARY KEY,
+    last_key text,
+    rows_done bigint NOT NULL DEFAULT 0,
+    chunks_done bigint NOT NULL DEFAULT 0,
+    started_at timestamptz NOT NULL,
+    finished_at timestamptz
+)"""
+
+# The SQLite change log as `init` creates it now; the rebuild uses the same text.
+SQLITE_LOG_COLUMNS = (
+    "id, lsn, op, subscription_id, before, after, changed_at, origin, schema_version"
+)
+_SQLITE_LOG_INDEX = (
+    "CREATE INDEX IF NOT EXISTS subscription_change_log_by_subscription"
+    " ON subscription_change_log (subscription_id, id)"
+)
+
+
+def sqlite_log_ddl(name: str = "subscription_change_log") -> str:
+    return f"""CREATE TABLE IF NOT EXISTS {name} (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        lsn INTEGER UNIQUE,
+        op TEXT NOT NULL CHECK ({OP_CHECK}),
+        subscription_id TEXT NOT NULL,
+        before TEXT,
+        after TEXT,
+        changed_at TEXT NOT NULL,
+        origin TEXT NOT NULL DEFAULT 'app',
+        schema_version INTEGER NOT NULL
+    )"""
+
+
+def now_sql(postgres: bool) -> str:
+    return "now()" if postgres else "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+
+
+def upgrade_change_log(conn: Connection) -> bool:
+    """Let an existing change log take `op = 'r'`; True when it had to change."""
+    if conn.dialect.name == "postgresql":
+        return _upgrade_pg(conn)
+    return _upgrade_sqlite(conn)
+
+
+def _upgrade_pg(conn: Connection) -> bool:
+    checks = conn.execute(
+        sa.text(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
+            " WHERE conrelid = 'subscription_change_log'::regclass AND contype = 'c'"
+        )
+    ).all()
+    op_checks = [name for name, text in checks if "op" in text]
+    if any("'r'" in text for _, text in checks if "op" in text):
+        return False
+    drops = "".join(f' DROP CONSTRAINT "{name}",' for name in op_checks)
+    # NOT VALID: every existing row is c/u/d, which the wider check accepts, so the table need
+    # not be scanned while init holds its lock; the check applies to every new row.
+    conn.exec_driver_sql(
+        f"ALTER TABLE subscription_change_log{drops}"
+        f" ADD CONSTRAINT {_PG_CHECK_NAME} CHECK ({OP_CHECK}) NOT VALID"
+    )
+    return True
+
+
+def _upgrade_sqlite(conn: Connection) -> bool:
+    sql = conn.exec_driver_sql(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'subscription_change_log'"
+    ).scalar_one()
+    if "'r'" in sql:
+        return False
+    # The capture triggers name the log; SQLite checks them when a table is renamed, so drop
+    # them first (init re-installs them in this same transaction).
+    triggers = conn.exec_driver_sql(
+        "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'subscriptions'"
+    ).scalars()
+    for trigger in list(triggers):
+        conn.exec_driver_sql(f'DROP TRIGGER "{trigger}"')
+    seq = conn.exec_driver_sql(
+        "SELECT seq FROM sqlite_sequence WHERE name = 'subscription_change_log'"
+    ).scalar()
+    conn.exec_driver_sql(sqlite_log_ddl("subscription_change_log_new"))
+    conn.exec_driver_sql(
+        f"INSERT INTO subscription_change_log_new ({SQLITE_LOG_COLUMNS})"
+        f" SELECT {SQLITE_LOG_COLUMNS} FROM subscription_change_log ORDER BY id"
+    )
+    conn.exec_driver_sql("DROP TABLE subscription_change_log")
+    conn.exec_driver_sql(
+        "ALTER TABLE subscription_change_log_new RENAME TO subscription_change_log"
+    )
+    conn.exec_driver_sql(_SQLITE_LOG_INDEX)
+    if seq is not None:  # ids are never reused, even those of rows deleted at the end
+        conn.exec_driver_sql(
+            "UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'subscription_change_log'",
+            (int(seq),),
+        )
+    return True
+
+
+@dataclass(frozen=True)
+class SnapshotNeed:
+    table: str
+    state: str  # "finished" (nothing to do), "pending" (to run or resume)
+    created: bool  # recorded by this init
+
+
+def prepare_snapshot(conn: Connection, table: str = "subscriptions") -> SnapshotNeed:
+    """In init's transaction: create the progress table and record whether `table` needs one."""
+    postgres = conn.dialect.name == "postgresql"
+    conn.exec_driver_sql(PROGRESS_DDL_PG if postgres else PROGRESS_DDL_SQLITE)
+    row = conn.execute(
+        sa.text(f"SELECT finished_at FROM {PROGRESS} WHERE table_name = :t"), {"t": table}
+    ).first()
+    if row is not None:
+        return SnapshotNeed(table, "pending" if row[0] is None else "finished", False)
+    empty = conn.exec_driver_sql(f"SELECT 1 FROM {table} LIMIT 1").first() is None
+    now = now_sql(postgres)
+    conn.execute(
+        sa.text(
+            f"INSERT INTO {PROGRESS} (table_name, started_at, finished_at)"
+            f" VALUES (:t, {now}, {now if empty else 'NULL'})"
+        ),
+        {"t": table},
+    )
+    return SnapshotNeed(table, "finished" if empty else "pending", True)
