@@ -37,3 +37,8 @@ class ExportVerificationError(SubscriptionExportError):
     """A written window does not hold what the change log says it should."""
 
     exit_code = 3
+
+
+class UnpublishedFileError(SubscriptionExportError):
+    """A window's file has no (matching) manifest: not exported yet, or its write stopped
+    before the manifest. Readers never use such a file."""
