@@ -7,10 +7,12 @@ from functools import cached_property
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
+from upath import UPath
 
 from subscription_export.core.db import check_reachable, engine_for, require_existing
 from subscription_export.core.settings import Settings
 from subscription_export.formats.layout import export_file_path
+from subscription_export.formats.verify import published_file
 from subscription_export.formats.writers import Format
 from subscription_export.source.schema import require_source_schema
 from subscription_export.state.migrate import upgrade
@@ -57,5 +59,11 @@ class Project:
     def watermarks(self) -> WatermarkStore:
         return watermark_store(self.settings.watermark_url, self.state)
 
-    def file_path(self, fmt: Format, window_key: str) -> Path:
+    def file_path(self, fmt: Format, window_key: str) -> Path | UPath:
+        """Where a window's file is written (see `published_file` to read one)."""
         return export_file_path(self.settings.export_dir, fmt, window_key)
+
+    def published_file(self, fmt: Format, window_key: str) -> Path | UPath:
+        """A window's file for reading: only if its manifest vouches for it, else
+        `UnpublishedFileError`."""
+        return published_file(self.settings.export_dir, fmt, window_key)

@@ -85,7 +85,7 @@ def gather_status(
     return {
         "source": redact(settings.source_url),
         "state": redact(settings.state_url),
-        "export_dir": str(settings.export_dir),
+        "export_dir": redact(str(settings.export_dir)),
         "last_lsn": top,
         "unsequenced_changes": unsequenced_changes(project.source),
         "held_by": [h.as_dict() for h in change_log_holders(project.source)],

@@ -6,7 +6,9 @@ instead of skipping it.
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,6 +59,41 @@ def redis_url() -> Iterator[str]:
     yield f"{REDIS_URL}?namespace={namespace}"
     for key in client.scan_iter(f"{namespace}:*"):
         client.delete(key)
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """A local S3-compatible server (moto in server mode) for the whole session."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError as exc:  # the `test` extra installs moto[server]
+        _unavailable("moto", exc)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_url(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """`s3://{new bucket}/exports`; credentials and endpoint only in the environment, as in
+    production (child processes inherit them)."""
+    import boto3
+
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": moto_endpoint,
+    }.items():
+        monkeypatch.setenv(name, value)
+    bucket = f"t-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/exports"
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import sys
 import traceback
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -53,7 +52,10 @@ def main_options(
         str | None, typer.Option(help="State DB [env SUBSCRIPTION_EXPORT_STATE_URL].")
     ] = None,
     export_dir: Annotated[
-        Path | None, typer.Option(help="Export folder [env SUBSCRIPTION_EXPORT_EXPORT_DIR].")
+        str | None,
+        typer.Option(
+            help="Export folder or s3://, gs://, az:// URL [env SUBSCRIPTION_EXPORT_EXPORT_DIR]."
+        ),
     ] = None,
     watermark_url: Annotated[
         str | None,

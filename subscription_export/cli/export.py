@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from enum import StrEnum
-from pathlib import Path
 from typing import Annotated
 
 import pyarrow as pa
@@ -15,6 +14,8 @@ from subscription_export.cli.app import DB_INT_MAX, console, err_console, settin
 from subscription_export.cli.progress import progress_bar
 from subscription_export.cli.shown import shown
 from subscription_export.core.errors import RangeError
+from subscription_export.core.locations import export_location, parse_storage_options
+from subscription_export.core.secrets import mask_url
 from subscription_export.export.flow import stream_window
 from subscription_export.export.window import WindowStream
 from subscription_export.formats.writers import WrittenFile, write_atomically
@@ -40,7 +41,9 @@ def export(
         int, typer.Option("--to-lsn", min=1, max=DB_INT_MAX, help="Last LSN (inclusive).")
     ],
     fmt: Annotated[OutputFormat, typer.Option("--format", help="File format.")],
-    out: Annotated[Path, typer.Option("--out", help="File to write.")],
+    out: Annotated[
+        str, typer.Option("--out", help="File to write: a path or an s3://, gs://, az:// URL.")
+    ],
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
@@ -48,7 +51,9 @@ def export(
     if to_lsn < from_lsn:
         raise RangeError(f"--to-lsn {to_lsn} is before --from-lsn {from_lsn}")
     lsns = Window(from_lsn, to_lsn)
-    stream = stream_window(Project(settings_of(ctx)), lsns)
+    settings = settings_of(ctx)
+    target = export_location(out, parse_storage_options(settings.storage_options))
+    stream = stream_window(Project(settings), lsns)
     with progress_bar(quiet or as_json) as progress:
         task = progress.add_task("exporting changes", total=to_lsn - from_lsn + 1)
 
@@ -61,8 +66,8 @@ def export(
             fmt.value,
             counted(),
             stream.schema,
-            out,
-            neutralize_formulas=settings_of(ctx).csv_neutralize_formulas,
+            target,
+            neutralize_formulas=settings.csv_neutralize_formulas,
         )
     _print_written(written, stream, fmt, lsns, as_json)
     if stream.quarantined:
@@ -78,15 +83,16 @@ def _print_written(
     written: WrittenFile, stream: WindowStream, fmt: OutputFormat, lsns: Window, as_json: bool
 ) -> None:
     if not as_json:
+        where = mask_url(str(written.path))
         console.print(
             shown(
-                f"wrote {written.rows} rows ({dict(stream.rows_by_op)}) to {written.path},"
+                f"wrote {written.rows} rows ({dict(stream.rows_by_op)}) to {where},"
                 f" {written.bytes} bytes, sha256 {written.sha256}"
             )
         )
         return
     summary = {
-        "path": str(written.path),
+        "path": mask_url(str(written.path)),
         "format": fmt.value,
         "from_lsn": lsns.lo,
         "to_lsn": lsns.hi,

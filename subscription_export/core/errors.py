@@ -44,3 +44,8 @@ class StorageError(SubscriptionExportError):
     the cause and the file. A run failure (exit 1): re-run once the storage is fixed."""
 
     exit_code = 1
+
+
+class UnpublishedFileError(SubscriptionExportError):
+    """A window's file has no (matching) manifest: not exported yet, or its write stopped
+    before the manifest. Readers never use such a file."""

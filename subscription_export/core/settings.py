@@ -11,11 +11,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BeforeValidator, Field, ValidationError, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from upath import UPath
 
 from subscription_export.core.errors import ConfigError
+from subscription_export.core.locations import export_location, is_local, parse_storage_options
 
 ENV_PREFIX = "SUBSCRIPTION_EXPORT_"
 DEFAULT_HOME = Path(".subscription_export")
@@ -28,6 +39,15 @@ def _without_seconds_suffix(raw: object) -> object:
     return raw.strip().removesuffix("s") if isinstance(raw, str) else raw
 
 
+def _export_location(raw: object, info: ValidationInfo) -> UPath:
+    """A folder or fsspec URL as a UPath carrying the storage options (read first)."""
+    if not isinstance(raw, str | Path | UPath):
+        raise ValueError("is not a path or URL")
+    return export_location(raw, parse_storage_options(info.data.get("storage_options")))
+
+
+# Serialized as its text: `as_env`, the Dagster resource and `replace` round-trip through it.
+ExportLocation = Annotated[UPath, PlainValidator(_export_location), PlainSerializer(str)]
 PositiveCount = Annotated[int, Field(gt=0)]
 Seconds = Annotated[float, BeforeValidator(_without_seconds_suffix), Field(ge=0)]
 
@@ -59,7 +79,13 @@ class Settings(BaseSettings):
     state_url: str = Field(
         f"sqlite:///{DEFAULT_HOME / 'state.db'}", description="SQLAlchemy URL of the state DB"
     )
-    export_dir: Path = Field(Path("exports"), description="Export folder or fsspec URL")
+    # Before export_dir, whose validator reads it.
+    storage_options: str | None = Field(
+        None, description="JSON object of fsspec options for an object-store EXPORT_DIR"
+    )
+    export_dir: ExportLocation = Field(
+        UPath("exports"), description="Export folder or fsspec URL (s3://, gs://, az://)"
+    )
     watermark_url: str | None = Field(
         None, description="redis://… for watermarks in Redis (unset: in the state DB)"
     )
@@ -90,6 +116,15 @@ class Settings(BaseSettings):
         True, description="Prefix ' to CSV text cells a spreadsheet would run as a formula"
     )
 
+    @field_validator("storage_options")
+    @classmethod
+    def _options_are_a_json_object(cls, text: str | None) -> str | None:
+        try:
+            parse_storage_options(text)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+        return text
+
     @model_validator(mode="wrap")
     @classmethod
     def _one_line_errors(cls, values: Any, handler: Any) -> Any:
@@ -109,7 +144,7 @@ class Settings(BaseSettings):
             self,
             source_url=_absolute_sqlite(self.source_url),
             state_url=_absolute_sqlite(self.state_url),
-            export_dir=self.export_dir.absolute(),
+            export_dir=self.export_dir.absolute() if is_local(self.export_dir) else self.export_dir,
         )
 
     def with_overrides(self, **overrides: object) -> Settings:
@@ -146,6 +181,8 @@ def _message(error: ErrorDetails) -> str:
     if name is None:
         return f"{error['loc'][0]!r} is not a setting; known: {', '.join(Settings.model_fields)}"
     key, raw, kind = env_variable(name), error["input"], error["type"]
+    if name == "storage_options":  # may hold credentials: never echoed
+        return f"{key} {error['msg'].removeprefix('Value error, ')}"
     if kind.startswith("int_"):
         return f"{key}={raw!r} is not a whole number"
     if kind.startswith("float_"):

@@ -1,5 +1,6 @@
 """One IO manager per export format. They own the file layout and the atomic writes:
-`{EXPORT_DIR}/{asset}/{partition_key}.{ext}` plus a manifest, then the consumer's watermark."""
+`{EXPORT_DIR}/{asset}/{partition_key}.{ext}` plus a manifest, then the consumer's watermark.
+The base path is a UPath: a local folder or an object store (s3://, gs://, az://)."""
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -8,11 +9,17 @@ import dagster as dg
 from upath import UPath
 
 from subscription_export.core.causes import describe_os_error
-from subscription_export.core.errors import ExportVerificationError, StorageError
+from subscription_export.core.errors import (
+    ExportVerificationError,
+    StorageError,
+    UnpublishedFileError,
+)
 from subscription_export.defs.resources import ExportSettings
 from subscription_export.defs.stopping import stoppable
 from subscription_export.export.flow import ExportOutcome, export_window_file
 from subscription_export.formats.contract import ContractViolation
+from subscription_export.formats.storage import is_local
+from subscription_export.formats.verify import published_file
 from subscription_export.formats.writers import EXTENSIONS, Format
 from subscription_export.runtime import Project
 from subscription_export.state.leases import LeaseBusy, default_holder
@@ -31,26 +38,29 @@ class WindowFile:
     """A window already on disk (what downstream assets receive and pass on)."""
 
     window: Window
-    path: Path
+    path: Path | UPath
 
 
 class _WindowFileIOManager(dg.UPathIOManager):
     def __init__(self, project: Project, fmt: Format) -> None:
-        super().__init__(base_path=UPath(project.settings.export_dir))
+        super().__init__(base_path=project.settings.export_dir)
         self.project = project
         self.fmt = fmt
         self.extension = EXTENSIONS[fmt]
 
     def make_directory(self, path: UPath) -> None:
+        """Object stores have no folders (and creating one could mean creating a bucket)."""
+        if not is_local(path):
+            return
         try:
-            super().make_directory(path)
+            path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             # Named as a storage problem (not a directory, read-only, disk full) for `run`.
             raise StorageError(describe_os_error(exc, Path(str(path)))) from exc
 
     def dump_to_path(self, context: dg.OutputContext, obj: object, path: UPath) -> None:
         try:
-            outcome, watermark = self._export(obj, Path(str(path)), default_holder(context.run_id))
+            outcome, watermark = self._export(obj, path, default_holder(context.run_id))
         except (ContractViolation, ExportVerificationError, LeaseBusy) as exc:
             # Deterministic: a retry would fail the same way, so fail the step at once. A busy
             # lease has already been waited for (SUBSCRIPTION_EXPORT_LEASE_WAIT).
@@ -63,11 +73,11 @@ class _WindowFileIOManager(dg.UPathIOManager):
         )
         context.add_output_metadata(metadata)
 
-    def _export(self, obj: object, path: Path, holder: str) -> tuple[ExportOutcome, int]:
+    def _export(self, obj: object, path: UPath, holder: str) -> tuple[ExportOutcome, int]:
         with stoppable():  # SIGTERM: fail the step without retry (defs/stopping.py)
             return self._export_now(obj, path, holder)
 
-    def _export_now(self, obj: object, path: Path, holder: str) -> tuple[ExportOutcome, int]:
+    def _export_now(self, obj: object, path: UPath, holder: str) -> tuple[ExportOutcome, int]:
         if isinstance(obj, WindowRequest) and self.fmt == "parquet":
             return export_window_file(self.project, "parquet", obj.window, path, holder=holder)
         if isinstance(obj, WindowFile) and self.fmt != "parquet":
@@ -77,14 +87,17 @@ class _WindowFileIOManager(dg.UPathIOManager):
         raise TypeError(f"{self.fmt} IO manager cannot store {type(obj).__name__}")
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> WindowFile:
-        lo, hi = parse_window_key(context.asset_partition_key)
-        local = Path(str(path))
-        if not local.exists():
+        """Only a file its manifest vouches for: one whose write stopped before the manifest
+        is as absent as no file."""
+        key = context.asset_partition_key
+        lo, hi = parse_window_key(key)
+        try:
+            published = published_file(self.project.settings.export_dir, self.fmt, key)
+        except UnpublishedFileError as exc:
             raise FileNotFoundError(
-                f"{local} is missing: materialize {context.asset_key.to_user_string()} for"
-                f" window {context.asset_partition_key} first"
-            )
-        return WindowFile(Window(lo, hi), local)
+                f"{exc}: materialize {context.asset_key.to_user_string()} for window {key}"
+            ) from None
+        return WindowFile(Window(lo, hi), published)
 
 
 class _FormatIOManagerFactory(dg.ConfigurableIOManagerFactory):

@@ -20,21 +20,22 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, create_model
 from pydantic_core import to_jsonable_python
+from upath import UPath
 
 from subscription_export.core.settings import Settings, env_variable
 from subscription_export.runtime import Project
 
 _projects: dict[Settings, Project] = {}
 
-# Settings that may hold credentials (database, Redis or fsspec URLs).
-_FROM_ENV_VAR = ("source_url", "state_url", "watermark_url", "export_dir")
+# Settings that may hold credentials (database, Redis or fsspec URLs, fsspec options).
+_FROM_ENV_VAR = ("source_url", "state_url", "watermark_url", "export_dir", "storage_options")
 
 
 def _config_field(name: str) -> tuple[Any, Any]:
     """A setting as a Dagster config field: Dagster's config has no Path, so paths are strings
     (constraints stay with `Settings`, which validates the values)."""
     setting = Settings.model_fields[name]
-    annotation = str if setting.annotation is Path else setting.annotation
+    annotation = str if setting.annotation in (Path, UPath) else setting.annotation
     default = to_jsonable_python(setting.default)
     return annotation, Field(default=default, description=setting.description)
 

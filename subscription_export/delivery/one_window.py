@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from upath import UPath
+
+from subscription_export.core.errors import UnpublishedFileError
 from subscription_export.delivery.clients import DeliveryClient, DeliveryResult
 from subscription_export.delivery.config import DestinationConfig
 from subscription_export.delivery.dead_letters import (
@@ -105,7 +108,7 @@ class _Totals:
         )
 
 
-def read_rows(path: Path, batch_size: int) -> Iterator[list[dict[str, Any]]]:
+def read_rows(path: Path | UPath, batch_size: int) -> Iterator[list[dict[str, Any]]]:
     """The window's change rows, `batch_size` at a time, as Python values (Decimal, UTC)."""
     if not path.exists():
         raise DeliveryOrderError(f"{path} is missing: export the window to Parquet first")
@@ -113,7 +116,18 @@ def read_rows(path: Path, batch_size: int) -> Iterator[list[dict[str, Any]]]:
         yield batch.to_pylist()
 
 
-def completion(destination: str, window: Window, parquet: Path, rows: int) -> CompletedExport:
+def window_parquet(project: Project, window_key: str) -> Path | UPath:
+    """The window's Parquet file once its manifest (written last) vouches for it; before that
+    the window is not exported yet, which the caller retries like any out-of-order window."""
+    try:
+        return project.published_file("parquet", window_key)
+    except UnpublishedFileError as exc:
+        raise DeliveryOrderError(str(exc)) from None
+
+
+def completion(
+    destination: str, window: Window, parquet: Path | UPath, rows: int
+) -> CompletedExport:
     """The record that says: this destination has this window (the file it was read from)."""
     return CompletedExport(
         consumer=destination,
@@ -159,7 +173,7 @@ def _send_batches(
     destination: DestinationConfig,
     window: Window,
     client: DeliveryClient,
-    parquet: Path,
+    parquet: Path | UPath,
 ) -> _Totals:
     """Send the window's rows batch by batch, in LSN order; nothing is recorded yet."""
     open_before = {
@@ -214,7 +228,7 @@ def deliver_one(
             watermark = advance(project.watermarks, state, name)
             return WindowDeliveryOutcome(name, window, "already_delivered", watermark)
         started = time.monotonic()
-        parquet = project.file_path("parquet", window.key)
+        parquet = window_parquet(project, window.key)
         totals = _send_batches(project, destination, window, client, parquet)
         held.check()  # a holder that lost its lease records nothing: the new holder does
         record_dead_letters(state, name, window.key, totals.letters)
@@ -233,7 +247,12 @@ def deliver_one(
 
 
 def _record_metrics(
-    project: Project, name: str, window: Window, parquet: Path, totals: _Totals, seconds: float
+    project: Project,
+    name: str,
+    window: Window,
+    parquet: Path | UPath,
+    totals: _Totals,
+    seconds: float,
 ) -> None:
     """The delivery's row in the metrics store, beside the formats' (after the watermark, so
     metrics never hold data back). Records are the rows the destination accepted; latency runs

@@ -34,7 +34,7 @@ from subscription_export.delivery.config import DestinationConfig
 from subscription_export.delivery.dead_letters import held_subscriptions, record_dead_letters
 from subscription_export.delivery.dispatch import deliver
 from subscription_export.delivery.mapping import ChangeRow
-from subscription_export.delivery.one_window import _dead_letters, read_rows
+from subscription_export.delivery.one_window import _dead_letters, read_rows, window_parquet
 from subscription_export.delivery.prior_state import mapping_prior_state, move_past
 from subscription_export.runtime import Project
 from subscription_export.state.leases import lease
@@ -81,7 +81,7 @@ def deliver_recovered(
             return results
         before: list[ChangeRow] = []
         wanted: list[ChangeRow] = []
-        for rows in read_rows(project.file_path("parquet", window.key), 10_000):
+        for rows in read_rows(window_parquet(project, window.key), 10_000):
             for row in rows:
                 (wanted if row["_lsn"] in todo else before).append(row)
         results: list[RecoveredDelivery] = []

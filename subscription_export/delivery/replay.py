@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import pyarrow.parquet as pq
-
 from subscription_export.core.errors import SubscriptionExportError
 from subscription_export.delivery.clients import DeliveryClient
 from subscription_export.delivery.config import DestinationsConfig
@@ -25,9 +23,10 @@ from subscription_export.delivery.dead_letters import (
     open_windows,
     replay,
 )
-from subscription_export.delivery.one_window import completion
+from subscription_export.delivery.one_window import completion, window_parquet
 from subscription_export.delivery.ordering import catch_up
 from subscription_export.delivery.outcome import DeliveryOrderError, WindowDeliveryOutcome
+from subscription_export.formats.storage import parquet_rows
 from subscription_export.runtime import Project
 from subscription_export.state.leases import lease
 from subscription_export.state.progress import advance, completed_keys, record_completed
@@ -120,8 +119,8 @@ def _finish_replayed_window(project: Project, name: str, window_key: str, holder
         if window_key in completed_keys(state, name, window.lo - 1):
             advance(project.watermarks, state, name)
             return False
-        parquet = project.file_path("parquet", window_key)
-        rows = pq.ParquetFile(parquet).metadata.num_rows
+        parquet = window_parquet(project, window_key)
+        rows = parquet_rows(parquet)
         held.check()
         record_completed(state, completion(name, window, parquet, rows))
         advance(project.watermarks, state, name)

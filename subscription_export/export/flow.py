@@ -8,14 +8,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+from upath import UPath
 
 from subscription_export.core.errors import ExportVerificationError
 from subscription_export.export.adoption import newest_version
@@ -32,6 +31,7 @@ from subscription_export.formats.manifest import build_content, manifest_path, w
 from subscription_export.formats.memory import configure_arrow_memory
 from subscription_export.formats.parquet_batches import parquet_batches
 from subscription_export.formats.schema import SCHEMA_VERSION_KEY
+from subscription_export.formats.storage import is_local, parquet_schema, write_text_atomically
 from subscription_export.formats.verify import check_lsn_coverage
 from subscription_export.formats.writers import Format, remove_temp_of, write_atomically
 from subscription_export.metrics.latency import file_latency_percentiles
@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 class ExportOutcome:
     fmt: Format
     window: Window
-    path: Path
+    path: Path | UPath
     rows: int
     rows_by_op: dict[str, int]
     bytes: int
@@ -102,7 +102,7 @@ def _write(
     window: Window,
     schema: pa.Schema,
     batches: Iterable[pa.RecordBatch],
-    path: Path,
+    path: Path | UPath,
     rows_by_op: dict[str, int] | None,
     quarantined: list[QuarantinedRow],
     before_record: Callable[[], None] = lambda: None,
@@ -185,7 +185,7 @@ def stream_window(project: Project, window: Window, release: Collection[int] = (
 def export_canonical(
     project: Project,
     window: Window,
-    path: Path | None = None,
+    path: Path | UPath | None = None,
     before_record: Callable[[], None] = lambda: None,
 ) -> ExportOutcome:
     """Source → Parquet (the canonical copy the other formats are made from); `before_record`
@@ -210,22 +210,23 @@ def export_canonical(
     return outcome
 
 
-def write_quarantine_file(export_dir: Path, window_key: str, rows: list[QuarantinedRow]) -> None:
+def write_quarantine_file(
+    export_dir: Path | UPath, window_key: str, rows: list[QuarantinedRow]
+) -> None:
     """`_quarantine/{window}.jsonl`: one line per row that could not be exported."""
     path = export_dir / "_quarantine" / f"{window_key}.jsonl"
     if not rows:
-        path.unlink(missing_ok=True)
+        if is_local(path) or path.exists():  # spares an object store a needless DELETE
+            path.unlink(missing_ok=True)
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as f:
-        for r in rows:
-            f.write(json.dumps({"lsn": r.lsn, "field": r.field, "reason": r.reason, "raw": r.raw}))
-            f.write("\n")
-    os.replace(tmp, path)
+    lines = (
+        json.dumps({"lsn": r.lsn, "field": r.field, "reason": r.reason, "raw": r.raw}) + "\n"
+        for r in rows
+    )
+    write_text_atomically(path, "".join(lines))
 
 
-def parquet_counts(path: Path) -> dict[str, int]:
+def parquet_counts(path: Path | UPath) -> dict[str, int]:
     """Rows by `_op`, one row group at a time."""
     counts: Counter[str] = Counter()
     for batch in parquet_batches(path, columns=["_op"]):
@@ -239,14 +240,14 @@ def export_derived(
     project: Project,
     fmt: Format,
     window: Window,
-    parquet: Path,
-    path: Path | None = None,
+    parquet: Path | UPath,
+    path: Path | UPath | None = None,
     before_record: Callable[[], None] = lambda: None,
 ) -> ExportOutcome:
     """Parquet → CSV/JSONL, streamed batch by batch (`before_record`: see export_canonical)."""
     if fmt == "parquet":
         raise ValueError("parquet is the canonical export; use export_canonical")
-    schema = pq.read_schema(parquet)
+    schema = parquet_schema(parquet)
     target = path or project.file_path(fmt, window.key)
     batches = parquet_batches(parquet, project.settings.read_batch_size)
     counts = parquet_counts(parquet)
@@ -257,8 +258,8 @@ def export_window_file(
     project: Project,
     fmt: Format,
     window: Window,
-    path: Path | None = None,
-    parquet: Path | None = None,
+    path: Path | UPath | None = None,
+    parquet: Path | UPath | None = None,
     holder: str | None = None,
 ) -> tuple[ExportOutcome, int]:
     """Export one window to one format under a lease, record it, advance the watermark.
@@ -282,7 +283,8 @@ def export_window_file(
             outcome = export_canonical(project, window, target, held.check)
             _verify_canonical(outcome)
         else:
-            source = parquet or project.file_path("parquet", window.key)
+            # Only a Parquet file its manifest vouches for (written last) is read.
+            source = parquet or project.published_file("parquet", window.key)
             outcome = export_derived(project, fmt, window, source, target, held.check)
         held.check()  # again, right before the completion and the watermark
         mark, metrics = finish(project, outcome)

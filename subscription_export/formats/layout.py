@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from upath import UPath
+
 from subscription_export.formats.writers import EXTENSIONS, Format
 
 ASSET_FOR_FORMAT: dict[Format, str] = {
@@ -13,5 +15,5 @@ ASSET_FOR_FORMAT: dict[Format, str] = {
 }
 
 
-def export_file_path(export_dir: Path, fmt: Format, window_key: str) -> Path:
+def export_file_path(export_dir: Path | UPath, fmt: Format, window_key: str) -> Path | UPath:
     return export_dir / ASSET_FOR_FORMAT[fmt] / f"{window_key}{EXTENSIONS[fmt]}"

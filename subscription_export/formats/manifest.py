@@ -9,16 +9,17 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+from upath import UPath
 
 from subscription_export.formats.schema import SCHEMA_VERSION_KEY
-from subscription_export.formats.writers import WrittenFile, temp_path
+from subscription_export.formats.storage import write_text_atomically
+from subscription_export.formats.writers import WrittenFile
 
 MANIFEST_DIR = "_manifests"
 
@@ -27,10 +28,10 @@ MANIFEST_DIR = "_manifests"
 class Manifest:
     content: dict[str, Any]
     content_sha256: str
-    path: Path
+    path: Path | UPath
 
 
-def manifest_path(export_dir: Path, asset: str, window_key: str) -> Path:
+def manifest_path(export_dir: Path | UPath, asset: str, window_key: str) -> Path:
     return export_dir / MANIFEST_DIR / asset / f"{window_key}.json"
 
 
@@ -45,7 +46,7 @@ def build_content(
     rows_by_op: dict[str, int],
     quarantined: int,
     written: WrittenFile,
-    export_dir: Path,
+    export_dir: Path | UPath,
     revision: int = 1,
     recovered_lsns: tuple[int, ...] = (),
 ) -> dict[str, Any]:
@@ -90,19 +91,17 @@ def canonical_sha256(content: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def write_manifest(path: Path, content: dict[str, Any]) -> Manifest:
+def write_manifest(path: Path | UPath, content: dict[str, Any]) -> Manifest:
     digest = canonical_sha256(content)
     document = {
         **content,
         "content_sha256": digest,
         "produced_at": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    # Written after its file: a reader that finds the manifest finds the whole file.
+    write_text_atomically(path, json.dumps(document, indent=2, sort_keys=True) + "\n")
     return Manifest(content, digest, path)
 
 
-def read_manifest(path: Path) -> dict[str, Any]:
+def read_manifest(path: Path | UPath) -> dict[str, Any]:
     return json.loads(path.read_text())

@@ -11,16 +11,18 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+from upath import UPath
+
+from subscription_export.formats.storage import open_parquet
 
 DEFAULT_BATCH = 65_536
 
 
 def parquet_batches(
-    path: Path, batch_size: int = DEFAULT_BATCH, columns: Sequence[str] | None = None
+    path: Path | UPath, batch_size: int = DEFAULT_BATCH, columns: Sequence[str] | None = None
 ) -> Iterator[pa.RecordBatch]:
-    source = pq.ParquetFile(path)
-    for index in range(source.num_row_groups):
-        yield from source.iter_batches(
-            batch_size=batch_size, row_groups=[index], columns=columns, use_threads=False
-        )
+    with open_parquet(path) as source:
+        for index in range(source.num_row_groups):
+            yield from source.iter_batches(
+                batch_size=batch_size, row_groups=[index], columns=columns, use_threads=False
+            )

@@ -6,12 +6,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
+from upath import UPath
 
-from subscription_export.core.errors import RangeError
+from subscription_export.core.errors import RangeError, UnpublishedFileError
 from subscription_export.formats.layout import ASSET_FOR_FORMAT, export_file_path
 from subscription_export.formats.manifest import MANIFEST_DIR, manifest_path, read_manifest
 from subscription_export.formats.parquet_batches import parquet_batches
+from subscription_export.formats.storage import parquet_rows
 from subscription_export.formats.writers import EXTENSIONS, Format, sha256_of
 
 _FORMAT_OF_ASSET: dict[str, Format] = {asset: fmt for fmt, asset in ASSET_FOR_FORMAT.items()}
@@ -40,7 +41,7 @@ class RecordedFile:
 _RECORDED_TYPES = {"path": str, "bytes": int, "sha256": str}
 
 
-def _recorded_file(manifest: Path) -> RecordedFile:
+def _recorded_file(manifest: Path | UPath) -> RecordedFile:
     try:
         content = read_manifest(manifest)
     except FileNotFoundError:
@@ -62,11 +63,11 @@ def _recorded_file(manifest: Path) -> RecordedFile:
     return RecordedFile(file["path"], file["bytes"], file["sha256"])
 
 
-def _shown(export_dir: Path, path: Path) -> str:
+def _shown(export_dir: Path | UPath, path: Path | UPath) -> str:
     return path.relative_to(export_dir).as_posix() if path.is_relative_to(export_dir) else str(path)
 
 
-def check_manifest(export_dir: Path, manifest: Path) -> CheckOutcome:
+def check_manifest(export_dir: Path | UPath, manifest: Path | UPath) -> CheckOutcome:
     """The file named by a manifest exists with the recorded size and sha256. A manifest that
     is missing, not JSON or lacks those fields fails the check (it does not raise)."""
     try:
@@ -108,7 +109,7 @@ class VerifyReport:
         return f"{self.matched}/{len(self.outcomes)} file(s) match their manifests"
 
 
-def verify_exports(export_dir: Path, window_key: str | None = None) -> VerifyReport:
+def verify_exports(export_dir: Path | UPath, window_key: str | None = None) -> VerifyReport:
     """Re-hash every exported file against its manifest. Files and manifests are paired by
     the layout, so a file whose manifest was deleted, a manifest whose file was deleted and an
     unusable manifest are each reported for their window, and the check goes on."""
@@ -120,7 +121,7 @@ def verify_exports(export_dir: Path, window_key: str | None = None) -> VerifyRep
     return VerifyReport(tuple(_check_window_file(export_dir, a, k) for a, k in found))
 
 
-def _files_and_manifests(export_dir: Path, window_key: str | None) -> list[tuple[str, str]]:
+def _files_and_manifests(export_dir: Path | UPath, window_key: str | None) -> list[tuple[str, str]]:
     """(asset, window key) of every manifest and every data file of the export assets."""
     pattern = window_key or "*"
     found = {(m.parent.name, m.stem) for m in (export_dir / MANIFEST_DIR).glob(f"*/{pattern}.json")}
@@ -131,7 +132,7 @@ def _files_and_manifests(export_dir: Path, window_key: str | None) -> list[tuple
     return sorted(found)
 
 
-def _check_window_file(export_dir: Path, asset: str, window_key: str) -> CheckOutcome:
+def _check_window_file(export_dir: Path | UPath, asset: str, window_key: str) -> CheckOutcome:
     manifest = manifest_path(export_dir, asset, window_key)
     fmt = _FORMAT_OF_ASSET.get(asset)
     if manifest.exists() or fmt is None:
@@ -144,7 +145,9 @@ def _check_window_file(export_dir: Path, asset: str, window_key: str) -> CheckOu
     )
 
 
-def check_lsn_coverage(parquet: Path, lo: int, hi: int, quarantined: set[int]) -> CheckOutcome:
+def check_lsn_coverage(
+    parquet: Path | UPath, lo: int, hi: int, quarantined: set[int]
+) -> CheckOutcome:
     """Exported LSNs are strictly increasing and, with the quarantined ones, cover lo..hi.
 
     Read one row group at a time, so checking a window of millions of rows stays small.
@@ -182,11 +185,35 @@ def check_lsn_coverage(parquet: Path, lo: int, hi: int, quarantined: set[int]) -
     )
 
 
-def check_row_count(parquet: Path, source_count: int, quarantined: int) -> CheckOutcome:
-    rows = pq.ParquetFile(parquet).metadata.num_rows
+def check_row_count(parquet: Path | UPath, source_count: int, quarantined: int) -> CheckOutcome:
+    rows = parquet_rows(parquet)
     ok = rows + quarantined == source_count
     return CheckOutcome(
         ok,
         f"{rows} rows + {quarantined} quarantined vs {source_count} changes in the log",
         {"rows": rows, "quarantined": quarantined, "change_log_rows": source_count},
     )
+
+
+def published_file(export_dir: Path | UPath, fmt: Format, window_key: str) -> Path | UPath:
+    """A window's file, if its manifest says it is there with the size found: readers trust
+    only a manifest, which is written last. A file without one (not exported yet, or a write
+    that stopped before its manifest) is treated as absent, never read."""
+    path = export_file_path(export_dir, fmt, window_key)
+    manifest = manifest_path(export_dir, ASSET_FOR_FORMAT[fmt], window_key)
+    try:
+        recorded = _recorded_file(manifest)
+    except _UnusableManifest as exc:
+        raise UnpublishedFileError(
+            f"{_shown(export_dir, path)} is not published: its manifest {exc};"
+            f" export window {window_key} ({fmt}) first"
+        ) from None
+    expected = path.relative_to(export_dir).as_posix()
+    size = path.stat().st_size if path.exists() else None
+    if recorded.path != expected or size != recorded.bytes:
+        raise UnpublishedFileError(
+            f"{_shown(export_dir, path)} does not match its manifest"
+            f" ({size} bytes, manifest says {recorded.bytes} for {recorded.path});"
+            f" re-export window {window_key} ({fmt})"
+        )
+    return path

@@ -14,17 +14,19 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, cast
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+from upath import UPath
 
 from subscription_export.core.causes import describe_os_error
 from subscription_export.core.errors import StorageError
 from subscription_export.formats.formulas import neutralize_name, neutralize_text
+from subscription_export.formats.storage import HashingSink, is_local, open_object
 
 Format = Literal["parquet", "csv", "jsonl"]
 FORMATS: tuple[Format, ...] = ("parquet", "csv", "jsonl")
@@ -36,7 +38,7 @@ _ISO_UTC = "%Y-%m-%dT%H:%M:%SZ"  # Arrow's %S carries the microseconds for times
 
 @dataclass(frozen=True)
 class WrittenFile:
-    path: Path
+    path: Path | UPath
     rows: int
     bytes: int
     sha256: str
@@ -194,7 +196,7 @@ def write_jsonl(batches: Iterable[pa.RecordBatch], schema: pa.Schema, sink: Bina
 WRITERS = {"parquet": write_parquet, "csv": write_csv, "jsonl": write_jsonl}
 
 
-def sha256_of(path: Path) -> str:
+def sha256_of(path: Path | UPath) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -222,19 +224,26 @@ def write_atomically(
     fmt: Format,
     batches: Iterable[pa.RecordBatch],
     schema: pa.Schema,
-    path: Path,
+    path: Path | UPath,
     *,
     neutralize_formulas: bool = True,
 ) -> WrittenFile:
-    """Write to a temp name beside it, fsync, then rename: readers never see a torn file.
+    """Write to a temp name beside it, fsync, then rename: readers never see a torn file. On an
+    object store (no rename): stream the object to its key, aborted on failure (`storage.py`).
 
     `neutralize_formulas` applies to CSV only (setting `csv_neutralize_formulas`)."""
-    tmp = temp_path(path)
     writer = (
         partial(write_csv, neutralize_formulas=neutralize_formulas)
         if fmt == "csv"
         else WRITERS[fmt]
     )
+    if not is_local(path):
+        with open_object(cast(UPath, path)) as raw:
+            sink = HashingSink(raw)
+            rows = writer(batches, schema, cast(BinaryIO, sink))
+        return WrittenFile(path, rows, sink.bytes, sink.digest.hexdigest())
+    path = cast(Path, path)
+    tmp = temp_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tmp.open("wb") as sink:

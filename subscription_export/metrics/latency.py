@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+from upath import UPath
 
 from subscription_export.formats.parquet_batches import parquet_batches
+from subscription_export.formats.storage import open_parquet
 from subscription_export.metrics.store import latency_percentiles
 
 EXACT_ROWS = 1_000_000
@@ -34,12 +35,12 @@ Percentiles = tuple[float | None, float | None, float | None]
 
 
 def file_latency_percentiles(
-    path: Path, finished_at: dt.datetime, exact_rows: int = EXACT_ROWS
+    path: Path | UPath, finished_at: dt.datetime, exact_rows: int = EXACT_ROWS
 ) -> Percentiles:
     """(p50, p95, max) seconds from each row's `_changed_at` to `finished_at`."""
-    source = pq.ParquetFile(path)
-    if source.metadata.num_rows <= exact_rows:
-        return latency_percentiles(pq.read_table(path, columns=["_changed_at"])[0], finished_at)
+    with open_parquet(path) as source:
+        if source.metadata.num_rows <= exact_rows:
+            return latency_percentiles(source.read(columns=["_changed_at"])[0], finished_at)
     histogram = _Histogram()
     for batch in parquet_batches(path, columns=["_changed_at"]):
         histogram.add(_seconds(batch.column(0), finished_at))

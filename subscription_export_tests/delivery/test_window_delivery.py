@@ -18,7 +18,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
@@ -42,6 +41,7 @@ from subscription_export.delivery.window import (
 )
 from subscription_export.export.cut import cut_windows
 from subscription_export.export.flow import export_window_file
+from subscription_export.formats.storage import open_parquet
 from subscription_export.metrics.store import load_exports
 from subscription_export.runtime import Project
 from subscription_export.sandbox.faults import FaultPlan, FaultSpec
@@ -148,7 +148,8 @@ def write_destinations(
 
 
 def window_rows(project: Project, window: Window) -> list[dict[str, Any]]:
-    return pq.read_table(project.file_path("parquet", window.key)).to_pylist()
+    with open_parquet(project.file_path("parquet", window.key)) as parquet:  # local or s3://
+        return parquet.read().to_pylist()
 
 
 def source_state(project: Project) -> dict[str, dict[str, Any]]:
