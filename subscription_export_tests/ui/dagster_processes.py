@@ -92,16 +92,16 @@ class DagsterProject:
         **settings: Any,
     ) -> DagsterProject:
         """A project on `dagster_yaml` (the embedded default unless given); `settings` are
-        further Settings fields (e.g. sensor_interval_s)."""
+        further Settings fields or overrides (e.g. sensor_interval_s, export_dir)."""
         root.mkdir(parents=True, exist_ok=True)
-        project_settings = Settings(
-            source_url=f"sqlite:///{root / 'source.db'}",
-            state_url=f"sqlite:///{root / 'state.db'}",
-            export_dir=root / "exports",
-            window_max_changes=window_max_changes,
-            window_max_age_s=window_max_age_s,
-            **settings,
-        )
+        fields: dict[str, Any] = {
+            "source_url": f"sqlite:///{root / 'source.db'}",
+            "state_url": f"sqlite:///{root / 'state.db'}",
+            "export_dir": root / "exports",
+            "window_max_changes": window_max_changes,
+            "window_max_age_s": window_max_age_s,
+        }
+        project_settings = Settings(**{**fields, **settings})
         project = cls(root, project_settings, dict(extra_env or {}))
         project.dagster_home.mkdir(exist_ok=True)
         shutil.copy(dagster_yaml, project.dagster_home / "dagster.yaml")
