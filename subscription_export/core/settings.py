@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     csv_neutralize_formulas: bool = Field(
         True, description="Prefix ' to CSV text cells a spreadsheet would run as a formula"
     )
+    table: str = Field(
+        "subscriptions",
+        min_length=1,
+        description="The source table `init` captures (it must exist and have a primary key)",
+    )
 
     @model_validator(mode="wrap")
     @classmethod
