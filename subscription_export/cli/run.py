@@ -11,6 +11,7 @@ import typer
 
 from subscription_export.cli.app import console, err_console, settings_of
 from subscription_export.cli.progress import progress_bar
+from subscription_export.cli.quarantined import NEEDS_OPERATOR, quarantined_in
 from subscription_export.cli.reconcile import print_reconciled
 from subscription_export.core.errors import RangeError
 from subscription_export.core.settings import Settings
@@ -82,6 +83,8 @@ def _run_one_cycle(settings: Settings, as_json: bool, quiet: bool) -> bool:
     with progress_bar(quiet) as progress:
         task = progress.add_task("exporting windows", total=None)
         result = run_cycle(settings, on_done=lambda _run: progress.advance(task))
+    done = [r.window for r in result.runs if r.success]
+    quarantined = quarantined_in(Project(settings).state, done)
     if as_json:
         summary = {
             "sequenced": result.cut.sequenced.numbered,
@@ -92,6 +95,8 @@ def _run_one_cycle(settings: Settings, as_json: bool, quiet: bool) -> bool:
             "waiting_for_read_horizon": result.cut.sequenced.waiting,
             "held_by": [h.as_dict() for h in result.cut.sequenced.held_by],
             "reconciled": [r.summary() for r in result.reconciled],
+            "quarantined": sum(q.count for q in quarantined),
+            "quarantined_by_window": {q.window.key: q.count for q in quarantined},
         }
         console.print_json(json.dumps(summary))
     elif not quiet:
@@ -105,4 +110,8 @@ def _run_one_cycle(settings: Settings, as_json: bool, quiet: bool) -> bool:
         for holder in result.cut.sequenced.held_by:
             err_console.print(f"changes held back by {holder.describe()}", highlight=False)
         print_reconciled(result.reconciled)
+    for q in quarantined:
+        err_console.print(q.line(), highlight=False, markup=False)
+    if any(q.everything for q in quarantined):
+        raise typer.Exit(NEEDS_OPERATOR)
     return bool(result.failed or result.reconcile_failed)

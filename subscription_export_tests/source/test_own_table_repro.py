@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from subscription_export.core.settings import Settings
 from subscription_export_tests.cli.test_cli import _run
-from subscription_export_tests.helpers import read_exported, writer
+from subscription_export_tests.helpers import insert, read_exported, update, writer
 
 _PG_KEY = "id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
 _SQLITE_KEY = "id INTEGER PRIMARY KEY"
@@ -48,3 +48,25 @@ def test_integer_key_table_is_exported_not_quarantined(source_url: str, tmp_path
     assert result.returncode == 0 and json.loads(result.stdout)["quarantined"] == 0
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT id FROM subscriptions")).scalar_one() == 1
+
+
+def test_a_window_quarantined_whole_needs_operator_action(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Every change quarantined: `run` exits 3 naming `quarantine list`; `status` counts them."""
+    engine = writer(settings.source_url)
+    with engine.begin() as conn:
+        insert(conn, "s1")
+    _run(["run", "--once"], settings, tmp_path)
+    with engine.begin() as conn:
+        update(conn, "s1", currency="XXQ")
+    result = _run(["run", "--once"], settings, tmp_path, check=False)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "quarantine list" in result.stderr
+    with engine.begin() as conn:
+        update(conn, "s1", currency="EUR")
+        insert(conn, "s2")
+    partial = _run(["run", "--once", "--json"], settings, tmp_path)  # some got through: exit 0
+    assert json.loads(partial.stdout)["quarantined"] == 0
+    status = json.loads(_run(["status", "--json"], settings, tmp_path).stdout)
+    assert status["open_quarantine"] == 1
