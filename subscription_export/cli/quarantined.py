@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy.engine import Engine
-
+from subscription_export.runtime import Project
 from subscription_export.state.quarantine import open_entries
 from subscription_export.state.windows import Window
 
@@ -39,11 +38,11 @@ class Quarantined:
         )
 
 
-def quarantined_in(state: Engine, windows: Sequence[Window]) -> list[Quarantined]:
+def quarantined_in(project: Project, windows: Sequence[Window]) -> list[Quarantined]:
     """Windows with open quarantine entries, with their counts."""
     found = []
     for window in windows:
-        count = len(open_entries(state, window.key).get(window.key, []))
+        count = len(open_entries(project.state, window.key).get(window.key, []))
         if count:
             found.append(Quarantined(window, count))
     return found

@@ -84,7 +84,7 @@ def _run_one_cycle(settings: Settings, as_json: bool, quiet: bool) -> bool:
         task = progress.add_task("exporting windows", total=None)
         result = run_cycle(settings, on_done=lambda _run: progress.advance(task))
     done = [r.window for r in result.runs if r.success]
-    quarantined = quarantined_in(Project(settings).state, done)
+    quarantined = quarantined_in(Project(settings), done)
     if as_json:
         summary = {
             "sequenced": result.cut.sequenced.numbered,
