@@ -69,6 +69,10 @@ class TableShape:
     key: tuple[str, ...]  # primary-key columns in key order
     columns: tuple[SourceColumn, ...]  # in table order
     warnings: tuple[str, ...] = ()
+    # Columns captured as their text (`col::text` in the PostgreSQL image): json/jsonb, so a
+    # JSON string document is not read back as plain text, and the types exported as text
+    # for lack of a mapping, whose JSON form may be a number (numeric without precision).
+    as_text: tuple[str, ...] = ()
 
     def names_of(self, logical: LogicalType) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns if c.type == logical)
@@ -105,7 +109,8 @@ def read_table(
         if declared
     )
     columns = tuple(SourceColumn(name, logical) for name, logical, _d, _p in found)
-    return TableShape(table, key, columns, warnings)
+    as_text = tuple(name for name, logical, declared, _p in found if declared or logical == "json")
+    return TableShape(table, key, columns, warnings, as_text)
 
 
 def _pg_logical(

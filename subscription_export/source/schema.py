@@ -83,6 +83,7 @@ class CaptureSchema:
     # the key shapes the triggers, not the export).
     key: tuple[str, ...] = field(default=(), compare=False)
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    as_text: tuple[str, ...] = field(default=(), compare=False)  # see catalog.TableShape
 
     def to_json(self) -> str:
         return json.dumps([[c.name, c.type] for c in self.columns])
@@ -186,9 +187,7 @@ def _pg_triggers(schema: CaptureSchema, table: str, dialect: Dialect) -> list[st
     # No LSN here: the sequencer numbers rows once their transaction has committed.
     sql = _Sql(dialect)
     fn, prefix = (sql.ident(n) for n in trigger_names(table))
-    # json/jsonb columns as their text: to_jsonb would embed the document, and a JSON string
-    # document would then read back as plain text (see core/values.to_json_text).
-    as_text = [c.name for c in schema.columns if c.type == "json"]
+    as_text = schema.as_text
 
     def image(row: str) -> str:
         if not as_text:
@@ -271,7 +270,7 @@ def init_source(engine: Engine, table: str = DEFAULT_TABLE) -> CaptureSchema:
             quoted = conn.dialect.identifier_preparer.quote_identifier(table)
             conn.exec_driver_sql(f"LOCK TABLE {quoted} IN SHARE ROW EXCLUSIVE MODE")
         schema = _register(conn, latest, shape.columns)
-        schema = replace(schema, key=shape.key, warnings=shape.warnings)
+        schema = replace(schema, key=shape.key, warnings=shape.warnings, as_text=shape.as_text)
         triggers = (
             _pg_triggers(schema, table, conn.dialect)
             if postgres
