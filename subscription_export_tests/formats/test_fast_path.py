@@ -15,8 +15,8 @@ from subscription_export.export.flow import stream_window
 from subscription_export.export.window import WindowStream
 from subscription_export.runtime import Project
 from subscription_export.sandbox.generator import generate
-from subscription_export.source.reader import log_rows
 from subscription_export.source.demo_table import init_demo_source
+from subscription_export.source.reader import log_rows
 from subscription_export.source.sequencer import sequence
 from subscription_export.state.windows import Window
 from subscription_export_tests.helpers import writer

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
+from subscription_export.source.demo_table import init_demo_source
 from subscription_export.source.holders import (
     BLOCKS_SEQUENCER,
     SEQUENCER_LOCK,
@@ -12,7 +13,6 @@ from subscription_export.source.holders import (
     Holder,
     change_log_holders,
 )
-from subscription_export.source.demo_table import init_demo_source
 from subscription_export.source.sequencer import sequence
 from subscription_export_tests.helpers import insert, writer
 

@@ -13,8 +13,8 @@ from subscription_export.core.settings import Settings
 from subscription_export.export.cut import cut_windows
 from subscription_export.export.flow import export_canonical, finish
 from subscription_export.runtime import Project
-from subscription_export.source.holders import UNCOMMITTED, change_log_holders
 from subscription_export.source.demo_table import init_demo_source
+from subscription_export.source.holders import UNCOMMITTED, change_log_holders
 from subscription_export_tests.helpers import insert, read_exported, update, writer
 
 pytestmark = pytest.mark.integration

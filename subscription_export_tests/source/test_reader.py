@@ -11,8 +11,8 @@ import pyarrow as pa
 import pytest
 
 from subscription_export.source import reader
-from subscription_export.source.reader import iter_log_tables
 from subscription_export.source.demo_table import init_demo_source
+from subscription_export.source.reader import iter_log_tables
 from subscription_export.source.sequencer import sequence
 from subscription_export_tests.helpers import insert, update, writer
 

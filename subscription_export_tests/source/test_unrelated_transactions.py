@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from subscription_export.export.cut import cut_windows
 from subscription_export.export.flow import export_canonical, finish
 from subscription_export.runtime import Project
-from subscription_export.source.holders import change_log_holders
 from subscription_export.source.demo_table import init_demo_source
+from subscription_export.source.holders import change_log_holders
 from subscription_export_tests.conftest import PG_DSN
 from subscription_export_tests.helpers import insert, read_exported, writer
 from subscription_export_tests.source.test_read_horizon import _settings
