@@ -18,7 +18,7 @@ from subscription_export.core.db import engine_for
 from subscription_export.core.settings import Settings
 from subscription_export.reconcile import sync_state as st
 from subscription_export.reconcile.outbox import list_pushes
-from subscription_export.source.demo_table import init_demo_source
+from subscription_export.source.demo_table import create_demo_table, init_demo_source
 from subscription_export_tests.reconcile.test_reconcile import World, record, seeded, world
 
 CLI = [sys.executable, "-m", "subscription_export.cli"]
@@ -230,6 +230,7 @@ def test_init_creates_the_sync_tables_and_an_empty_queue_lists_nothing(tmp_path:
         assert result.returncode == 0, result.stdout + result.stderr
         return result.stdout
 
+    create_demo_table(engine_for(fresh.source_url, writer=True))
     run("init")
     tables = set(sa.inspect(engine_for(fresh.state_url)).get_table_names())
     assert {"sync_base", "sync_conflicts", "sync_audit", "sync_pushes"} <= tables
