@@ -4,6 +4,7 @@ table, on SQLite and PostgreSQL, one test per key type."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -13,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from subscription_export.core.settings import Settings
+from subscription_export.core.settings import Settings, replace
 from subscription_export.export.cut import cut_windows
 from subscription_export.export.flow import export_window_file
 from subscription_export.runtime import Project
@@ -155,3 +156,55 @@ def test_a_table_without_primary_key_is_refused(source_url: str) -> None:
         conn.exec_driver_sql("CREATE TABLE ledger (entry text, amount integer)")
     with pytest.raises(NoPrimaryKeyError, match="no primary key"):
         init_source(engine, "ledger")
+
+
+def test_hostile_table_and_key_names_are_quoted(source_url: str, tmp_path: Path) -> None:
+    engine = writer(source_url)
+    table, key, other = 'we"ird; DROP TABLE x; --', "$fn$ key'", "v$fn$"
+    q = engine.dialect.identifier_preparer.quote_identifier
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            f"CREATE TABLE {q(table)} ({q(key)} integer PRIMARY KEY, {q(other)} text)"
+        )
+    assert init_source(engine, table).key == (key,)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"INSERT INTO {q(table)} VALUES (1, 'a')")
+        conn.exec_driver_sql(f"UPDATE {q(table)} SET {q(key)} = 2")
+    project = Project(replace(_settings(source_url, tmp_path), table=table))
+    [window] = cut_windows(project).new_windows
+    outcome, _ = export_window_file(project, "parquet", window)
+    rows = pq.read_table(outcome.path).to_pylist()
+    assert [(r["_op"], r[key], r[other]) for r in rows] == [
+        ("c", 1, "a"),
+        ("d", 1, "a"),
+        ("c", 2, "a"),
+    ]
+
+
+def test_a_legacy_sqlite_demo_table_keeps_its_registered_types(sqlite_url: str) -> None:
+    """Releases before issue 13 declared the demo's decimals and timestamps plain TEXT on
+    SQLite and forced their types by name; re-running `init` keeps what they registered."""
+    engine = writer(sqlite_url)
+    legacy = {"amount": "decimal", "created_at": "timestamp", "next_billing_date": "date"}
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TABLE subscriptions (id TEXT PRIMARY KEY, amount TEXT,"
+            " next_billing_date TEXT, created_at TEXT)"
+        )
+        conn.exec_driver_sql(
+            "CREATE TABLE subscription_capture_schema (version INTEGER PRIMARY KEY,"
+            " columns TEXT NOT NULL, installed_at TEXT)"
+        )
+        registered = [
+            ["id", "text"],
+            *([n, legacy[n]] for n in ("amount", "next_billing_date", "created_at")),
+        ]
+        conn.execute(
+            sa.text("INSERT INTO subscription_capture_schema (version, columns) VALUES (1, :c)"),
+            {"c": json.dumps(registered)},
+        )
+    schema = init_source(engine)
+    assert schema.version == 1 and {c.name: c.type for c in schema.columns} == {
+        "id": "text",
+        **legacy,
+    }
