@@ -259,16 +259,16 @@ def init_source(engine: Engine, table: str = DEFAULT_TABLE) -> CaptureSchema:
             conn.execute(
                 sa.text("SELECT pg_advisory_xact_lock(hashtext('subscription_export.init'))")
             )
+            if sa.inspect(conn).has_table(table):
+                # Writers lock the table, then the change log (in the trigger). Take the same
+                # order here, or re-installing triggers under load deadlocks.
+                quoted = conn.dialect.identifier_preparer.quote_identifier(table)
+                conn.exec_driver_sql(f"LOCK TABLE {quoted} IN SHARE ROW EXCLUSIVE MODE")
         for ddl in _PG_TABLES if postgres else _SQLITE_TABLES:
             conn.exec_driver_sql(ddl)
         latest = latest_capture_schema(conn)
         previous = {c.name: c.type for c in latest.columns} if latest else {}
         shape = read_table(conn, table, previous)
-        if postgres:
-            # Writers lock the table, then the change log (in the trigger). Take the same
-            # order here, or re-installing triggers under load deadlocks.
-            quoted = conn.dialect.identifier_preparer.quote_identifier(table)
-            conn.exec_driver_sql(f"LOCK TABLE {quoted} IN SHARE ROW EXCLUSIVE MODE")
         schema = _register(conn, latest, shape.columns)
         schema = replace(schema, key=shape.key, warnings=shape.warnings, as_text=shape.as_text)
         triggers = (
