@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import sqlalchemy as sa
 
-from subscription_export.core.settings import Settings
+from subscription_export.core.settings import Settings, replace
 from subscription_export_tests.cli.test_cli import _run
 from subscription_export_tests.helpers import insert, read_exported, update, writer
 
@@ -70,3 +70,20 @@ def test_a_window_quarantined_whole_needs_operator_action(
     assert json.loads(partial.stdout)["quarantined"] == 0
     status = json.loads(_run(["status", "--json"], settings, tmp_path).stdout)
     assert status["open_quarantine"] == 1
+
+
+def test_init_names_the_key_and_refuses_a_table_without_one(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    engine = writer(sqlite_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE ledger (entry TEXT, amount INTEGER)")
+        conn.exec_driver_sql("CREATE TABLE keyed (a TEXT, b INTEGER, PRIMARY KEY (a, b))")
+    settings = Settings(
+        source_url=sqlite_url, state_url=f"sqlite:///{tmp_path / 's.db'}", table="ledger"
+    )
+    refused = _run(["init"], settings, tmp_path, check=False)
+    assert refused.returncode == 2 and "has no primary key" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    done = _run(["init"], replace(settings, table="keyed"), tmp_path)
+    assert "table keyed: key (a, b); columns a text, b integer" in done.stdout
