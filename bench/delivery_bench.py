@@ -54,7 +54,7 @@ from subscription_export.runtime import Project  # noqa: E402
 from subscription_export.sandbox.faults import FaultPlan, FaultSpec  # noqa: E402
 from subscription_export.sandbox.generator import generate  # noqa: E402
 from subscription_export.sandbox.server import running_sandbox  # noqa: E402
-from subscription_export.source.schema import init_source  # noqa: E402
+from subscription_export.source.demo_table import init_demo_source  # noqa: E402
 from subscription_export.state.windows import list_windows  # noqa: E402
 
 TARGET_RECORDS_PER_S = 5_000
@@ -122,7 +122,7 @@ def _source(workdir: Path, records: int) -> tuple[Project, str]:
         read_batch_size=50_000,
     )
     source = engine_for(settings.source_url, writer=True)
-    init_source(source)
+    init_demo_source(source)
     generate(source, subscriptions=max(1, records // 5), changes=records, seed=11)
     project = Project(settings)
     cut_windows(project)

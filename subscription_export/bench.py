@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from subscription_export.core.db import engine_for, is_postgres
 from subscription_export.core.settings import Settings
-from subscription_export.source.schema import init_source
+from subscription_export.source.demo_table import init_demo_source
 
 _PG_FILL = """
 INSERT INTO subscription_change_log
@@ -244,7 +244,7 @@ def run_bench(
     target = prepare_source(source, run_dir, pg_dsn)
     try:
         engine = engine_for(target.source_url, writer=True)
-        init_source(engine)
+        init_demo_source(engine)
         on_stage("fill")
         _, fill_s = _timed(lambda: fill_change_log(engine, changes))
         settings = Settings(

@@ -16,6 +16,7 @@ from subscription_export.reconcile.sync_state import all_cursors, conflicts
 from subscription_export.runtime import Project
 from subscription_export.source.holders import change_log_holders
 from subscription_export.source.sequencer import last_lsn
+from subscription_export.state.quarantine import open_entries
 from subscription_export.state.windows import last_window_end, recent_windows
 
 _change_log = sa.table("subscription_change_log", sa.column("lsn"))
@@ -96,6 +97,7 @@ def gather_status(
         ],
         "open_dead_letters": dead,
         "open_conflicts": queued,
+        "open_quarantine": sum(len(v) for v in open_entries(project.state).values()),
         "feed_cursors": feeds,
         "pending_pushes": pending_counts(project.state),
     }

@@ -19,7 +19,7 @@ import redis
 
 from subscription_export.core.db import engine_for
 from subscription_export.core.settings import Settings
-from subscription_export.source.schema import init_source
+from subscription_export.source.demo_table import init_demo_source
 
 PG_DSN = os.environ.get("SUBSCRIPTION_EXPORT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("SUBSCRIPTION_EXPORT_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -111,7 +111,7 @@ def source_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def settings(source_url: str, tmp_path: Path) -> Settings:
-    init_source(engine_for(source_url, writer=True))
+    init_demo_source(engine_for(source_url, writer=True))
     return Settings(
         source_url=source_url,
         state_url=f"sqlite:///{tmp_path / 'state.db'}",

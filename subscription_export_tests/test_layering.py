@@ -59,13 +59,13 @@ from subscription_export.runtime import Project
 from subscription_export.export.cut import cut_windows
 from subscription_export.export.flow import export_window_file
 from subscription_export.core.settings import Settings
-from subscription_export.source.schema import init_source
+from subscription_export.source.demo_table import init_demo_source
 from subscription_export_tests.helpers import insert
 
 work = Path(sys.argv[1])
 source = f"sqlite:///{work / 'source.db'}"
 engine = engine_for(source, writer=True)
-init_source(engine)
+init_demo_source(engine)
 with engine.begin() as conn:
     insert(conn, "s1")
 settings = Settings(

@@ -21,7 +21,7 @@ from subscription_export.sandbox.demo import (
     running_destinations,
 )
 from subscription_export.sandbox.generator import GenerateResult, generate
-from subscription_export.source.schema import init_source
+from subscription_export.source.demo_table import init_demo_source
 from subscription_export.status import gather_status
 
 app = typer.Typer(add_completion=False)
@@ -70,7 +70,7 @@ def _run_demo(
 ) -> DemoRun:
     """Write the sandbox changes, then one cycle delivering to sandbox systems started for it."""
     source = engine_for(settings.source_url, writer=True)
-    init_source(source)
+    init_demo_source(source)
     init_state_tables(engine_for(settings.state_url, writer=True))
     plan = plan_changes(source, subscriptions, changes, more_changes)
     with progress_bar(quiet) as progress:

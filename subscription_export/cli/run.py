@@ -11,6 +11,7 @@ import typer
 
 from subscription_export.cli.app import Context, console, err_console, settings_of
 from subscription_export.cli.progress import progress_bar
+from subscription_export.cli.quarantined import NEEDS_OPERATOR, quarantined_in
 from subscription_export.cli.reconcile import print_reconciled
 from subscription_export.cli.shown import marked, shown
 from subscription_export.core.errors import RangeError
@@ -123,6 +124,8 @@ def _run_one_cycle(settings: Settings, as_json: bool, quiet: bool, debug: bool) 
     with progress_bar(quiet) as progress:
         task = progress.add_task("exporting windows", total=None)
         result = run_cycle(settings, on_done=lambda _run: progress.advance(task))
+    done = [r.window for r in result.runs if r.success]
+    quarantined = quarantined_in(Project(settings), done)
     if as_json:
         summary = {
             "sequenced": result.cut.sequenced.numbered,
@@ -133,6 +136,8 @@ def _run_one_cycle(settings: Settings, as_json: bool, quiet: bool, debug: bool) 
             "waiting_for_read_horizon": result.cut.sequenced.waiting,
             "held_by": [h.as_dict() for h in result.cut.sequenced.held_by],
             "reconciled": [r.summary() for r in result.reconciled],
+            "quarantined": sum(q.count for q in quarantined),
+            "quarantined_by_window": {q.window.key: q.count for q in quarantined},
         }
         console.print_json(json.dumps(summary))
     elif not quiet:
@@ -146,4 +151,9 @@ def _run_one_cycle(settings: Settings, as_json: bool, quiet: bool, debug: bool) 
         print_reconciled(result.reconciled)
     if not as_json:
         _print_failures(result.runs, debug)  # with --quiet too: a failure is not progress
+    for q in quarantined:
+        err_console.print(q.line(), highlight=False, markup=False)
+    if any(q.everything for q in quarantined):
+        # Every change of a window quarantined: nothing of it was exported; a person must act.
+        return max(result.exit_code, NEEDS_OPERATOR)
     return result.exit_code

@@ -20,7 +20,6 @@ from subscription_export.source.snapshot import (
 )
 
 app = typer.Typer(add_completion=False)
-TABLES = ("subscriptions",)  # the captured tables (configurable tables: issue 13, item 1)
 
 
 def run_with_bar(source_url: str, table: str, chunk_size: int, quiet: bool) -> SnapshotProgress:
@@ -46,7 +45,9 @@ def describe(progress: SnapshotProgress, resumed_at: int) -> str:
 @app.command()
 def snapshot(
     ctx: typer.Context,
-    table: Annotated[str, typer.Option(help="The captured table to snapshot.")] = "subscriptions",
+    table: Annotated[
+        str | None, typer.Option(help="The captured table (default: SUBSCRIPTION_EXPORT_TABLE).")
+    ] = None,
     chunk_size: Annotated[
         int, typer.Option(min=1, help="Rows per chunk (one short transaction each).")
     ] = DEFAULT_CHUNK,
@@ -56,9 +57,13 @@ def snapshot(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Copy the rows a captured table holds into the stream as op 'r' (online, resumable)."""
-    if table not in TABLES:
-        raise ConfigError(f"table {table!r} is not captured; captured: {', '.join(TABLES)}")
     settings = settings_of(ctx)
+    table = table or settings.table
+    if table != settings.table:
+        raise ConfigError(
+            f"table {table!r} is not captured; captured: {settings.table!r}"
+            " (SUBSCRIPTION_EXPORT_TABLE)"
+        )
     source = engine_for(settings.source_url, writer=True)
     check_reachable(source, "source")
     before = snapshot_progress(source, table)

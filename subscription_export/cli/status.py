@@ -77,7 +77,8 @@ def _print_problems(report: dict[str, Any]) -> None:
     console.print(
         f"open dead letters: {report['open_dead_letters']}"
         " (subscription-export dead-letters list), conflicts queued for a person:"
-        f" {report['open_conflicts']} (subscription-export conflicts list)",
+        f" {report['open_conflicts']} (subscription-export conflicts list), quarantined"
+        f" changes: {report['open_quarantine']} (subscription-export quarantine list)",
         highlight=False,
     )
 

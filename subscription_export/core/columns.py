@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -9,7 +10,23 @@ from typing import Literal
 DECIMAL_PRECISION = 18
 DECIMAL_SCALE = 4
 
-LogicalType = Literal["text", "integer", "decimal", "float", "boolean", "date", "timestamp"]
+# A logical type is one of these names, or a parametrized form: `decimal(p,s)` (plain
+# `decimal` is numeric(18, 4), the demo's amount) and `list<element>` (a PostgreSQL array).
+# The spelling is stored in capture schema versions, so it must never change for a type.
+BaseLogicalType = Literal[
+    "text",
+    "integer",
+    "decimal",
+    "float",
+    "boolean",
+    "date",
+    "timestamp",
+    "time",
+    "uuid",
+    "json",
+    "binary",
+]
+LogicalType = str
 
 
 @dataclass(frozen=True)
@@ -40,18 +57,58 @@ BILLING_CYCLES = ("daily", "weekly", "monthly", "quarterly", "yearly")
 STATUSES = ("active", "paused", "cancelled", "past_due")
 
 
+def decimal_type(precision: int, scale: int) -> LogicalType:
+    """`decimal` for the default numeric(18, 4) (the spelling registered before), else
+    `decimal(p,s)`."""
+    if (precision, scale) == (DECIMAL_PRECISION, DECIMAL_SCALE):
+        return "decimal"
+    return f"decimal({precision},{scale})"
+
+
+def decimal_params(logical: LogicalType) -> tuple[int, int] | None:
+    """(precision, scale) of a decimal logical type, else None."""
+    if logical == "decimal":
+        return DECIMAL_PRECISION, DECIMAL_SCALE
+    match = _DECIMAL.fullmatch(logical)
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def list_element(logical: LogicalType) -> LogicalType | None:
+    """The element type of `list<element>`, else None."""
+    if logical.startswith("list<") and logical.endswith(">"):
+        return logical[5:-1]
+    return None
+
+
+_DECIMAL = re.compile(r"decimal\(([0-9]+),([0-9]+)\)")
+_SQL_DECIMAL = re.compile(r"\(\s*([0-9]+)\s*(?:,\s*([0-9]+)\s*)?\)")
+
+
 def logical_type_from_sql(declared: str) -> LogicalType:
-    """Map a declared SQL type (SQLite affinity rules, PostgreSQL type names) to a logical type."""
+    """Map a declared SQLite type to a logical type (SQLite has no types but the declared
+    names: `TEXT DECIMAL(10, 2)` is a decimal stored as text, so values stay as written)."""
     t = declared.lower()
+    words = set(re.findall(r"[a-z]+", t))
     if "timestamp" in t or "datetime" in t:
         return "timestamp"
-    if t == "date":
+    if "date" in words:
         return "date"
+    if "time" in words:
+        return "time"
+    if "uuid" in words:
+        return "uuid"
+    if words & {"json", "jsonb"}:
+        return "json"
+    if "blob" in words or "bytea" in words:
+        return "binary"
     if "bool" in t:
         return "boolean"
     if "int" in t or t in ("serial", "bigserial"):
         return "integer"
-    if "numeric" in t or "decimal" in t or "money" in t:
+    if "numeric" in t or "decimal" in t:
+        params = _SQL_DECIMAL.search(t)
+        if params and int(params[1]) <= 38:
+            return decimal_type(int(params[1]), int(params[2] or 0))
         return "decimal"
     if "real" in t or "floa" in t or "doub" in t:
         return "float"

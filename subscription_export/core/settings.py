@@ -115,6 +115,11 @@ class Settings(BaseSettings):
     csv_neutralize_formulas: bool = Field(
         True, description="Prefix ' to CSV text cells a spreadsheet would run as a formula"
     )
+    table: str = Field(
+        "subscriptions",
+        min_length=1,
+        description="The source table `init` captures (it must exist and have a primary key)",
+    )
 
     @field_validator("storage_options")
     @classmethod

@@ -11,16 +11,22 @@ and the window goes on (invariant 8).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import re
-from decimal import Decimal, InvalidOperation
+import uuid
+from decimal import Decimal, InvalidOperation, localcontext
 from typing import Any
 
-from subscription_export.core.columns import DECIMAL_PRECISION, DECIMAL_SCALE, LogicalType
+from subscription_export.core.columns import (
+    DECIMAL_PRECISION,
+    DECIMAL_SCALE,
+    LogicalType,
+    decimal_params,
+    list_element,
+)
 
 UTC = dt.UTC
-_QUANTUM = Decimal(1).scaleb(-DECIMAL_SCALE)
-_MAX_DECIMAL = Decimal(10) ** (DECIMAL_PRECISION - DECIMAL_SCALE)
 _INT64 = range(-(2**63), 2**63)
 _ASCII_INTEGER = re.compile(r"-?[0-9]+")  # not `isdigit`: it accepts '²' and '٣'
 
@@ -76,7 +82,9 @@ def to_date(value: Any) -> dt.date:
     raise BadValue(f"expected a date, got {type(value).__name__}")
 
 
-def to_decimal(value: Any) -> Decimal:
+def to_decimal(
+    value: Any, precision: int = DECIMAL_PRECISION, scale: int = DECIMAL_SCALE
+) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, int | str | Decimal | float):
         raise BadValue(f"expected a decimal, got {type(value).__name__}")
     try:
@@ -86,13 +94,13 @@ def to_decimal(value: Any) -> Decimal:
     if not number.is_finite():
         raise BadValue(f"amount {shown(value)} is not finite")
     # Before quantizing: 1e30 would need more digits than the decimal context has.
-    if abs(number) >= _MAX_DECIMAL:
-        raise BadValue(
-            f"amount {shown(value)} does not fit numeric({DECIMAL_PRECISION}, {DECIMAL_SCALE})"
-        )
-    quantized = number.quantize(_QUANTUM)  # < 10**14 with 4 places: within the context
+    if abs(number) >= Decimal(10) ** (precision - scale):
+        raise BadValue(f"amount {shown(value)} does not fit numeric({precision}, {scale})")
+    # Below 10**(p-s) with s places: p <= 38 digits, within the 40-digit context below.
+    with localcontext(prec=40):
+        quantized = number.quantize(Decimal(1).scaleb(-scale))
     if quantized != number:
-        raise BadValue(f"amount {shown(value)} has more than {DECIMAL_SCALE} decimal places")
+        raise BadValue(f"amount {shown(value)} has more than {scale} decimal places")
     return quantized
 
 
@@ -160,6 +168,69 @@ def to_text(value: Any) -> str:
     return value
 
 
+def to_time(value: Any) -> dt.time:
+    """A time of day (PostgreSQL `time`: `HH:MM:SS[.ffffff]`), without a zone."""
+    if isinstance(value, dt.time):
+        return value
+    if isinstance(value, str):
+        try:
+            moment = dt.time.fromisoformat(value.strip())
+        except ValueError:
+            raise BadValue(f"unparseable time {shown(value)}") from None
+        if moment.tzinfo is None:
+            return moment
+    raise BadValue(f"expected a time of day, got {shown(value)}")
+
+
+def to_uuid(value: Any) -> str:
+    """The canonical form: lower-case hex with hyphens (as PostgreSQL prints a uuid)."""
+    if isinstance(value, str):
+        try:
+            return str(uuid.UUID(value.strip()))
+        except ValueError:
+            pass
+    raise BadValue(f"expected a UUID, got {shown(value)}")
+
+
+def to_json_text(value: Any) -> str:
+    """Canonical JSON text: keys sorted, no spaces, numbers exactly as written. The capture
+    stores json/jsonb columns as their text (the trigger does so on PostgreSQL), so a JSON
+    string value is never mistaken for a JSON document."""
+    if not isinstance(value, str):
+        raise BadValue(f"expected JSON text, got {type(value).__name__} {shown(value)}")
+    try:
+        parsed = json.loads(value, parse_float=Decimal)
+    except (ValueError, RecursionError):
+        raise BadValue(f"invalid JSON {shown(value)}") from None
+    return to_text(_canonical_json(parsed))
+
+
+def _canonical_json(value: Any) -> str:
+    if isinstance(value, dict):
+        items = (
+            f"{json.dumps(k, ensure_ascii=False)}:{_canonical_json(v)}" for k, v in value.items()
+        )
+        return "{" + ",".join(sorted(items)) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_canonical_json(v) for v in value) + "]"
+    if isinstance(value, Decimal):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False)
+
+
+def to_binary(value: Any) -> bytes:
+    """Bytes from their capture form, `\\x` + hex (PostgreSQL's bytea text; the SQLite
+    trigger writes the same, since JSON cannot hold a BLOB)."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str) and value.startswith("\\x"):
+        try:
+            return bytes.fromhex(value[2:])
+        except ValueError:
+            pass
+    raise BadValue(f"expected bytes as \\x hex, got {shown(value)}")
+
+
 CONVERTERS = {
     "text": to_text,
     "integer": to_int,
@@ -168,7 +239,26 @@ CONVERTERS = {
     "boolean": to_bool,
     "date": to_date,
     "timestamp": to_utc,
+    "time": to_time,
+    "uuid": to_uuid,
+    "json": to_json_text,
+    "binary": to_binary,
 }
+
+
+def _convert_typed(value: Any, logical: LogicalType) -> Any:
+    converter = CONVERTERS.get(logical)
+    if converter is not None:
+        return converter(value)
+    decimal = decimal_params(logical)
+    if decimal is not None:
+        return to_decimal(value, *decimal)
+    element = list_element(logical)
+    if element is not None:
+        if not isinstance(value, list):
+            raise BadValue(f"expected a list, got {shown(value)}")
+        return [None if v is None else _convert_typed(v, element) for v in value]
+    return to_text(value)  # an unknown spelling: exported as text, as `init` warned
 
 
 def convert(value: Any, logical: LogicalType) -> Any:
@@ -176,7 +266,7 @@ def convert(value: Any, logical: LogicalType) -> Any:
     if value is None:
         return None
     try:
-        return CONVERTERS[logical](value)
+        return _convert_typed(value, logical)
     except BadValue:
         raise
     except (ArithmeticError, ValueError, OverflowError) as exc:

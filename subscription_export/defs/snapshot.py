@@ -25,7 +25,7 @@ _TAG_EVERY_S = 1.0
 
 
 class SnapshotConfig(dg.Config):
-    table: str = "subscriptions"
+    table: str | None = None  # default: the captured table (SUBSCRIPTION_EXPORT_TABLE)
     chunk_size: int = DEFAULT_CHUNK
     restart: bool = False  # read the whole table again even if a snapshot finished
 
@@ -44,9 +44,10 @@ def snapshot_table(
     context: dg.OpExecutionContext, config: SnapshotConfig, settings: ExportSettings
 ) -> dg.Output[int]:
     source = engine_for(settings.settings().source_url, writer=True)
-    before = snapshot_progress(source, config.table)
+    table = config.table or settings.settings().table
+    before = snapshot_progress(source, table)
     if config.restart or before is None:
-        restart_snapshot(source, config.table)
+        restart_snapshot(source, table)
         before = None
     resumed_after = before.rows_done if before is not None and not before.finished else 0
     started, last_tagged = time.monotonic(), 0.0
@@ -60,7 +61,7 @@ def snapshot_table(
             )
             last_tagged = time.monotonic()
 
-    done = run_snapshot(source, config.table, config.chunk_size, on_chunk=report)
+    done = run_snapshot(source, table, config.chunk_size, on_chunk=report)
     context.instance.add_run_tags(context.run_id, _tags(done))
     elapsed = time.monotonic() - started
     metadata = {

@@ -9,6 +9,8 @@ from subscription_export.core.columns import (
     DECIMAL_SCALE,
     LogicalType,
     SourceColumn,
+    decimal_params,
+    list_element,
 )
 
 UTC_TIMESTAMP = pa.timestamp("us", tz="UTC")
@@ -21,7 +23,26 @@ ARROW_TYPES: dict[LogicalType, pa.DataType] = {
     "boolean": pa.bool_(),
     "date": pa.date32(),
     "timestamp": UTC_TIMESTAMP,
+    "time": pa.time64("us"),
+    "uuid": pa.string(),
+    "json": pa.string(),
+    "binary": pa.binary(),
 }
+
+
+def arrow_type(logical: LogicalType) -> pa.DataType:
+    """The exported Arrow type of a logical type (parametrized forms included)."""
+    known = ARROW_TYPES.get(logical)
+    if known is not None:
+        return known
+    decimal = decimal_params(logical)
+    if decimal is not None:
+        return pa.decimal128(*decimal)
+    element = list_element(logical)
+    if element is not None:
+        return pa.list_(arrow_type(element))
+    return pa.string()
+
 
 METADATA_FIELDS: tuple[pa.Field, ...] = (
     pa.field("_lsn", pa.int64(), nullable=False),
@@ -40,7 +61,7 @@ def export_schema(
     columns: tuple[SourceColumn, ...], schema_version: int, window_key: str | None = None
 ) -> pa.Schema:
     """Arrow schema of one window's export; metadata is part of the hashed file content."""
-    fields = [*METADATA_FIELDS, *(pa.field(c.name, ARROW_TYPES[c.type]) for c in columns)]
+    fields = [*METADATA_FIELDS, *(pa.field(c.name, arrow_type(c.type)) for c in columns)]
     metadata = {SCHEMA_VERSION_KEY: str(schema_version).encode()}
     if window_key is not None:
         metadata[WINDOW_KEY] = window_key.encode()

@@ -6,7 +6,9 @@ wall-clock value enters any file, so re-exporting a window reproduces it byte fo
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import datetime as dt
 import hashlib
 import json
 import os
@@ -74,12 +76,40 @@ def write_parquet(batches: Iterable[pa.RecordBatch], schema: pa.Schema, sink: Bi
 
 
 def _as_text(column: pa.Array) -> pa.Array:
-    """Text form of a column for CSV and JSONL: ISO-8601 UTC with Z, exact decimals."""
-    if pa.types.is_timestamp(column.type):
+    """Text form of a column for CSV and JSONL: ISO-8601 UTC with Z, exact decimals, times as
+    `HH:MM:SS.ffffff`, bytes as base64, lists as JSON arrays."""
+    t = column.type
+    if pa.types.is_timestamp(t):
         return _iso_utc(column)
-    if pa.types.is_decimal(column.type) or pa.types.is_date(column.type):
+    if pa.types.is_decimal(t) or pa.types.is_date(t) or pa.types.is_time(t):
         return column.cast(pa.string())
+    if pa.types.is_binary(t):
+        return pa.array(
+            [None if v is None else base64.b64encode(v).decode() for v in column.to_pylist()],
+            pa.string(),
+        )
+    if pa.types.is_list(t):
+        return pa.array(
+            [None if v is None else _json_list(v) for v in column.to_pylist()], pa.string()
+        )
     return column
+
+
+def _json_list(values: list[object]) -> str:
+    """A list as JSON: numbers stay numbers; decimals, dates and times as their text."""
+
+    def encode(v: object) -> object:
+        if isinstance(v, bool | int | float | str) or v is None:
+            return v
+        if isinstance(v, bytes):
+            return base64.b64encode(v).decode()
+        if isinstance(v, list):
+            return [encode(x) for x in v]
+        if isinstance(v, dt.datetime):
+            return v.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return str(v)  # Decimal, date, time
+
+    return json.dumps(encode(values), ensure_ascii=False, separators=(",", ":"))
 
 
 def _iso_utc(column: pa.Array) -> pa.Array:
@@ -133,7 +163,14 @@ def _csv_cells(column: pa.Array, neutralize_formulas: bool) -> pa.Array:
 
 
 def _needs_text(t: pa.DataType) -> bool:
-    return pa.types.is_timestamp(t) or pa.types.is_decimal(t) or pa.types.is_date(t)
+    return (
+        pa.types.is_timestamp(t)
+        or pa.types.is_decimal(t)
+        or pa.types.is_date(t)
+        or pa.types.is_time(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_list(t)
+    )
 
 
 def _json_string(column: pa.Array) -> pa.Array:
@@ -157,7 +194,9 @@ def _json_values(column: pa.Array) -> pa.Array:
     t = column.type
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         encoded = _json_string(column)
-    elif pa.types.is_timestamp(t) or pa.types.is_decimal(t) or pa.types.is_date(t):
+    elif pa.types.is_list(t):
+        encoded = _as_text(column)  # already JSON arrays
+    elif _needs_text(t):
         encoded = _json_string(_as_text(column))
     elif pa.types.is_boolean(t) or pa.types.is_integer(t):
         encoded = column.cast(pa.string())

@@ -1,7 +1,9 @@
-"""`init`: the source tables, the capture triggers and the capture-schema versions.
+"""`init`: the change-log tables, the capture triggers and the capture-schema versions.
 
-Every change to `subscriptions` lands in `subscription_change_log` from a trigger, in the same
-transaction as the change. The trigger embeds the capture schema version (the column list it
+Every change to the captured table (`subscriptions` by default; SUBSCRIPTION_EXPORT_TABLE)
+lands in `subscription_change_log` from a trigger, in the same transaction as the change. Its
+key column `subscription_id` holds the row's primary key as text (a JSON array for a
+composite key). The trigger embeds the capture schema version (the column list it
 captures), so re-running `init` after `ALTER TABLE … ADD COLUMN` re-installs the triggers and
 new rows carry the new version.
 """
@@ -9,19 +11,15 @@ new rows carry the new version.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect, Engine
 
-from subscription_export.core.columns import (
-    BASE_COLUMNS,
-    BASE_TYPES,
-    SourceColumn,
-    logical_type_from_sql,
-)
+from subscription_export.core.columns import SourceColumn
 from subscription_export.core.db import is_postgres
 from subscription_export.core.errors import SchemaMissingError
+from subscription_export.source.catalog import read_table
 from subscription_export.source.snapshot_log import (
     prepare_snapshot,
     sqlite_log_ddl,
@@ -29,23 +27,9 @@ from subscription_export.source.snapshot_log import (
 )
 
 ORIGIN_SETTING = "subscription_export.origin"
+DEFAULT_TABLE = "subscriptions"
 
 _SQLITE_TABLES = [
-    """CREATE TABLE IF NOT EXISTS subscriptions (
-        id TEXT PRIMARY KEY,
-        user_id TEXT NOT NULL,
-        name TEXT NOT NULL,
-        category TEXT,
-        amount TEXT NOT NULL,            -- decimal kept as text: SQLite has no exact decimal
-        currency TEXT NOT NULL,
-        billing_cycle TEXT NOT NULL,
-        status TEXT NOT NULL,
-        next_billing_date TEXT,          -- ISO date
-        timezone TEXT,
-        created_at TEXT NOT NULL,        -- ISO-8601 UTC
-        updated_at TEXT NOT NULL,
-        version INTEGER NOT NULL DEFAULT 1
-    )""",
     sqlite_log_ddl(),  # op c|u|d|r; shared with the upgrade that rebuilds an older log
     # The reconcile looks up one subscription's changes (newest first).
     """CREATE INDEX IF NOT EXISTS subscription_change_log_by_subscription
@@ -62,21 +46,6 @@ _SQLITE_TABLES = [
 ]
 
 _PG_TABLES = [
-    """CREATE TABLE IF NOT EXISTS subscriptions (
-        id text PRIMARY KEY,
-        user_id text NOT NULL,
-        name text NOT NULL,
-        category text,
-        amount numeric(18, 4) NOT NULL,
-        currency text NOT NULL,
-        billing_cycle text NOT NULL,
-        status text NOT NULL,
-        next_billing_date date,
-        timezone text,
-        created_at timestamptz NOT NULL,
-        updated_at timestamptz NOT NULL,
-        version integer NOT NULL DEFAULT 1
-    )""",
     """CREATE TABLE IF NOT EXISTS subscription_change_log (
         id bigserial PRIMARY KEY,
         lsn bigint UNIQUE,
@@ -101,15 +70,15 @@ _PG_TABLES = [
 ]
 
 
-def app_table_ddl(postgres: bool) -> str:
-    """The demo's `subscriptions` table alone, as an application would have created it."""
-    return (_PG_TABLES if postgres else _SQLITE_TABLES)[0]
-
-
 @dataclass(frozen=True)
 class CaptureSchema:
     version: int
     columns: tuple[SourceColumn, ...]
+    # The table's primary key and init's warnings, read from the catalog at `init` (not stored:
+    # the key shapes the triggers, not the export).
+    key: tuple[str, ...] = field(default=(), compare=False)
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+    as_text: tuple[str, ...] = field(default=(), compare=False)  # see catalog.TableShape
 
     def to_json(self) -> str:
         return json.dumps([[c.name, c.type] for c in self.columns])
@@ -119,85 +88,148 @@ class CaptureSchema:
         return tuple(SourceColumn(name, typ) for name, typ in json.loads(raw))
 
 
-def _current_columns(conn: Connection) -> tuple[SourceColumn, ...]:
-    """The table's columns in table order, base columns with their fixed logical types."""
-    if conn.dialect.name == "postgresql":
-        rows = conn.execute(
-            sa.text(
-                "SELECT column_name, data_type FROM information_schema.columns"
-                " WHERE table_name = 'subscriptions' AND table_schema = current_schema()"
-                " ORDER BY ordinal_position"
-            )
-        ).all()
-    else:
-        rows = [(r[1], r[2]) for r in conn.exec_driver_sql("PRAGMA table_info(subscriptions)")]
-    return tuple(
-        SourceColumn(name, BASE_TYPES.get(name) or logical_type_from_sql(declared or ""))
-        for name, declared in rows
-    )
+@dataclass(frozen=True)
+class CaptureSql:
+    """Quoting for generated trigger SQL. Table and column names come from the catalog, i.e.
+    from whoever may ALTER the table: every name is quoted by SQLAlchemy, as an identifier
+    and, where it is a JSON key, as a string literal, so no name can end either."""
+
+    dialect: Dialect
+
+    def ident(self, name: str) -> str:
+        return self.dialect.identifier_preparer.quote_identifier(name)
+
+    def literal(self, text: str) -> str:
+        literal = sa.String().literal_processor(self.dialect)
+        assert literal is not None
+        return str(literal(text))
+
+    def key_text(self, key: tuple[str, ...], row: str) -> str:
+        """The change log's key column: the key's text, or a JSON array of a composite key
+        (docs/architecture.md, "Key canonical form")."""
+        parts = [f"{row}.{self.ident(k)}" for k in key]
+        if self.dialect.name == "postgresql":
+            if len(parts) == 1:
+                return f"{parts[0]}::text"
+            return f"jsonb_build_array({', '.join(parts)})::text"
+        return f"CAST({parts[0]} AS TEXT)" if len(parts) == 1 else f"json_array({', '.join(parts)})"
 
 
-def _sqlite_json_object(columns: tuple[SourceColumn, ...], row: str, dialect: Dialect) -> str:
-    """`json_object('name', NEW."name", …)`. Column names come from the catalog, i.e. from
-    whoever may ALTER the table: each is quoted twice by SQLAlchemy, as a string literal (the
-    JSON key) and as an identifier, so no name can end either and run SQL inside the trigger."""
-    literal = sa.String().literal_processor(dialect)
-    identifier = dialect.identifier_preparer.quote_identifier  # always quoted, as before
-    assert literal is not None
-    pairs = (f"{literal(c.name)}, {row}.{identifier(c.name)}" for c in columns)
+def trigger_names(table: str) -> tuple[str, str]:
+    """(PostgreSQL function, trigger prefix); the default table keeps the names of releases
+    that captured only `subscriptions`, so re-running `init` replaces them."""
+    if table == DEFAULT_TABLE:
+        return "subscription_capture", "subscriptions_capture"
+    return f"subscription_capture_{table}", f"{table}_capture"
+
+
+def pg_row_image(as_text: tuple[str, ...], row: str, sql: CaptureSql) -> str:
+    """A row as the PostgreSQL image: `to_jsonb`, with the `as_text` columns as their text."""
+    if not as_text:
+        return f"to_jsonb({row})"
+    pairs = ", ".join(f"{sql.literal(n)}, {row}.{sql.ident(n)}::text" for n in as_text)
+    return f"(to_jsonb({row}) || jsonb_build_object({pairs}))"
+
+
+def sqlite_row_image(columns: tuple[SourceColumn, ...], row: str, sql: CaptureSql) -> str:
+    """`json_object('name', NEW."name", …)`; bytes as `\\x` + hex (JSON cannot hold a BLOB)."""
+    pairs = []
+    for c in columns:
+        value = f"{row}.{sql.ident(c.name)}"
+        if c.type == "binary":
+            value = f"CASE WHEN {value} IS NULL THEN NULL ELSE '\\x' || lower(hex({value})) END"
+        pairs.append(f"{sql.literal(c.name)}, {value}")
     return "json_object(" + ", ".join(pairs) + ")"
 
 
-def _sqlite_triggers(schema: CaptureSchema, dialect: Dialect) -> list[str]:
+def _sqlite_triggers(schema: CaptureSchema, table: str, dialect: Dialect) -> list[str]:
     # SQLite has one writer at a time, so MAX(lsn)+1 inside the writing transaction is gap-free
     # and in commit order.
+    sql = CaptureSql(dialect)
     next_lsn = "(SELECT COALESCE(MAX(lsn), 0) + 1 FROM subscription_change_log)"
     origin = "COALESCE((SELECT origin FROM subscription_capture_origin WHERE id = 1), 'app')"
     now = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
     new, old = (
-        _sqlite_json_object(schema.columns, "NEW", dialect),
-        _sqlite_json_object(schema.columns, "OLD", dialect),
+        sqlite_row_image(schema.columns, "NEW", sql),
+        sqlite_row_image(schema.columns, "OLD", sql),
     )
+    new_key, old_key = sql.key_text(schema.key, "NEW"), sql.key_text(schema.key, "OLD")
+    same_key = " AND ".join(f"OLD.{sql.ident(k)} IS NEW.{sql.ident(k)}" for k in schema.key)
     cols = "(lsn, op, subscription_id, before, after, changed_at, origin, schema_version)"
     v = schema.version
+
+    def log(op: str, key: str, before: str, after: str) -> str:
+        return (
+            f"INSERT INTO subscription_change_log {cols} VALUES "
+            f"({next_lsn}, '{op}', {key}, {before}, {after}, {now}, {origin}, {v});"
+        )
+
+    _fn, prefix = trigger_names(table)
     statements = []
-    for event, op, key, before, after in (
-        ("INSERT", "c", "NEW.id", "NULL", new),
-        ("UPDATE", "u", "NEW.id", old, new),
-        ("DELETE", "d", "OLD.id", old, "NULL"),
+    # A primary-key update is a delete of the old key and a create of the new one (two LSNs).
+    for suffix, event, when, body in (
+        ("insert", "INSERT", "", log("c", new_key, "NULL", new)),
+        ("update", "UPDATE", f" WHEN {same_key}", log("u", new_key, old, new)),
+        (
+            "rekey",
+            "UPDATE",
+            f" WHEN NOT ({same_key})",
+            log("d", old_key, old, "NULL") + " " + log("c", new_key, "NULL", new),
+        ),
+        ("delete", "DELETE", "", log("d", old_key, old, "NULL")),
     ):
-        name = f"subscriptions_capture_{event.lower()}"
+        name = sql.ident(f"{prefix}_{suffix}")
         statements.append(f"DROP TRIGGER IF EXISTS {name}")
         statements.append(
-            f"CREATE TRIGGER {name} AFTER {event} ON subscriptions BEGIN "
-            f"INSERT INTO subscription_change_log {cols} VALUES "
-            f"({next_lsn}, '{op}', {key}, {before}, {after}, {now}, {origin}, {v}); END"
+            f"CREATE TRIGGER {name} AFTER {event} ON {sql.ident(table)}{when} BEGIN {body} END"
         )
     return statements
 
 
-def _pg_triggers(schema: CaptureSchema) -> list[str]:
+def _pg_triggers(schema: CaptureSchema, table: str, dialect: Dialect) -> list[str]:
     # No LSN here: the sequencer numbers rows once their transaction has committed.
-    return [
-        f"""CREATE OR REPLACE FUNCTION subscription_capture() RETURNS trigger
-        LANGUAGE plpgsql AS $fn$
+    sql = CaptureSql(dialect)
+    fn, prefix = (sql.ident(n) for n in trigger_names(table))
+
+    def image(row: str) -> str:
+        return pg_row_image(schema.as_text, row, sql)
+
+    new_key, old_key = sql.key_text(schema.key, "NEW"), sql.key_text(schema.key, "OLD")
+    old_tuple = ", ".join(f"OLD.{sql.ident(k)}" for k in schema.key)
+    new_tuple = ", ".join(f"NEW.{sql.ident(k)}" for k in schema.key)
+    insert = (
+        "INSERT INTO subscription_change_log"
+        " (op, subscription_id, before, after, origin, schema_version) VALUES"
+    )
+    origin = f"COALESCE(NULLIF(current_setting('{ORIGIN_SETTING}', true), ''), 'app')"
+    v = schema.version
+    body = f"""
         BEGIN
-            INSERT INTO subscription_change_log
-                (op, subscription_id, before, after, origin, schema_version)
-            VALUES (
+            IF TG_OP = 'UPDATE' AND ({old_tuple}) IS DISTINCT FROM ({new_tuple}) THEN
+                -- A primary-key update: delete of the old key, then create of the new one.
+                {insert} ('d', {old_key}, {image("OLD")}, NULL, {origin}, {v});
+                {insert} ('c', {new_key}, NULL, {image("NEW")}, {origin}, {v});
+                RETURN NULL;
+            END IF;
+            {insert} (
                 CASE TG_OP WHEN 'INSERT' THEN 'c' WHEN 'UPDATE' THEN 'u' ELSE 'd' END,
-                CASE WHEN TG_OP = 'DELETE' THEN OLD.id ELSE NEW.id END,
-                CASE WHEN TG_OP = 'INSERT' THEN NULL ELSE to_jsonb(OLD) END,
-                CASE WHEN TG_OP = 'DELETE' THEN NULL ELSE to_jsonb(NEW) END,
-                COALESCE(NULLIF(current_setting('{ORIGIN_SETTING}', true), ''), 'app'),
-                {schema.version});
+                CASE WHEN TG_OP = 'DELETE' THEN {old_key} ELSE {new_key} END,
+                CASE WHEN TG_OP = 'INSERT' THEN NULL ELSE {image("OLD")} END,
+                CASE WHEN TG_OP = 'DELETE' THEN NULL ELSE {image("NEW")} END,
+                {origin}, {v});
             RETURN NULL;
         END
-        $fn$""",
-        "DROP TRIGGER IF EXISTS subscriptions_capture ON subscriptions",
-        """CREATE TRIGGER subscriptions_capture
-            AFTER INSERT OR UPDATE OR DELETE ON subscriptions
-            FOR EACH ROW EXECUTE FUNCTION subscription_capture()""",
+        """
+    tag = "$fn$"
+    while tag in body:  # a column name could hold the dollar-quote tag
+        tag = tag[:-1] + "x$"
+    trigger = sql.ident(prefix)
+    return [
+        f"CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS {tag}{body}{tag}",
+        f"DROP TRIGGER IF EXISTS {trigger} ON {sql.ident(table)}",
+        f"""CREATE TRIGGER {trigger}
+            AFTER INSERT OR UPDATE OR DELETE ON {sql.ident(table)}
+            FOR EACH ROW EXECUTE FUNCTION {fn}()""",
     ]
 
 
@@ -215,8 +247,10 @@ def capture_schemas(conn: Connection) -> dict[int, CaptureSchema]:
     return {v: CaptureSchema(v, CaptureSchema.columns_from_json(cols)) for v, cols in rows}
 
 
-def init_source(engine: Engine) -> CaptureSchema:
-    """Create tables and (re)install triggers; idempotent. Returns the capture schema in force."""
+def init_source(engine: Engine, table: str = DEFAULT_TABLE) -> CaptureSchema:
+    """Create the change-log tables and (re)install triggers on the captured `table`, whose key
+    and columns are read from the catalog; idempotent. The table itself must exist (only the
+    demo creates one: `source/demo_table.py`). Returns the capture schema in force."""
     postgres = is_postgres(engine)
     with engine.begin() as conn:
         if postgres:
@@ -224,37 +258,44 @@ def init_source(engine: Engine) -> CaptureSchema:
             conn.execute(
                 sa.text("SELECT pg_advisory_xact_lock(hashtext('subscription_export.init'))")
             )
-            if sa.inspect(conn).has_table("subscriptions"):
-                # Writers lock subscriptions, then the change log (in the trigger). Take the
-                # same order here, or re-installing triggers under load deadlocks.
-                conn.execute(sa.text("LOCK TABLE subscriptions IN SHARE ROW EXCLUSIVE MODE"))
+            if sa.inspect(conn).has_table(table):
+                # Writers lock the table, then the change log (in the trigger). Take the same
+                # order here, or re-installing triggers under load deadlocks.
+                quoted = conn.dialect.identifier_preparer.quote_identifier(table)
+                conn.exec_driver_sql(f"LOCK TABLE {quoted} IN SHARE ROW EXCLUSIVE MODE")
         for ddl in _PG_TABLES if postgres else _SQLITE_TABLES:
             conn.exec_driver_sql(ddl)
         upgrade_change_log(conn)  # a log from before snapshots: accept op 'r'
-        columns = _current_columns(conn)
-        missing = [c.name for c in BASE_COLUMNS if c.name not in {x.name for x in columns}]
-        if missing:
-            raise SchemaMissingError(
-                f"table subscriptions exists but lacks columns {missing}; it was not created"
-                " by subscription-export"
-            )
         latest = latest_capture_schema(conn)
-        if latest is None or latest.columns != columns:
-            version = (latest.version + 1) if latest else 1
-            schema = CaptureSchema(version, columns)
-            conn.execute(
-                sa.text(
-                    "INSERT INTO subscription_capture_schema (version, columns) VALUES (:v, :c)"
-                ),
-                {"v": version, "c": schema.to_json()},
-            )
-        else:
-            schema = latest
-        for stmt in _pg_triggers(schema) if postgres else _sqlite_triggers(schema, conn.dialect):
+        previous = {c.name: c.type for c in latest.columns} if latest else {}
+        shape = read_table(conn, table, previous)
+        schema = _register(conn, latest, shape.columns)
+        schema = replace(schema, key=shape.key, warnings=shape.warnings, as_text=shape.as_text)
+        triggers = (
+            _pg_triggers(schema, table, conn.dialect)
+            if postgres
+            else _sqlite_triggers(schema, table, conn.dialect)
+        )
+        for stmt in triggers:
             conn.exec_driver_sql(stmt)
         # With the triggers in place (and writers locked out on PostgreSQL): does the table
         # hold rows the triggers never saw? Then a snapshot is recorded as pending.
-        prepare_snapshot(conn)
+        prepare_snapshot(conn, table)
+    return schema
+
+
+def _register(
+    conn: Connection, latest: CaptureSchema | None, columns: tuple[SourceColumn, ...]
+) -> CaptureSchema:
+    """The registered version for these columns: the latest, or a new one."""
+    if latest is not None and latest.columns == columns:
+        return latest
+    version = (latest.version + 1) if latest else 1
+    schema = CaptureSchema(version, columns)
+    conn.execute(
+        sa.text("INSERT INTO subscription_capture_schema (version, columns) VALUES (:v, :c)"),
+        {"v": version, "c": schema.to_json()},
+    )
     return schema
 
 

@@ -23,6 +23,7 @@ after the last committed chunk because its progress was committed with its rows.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -33,7 +34,13 @@ from sqlalchemy.engine import Connection, Engine
 
 from subscription_export.core.db import is_postgres
 from subscription_export.core.errors import SchemaMissingError
-from subscription_export.source.schema import _sqlite_json_object, latest_capture_schema
+from subscription_export.source.catalog import read_table
+from subscription_export.source.schema import (
+    CaptureSql,
+    latest_capture_schema,
+    pg_row_image,
+    sqlite_row_image,
+)
 from subscription_export.source.snapshot_log import PROGRESS, now_sql
 
 DEFAULT_CHUNK = 2048
@@ -100,47 +107,104 @@ def _require_capture(engine: Engine) -> None:
         )
 
 
-def _upper_key(conn: Connection, table: str, last: str | None, size: int) -> str | None:
-    after = "" if last is None else " WHERE id > :last"
-    return conn.execute(
-        sa.text(f"SELECT MAX(id) FROM (SELECT id FROM {table}{after} ORDER BY id LIMIT :n) AS k"),
-        {"last": last, "n": size},
-    ).scalar()
+@dataclass(frozen=True)
+class _Chunking:
+    """How one table's chunks are read: its key (single or composite, in key order), the
+    change log's key text and the row image, built exactly as the capture triggers build
+    them (source/schema.py), so an `r` row and a trigger row of one row are the same."""
+
+    table: str  # quoted
+    key: tuple[str, ...]  # quoted key columns
+    key_text: str  # over alias `s`
+    image: str  # over alias `s`
+    version: int
+
+    @classmethod
+    def of(cls, conn: Connection, table: str) -> _Chunking:
+        latest = latest_capture_schema(conn)
+        if latest is None:
+            raise SchemaMissingError("no capture schema; run `subscription-export init` first")
+        shape = read_table(conn, table, {c.name: c.type for c in latest.columns})
+        sql = CaptureSql(conn.dialect)
+        postgres = conn.dialect.name == "postgresql"
+        image = (
+            pg_row_image(shape.as_text, "s", sql)
+            if postgres
+            else sqlite_row_image(latest.columns, "s", sql)
+        )
+        return cls(
+            sql.ident(table),
+            tuple(sql.ident(k) for k in shape.key),
+            sql.key_text(shape.key, "s"),
+            image,
+            latest.version,
+        )
+
+    @property
+    def order(self) -> str:
+        return ", ".join(f"s.{k}" for k in self.key)
+
+    def _row(self, prefix: str) -> str:
+        return "(" + ", ".join(f":{prefix}{i}" for i in range(len(self.key))) + ")"
+
+    def within(self, last: str | None, upper: str | None) -> tuple[str, dict[str, Any]]:
+        """`WHERE` over alias `s` for keys in (last, upper] (row-value comparison: composite
+        keys order as the primary-key index does), and its parameters."""
+        keys = f"({self.order})"
+        clauses, params = [], {}
+        for prefix, op, bound in (("l", ">", last), ("u", "<=", upper)):
+            if bound is None:
+                continue
+            clauses.append(f"{keys} {op} {self._row(prefix)}")
+            values = json.loads(bound)
+            params |= {f"{prefix}{i}": v for i, v in enumerate(values)}
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
-def _copy_chunk_pg(conn: Connection, table: str, last: str | None, upper: str, version: int) -> int:
-    after = "" if last is None else "id > :last AND "
+def _upper_key(conn: Connection, chunking: _Chunking, last: str | None, size: int) -> str | None:
+    """The key of the `size`-th row after `last` (or of the last row), as a JSON array."""
+    where, params = chunking.within(last, None)
+    descending = ", ".join(f"k.{k} DESC" for k in chunking.key)
+    names = ", ".join(f"k.{k}" for k in chunking.key)
+    row = conn.execute(
+        sa.text(
+            f"SELECT {names} FROM (SELECT {chunking.order} FROM"
+            f" {chunking.table} AS s{where} ORDER BY {chunking.order} LIMIT :n) AS k"
+            f" ORDER BY {descending} LIMIT 1"
+        ),
+        params | {"n": size},
+    ).first()
+    return None if row is None else json.dumps(list(row), default=str)
+
+
+def _copy_chunk_pg(conn: Connection, chunking: _Chunking, last: str | None, upper: str) -> int:
+    where, params = chunking.within(last, upper)
     return conn.execute(
         sa.text(
             "INSERT INTO subscription_change_log"
             " (op, subscription_id, before, after, origin, schema_version)"
-            " SELECT 'r', s.id, NULL, to_jsonb(s), 'app', :v FROM"
-            f" (SELECT * FROM {table} WHERE {after}id <= :upper ORDER BY id FOR SHARE) AS s"
-            " ORDER BY s.id"
+            f" SELECT 'r', {chunking.key_text}, NULL, {chunking.image}, 'app', :v FROM"
+            f" (SELECT * FROM {chunking.table} AS s{where} ORDER BY {chunking.order}"
+            f" FOR SHARE) AS s ORDER BY {chunking.order}"
         ),
-        {"last": last, "upper": upper, "v": version},
+        params | {"v": chunking.version},
     ).rowcount
 
 
-def _copy_chunk_sqlite(
-    conn: Connection, table: str, last: str | None, upper: str, version: int
-) -> int:
-    schema = latest_capture_schema(conn)
-    assert schema is not None
-    image = _sqlite_json_object(schema.columns, "s", conn.dialect)
+def _copy_chunk_sqlite(conn: Connection, chunking: _Chunking, last: str | None, upper: str) -> int:
     base = conn.execute(
         sa.text("SELECT COALESCE(MAX(lsn), 0) FROM subscription_change_log")
     ).scalar_one()
-    after = "" if last is None else "s.id > :last AND "
+    where, params = chunking.within(last, upper)
     return conn.execute(
         sa.text(
             "INSERT INTO subscription_change_log"
             " (lsn, op, subscription_id, before, after, changed_at, origin, schema_version)"
-            f" SELECT :base + row_number() OVER (ORDER BY s.id), 'r', s.id, NULL, {image},"
-            f" {now_sql(False)}, 'app', :v FROM {table} AS s"
-            f" WHERE {after}s.id <= :upper ORDER BY s.id"
+            f" SELECT :base + row_number() OVER (ORDER BY {chunking.order}), 'r',"
+            f" {chunking.key_text}, NULL, {chunking.image}, {now_sql(False)}, 'app', :v"
+            f" FROM {chunking.table} AS s{where} ORDER BY {chunking.order}"
         ),
-        {"base": int(base), "last": last, "upper": upper, "v": version},
+        params | {"base": int(base), "v": chunking.version},
     ).rowcount
 
 
@@ -155,10 +219,8 @@ def _one_chunk(engine: Engine, table: str, size: int) -> SnapshotProgress | None
         done = _progress(conn, table, lock=True)  # also keeps two snapshot runs apart
         if done is None or done.finished:
             return done
-        schema = latest_capture_schema(conn)
-        if schema is None:
-            raise SchemaMissingError("no capture schema; run `subscription-export init` first")
-        upper = _upper_key(conn, table, done.last_key, size)
+        chunking = _Chunking.of(conn, table)
+        upper = _upper_key(conn, chunking, done.last_key, size)
         if upper is None:
             conn.execute(
                 sa.text(
@@ -168,7 +230,7 @@ def _one_chunk(engine: Engine, table: str, size: int) -> SnapshotProgress | None
             )
             return _progress(conn, table)
         copy = _copy_chunk_pg if postgres else _copy_chunk_sqlite
-        rows = copy(conn, table, done.last_key, upper, schema.version)
+        rows = copy(conn, chunking, done.last_key, upper)
         conn.execute(
             sa.text(
                 f"UPDATE {PROGRESS} SET last_key = :k, rows_done = rows_done + :n,"
@@ -192,11 +254,12 @@ def _chunk_with_retry(engine: Engine, table: str, size: int) -> SnapshotProgress
 
 
 def _remaining(engine: Engine, table: str, last: str | None) -> int:
-    after = "" if last is None else " WHERE id > :last"
     with engine.connect() as conn:
+        chunking = _Chunking.of(conn, table)
+        where, params = chunking.within(last, None)
         return int(
             conn.execute(
-                sa.text(f"SELECT COUNT(*) FROM {table}{after}"), {"last": last}
+                sa.text(f"SELECT COUNT(*) FROM {chunking.table} AS s{where}"), params
             ).scalar_one()
         )
 

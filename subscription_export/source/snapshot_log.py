@@ -146,7 +146,8 @@ def prepare_snapshot(conn: Connection, table: str = "subscriptions") -> Snapshot
     ).first()
     if row is not None:
         return SnapshotNeed(table, "pending" if row[0] is None else "finished", False)
-    empty = conn.exec_driver_sql(f"SELECT 1 FROM {table} LIMIT 1").first() is None
+    quoted = conn.dialect.identifier_preparer.quote_identifier(table)
+    empty = conn.exec_driver_sql(f"SELECT 1 FROM {quoted} LIMIT 1").first() is None
     now = now_sql(postgres)
     conn.execute(
         sa.text(

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from subscription_export.core.columns import SourceColumn
-from subscription_export.formats.schema import ARROW_TYPES
+from subscription_export.formats.schema import arrow_type
 from subscription_export.state.tables import schema_registry
 
 DATASET = "subscription_changes"
@@ -57,7 +57,7 @@ def register(
 ) -> int:
     """The version of these columns, registering a new one if they are new."""
     encoded = _encode(columns)
-    arrow = ", ".join(f"{c.name}: {ARROW_TYPES[c.type]}" for c in columns)
+    arrow = ", ".join(f"{c.name}: {arrow_type(c.type)}" for c in columns)
     for _attempt in range(5):
         try:
             with engine.begin() as conn:

@@ -15,6 +15,7 @@ import pytest
 from dagster._core.instance.ref import InstanceRef
 
 from subscription_export.core.settings import Settings
+from subscription_export.source.demo_table import create_demo_table
 from subscription_export_tests.helpers import delete, insert, update, writer
 
 CLI = [sys.executable, "-m", "subscription_export.cli"]
@@ -133,6 +134,7 @@ def test_source_without_schema_and_range_past_the_end(tmp_path: Path) -> None:
     assert result.returncode == 2 and "run `subscription-export init` first" in result.stderr
     assert "Traceback" not in result.stderr
 
+    create_demo_table(writer(bare.source_url))
     _run(["init"], bare, tmp_path)
     args = ["export", "--from-lsn", "5", "--to-lsn", "9", "--format", "csv", "--out", "x.csv"]
     result = _run(args, bare, tmp_path, check=False)

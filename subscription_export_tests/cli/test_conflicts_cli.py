@@ -18,7 +18,7 @@ from subscription_export.core.db import engine_for
 from subscription_export.core.settings import Settings
 from subscription_export.reconcile import sync_state as st
 from subscription_export.reconcile.outbox import list_pushes
-from subscription_export.source.schema import init_source
+from subscription_export.source.demo_table import create_demo_table, init_demo_source
 from subscription_export_tests.reconcile.test_reconcile import World, record, seeded, world
 
 CLI = [sys.executable, "-m", "subscription_export.cli"]
@@ -28,7 +28,7 @@ CLI = [sys.executable, "-m", "subscription_export.cli"]
 def settings(tmp_path: Path) -> Settings:
     """SQLite files: each CLI call is a process, so one backend keeps these tests short."""
     source = f"sqlite:///{tmp_path / 'source.db'}"
-    init_source(engine_for(source, writer=True))
+    init_demo_source(engine_for(source, writer=True))
     return Settings(
         source_url=source,
         state_url=f"sqlite:///{tmp_path / 'state.db'}",
@@ -230,6 +230,7 @@ def test_init_creates_the_sync_tables_and_an_empty_queue_lists_nothing(tmp_path:
         assert result.returncode == 0, result.stdout + result.stderr
         return result.stdout
 
+    create_demo_table(engine_for(fresh.source_url, writer=True))
     run("init")
     tables = set(sa.inspect(engine_for(fresh.state_url)).get_table_names())
     assert {"sync_base", "sync_conflicts", "sync_audit", "sync_pushes"} <= tables

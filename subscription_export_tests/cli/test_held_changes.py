@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from subscription_export.core.settings import Settings
-from subscription_export.source.schema import init_source
+from subscription_export.source.demo_table import init_demo_source
 from subscription_export_tests.cli.test_cli import _run
 from subscription_export_tests.helpers import insert, writer
 
@@ -29,7 +29,7 @@ def _settings(pg_url: str, tmp_path: Path) -> Settings:
 def test_status_names_an_open_writer(pg_url: str, tmp_path: Path) -> None:
     settings = _settings(pg_url, tmp_path)
     engine = writer(pg_url)
-    init_source(engine)
+    init_demo_source(engine)
     _run(["init"], settings, tmp_path)  # status never creates the state DB
     with engine.connect() as open_writer:
         pid = open_writer.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
@@ -49,7 +49,7 @@ def test_status_names_an_open_writer(pg_url: str, tmp_path: Path) -> None:
 def test_run_names_the_backend_that_holds_the_sequencer(pg_url: str, tmp_path: Path) -> None:
     settings = _settings(pg_url, tmp_path)
     engine = writer(pg_url)
-    init_source(engine)
+    init_demo_source(engine)
     with engine.begin() as conn:
         insert(conn, "s1")
     # A table lock, not the sequencer's advisory lock: that one is shared by every schema of the

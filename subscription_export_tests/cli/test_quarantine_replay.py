@@ -25,7 +25,7 @@ from subscription_export.formats.manifest import manifest_path, read_manifest
 from subscription_export.formats.writers import FORMATS, sha256_of, write_atomically
 from subscription_export.runtime import Project
 from subscription_export.sandbox.server import SandboxServer
-from subscription_export.source.schema import init_source
+from subscription_export.source.demo_table import init_demo_source
 from subscription_export.state.windows import Window
 from subscription_export_tests.cli.test_cli import _run
 from subscription_export_tests.delivery.test_window_delivery import (
@@ -57,7 +57,7 @@ def test_replay_after_init_recovers_rows_on_postgres(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     engine = writer(pg_url)
-    init_source(engine)
+    init_demo_source(engine)
     with engine.begin() as conn:
         insert(conn, "a")  # LSN 1
         insert(conn, "b")  # LSN 2
@@ -80,7 +80,7 @@ def test_replay_after_init_recovers_rows_on_postgres(
         assert deliver_window(project, config.destinations[name], first, HOLDER).status == (
             "delivered"
         )
-    init_source(engine)  # registers capture version 2 with `seats`
+    init_demo_source(engine)  # registers capture version 2 with `seats`
     with engine.begin() as conn:
         update(conn, "b", status="paused")  # LSN 5: b's newest state, version 3
     second = _export(project)
@@ -144,7 +144,7 @@ def test_replay_recovers_rows_a_schema_contract_refused_on_sqlite(
     sqlite_url: str, tmp_path: Path
 ) -> None:
     engine = writer(sqlite_url)
-    init_source(engine)
+    init_demo_source(engine)
     settings = Settings(
         source_url=sqlite_url,
         state_url=f"sqlite:///{tmp_path / 'state.db'}",
@@ -157,7 +157,7 @@ def test_replay_recovers_rows_a_schema_contract_refused_on_sqlite(
     _export(Project(settings))  # registers the dataset schema the contract holds to
     with engine.begin() as conn:
         conn.execute(sa.text("ALTER TABLE subscriptions ADD COLUMN seats integer"))
-    init_source(engine)
+    init_demo_source(engine)
     with engine.begin() as conn:
         update(conn, "a", seats=7)  # LSN 2: refused by discard_row
         insert(conn, "c", amount="3.00")  # LSN 3: refused too (capture version 2)

@@ -10,7 +10,7 @@ import pytest
 
 from subscription_export.core.db import engine_for
 from subscription_export.core.settings import Settings
-from subscription_export.source.schema import init_source
+from subscription_export.source.demo_table import init_demo_source
 from subscription_export_tests.cli.test_cli import _run
 from subscription_export_tests.reconcile.test_pushes import _clobbered_edit
 from subscription_export_tests.reconcile.test_reconcile import record, seeded, world
@@ -19,7 +19,7 @@ from subscription_export_tests.reconcile.test_reconcile import record, seeded, w
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     source = f"sqlite:///{tmp_path / 'source.db'}"
-    init_source(engine_for(source, writer=True))
+    init_demo_source(engine_for(source, writer=True))
     return Settings(
         source_url=source,
         state_url=f"sqlite:///{tmp_path / 'state.db'}",

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from subscription_export.core.db import normalize_url, redact
+from subscription_export.core.db import engine_for, normalize_url, redact
 from subscription_export.core.errors import ConfigError
 from subscription_export.core.secrets import mask_in_text, mask_url
+from subscription_export.source.demo_table import create_demo_table
 from subscription_export.state.watermarks import watermark_store
 
 CLI = [sys.executable, "-m", "subscription_export.cli"]
@@ -105,6 +106,7 @@ def test_cli_errors_never_print_a_password(tmp_path: Path) -> None:
         "SUBSCRIPTION_EXPORT_WATERMARK_URL": f"redis+sentinel://:{SECRET}@127.0.0.1:26379/m/0",
     }
     plain = {k: v for k, v in bad_redis.items() if "WATERMARK" not in k}
+    create_demo_table(engine_for(plain["SUBSCRIPTION_EXPORT_SOURCE_URL"], writer=True))
     assert _cli(["init"], plain, tmp_path).returncode == 0
     for env, expected in ((bad_source, "unsupported database"), (bad_redis, "redis+sentinel")):
         result = _cli(["status"], env, tmp_path)
@@ -132,6 +134,7 @@ def test_read_only_commands_do_not_create_a_mistyped_state_db(
         "SUBSCRIPTION_EXPORT_SOURCE_URL": f"sqlite:///{tmp_path / 'source.db'}",
         "SUBSCRIPTION_EXPORT_STATE_URL": f"sqlite:///{tmp_path / 'state.db'}",
     }
+    create_demo_table(engine_for(env["SUBSCRIPTION_EXPORT_SOURCE_URL"], writer=True))
     assert _cli(["init"], env, tmp_path).returncode == 0
     typo = tmp_path / "sub" / "stat.db"
     result = _cli(args, {**env, "SUBSCRIPTION_EXPORT_STATE_URL": f"sqlite:///{typo}"}, tmp_path)

@@ -29,7 +29,7 @@ from subscription_export.export.cut import cut_windows
 from subscription_export.runtime import Project
 from subscription_export.sandbox.faults import FaultPlan, FaultSpec
 from subscription_export.sandbox.server import running_sandbox
-from subscription_export.source.schema import init_source
+from subscription_export.source.demo_table import init_demo_source
 from subscription_export.state.windows import Window, list_windows
 from subscription_export_tests.delivery.test_window_delivery import (
     assert_in_sync,
@@ -42,7 +42,7 @@ SYNC = [erp_sync, crm_sync, accounting_sync]
 
 @pytest.fixture
 def project(sqlite_url: str, tmp_path: Path) -> Project:
-    init_source(engine_for(sqlite_url, writer=True))
+    init_demo_source(engine_for(sqlite_url, writer=True))
     settings = Settings(
         source_url=sqlite_url,
         state_url=f"sqlite:///{tmp_path / 'state.db'}",

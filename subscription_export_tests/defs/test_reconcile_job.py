@@ -26,7 +26,7 @@ from subscription_export.defs.reconcile import (
 from subscription_export.defs.resources import ExportSettings
 from subscription_export.metrics.store import reconcile_outcomes
 from subscription_export.reconcile import sync_state as st
-from subscription_export.source.schema import init_source
+from subscription_export.source.demo_table import init_demo_source
 from subscription_export_tests.reconcile.test_reconcile import World, record, seeded, world
 
 
@@ -34,7 +34,7 @@ from subscription_export_tests.reconcile.test_reconcile import World, record, se
 def settings(tmp_path: Path) -> Settings:
     """SQLite only: the domain tests cover PostgreSQL; these cover the Dagster wiring."""
     source = f"sqlite:///{tmp_path / 'source.db'}"
-    init_source(engine_for(source, writer=True))
+    init_demo_source(engine_for(source, writer=True))
     return Settings(
         source_url=source,
         state_url=f"sqlite:///{tmp_path / 'state.db'}",

@@ -164,7 +164,7 @@ def test_sigkill_at_seeded_points_then_rerun_converges_exactly_once(
     sqlite_url: str, tmp_path: Path
 ) -> None:
     from subscription_export.core.db import engine_for
-    from subscription_export.source.schema import init_source
+    from subscription_export.source.demo_table import init_demo_source
     from subscription_export_tests.delivery.test_window_delivery import (
         assert_in_sync,
         export_all,
@@ -172,7 +172,7 @@ def test_sigkill_at_seeded_points_then_rerun_converges_exactly_once(
         write_destinations,
     )
 
-    init_source(engine_for(sqlite_url, writer=True))
+    init_demo_source(engine_for(sqlite_url, writer=True))
     settings = Settings(
         source_url=sqlite_url,
         state_url=f"sqlite:///{tmp_path / 'state.db'}",

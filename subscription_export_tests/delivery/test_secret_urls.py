@@ -22,7 +22,7 @@ from subscription_export.core.settings import Settings
 from subscription_export.delivery.config import ENV_PATH, load_destinations
 from subscription_export.delivery.window import deliver_window
 from subscription_export.runtime import Project
-from subscription_export.source.schema import init_source
+from subscription_export.source.demo_table import init_demo_source
 from subscription_export_tests.delivery.test_window_delivery import export_all
 from subscription_export_tests.helpers import insert, update, writer
 
@@ -97,7 +97,7 @@ def test_destination_passwords_are_never_printed_or_stored(
     tmp_path: Path, failing_server: int
 ) -> None:
     source = f"sqlite:///{tmp_path / 'source.db'}"
-    init_source(engine_for(source, writer=True))
+    init_demo_source(engine_for(source, writer=True))
     settings = Settings(
         source_url=source,
         state_url=f"sqlite:///{tmp_path / 'state.db'}",

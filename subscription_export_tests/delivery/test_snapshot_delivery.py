@@ -24,7 +24,7 @@ from subscription_export.delivery.mapping import crm_item, erp_record, recognize
 from subscription_export.delivery.window import deliver_window
 from subscription_export.runtime import Project
 from subscription_export.sandbox.server import running_sandbox
-from subscription_export.source.schema import app_table_ddl
+from subscription_export.source.demo_table import demo_table_ddl
 from subscription_export_tests.delivery.test_window_delivery import (
     HOLDER,
     export_all,
@@ -42,7 +42,7 @@ def uncaptured(source_url: str, tmp_path: Path) -> Settings:
     """Settings for a source whose `subscriptions` table exists but has no capture yet."""
     engine = writer(source_url)
     with engine.begin() as conn:
-        conn.exec_driver_sql(app_table_ddl(is_postgres(engine)))
+        conn.exec_driver_sql(demo_table_ddl(is_postgres(engine)))
     return Settings(
         source_url=source_url,
         state_url=f"sqlite:///{tmp_path / 'state.db'}",

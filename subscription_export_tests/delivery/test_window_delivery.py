@@ -440,9 +440,9 @@ def test_dead_letters_leases_and_watermarks_on_a_postgresql_state(
     """The same block → replay cycle with the state database (dead letters, leases, completed
     windows, watermarks) on PostgreSQL."""
     from subscription_export.core.db import engine_for
-    from subscription_export.source.schema import init_source
+    from subscription_export.source.demo_table import init_demo_source
 
-    init_source(engine_for(sqlite_url, writer=True))
+    init_demo_source(engine_for(sqlite_url, writer=True))
     settings = Settings(source_url=sqlite_url, state_url=pg_url, export_dir=tmp_path / "exports")
     project, first, second = _two_windows(replace(settings, window_max_age_s=0.0))
     crm = sandbox["crm"]

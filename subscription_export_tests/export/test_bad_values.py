@@ -12,7 +12,7 @@ import pytest
 
 from subscription_export.core.settings import Settings, replace
 from subscription_export.runtime import Project
-from subscription_export.source.schema import init_source
+from subscription_export.source.demo_table import init_demo_source
 from subscription_export_tests.export.hostile_writes import (
     append_image,
     export_new_windows,
@@ -84,7 +84,7 @@ def test_invalid_utf8_in_the_stored_image_is_quarantined_on_sqlite(
     sqlite_url: str, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
     engine = writer(sqlite_url)
-    init_source(engine)
+    init_demo_source(engine)
     with engine.begin() as conn:
         insert(conn, "a")
         append_image(conn, "a", "{}")

@@ -15,8 +15,8 @@ from subscription_export.export.flow import stream_window
 from subscription_export.export.window import WindowStream
 from subscription_export.runtime import Project
 from subscription_export.sandbox.generator import generate
+from subscription_export.source.demo_table import init_demo_source
 from subscription_export.source.reader import log_rows
-from subscription_export.source.schema import init_source
 from subscription_export.source.sequencer import sequence
 from subscription_export.state.windows import Window
 from subscription_export_tests.helpers import writer
@@ -26,7 +26,7 @@ def test_captured_changes_convert_on_the_fast_path_exactly_as_row_by_row(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = writer(settings.source_url)
-    init_source(engine)
+    init_demo_source(engine)
     generate(engine, subscriptions=40, changes=300, seed=11)
     sequence(engine, wait_s=10.0)
     project = Project(settings)

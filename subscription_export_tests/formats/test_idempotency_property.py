@@ -22,7 +22,7 @@ from subscription_export.core.settings import Settings, replace
 from subscription_export.export.cut import cut_windows
 from subscription_export.export.flow import export_window_file
 from subscription_export.runtime import Project
-from subscription_export.source.schema import init_source
+from subscription_export.source.demo_table import init_demo_source
 
 
 # Characters that break naive CSV/JSON writers come up often, the rest of Unicode too. Control
@@ -68,7 +68,7 @@ _DELETE = sa.text("DELETE FROM subscriptions WHERE id = :id")
 
 def _write(url: str, ops: list[tuple[str, int, str, Decimal, dt.datetime]]) -> None:
     engine = engine_for(url, writer=True)
-    init_source(engine)
+    init_demo_source(engine)
     with engine.begin() as conn:
         for op, n, name, amount, moment in ops:
             params = {"id": f"s{n}", "name": name, "amount": str(amount), "ts": moment.isoformat()}

@@ -37,9 +37,9 @@ def test_bad_values_are_quarantined_with_lsn_field_and_reason(
     reason: str,  # type: ignore[no-untyped-def]
 ) -> None:
     """SQLite only: PostgreSQL's typed columns already refuse these at write time."""
-    from subscription_export.source.schema import init_source
+    from subscription_export.source.demo_table import init_demo_source
 
-    init_source(writer(sqlite_url))
+    init_demo_source(writer(sqlite_url))
     settings = Settings(
         source_url=sqlite_url,
         state_url=f"sqlite:///{tmp_path / 'state.db'}",
@@ -73,10 +73,10 @@ def _check_quarantined(settings: Settings, field: str, value: str, reason: str) 
 
 
 def test_unknown_column_value_on_postgres_is_quarantined(pg_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from subscription_export.source.schema import init_source
+    from subscription_export.source.demo_table import init_demo_source
 
     engine = writer(pg_url)
-    init_source(engine)
+    init_demo_source(engine)
     with engine.begin() as conn:
         insert(conn, "a")
         conn.execute(sa.text("ALTER TABLE subscriptions ADD COLUMN seats integer"))

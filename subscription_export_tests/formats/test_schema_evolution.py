@@ -16,7 +16,7 @@ from subscription_export.export.cut import cut_windows
 from subscription_export.export.flow import export_window_file
 from subscription_export.formats.contract import evolve, restrict
 from subscription_export.runtime import Project
-from subscription_export.source.schema import init_source
+from subscription_export.source.demo_table import init_demo_source
 from subscription_export_tests.helpers import insert, update, writer
 
 
@@ -30,7 +30,7 @@ def _add_column(url: str, ddl_type: str = "TEXT") -> None:
     engine = writer(url)
     with engine.begin() as conn:
         conn.execute(sa.text(f"ALTER TABLE subscriptions ADD COLUMN discount_code {ddl_type}"))
-    init_source(engine)  # re-installs the triggers so the new column is captured
+    init_demo_source(engine)  # re-installs the triggers so the new column is captured
 
 
 def test_column_added_while_writers_keep_writing(settings: Settings) -> None:

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from subscription_export.bench import fill_change_log
 from subscription_export.core.settings import Settings
-from subscription_export.source.schema import init_source
+from subscription_export.source.demo_table import init_demo_source
 from subscription_export_tests.helpers import writer
 
 BATCH = 5_000
@@ -62,7 +62,7 @@ def _export(settings: Settings, hi: int, out: Path) -> dict[str, float]:
 
 def test_export_memory_is_bounded_below_the_window_size(settings: Settings, tmp_path: Path) -> None:
     engine = writer(settings.source_url)
-    init_source(engine)
+    init_demo_source(engine)
     fill_change_log(engine, 200_000, subscriptions=20_000)
     with engine.connect() as conn:
         images_mb = conn.execute(

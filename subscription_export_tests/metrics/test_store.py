@@ -30,7 +30,7 @@ from subscription_export.metrics.store import (
     record_reconcile_metrics,
     sample_capture,
 )
-from subscription_export.source.schema import init_source
+from subscription_export.source.demo_table import init_demo_source
 from subscription_export.source.sequencer import sequence
 from subscription_export_tests.helpers import insert
 from subscription_export_tests.metrics.seed import (
@@ -226,7 +226,7 @@ def test_invalid_metrics_are_refused() -> None:
 
 def test_sample_capture_sees_the_read_horizon(source_url: str) -> None:
     source = engine_for(source_url, writer=True)
-    init_source(source)
+    init_demo_source(source)
     empty = sample_capture(source, now=T0)
     assert (empty.last_lsn, empty.waiting, empty.lag_s, empty.last_change_at) == (0, 0, 0.0, None)
     with source.begin() as conn:

@@ -55,7 +55,7 @@ from subscription_export.reconcile.strategies import DEFAULT_IGNORED, ConflictPo
 from subscription_export.runtime import Project
 from subscription_export.sandbox.server import SandboxServer
 from subscription_export.sandbox.systems import RecordSystem, make_system
-from subscription_export.source.schema import init_source
+from subscription_export.source.demo_table import init_demo_source
 from subscription_export_tests.delivery.test_window_delivery import export_all, write_destinations
 from subscription_export_tests.helpers import read_exported
 
@@ -618,7 +618,7 @@ def test_a_reconcile_killed_before_its_push_converges_on_rerun_without_duplicate
         source = request.getfixturevalue("pg_url")
     else:
         source = f"sqlite:///{tmp_path / 'source.db'}"
-    init_source(engine_for(source, writer=True))
+    init_demo_source(engine_for(source, writer=True))
     settings = Settings(
         source_url=source,
         state_url=source if one_database else f"sqlite:///{tmp_path / 'state.db'}",

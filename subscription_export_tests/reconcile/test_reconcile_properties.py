@@ -49,7 +49,7 @@ from subscription_export.defs.destinations import DestinationsResource
 from subscription_export.defs.reconcile import external_changes_sensor
 from subscription_export.defs.resources import ExportSettings
 from subscription_export.reconcile import flow as rc
-from subscription_export.source.schema import init_source
+from subscription_export.source.demo_table import init_demo_source
 from subscription_export_tests.reconcile.test_reconcile import BASE, World, record, world
 
 POLICIES: list[dict[str, Any]] = [
@@ -102,7 +102,7 @@ def fresh_world(policy: dict[str, Any], remotes: tuple[str, ...]) -> Iterator[Wo
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp)
         source = f"sqlite:///{path / 'source.db'}"
-        init_source(engine_for(source, writer=True))
+        init_demo_source(engine_for(source, writer=True))
         config = Settings(
             source_url=source,
             state_url=f"sqlite:///{path / 'state.db'}",

@@ -9,7 +9,8 @@ from pathlib import Path
 from subscription_export.core.db import is_postgres
 from subscription_export.core.settings import Settings
 from subscription_export.delivery.dead_letters import list_dead_letters
-from subscription_export.source.schema import app_table_ddl, init_source
+from subscription_export.source.demo_table import demo_table_ddl
+from subscription_export.source.schema import init_source
 from subscription_export.source.snapshot import run_snapshot
 from subscription_export_tests.helpers import writer
 from subscription_export_tests.reconcile.test_reconcile import record, world
@@ -25,7 +26,7 @@ def test_a_snapshotted_subscription_syncs_both_ways(source_url: str, tmp_path: P
     )
     engine = writer(source_url)
     with engine.begin() as conn:
-        conn.exec_driver_sql(app_table_ddl(is_postgres(engine)))
+        conn.exec_driver_sql(demo_table_ddl(is_postgres(engine)))
     with world(settings, tmp_path, {"strategy": "last_writer_wins"}) as w:
         w.insert("s1")  # before capture exists
         init_source(engine)

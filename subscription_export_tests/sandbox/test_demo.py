@@ -13,12 +13,12 @@ from subscription_export.sandbox.demo import (
     running_destinations,
 )
 from subscription_export.sandbox.generator import generate
-from subscription_export.source.schema import init_source
+from subscription_export.source.demo_table import init_demo_source
 
 
 def test_a_fresh_source_gets_the_full_demo_and_a_used_one_more_changes(sqlite_url: str) -> None:
     source = engine_for(sqlite_url, writer=True)
-    init_source(source)
+    init_demo_source(source)
     assert plan_changes(source, 50, 400, 100) == DemoPlan(subscriptions=50, changes=400)
     generate(source, subscriptions=5, changes=20)
     assert plan_changes(source, 50, 400, 100) == DemoPlan(subscriptions=5, changes=100)

@@ -9,7 +9,8 @@ from decimal import Decimal
 import sqlalchemy as sa
 
 from subscription_export.core.values import to_utc
-from subscription_export.source.schema import clear_origin, init_source, set_origin
+from subscription_export.source.demo_table import init_demo_source
+from subscription_export.source.schema import clear_origin, set_origin
 from subscription_export.source.sequencer import sequence
 from subscription_export_tests.helpers import delete, insert, update, writer
 
@@ -36,7 +37,7 @@ def _log(engine: sa.Engine) -> list[dict]:
 
 def test_insert_update_delete_are_captured_in_order(source_url: str) -> None:
     engine = writer(source_url)
-    init_source(engine)
+    init_demo_source(engine)
     before = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)
     with engine.begin() as conn:
         insert(conn, "s1", amount="10.50")
@@ -59,7 +60,7 @@ def test_insert_update_delete_are_captured_in_order(source_url: str) -> None:
 
 def test_origin_tags_only_its_transaction(source_url: str) -> None:
     engine = writer(source_url)
-    init_source(engine)
+    init_demo_source(engine)
     with engine.begin() as conn:
         set_origin(conn, "erp")
         insert(conn, "s1")
@@ -71,12 +72,12 @@ def test_origin_tags_only_its_transaction(source_url: str) -> None:
 
 def test_init_is_idempotent_and_captures_added_columns(source_url: str) -> None:
     engine = writer(source_url)
-    assert init_source(engine).version == 1
-    assert init_source(engine).version == 1  # nothing changed: same version, no error
+    assert init_demo_source(engine).version == 1
+    assert init_demo_source(engine).version == 1  # nothing changed: same version, no error
     with engine.begin() as conn:
         insert(conn, "s1")
         conn.execute(sa.text("ALTER TABLE subscriptions ADD COLUMN discount_code TEXT"))
-    schema = init_source(engine)
+    schema = init_demo_source(engine)
     assert schema.version == 2
     assert schema.columns[-1].name == "discount_code"
     with engine.begin() as conn:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
+from subscription_export.source.demo_table import init_demo_source
 from subscription_export.source.holders import (
     BLOCKS_SEQUENCER,
     SEQUENCER_LOCK,
@@ -12,7 +13,6 @@ from subscription_export.source.holders import (
     Holder,
     change_log_holders,
 )
-from subscription_export.source.schema import init_source
 from subscription_export.source.sequencer import sequence
 from subscription_export_tests.helpers import insert, writer
 
@@ -27,7 +27,7 @@ _BLOCKERS = {
 @pytest.mark.parametrize("lock", sorted(_BLOCKERS))
 def test_a_held_sequencer_names_the_holder_then_catches_up(pg_url: str, lock: str) -> None:
     engine = writer(pg_url)
-    init_source(engine)
+    init_demo_source(engine)
     with engine.begin() as conn:
         insert(conn, "s1")
     with engine.connect() as blocker:
@@ -60,7 +60,7 @@ def _table_lock_holders(engine: sa.Engine) -> list[Holder]:
 
 def test_a_writer_holds_back_only_its_own_uncommitted_changes(pg_url: str) -> None:
     engine = writer(pg_url)
-    init_source(engine)
+    init_demo_source(engine)
     assert _table_lock_holders(engine) == []
     with engine.connect() as open_writer:
         writer_pid = open_writer.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
@@ -78,5 +78,5 @@ def test_a_writer_holds_back_only_its_own_uncommitted_changes(pg_url: str) -> No
 
 def test_sqlite_has_no_holders(sqlite_url: str) -> None:
     engine = writer(sqlite_url)
-    init_source(engine)
+    init_demo_source(engine)
     assert change_log_holders(engine) == []

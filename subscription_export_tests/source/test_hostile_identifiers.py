@@ -18,7 +18,7 @@ from subscription_export.core.settings import Settings
 from subscription_export.export.cut import cut_windows
 from subscription_export.export.flow import export_window_file
 from subscription_export.runtime import Project
-from subscription_export.source.schema import init_source
+from subscription_export.source.demo_table import init_demo_source
 from subscription_export_tests.helpers import insert, writer
 
 # Every one fits PostgreSQL's 63-byte identifier limit, so both databases keep it as written.
@@ -68,9 +68,9 @@ def _export_all(project: Project) -> None:
 
 def test_a_column_name_cannot_inject_sql_into_the_sqlite_triggers(sqlite_url: str) -> None:
     engine = writer(sqlite_url)
-    init_source(engine)
+    init_demo_source(engine)
     _add_columns(engine, (SQLITE_INJECTION,))
-    init_source(engine)
+    init_demo_source(engine)
     with engine.begin() as conn:
         insert(conn, "s1")
     assert _victims(engine) == 1
@@ -86,7 +86,7 @@ def test_a_column_name_cannot_inject_sql_into_the_sqlite_triggers(sqlite_url: st
 def test_hostile_column_names_are_captured_and_exported_as_written(settings: Settings) -> None:
     engine = writer(settings.source_url)
     _add_columns(engine, HOSTILE_NAMES)
-    schema = init_source(engine)
+    schema = init_demo_source(engine)
     assert [c.name for c in schema.columns[-len(HOSTILE_NAMES) :]] == list(HOSTILE_NAMES)
     assert _victims(engine) == 1
     values = {name: f"value {i} of {name}" for i, name in enumerate(HOSTILE_NAMES)}
@@ -134,7 +134,7 @@ def test_a_write_back_sets_a_hostile_column(settings: Settings, name: str) -> No
 
     engine = writer(settings.source_url)
     _add_columns(engine, (name,))
-    init_source(engine)
+    init_demo_source(engine)
     with engine.begin() as conn:
         insert(conn, "s1")
     new_row = {**_REQUIRED, "id": "s2", name: "new"}

@@ -13,8 +13,8 @@ from subscription_export.core.settings import Settings
 from subscription_export.export.cut import cut_windows
 from subscription_export.export.flow import export_canonical, finish
 from subscription_export.runtime import Project
+from subscription_export.source.demo_table import init_demo_source
 from subscription_export.source.holders import UNCOMMITTED, change_log_holders
-from subscription_export.source.schema import init_source
 from subscription_export_tests.helpers import insert, read_exported, update, writer
 
 pytestmark = pytest.mark.integration
@@ -52,7 +52,7 @@ def naive_serial_export(engine: sa.Engine, after_id: int) -> tuple[list[str], in
 def test_open_transaction_holds_back_only_its_own_change_pg(pg_url: str, tmp_path: Path) -> None:
     # T1 stays open on purpose, across a whole cycle.
     engine = writer(pg_url)
-    init_source(engine)
+    init_demo_source(engine)
     project = Project(_settings(pg_url, tmp_path))
     with engine.begin() as conn:
         insert(conn, "s0")
@@ -86,7 +86,7 @@ def test_open_transaction_holds_back_only_its_own_change_pg(pg_url: str, tmp_pat
 
 def test_sqlite_single_writer_reader_sees_only_committed(sqlite_url: str, tmp_path: Path) -> None:
     engine = writer(sqlite_url)
-    init_source(engine)
+    init_demo_source(engine)
     project = Project(_settings(sqlite_url, tmp_path))
     with engine.begin() as conn:
         insert(conn, "s0")
@@ -142,7 +142,7 @@ def test_concurrent_writers_exported_exactly_once_in_commit_order(
     pg_url: str, tmp_path: Path
 ) -> None:
     engine = writer(pg_url)
-    init_source(engine)
+    init_demo_source(engine)
     project = Project(_settings(pg_url, tmp_path))
     committed: list[tuple[str, str]] = []
     lock = threading.Lock()
@@ -209,7 +209,7 @@ def test_second_writer_of_a_key_logs_after_the_first_commits_pg(
     row update, which waits for the row lock, so a key's second writer inserts its log row only
     once the first writer has committed - later `id`, and never visible before the first."""
     engine = writer(pg_url)
-    init_source(engine)
+    init_demo_source(engine)
     project = Project(_settings(pg_url, tmp_path))
     with engine.begin() as conn:
         insert(conn, "k")

@@ -11,15 +11,15 @@ import pyarrow as pa
 import pytest
 
 from subscription_export.source import reader
+from subscription_export.source.demo_table import init_demo_source
 from subscription_export.source.reader import iter_log_tables
-from subscription_export.source.schema import init_source
 from subscription_export.source.sequencer import sequence
 from subscription_export_tests.helpers import insert, update, writer
 
 
 def test_batches_are_exact_and_text_survives_the_copy(source_url: str) -> None:
     engine = writer(source_url)
-    init_source(engine)
+    init_demo_source(engine)
     awkward = 'Plan "Pro",\nline two\r\nand a tab\t, comma, ünïcödé'
     with engine.begin() as conn:
         for i in range(25):

@@ -20,11 +20,12 @@ from sqlalchemy.engine import Engine
 
 from subscription_export.core.db import is_postgres
 from subscription_export.core.settings import Settings
+from subscription_export.source.demo_table import demo_table_ddl
 from subscription_export.source.schema import (
-    _sqlite_json_object,
-    app_table_ddl,
+    CaptureSql,
     init_source,
     latest_capture_schema,
+    sqlite_row_image,
 )
 from subscription_export.source.sequencer import sequence
 from subscription_export.source.snapshot import (
@@ -48,7 +49,7 @@ def app_table(url: str, rows: int, prefix: str = "k") -> Engine:
     engine = writer(url)
     ts = now_iso()
     with engine.begin() as conn:
-        conn.exec_driver_sql(app_table_ddl(is_postgres(engine)))
+        conn.exec_driver_sql(demo_table_ddl(is_postgres(engine)))
         if rows:
             conn.execute(
                 _INSERT,
@@ -91,7 +92,7 @@ def table_images(engine: Engine) -> dict[str, dict[str, Any]]:
         else:
             schema = latest_capture_schema(conn)
             assert schema is not None
-            image = _sqlite_json_object(schema.columns, "s", conn.dialect)
+            image = sqlite_row_image(schema.columns, "s", CaptureSql(conn.dialect))
             query = f"SELECT s.id, {image} FROM subscriptions AS s"
         return {key: json.loads(text) for key, text in conn.exec_driver_sql(query)}
 

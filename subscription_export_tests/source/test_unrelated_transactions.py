@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from subscription_export.export.cut import cut_windows
 from subscription_export.export.flow import export_canonical, finish
 from subscription_export.runtime import Project
+from subscription_export.source.demo_table import init_demo_source
 from subscription_export.source.holders import change_log_holders
-from subscription_export.source.schema import init_source
 from subscription_export_tests.conftest import PG_DSN
 from subscription_export_tests.helpers import insert, read_exported, writer
 from subscription_export_tests.source.test_read_horizon import _settings
@@ -58,7 +58,7 @@ def _holds_the_cluster_horizon(engine: sa.Engine, xid: int) -> bool:
 
 def _assert_next_cycle_exports(pg_url: str, tmp_path: Path, xid: int) -> None:
     engine = writer(pg_url)
-    init_source(engine)
+    init_demo_source(engine)
     project = Project(_settings(pg_url, tmp_path))
     with engine.begin() as conn:
         insert(conn, "s1")

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from subscription_export.core.db import engine_for
+from subscription_export.source.demo_table import create_demo_table
 from subscription_export.state.watermarks import SqlWatermarkStore, watermark_store
 
 CLI = [sys.executable, "-m", "subscription_export.cli"]
@@ -28,6 +29,7 @@ def test_watermarks_migrate_sql_to_redis_and_back(tmp_path: Path, redis_url: str
         "SUBSCRIPTION_EXPORT_SOURCE_URL": f"sqlite:///{tmp_path / 'source.db'}",
         "SUBSCRIPTION_EXPORT_STATE_URL": state_url,
     }
+    create_demo_table(engine_for(env["SUBSCRIPTION_EXPORT_SOURCE_URL"], writer=True))
     assert _cli(["init"], env, tmp_path).returncode == 0
     sql = SqlWatermarkStore(engine_for(state_url, writer=True))
     assert sql.compare_and_set("erp", 0, 42) and sql.compare_and_set("parquet", 0, 17)
@@ -62,6 +64,7 @@ def test_watermarks_migrate_refuses_bad_or_missing_stores(tmp_path: Path) -> Non
         "SUBSCRIPTION_EXPORT_SOURCE_URL": f"sqlite:///{tmp_path / 'source.db'}",
         "SUBSCRIPTION_EXPORT_STATE_URL": f"sqlite:///{tmp_path / 'state.db'}",
     }
+    create_demo_table(engine_for(env["SUBSCRIPTION_EXPORT_SOURCE_URL"], writer=True))
     assert _cli(["init"], env, tmp_path).returncode == 0
     bad = _cli(["watermarks", "migrate", "--to", "redis://:pw@127.0.0.1:6379/9x"], env, tmp_path)
     assert bad.returncode == 2 and "database '9x' is not a number" in bad.stderr

@@ -28,6 +28,7 @@ from subscription_export.core.settings import ENV_PREFIX, Settings
 from subscription_export.formats.writers import FORMATS
 from subscription_export.runtime import Project
 from subscription_export.sandbox.generator import GenerateResult, generate
+from subscription_export.source.demo_table import create_demo_table
 from subscription_export.state.windows import Window, list_windows
 
 REPO = Path(__file__).resolve().parents[2]
@@ -103,6 +104,7 @@ class DagsterProject:
         }
         project_settings = Settings(**{**fields, **settings})
         project = cls(root, project_settings, dict(extra_env or {}))
+        create_demo_table(engine_for(project_settings.source_url, writer=True))  # init captures it
         project.dagster_home.mkdir(exist_ok=True)
         shutil.copy(dagster_yaml, project.dagster_home / "dagster.yaml")
         return project
