@@ -129,3 +129,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         uses_pg = "pg_url" in getattr(item, "fixturenames", ()) or "postgresql" in item.name
         if uses_pg:
             item.add_marker(pytest.mark.xdist_group("postgresql"))
+
+
+@pytest.fixture
+def dagster_db() -> Iterator[str]:
+    """A brand-new PostgreSQL database for one Dagster instance, as `postgresql://…`."""
+    name = f"dagster_{uuid.uuid4().hex[:10]}"
+    try:
+        with psycopg.connect(PG_DSN, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        _unavailable("PostgreSQL", exc)
+    yield PG_DSN.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')

@@ -3,7 +3,8 @@ CLI runs show up in the UI next to sensor and backfill runs."""
 
 import fcntl
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from subscription_export.delivery.window import lagging_window
 from subscription_export.export.cut import CutResult, cut_windows, incomplete_windows
 from subscription_export.reconcile.flow import SystemRun, reconcile_all
 from subscription_export.runtime import Project
+from subscription_export.state.leases import LeaseBusy, default_holder, lease
 from subscription_export.state.windows import Window
 
 log = logging.getLogger(__name__)
@@ -74,9 +76,11 @@ def materialize_windows(
     job_name: str = EXPORT_WINDOW_JOB,
     trigger: str = "cli",
     destinations: Path | None = None,
+    claim_first: bool = False,
 ) -> list[WindowRun]:
     """Run `job_name` for each window; `destinations`: the destinations file its sync steps
-    use (None: found from the environment)."""
+    use (None: found from the environment). `claim_first` (the cycle): skip a window another
+    worker is running or has finished since it was listed."""
     if not windows:
         return []
     if instance is None:
@@ -84,20 +88,47 @@ def materialize_windows(
     job = build_definitions(settings, destinations).resolve_job_def(job_name)
     add_partitions(instance, [w.key for w in windows])
     runs = []
+    project = Project(settings)
     for window in windows:
-        with deferred():  # a stop signal ends the run's step, then raises here: no next run
-            result = job.execute_in_process(
-                partition_key=window.key,
-                instance=instance,
-                raise_on_error=False,
-                tags={"subscription_export/trigger": trigger},
-                run_config=_QUIET_LOGS,
-            )
+        with ExitStack() as claim:
+            if claim_first and not claim.enter_context(_claimed(project, window)):
+                continue  # another worker has it, or finished it meanwhile
+            with deferred():  # a stop signal ends the run's step, then raises here: no next run
+                result = job.execute_in_process(
+                    partition_key=window.key,
+                    instance=instance,
+                    raise_on_error=False,
+                    tags={"subscription_export/trigger": trigger},
+                    run_config=_QUIET_LOGS,
+                )
         run = _window_run(window, result.run_id, result.success, result.all_events)
         runs.append(run)
         if on_done:
             on_done(run)
     return runs
+
+
+@contextmanager
+def _claimed(project: Project, window: Window) -> Iterator[bool]:
+    """True while this process holds the window's cycle claim and the window still needs
+    exporting: two `run --watch` workers (two nodes) never both export one window. The claim
+    is a heartbeat lease, so a killed worker's claim is taken over at once."""
+    claim = ExitStack()
+    try:
+        claim.enter_context(
+            lease(
+                project.state,
+                f"cycle:{window.key}",
+                default_holder(),
+                wait_s=0,
+                ttl_s=project.settings.lease_ttl_s,
+            )
+        )
+    except LeaseBusy:
+        yield False
+        return
+    with claim:
+        yield window in incomplete_windows(project)
 
 
 def _window_run(
@@ -155,7 +186,9 @@ def run_cycle(
     project = Project(settings)
     cut = cut_windows(project)
     todo = incomplete_windows(project)
-    runs = materialize_windows(settings, todo, instance, on_done, destinations=destinations)
+    runs = materialize_windows(
+        settings, todo, instance, on_done, destinations=destinations, claim_first=True
+    )
     behind = destination_catch_up(project, destinations)
     if behind is not None and behind not in todo:
         runs += materialize_windows(

@@ -4,16 +4,12 @@ when the first launch fails."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
-import psycopg
 import pytest
 import yaml
 
-from subscription_export_tests.conftest import PG_DSN, _unavailable
 from subscription_export_tests.defs.flaky_coordinator import MARKER_ENV
 from subscription_export_tests.ui.dagster_processes import (
     REPO,
@@ -25,20 +21,6 @@ from subscription_export_tests.ui.dagster_processes import (
 
 DEPLOYED = REPO / "deploy" / "dagster.postgres.yaml"
 SENSOR = {"dagster/sensor_name": "change_log_sensor"}
-
-
-@pytest.fixture
-def dagster_db() -> Iterator[str]:
-    """A brand-new PostgreSQL database for one Dagster instance, as `postgresql://…`."""
-    name = f"dagster_{uuid.uuid4().hex[:10]}"
-    try:
-        with psycopg.connect(PG_DSN, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as exc:
-        _unavailable("PostgreSQL", exc)
-    yield PG_DSN.rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(PG_DSN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 @dg.asset

@@ -23,7 +23,7 @@ from subscription_export.formats.storage import BLOCK_SIZE
 from subscription_export.formats.verify import verify_exports
 from subscription_export.formats.writers import FORMATS, write_atomically
 from subscription_export.runtime import Project
-from subscription_export.source.schema import init_source
+from subscription_export.source.demo_table import init_demo_source
 from subscription_export.state.progress import completed_keys
 from subscription_export.state.windows import Window, list_windows
 from subscription_export_tests.helpers import delete, insert, update, writer
@@ -47,7 +47,7 @@ def s3_keys(url: str) -> list[str]:
 
 def source_settings(tmp_path: Path, export_dir: str | Path) -> Settings:
     url = f"sqlite:///{tmp_path / 'source.db'}"
-    init_source(engine_for(url, writer=True))
+    init_demo_source(engine_for(url, writer=True))
     return Settings(
         source_url=url,
         state_url=f"sqlite:///{tmp_path / 'state.db'}",

@@ -140,6 +140,23 @@ class DagsterProject:
             )
         return done.stdout
 
+    def dagster(self, *args: str, timeout_s: float = 120) -> str:
+        """Run the `dagster` CLI on this project's instance and workspace."""
+        done = subprocess.run(
+            [str(VENV_BIN / "dagster"), *args, "-w", "workspace.yaml"]
+            if args[0] in {"sensor", "schedule"}
+            else [str(VENV_BIN / "dagster"), *args],
+            cwd=REPO,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"dagster {' '.join(args)} exited {done.returncode}:\n{done.stderr}")
+        return done.stdout
+
     def write_changes(self, changes: int, subscriptions: int = 0, seed: int = 7) -> GenerateResult:
         """Sandbox creates/updates/deletes in the source (the capture triggers log them)."""
         made = generate(
