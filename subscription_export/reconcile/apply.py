@@ -210,10 +210,13 @@ def _apply_once(
 
 def _feed_provenance(snap: Snapshot, verdict: Verdict, policy: ConflictPolicy) -> Provenance | None:
     """The values the write-back changed, and those the remote reasserted with the stronger
-    claim, attributed to the remote system at its edit's time."""
+    claim, attributed to the remote system at its edit's time. A reasserted value without a
+    write-back is in the source row from its current version on."""
     system, at = snap.destination, snap.remote.changed_at
     provenance = provenance_of(verdict, snap.local.record, system, at, policy.ignored)
     reasserted = reasserted_fields(snap, verdict, policy)
     if not reasserted:
         return provenance
-    return {**reasserted, **(provenance[0] if provenance else {})}, system, at
+    if provenance is None:
+        return reasserted, system, at, snap.local.version
+    return {**reasserted, **provenance[0]}, system, at, provenance[3]

@@ -26,7 +26,8 @@ from subscription_export.reconcile.sync_state import (
 )
 from subscription_export.reconcile.three_way import Snapshot, Verdict
 
-Provenance = tuple[Mapping[str, Any], str, dt.datetime]  # field values, system, UTC time
+# field values, system, UTC time, the source row version they are in from (None: unknown)
+Provenance = tuple[Mapping[str, Any], str, dt.datetime, int | None]
 
 
 @dataclass(frozen=True)
@@ -232,11 +233,12 @@ def _audit_detail(snap: Snapshot, verdict: Verdict) -> dict[str, Any]:
 def provenance_of(
     verdict: Verdict, local: Mapping[str, Any] | None, system: str, at: dt.datetime, ignored: Any
 ) -> Provenance | None:
-    """The field values a write-back changes, attributed to `system` at `at`."""
+    """The field values a write-back changes, attributed to `system` at `at`, in the source row
+    from the write-back's version on."""
     if not verdict.write_local:
         return None
     if verdict.target is None:
-        return {RECORD: None}, system, at
+        return {RECORD: None}, system, at, None
     before = local or {}
     changed = {
         name: value
@@ -245,4 +247,5 @@ def provenance_of(
     }
     if local is None:
         changed[RECORD] = True
-    return changed, system, at
+    version = verdict.target.get("version")
+    return changed, system, at, version if isinstance(version, int) else None

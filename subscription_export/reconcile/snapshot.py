@@ -5,6 +5,7 @@ of the local values - read from the source and the state database into a `three_
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -27,7 +28,12 @@ from subscription_export.reconcile.source_side import (
     read_local,
 )
 from subscription_export.reconcile.strategies import MISSING, SOURCE, ConflictPolicy, SideState
-from subscription_export.reconcile.sync_bases import SyncBase, get_base, get_provenance
+from subscription_export.reconcile.sync_bases import (
+    Provenance,
+    SyncBase,
+    get_base,
+    get_provenance,
+)
 from subscription_export.reconcile.sync_state import Conflict, init_sync_state, now, open_conflict
 from subscription_export.reconcile.three_way import (
     EPOCH,
@@ -192,7 +198,9 @@ def _unseen(
 ) -> dict[str, Origin]:
     """Fields the remote alone changed, whose local value (equal to the base's) was set again by
     another remote system after the remote's base was made (its `updated_at`): that system's
-    edit is concurrent with this one although it left the value as it was."""
+    edit is concurrent with this one although it left the value as it was. At the same time,
+    the versions tell: the base image (its `version`) older than the source row version the
+    value was recorded in means the remote's user never saw that system's edit."""
     if base is None or local.record is None or remote.record is None:
         return {}
     names = [
@@ -202,15 +210,25 @@ def _unseen(
         return {}
     recorded = get_provenance(state, ident)
     seen_at = as_time(base.get("updated_at"), EPOCH)
+    seen_version = version_of(base)
     out: dict[str, Origin] = {}
     for name in names:
         prov = recorded.get(name)
         value = local.record.get(name, MISSING)
         if prov is None or value is MISSING or prov.system in (SOURCE, system):
             continue
-        if dumps(prov.value) == dumps(value) and prov.changed_at > seen_at:
+        if dumps(prov.value) == dumps(value) and _after(prov, seen_at, seen_version):
             out[name] = Origin(prov.system, prov.changed_at)
     return out
+
+
+def _after(prov: Provenance, seen_at: dt.datetime, seen_version: int | None) -> bool:
+    """Whether `prov` was recorded after the remote's base image was made: by time, and at the
+    same time (edits in one clock tick) by version, so the verdict does not depend on whether
+    that system was reconciled before or after this one."""
+    if prov.changed_at != seen_at:
+        return prov.changed_at > seen_at
+    return prov.version is not None and seen_version is not None and prov.version > seen_version
 
 
 def _base_for(

@@ -124,6 +124,7 @@ class Provenance:
     value: Any  # JSON value the system produced
     system: str
     changed_at: dt.datetime
+    version: int | None = None  # the source row version the value is in from (None: unknown)
 
 
 def get_provenance(conn: Connection, subscription_id: str) -> dict[str, Provenance]:
@@ -131,7 +132,7 @@ def get_provenance(conn: Connection, subscription_id: str) -> dict[str, Provenan
         sa.select(field_provenance).where(field_provenance.c.subscription_id == subscription_id)
     ).all()
     return {
-        r.field: Provenance(loads(r.value), r.system, utc(r.changed_at))  # type: ignore[arg-type]
+        r.field: Provenance(loads(r.value), r.system, utc(r.changed_at), r.version)  # type: ignore[arg-type]
         for r in rows
     }
 
@@ -142,8 +143,10 @@ def put_provenance(
     values: Mapping[str, Any],
     system: str,
     changed_at: dt.datetime,
+    version: int | None = None,
 ) -> None:
-    """Record that `system` produced these field values at `changed_at`."""
+    """Record that `system` produced these field values at `changed_at`, present in the
+    source row from `version` on."""
     for name, value in sorted(values.items()):
         upsert(
             conn,
@@ -154,6 +157,7 @@ def put_provenance(
                 "value": dumps(value),
                 "system": system,
                 "changed_at": changed_at,
+                "version": version,
             },
             ("subscription_id", "field"),
         )

@@ -268,6 +268,9 @@ sync_field_provenance = sa.Table(
     sa.Column("value", sa.Text, nullable=False),  # JSON of the value it produced
     sa.Column("system", sa.String(100), nullable=False),
     sa.Column("changed_at", sa.DateTime(timezone=True), nullable=False),
+    # The source row version the value is in from (NULL: recorded by a release before 0005).
+    # Tells whether a remote's base image included it when the times tie.
+    sa.Column("version", sa.Integer, nullable=True),
 )
 
 sync_conflicts = sa.Table(

@@ -245,6 +245,19 @@ KNOWN = [
         ((("deliver", "erp", "crm"), 1), (("deliver", "crm", "erp"), 1)),
         id="remote-agreeing-with-the-source-outranks-it",
     ),
+    pytest.param(
+        {"strategy": "source_wins"},
+        ("erp", "crm"),
+        [
+            ("source", 0, {"amount": "11.00", "name": "Alpha"}),
+            ("erp", 0, {"amount": "11.00"}),
+            ("erp", 0, {"amount": "11.00", "status": "paused", "name": "Alpha"}),
+            ("crm", 0, {"status": "paused", "amount": "11.00"}),
+            ("crm", 0, {"amount": "11.00", "status": "past_due"}),
+        ],
+        ((("deliver", "erp", "crm"), 1), (("deliver", "crm", "erp"), 1)),
+        id="two-remotes-tie-on-status-under-source-wins",
+    ),
 ]
 
 
