@@ -7,9 +7,11 @@ item of a batch fails (for good or once) while the others are applied.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from subscription_export.delivery.clients import HELD_BACK, ErpClient, idempotency_key
+from subscription_export.delivery.config import load_destinations
 from subscription_export.delivery.dispatch import deliver
 from subscription_export.sandbox.faults import FaultPlan
 from subscription_export.sandbox.server import SandboxServer
@@ -32,7 +34,9 @@ def rows_for(n: int) -> list[dict[str, Any]]:
 def test_a_window_takes_ceil_n_over_batch_requests() -> None:
     erp = ErpSystem()
     with SandboxServer(erp) as server, ErpClient(server.url, retry=fast_policy()) as client:
-        report = deliver(rows_for(250), client, window_key=WINDOW, batch_size=100, max_concurrency=1)
+        report = deliver(
+            rows_for(250), client, window_key=WINDOW, batch_size=100, max_concurrency=1
+        )
     assert report.stats.delivered == 250
     assert posts(erp) == math.ceil(250 / 100)
     assert len(erp.records) == 250
@@ -88,3 +92,33 @@ def test_single_request_path_is_kept_for_erps_without_a_batch_endpoint() -> None
     assert report.stats.delivered == 20
     assert posts(erp) == 20
     assert erp.faults.spec_for(BATCH) is not None
+
+
+def test_destinations_file_batch_endpoint_and_field_mapping(tmp_path: Path) -> None:
+    """The config-built client batches by default (renamed fields inside the items) and
+    `batch_endpoint = false` sends one request per change."""
+    erp = ErpSystem()
+    with SandboxServer(erp) as server:
+        text = f"""
+[destinations.erp]
+base_url = "{server.url}"
+[destinations.erp.field_mapping]
+category = "product_line"
+[destinations.erp_single]
+kind = "erp"
+base_url = "{server.url}"
+batch_endpoint = false
+"""
+        (tmp_path / "d.toml").write_text(text)
+        config = load_destinations(tmp_path / "d.toml", env={})
+        with config.destinations["erp"].client(fast_policy()) as client:
+            deliver(rows_for(10), client, window_key=WINDOW, max_concurrency=1)
+        assert posts(erp) == 1
+        assert erp.records["s1"]["product_line"] == "music" and "category" not in erp.records["s1"]
+        single = config.destinations["erp_single"]
+        assert single.batch_endpoint is False
+        with single.client(fast_policy()) as client:
+            rows = [change_row(n, f"s{n}", "u", version=2) for n in range(1, 11)]
+            deliver(rows, client, window_key=WINDOW, max_concurrency=1)
+        assert posts(erp) == 1 + 10
+        assert {r["version"] for r in erp.records.values()} == {2}
