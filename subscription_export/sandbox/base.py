@@ -58,6 +58,7 @@ class SandboxSystem(abc.ABC):
         self._item_keys = IdempotencyStore()
         self._applications: Counter[str] = Counter()
         self._status_counts: Counter[str] = Counter()
+        self._item_status_counts: Counter[str] = Counter()
         self._fault_counts: Counter[str] = Counter()
         self._routes: tuple[Route, ...] = self._build_routes()
 
@@ -106,6 +107,12 @@ class SandboxSystem(abc.ABC):
             return dict(self._status_counts)
 
     @property
+    def items_by_status(self) -> dict[str, int]:
+        """Answered batch items by status code (an item's own code, not its request's)."""
+        with self._lock:
+            return dict(self._item_status_counts)
+
+    @property
     def faults_injected(self) -> dict[str, int]:
         with self._lock:
             return dict(self._fault_counts)
@@ -117,6 +124,7 @@ class SandboxSystem(abc.ABC):
                 "system": self.name,
                 "applications": dict(self._applications),
                 "requests_by_status": dict(self._status_counts),
+                "items_by_status": dict(self._item_status_counts),
                 "faults_injected": dict(self._fault_counts),
                 "faults": self._faults.to_json(),
                 **copy.deepcopy(self._system_state()),
@@ -260,7 +268,10 @@ class SandboxSystem(abc.ABC):
             raise ApiError(400, "invalid_batch", "expected a JSON list of items")
         if len(items) > MAX_BATCH_ITEMS:
             raise ApiError(422, "batch_too_large", f"at most {MAX_BATCH_ITEMS} items per batch")
-        return [self._process_item(item, endpoint, ident_field, apply) for item in items]
+        results = [self._process_item(item, endpoint, ident_field, apply) for item in items]
+        with self._lock:
+            self._item_status_counts.update(str(r["code"]) for r in results)
+        return results
 
     @staticmethod
     def _batch_answer(results: list[dict[str, Any]]) -> Response:
