@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/delivery_bench.py [--records 20000] [--latency-ms 10] ...
 
-Two measurements per batch system (CRM, accounting):
+Two measurements per batch system (ERP `$batch`, CRM, accounting):
 
 * `deliver`: change rows already in memory → HTTP, through `sync.delivery.deliver` (batches of
   `--batch-size`, `--concurrency` lanes) - the transport ceiling;
@@ -12,12 +12,13 @@ Two measurements per batch system (CRM, accounting):
 
 Each sandbox system runs in its own process (as a remote system would; `--in-process` serves
 it from threads of the benchmark process instead, where it competes for the GIL).
-The ERP takes one request per change, so batching cannot help it: it is measured on fewer
-records (`--erp-records`) with more lanes and reported separately; its ceiling is
-`concurrency / latency` requests per second.
+The ERP's single-request path (`batch_endpoint = false`, one request per change) is measured
+too, on fewer records (`--erp-records`) with more lanes (`erp_single.deliver`): its ceiling is
+`concurrency / latency` requests per second. Then `reconcile_bench.measure` times one reconcile
+run over `--reconcile-edits` ERP edits (edits/s, SQL statements per edit).
 
-Prints records/s and writes `bench/results/<date>-delivery.json`. Target: >= 5,000 records/s
-with batching and bounded concurrency at 10 ms per request.
+Prints records/s and writes `bench/results/<date>-delivery.json`. Target: >= 10,000 records/s
+for every destination with batching and bounded concurrency at 10 ms per request.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pyarrow.parquet as pq
+import reconcile_bench  # bench/ is the script's own folder
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -57,15 +59,18 @@ from subscription_export.sandbox.server import running_sandbox  # noqa: E402
 from subscription_export.source.demo_table import init_demo_source  # noqa: E402
 from subscription_export.state.windows import list_windows  # noqa: E402
 
-TARGET_RECORDS_PER_S = 5_000
+TARGET_RECORDS_PER_S = 10_000
 
 
-def _destination(name: str, url: str, batch: int, lanes: int) -> DestinationConfig:
+def _destination(
+    name: str, url: str, batch: int, lanes: int, batch_endpoint: bool = True
+) -> DestinationConfig:
     return DestinationConfig(
         name=name,
         kind=cast(Kind, name),
         base_url=url,
         batch_size=batch,
+        batch_endpoint=batch_endpoint,
         max_concurrency=lanes,
         read_timeout_s=30.0,
         retry=RetryBudget(max_attempts=5, base_delay_s=0.05, max_delay_s=1.0, total_s=60.0),
@@ -153,6 +158,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--erp-concurrency", type=int, default=32)
+    parser.add_argument("--reconcile-edits", type=int, default=200)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument(
         "--in-process",
@@ -174,7 +180,7 @@ def main() -> int:
             f"latency {args.latency_ms:g} ms per request, batches of {args.batch_size},"
             f" {args.concurrency} lanes; each sandbox system in {where}"
         )
-        for name in ("crm", "accounting"):
+        for name in ("erp", "crm", "accounting"):
             # A fresh system per measurement: the second would otherwise meet newer versions.
             with _system(name, faults, args.in_process) as url:
                 config = _destination(name, url, args.batch_size, args.concurrency)
@@ -209,7 +215,9 @@ def main() -> int:
 
         erp_rows = table[: args.erp_records]
         with _system("erp", faults, args.in_process) as url:
-            erp = _destination("erp", url, args.batch_size, args.erp_concurrency)
+            erp = _destination(
+                "erp", url, args.batch_size, args.erp_concurrency, batch_endpoint=False
+            )
             with erp.client() as client:
 
                 def erp_transport() -> Any:
@@ -223,14 +231,18 @@ def main() -> int:
                     assert report.stats.dead_lettered == 0, report.dead_letters[:3]
                     return report.stats.as_metadata()
 
-                results["erp.deliver"] = _measure(
+                results["erp_single.deliver"] = _measure(
                     f"erp deliver() ({args.erp_concurrency} lanes, 1 req/change)",
                     len(erp_rows),
                     erp_transport,
                 )
 
-    # The slower of the two batch systems decides (accounting skips rows that book nothing).
-    worst = min(results[f"{n}.deliver_window"]["records_per_s"] for n in ("crm", "accounting"))
+        results["reconcile"] = reconcile_bench.measure(args.reconcile_edits, args.latency_ms)
+
+    # The slowest system decides (accounting skips rows that book nothing).
+    worst = min(
+        results[f"{n}.deliver_window"]["records_per_s"] for n in ("erp", "crm", "accounting")
+    )
     report = {
         "benchmark": "delivery",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

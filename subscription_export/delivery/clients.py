@@ -17,244 +17,64 @@ delivery threads (the session is only used to send, and urllib3's pool is thread
 
 from __future__ import annotations
 
-import abc
 import datetime as dt
-import hashlib
-from collections import Counter
-from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import unquote
 
 import requests
-from requests.adapters import HTTPAdapter
 
+from subscription_export.delivery.batching import BatchClient, batch_answers
+from subscription_export.delivery.client_base import (
+    HELD_BACK,
+    ChangePage,
+    DeliveryClient,
+    DeliveryResult,
+    OutboundItem,
+    RemoteChange,
+    Status,
+    Timeout,
+    Unit,
+    batch_idempotency_key,
+    held_back,
+    idempotency_key,
+)
 from subscription_export.delivery.mapping import (
     ChangeRow,
     MappingError,
     crm_item,
     erp_request,
     journal_plan,
-    subscription_id,
 )
 from subscription_export.delivery.retry import (
     DeliveryError,
     PermanentDeliveryError,
-    RetryableDeliveryError,
     RetryPolicy,
-    is_retryable,
     raise_for_delivery,
     send,
 )
 
-Status = Literal["delivered", "skipped", "dead_letter"]
-Timeout = float | tuple[float, float]
-
-
-def idempotency_key(destination: str, window_key: str, lsn: int) -> str:
-    """The key of one logical operation: the same window and LSN always give the same key."""
-    return f"{destination}:{window_key}:{lsn}"
-
-
-def batch_idempotency_key(item_keys: Sequence[str]) -> str:
-    """A batch request's key, derived from its items' keys (in order)."""
-    digest = hashlib.sha256("\n".join(item_keys).encode()).hexdigest()
-    return f"batch:{digest[:40]}"
-
-
-@dataclass(frozen=True)
-class DeliveryResult:
-    lsn: int
-    subscription_id: str
-    status: Status
-    attempts: int  # HTTP attempts that carried this row (0 when nothing was sent)
-    error: str | None = None  # why it is a dead letter, or why it was skipped
-    idempotency_key: str | None = None
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One keyed operation on the wire: an ERP request, a CRM item or a journal entry."""
-
-    key: str
-    body: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class OutboundItem:
-    """A row ready to send, or already settled (mapping error, nothing to send)."""
-
-    lsn: int
-    subscription_id: str
-    key: str
-    units: tuple[Unit, ...] = ()
-    error: str | None = None
-    skip: str | None = None
-
-    def settled(self) -> DeliveryResult | None:
-        """The result of an item that needs no request, else None."""
-        if self.error is not None:
-            return self.result("dead_letter", 0, self.error)
-        if self.skip is not None:
-            return self.result("skipped", 0, self.skip)
-        return None
-
-    def result(self, status: Status, attempts: int, error: str | None = None) -> DeliveryResult:
-        return DeliveryResult(self.lsn, self.subscription_id, status, attempts, error, self.key)
-
-
-HELD_BACK = "held back: an earlier change of this subscription is an open dead letter"
-
-
-def held_back(item: OutboundItem) -> DeliveryResult:
-    """Not sent, to keep the record's order: a dead letter that waits behind the earlier one."""
-    return item.result("dead_letter", 0, HELD_BACK)
-
-
-@dataclass(frozen=True)
-class RemoteChange:
-    """One edit made by a user of a remote system, from its change feed."""
-
-    cursor: int
-    id: str
-    op: Literal["upsert", "delete"]
-    record: dict[str, Any]
-    remote_version: int
-    updated_at: dt.datetime  # UTC
-
-
-@dataclass(frozen=True)
-class ChangePage:
-    changes: list[RemoteChange]
-    next_cursor: int
-
-
-class DeliveryClient(abc.ABC):
-    """Base: session, timeouts, retries, preparation of rows into keyed units."""
-
-    destination: ClassVar[str]
-    keeps_record_order: ClassVar[bool] = True  # a later change of a record waits behind a failure
-
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        retry: RetryPolicy | None = None,
-        timeout: Timeout = (3.05, 10.0),
-        pool_size: int = 8,
-    ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.retry = retry or RetryPolicy()
-        self.timeout = timeout
-        self.session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-
-    # -- preparation -------------------------------------------------------------------------
-
-    def prepare(
-        self,
-        rows: Sequence[ChangeRow],
-        *,
-        window_key: str,
-        prior_state: Mapping[str, Mapping[str, Any]] | None = None,
-    ) -> list[OutboundItem]:
-        """Map rows (in LSN order) to keyed items; nothing is sent."""
-        ordered = sorted(rows, key=lambda r: r["_lsn"])
-        if len({row["_lsn"] for row in ordered}) != len(ordered):
-            raise ValueError("change rows with duplicate LSNs: an LSN names exactly one change")
-        mapped = self._map_rows(ordered, prior_state)
-        items = []
-        for row in ordered:
-            lsn = row["_lsn"]
-            key = idempotency_key(self.destination, window_key, lsn)
-            ident = str(row.get("id"))
-            if row.get("_origin") == self.destination:
-                items.append(OutboundItem(lsn, ident, key, skip="echo of this system's change"))
-                continue
-            bodies = mapped[lsn]
-            if isinstance(bodies, MappingError):
-                items.append(OutboundItem(lsn, ident, key, error=f"unmappable row: {bodies}"))
-            elif not bodies:
-                items.append(OutboundItem(lsn, ident, key, skip="nothing to send"))
-            else:
-                units = tuple(self._unit(key, n, body) for n, body in enumerate(bodies))
-                items.append(OutboundItem(lsn, ident, key, units))
-        return items
-
-    @abc.abstractmethod
-    def _map_rows(
-        self, rows: Sequence[ChangeRow], prior_state: Mapping[str, Mapping[str, Any]] | None
-    ) -> dict[int, list[dict[str, Any]] | MappingError]:
-        """Per LSN: the bodies to send (one per unit), or why the row cannot be mapped."""
-
-    @staticmethod
-    def _map_each(
-        rows: Sequence[ChangeRow], mapper: Callable[[ChangeRow], dict[str, Any]]
-    ) -> dict[int, list[dict[str, Any]] | MappingError]:
-        """`_map_rows` for destinations where each row maps on its own to one body."""
-        mapped: dict[int, list[dict[str, Any]] | MappingError] = {}
-        for row in rows:
-            try:
-                subscription_id(row)
-                mapped[row["_lsn"]] = [mapper(row)]
-            except MappingError as exc:
-                mapped[row["_lsn"]] = exc
-        return mapped
-
-    def _unit(self, key: str, n: int, body: dict[str, Any]) -> Unit:
-        return Unit(key, body)
-
-    # -- sending -----------------------------------------------------------------------------
-
-    def send(
-        self, items: Sequence[OutboundItem], *, held: Collection[str] = ()
-    ) -> list[DeliveryResult]:
-        """Deliver prepared items (retrying as the policy allows); one result per item. An item
-        of a subscription in `held` (open dead letter) or after its failed item is held back:
-        sent, it would make the failed change stale (409) and so never replayable."""
-        blocked = set(held) if self.keeps_record_order else set()
-        results: dict[int, DeliveryResult] = {}
-        pending = []
-        for item in items:
-            settled = item.settled()
-            if settled is not None:
-                results[item.lsn] = settled
-            elif item.subscription_id in blocked:
-                results[item.lsn] = held_back(item)
-            else:
-                pending.append(item)
-        for result in self._send_items(pending, blocked):
-            results[result.lsn] = result
-        return [results[item.lsn] for item in items]
-
-    def send_rows(
-        self,
-        rows: Sequence[ChangeRow],
-        *,
-        window_key: str,
-        prior_state: Mapping[str, Mapping[str, Any]] | None = None,
-    ) -> list[DeliveryResult]:
-        """Prepare and send in one call, sequentially (see `delivery.deliver` for parallel)."""
-        return self.send(self.prepare(rows, window_key=window_key, prior_state=prior_state))
-
-    @abc.abstractmethod
-    def _send_items(self, items: Sequence[OutboundItem], blocked: set[str]) -> list[DeliveryResult]:
-        """Send items that need a request, one result per item; a failure blocks its record."""
-
-    def _url(self, path: str) -> str:
-        return self.base_url + path
-
-    # -- lifecycle ---------------------------------------------------------------------------
-
-    def close(self) -> None:
-        self.session.close()
-
-    def __enter__(self) -> DeliveryClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+_BatchClient = BatchClient  # the name other modules knew
+__all__ = [
+    "HELD_BACK",
+    "AccountingClient",
+    "BatchClient",
+    "ChangeFeedMixin",
+    "ChangePage",
+    "CrmClient",
+    "DeliveryClient",
+    "DeliveryResult",
+    "ErpClient",
+    "OutboundItem",
+    "RemoteChange",
+    "Status",
+    "Timeout",
+    "Unit",
+    "batch_answers",
+    "batch_idempotency_key",
+    "held_back",
+    "idempotency_key",
+]
 
 
 class ChangeFeedMixin:
@@ -294,10 +114,19 @@ class ChangeFeedMixin:
             raise PermanentDeliveryError(f"malformed change feed page: {exc!r}") from None
 
 
-class ErpClient(ChangeFeedMixin, DeliveryClient):
-    """One `PUT`/`DELETE /subscriptions/{id}` per row; a 404 on DELETE is already deleted."""
+class ErpClient(ChangeFeedMixin, BatchClient):
+    """`POST /subscriptions/$batch` of PUT/DELETE sub-requests, answered per item (`batch`,
+    the default); with `batch=False`, for an ERP without a batch endpoint, one `PUT`/`DELETE
+    /subscriptions/{id}` per row. Either way a 404 on DELETE is already deleted, and a unit's
+    body stays the single request (`method`, `path`, `body`), which dead letters store."""
 
     destination = "erp"
+    batch_path = "/subscriptions/$batch"
+    batch_field = "items"
+
+    def __init__(self, base_url: str, *, batch: bool = True, **kwargs: Any) -> None:
+        super().__init__(base_url, **kwargs)
+        self.batch = batch
 
     def _map_rows(
         self, rows: Sequence[ChangeRow], prior_state: Mapping[str, Mapping[str, Any]] | None
@@ -305,6 +134,8 @@ class ErpClient(ChangeFeedMixin, DeliveryClient):
         return self._map_each(rows, _erp_body)
 
     def _send_items(self, items: Sequence[OutboundItem], blocked: set[str]) -> list[DeliveryResult]:
+        if self.batch:
+            return super()._send_items(items, blocked)
         results = []
         for item in items:
             result = held_back(item) if item.subscription_id in blocked else self._send_one(item)
@@ -312,6 +143,20 @@ class ErpClient(ChangeFeedMixin, DeliveryClient):
                 blocked.add(item.subscription_id)
             results.append(result)
         return results
+
+    def _wire(self, unit: Unit) -> dict[str, Any]:
+        body = unit.body
+        ident = unquote(body["path"].rsplit("/", 1)[-1])
+        return {
+            "method": body["method"],
+            "id": ident,
+            "body": body["body"],
+            "idempotency_key": unit.key,
+        }
+
+    def _item_ok(self, unit: Unit, answer: dict[str, Any]) -> bool:
+        gone = answer.get("code") == 404 and unit.body["method"] == "DELETE"
+        return gone or super()._item_ok(unit, answer)
 
     def _send_one(self, item: OutboundItem) -> DeliveryResult:
         (unit,) = item.units
@@ -342,124 +187,7 @@ def _erp_body(row: ChangeRow) -> dict[str, Any]:
     return {"method": request.method, "path": request.path, "body": request.body}
 
 
-class _BatchClient(DeliveryClient):
-    """Batch APIs answering one status per unit; only failed retryable units are resent.
-
-    The server applies a batch's items independently, so if a subscription's earlier change
-    failed while its later change succeeded, the retried earlier change would arrive after the
-    later one (and be refused as stale). With `one_change_per_subscription`, items are sent in
-    rounds - the first change of each subscription, then the second, ... - and a round is
-    settled before the next starts, which keeps each subscription's changes in LSN order.
-    """
-
-    batch_path: ClassVar[str]
-    batch_field: ClassVar[str]
-    one_change_per_subscription: ClassVar[bool] = True
-
-    def _send_items(self, items: Sequence[OutboundItem], blocked: set[str]) -> list[DeliveryResult]:
-        results: list[DeliveryResult] = []
-        for round_items in self._rounds(items):
-            sent = [i for i in round_items if i.subscription_id not in blocked]
-            results.extend(held_back(i) for i in round_items if i.subscription_id in blocked)
-            for result in self._send_round(sent):
-                if result.status == "dead_letter" and self.keeps_record_order:
-                    blocked.add(result.subscription_id)
-                results.append(result)
-        return results
-
-    def _rounds(self, items: Sequence[OutboundItem]) -> list[list[OutboundItem]]:
-        if not self.one_change_per_subscription:
-            return [list(items)] if items else []
-        rounds: list[list[OutboundItem]] = []
-        seen: Counter[str] = Counter()
-        for item in items:
-            position = seen[item.subscription_id]
-            seen[item.subscription_id] += 1
-            if position == len(rounds):
-                rounds.append([])
-            rounds[position].append(item)
-        return rounds
-
-    def _send_round(self, items: Sequence[OutboundItem]) -> list[DeliveryResult]:
-        units = [unit for item in items for unit in item.units]
-        outcome, attempts = self._send_units(units)
-        results = []
-        for item in items:
-            errors = [outcome[u.key] for u in item.units if outcome[u.key] is not None]
-            tries = max(attempts[u.key] for u in item.units)
-            if errors:
-                results.append(item.result("dead_letter", tries, "; ".join(map(str, errors))))
-            else:
-                results.append(item.result("delivered", tries))
-        return results
-
-    def _send_units(self, units: Sequence[Unit]) -> tuple[dict[str, str | None], dict[str, int]]:
-        """Per unit key: None if applied, else the error; and the attempts each unit took."""
-        outcome: dict[str, str | None] = {}
-        attempts = {u.key: 0 for u in units}
-        item_errors: dict[str, str] = {}
-        pending = list(units)
-        try:
-            for attempt in self.retry.retrying():
-                with attempt:
-                    item_errors.clear()
-                    for unit in pending:
-                        attempts[unit.key] += 1
-                    pending = self._post(pending, outcome, item_errors)
-                    if pending:
-                        first = item_errors[pending[0].key]
-                        raise RetryableDeliveryError(f"{len(pending)} item(s) failed, e.g. {first}")
-        except DeliveryError as exc:
-            for unit in pending:
-                outcome[unit.key] = item_errors.get(unit.key) or str(exc)
-        return outcome, attempts
-
-    def _post(
-        self, units: list[Unit], outcome: dict[str, str | None], item_errors: dict[str, str]
-    ) -> list[Unit]:
-        """One batch request; records settled units in `outcome`, returns those to retry."""
-        url = self._url(self.batch_path)
-        body = {self.batch_field: [unit.body for unit in units]}
-        headers = {"Idempotency-Key": batch_idempotency_key([u.key for u in units])}
-        response = send(
-            lambda: self.session.post(url, json=body, headers=headers, timeout=self.timeout)
-        )
-        raise_for_delivery(response)
-        answers = _batch_answers(response, units)
-        retry = []
-        for unit, answer in zip(units, answers, strict=True):
-            if answer.get("status") == "ok":
-                outcome[unit.key] = None
-                continue
-            code = answer.get("code")
-            status = code if isinstance(code, int) else 0
-            message = f"item HTTP {status} {answer.get('error')}: {answer.get('detail', '')}"
-            if is_retryable(status, answer.get("error")):
-                item_errors[unit.key] = message
-                retry.append(unit)
-            else:
-                outcome[unit.key] = message
-        return retry
-
-
-def _batch_answers(response: requests.Response, units: Sequence[Unit]) -> list[dict[str, Any]]:
-    """The per-unit answers, checked to line up with what was sent."""
-    try:
-        answers = response.json()["results"]
-    except (ValueError, KeyError, TypeError):
-        raise PermanentDeliveryError(f"malformed batch answer: {response.text[:200]}") from None
-    if not isinstance(answers, list) or len(answers) != len(units):
-        raise PermanentDeliveryError(
-            f"batch answer has {len(answers) if isinstance(answers, list) else '?'} results "
-            f"for {len(units)} items"
-        )
-    for unit, answer in zip(units, answers, strict=True):
-        if not isinstance(answer, dict) or answer.get("idempotency_key") not in (None, unit.key):
-            raise PermanentDeliveryError(f"batch answer out of order at item {unit.key}")
-    return answers
-
-
-class CrmClient(ChangeFeedMixin, _BatchClient):
+class CrmClient(ChangeFeedMixin, BatchClient):
     """`POST /batch` of upsert/delete items with per-item status."""
 
     destination = "crm"
@@ -475,7 +203,7 @@ class CrmClient(ChangeFeedMixin, _BatchClient):
         return Unit(key, {**body, "idempotency_key": key})
 
 
-class AccountingClient(_BatchClient):
+class AccountingClient(BatchClient):
     """`POST /journal/batch` of the journal entries each change books (see `mapping`).
 
     Pass `prior_state` (each subscription's image before the window, from the change log) to

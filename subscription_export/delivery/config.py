@@ -76,6 +76,7 @@ class DestinationConfig:
     auth_token: str | None = field(default=None, repr=False)  # resolved from the env var
     auth_scheme: str | None = None  # e.g. "Bearer": header value is "Bearer <token>"
     batch_size: int = 100
+    batch_endpoint: bool = True  # ERP: POST /subscriptions/$batch; False: one request a change
     max_concurrency: int = 4
     connect_timeout_s: float = 3.05
     read_timeout_s: float = 10.0
@@ -97,6 +98,7 @@ class DestinationConfig:
             auth_token=env.get(auth.token_env) if auth.token_env else None,
             auth_scheme=auth.scheme,
             batch_size=table.batch_size,
+            batch_endpoint=table.batch_endpoint,
             max_concurrency=table.max_concurrency,
             connect_timeout_s=table.timeouts.connect_s,
             read_timeout_s=table.timeouts.read_s,
@@ -114,11 +116,13 @@ class DestinationConfig:
         """A ready client: the kind's API shape, this destination's name in idempotency keys
         and echo suppression, its timeouts, pool size, auth header and field mapping."""
         cls = _client_class(self.kind, self.name, bool(self.field_mapping))
+        batch = {"batch": self.batch_endpoint} if self.kind == "erp" else {}
         client = cls(
             self.base_url,
             retry=retry or self.retry.policy(),
             timeout=(self.connect_timeout_s, self.read_timeout_s),
             pool_size=max(self.max_concurrency, 1),
+            **batch,
         )
         if isinstance(client, _RenamingMixin):
             client.field_mapping = dict(self.field_mapping)

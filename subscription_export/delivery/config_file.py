@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StringConstraints,
     ValidationError,
     ValidationInfo,
@@ -113,6 +114,7 @@ class DestinationTable(_Table):
         description="http(s)://host:port"
     )
     batch_size: Count = 100
+    batch_endpoint: StrictBool = True
     max_concurrency: Count = 4
     auth: AuthTable = AuthTable()
     timeouts: TimeoutsTable = TimeoutsTable()
@@ -127,6 +129,11 @@ class DestinationTable(_Table):
             raise ValueError(f"key 'kind' must be one of {', '.join(KINDS)}, got None")
         self._check_auth(info.context or {})
         self._check_field_mapping(self.kind)
+        if not self.batch_endpoint and self.kind != "erp":
+            raise ValueError(
+                f"key 'batch_endpoint' = false is only for kind 'erp' ({self.kind} only takes"
+                " batches)"
+            )
         return self
 
     def _check_auth(self, context: Mapping[str, Any]) -> None:

@@ -94,6 +94,7 @@ def push_pending(
         held = held_subscriptions(project.state, config.name)
         with project.source.connect() as conn:
             types = column_types(conn)
+        due: list[Push] = []
         for push in pending:
             turn = _turn(project, push, config.name, types, watermark, held)
             if turn == "obsolete":
@@ -103,7 +104,9 @@ def push_pending(
             elif turn == "deferred":
                 report.deferred += 1
             else:
-                _send(project, active, push, types, report)
+                due.append(push)
+        if due:
+            _send(project, active, due, types, report)
     finally:
         if own:
             active.close()
@@ -144,26 +147,34 @@ def _turn(
 
 
 def _send(
-    project: Project, client: DeliveryClient, push: Push, types: Types, report: PushReport
+    project: Project, client: DeliveryClient, pushes: list[Push], types: Types, report: PushReport
 ) -> None:
+    """Send every due push in one `send` (batch APIs get them in batches; the client keeps a
+    record's pushes in order), then settle them in one state transaction."""
     crash_point("before_push")
-    row = _push_row(push, types)
-    (item,) = client.prepare([row], window_key=push.window_key)
-    (result,) = client.send([item])
-    if result.status == "dead_letter":
-        report.errors.append(f"{push.idempotency_key}: {result.error}")
-        if push.attempts + 1 >= project.settings.push_max_attempts:
-            dead_letter_push(project.state, push, item, row, result)
-            report.dead_lettered += 1
-        else:  # kept pending: the next run re-sends it under the same key
-            with project.state.begin() as s:
-                settle_push(s, push.id, "pending", result.error, attempted=True)
-            report.failed += 1
-        return
+    rows = [_push_row(push, types) for push in pushes]
+    items = [
+        item
+        for push, row in zip(pushes, rows, strict=True)
+        for item in client.prepare([row], window_key=push.window_key)
+    ]
+    results = client.send(items)
+    refused = []
     with project.state.begin() as s:
-        settle_push(s, push.id, "sent", attempted=True)
-        held_version = version_of(push.record) if push.record is not None else push.delete_version
-        mark_held(
-            s, report.system, push.subscription_id, push.record, held_version, push.plan_log_id
-        )
-    report.pushed += 1
+        for push, item, row, result in zip(pushes, items, rows, results, strict=True):
+            if result.status != "dead_letter":
+                settle_push(s, push.id, "sent", attempted=True)
+                record = push.record
+                held = version_of(record) if record is not None else push.delete_version
+                mark_held(s, report.system, push.subscription_id, record, held, push.plan_log_id)
+                report.pushed += 1
+                continue
+            report.errors.append(f"{push.idempotency_key}: {result.error}")
+            if push.attempts + 1 >= project.settings.push_max_attempts:
+                refused.append((push, item, row, result))
+            else:  # kept pending: the next run re-sends it under the same key
+                settle_push(s, push.id, "pending", result.error, attempted=True)
+                report.failed += 1
+    for push, item, row, result in refused:
+        dead_letter_push(project.state, push, item, row, result)
+        report.dead_lettered += 1

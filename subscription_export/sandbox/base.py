@@ -17,6 +17,7 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from subscription_export.sandbox.faults import Fault, FaultPlan
@@ -57,6 +58,7 @@ class SandboxSystem(abc.ABC):
         self._item_keys = IdempotencyStore()
         self._applications: Counter[str] = Counter()
         self._status_counts: Counter[str] = Counter()
+        self._item_status_counts: Counter[str] = Counter()
         self._fault_counts: Counter[str] = Counter()
         self._routes: tuple[Route, ...] = self._build_routes()
 
@@ -105,6 +107,12 @@ class SandboxSystem(abc.ABC):
             return dict(self._status_counts)
 
     @property
+    def items_by_status(self) -> dict[str, int]:
+        """Answered batch items by status code (an item's own code, not its request's)."""
+        with self._lock:
+            return dict(self._item_status_counts)
+
+    @property
     def faults_injected(self) -> dict[str, int]:
         with self._lock:
             return dict(self._fault_counts)
@@ -116,6 +124,7 @@ class SandboxSystem(abc.ABC):
                 "system": self.name,
                 "applications": dict(self._applications),
                 "requests_by_status": dict(self._status_counts),
+                "items_by_status": dict(self._item_status_counts),
                 "faults_injected": dict(self._fault_counts),
                 "faults": self._faults.to_json(),
                 **copy.deepcopy(self._system_state()),
@@ -259,13 +268,17 @@ class SandboxSystem(abc.ABC):
             raise ApiError(400, "invalid_batch", "expected a JSON list of items")
         if len(items) > MAX_BATCH_ITEMS:
             raise ApiError(422, "batch_too_large", f"at most {MAX_BATCH_ITEMS} items per batch")
-        return [self._process_item(item, endpoint, ident_field, apply) for item in items]
+        results = [self._process_item(item, endpoint, ident_field, apply) for item in items]
+        with self._lock:
+            self._item_status_counts.update(str(r["code"]) for r in results)
+        return results
 
     @staticmethod
     def _batch_answer(results: list[dict[str, Any]]) -> Response:
         """200 with per-item results; not final while some item failed with a retryable code."""
         retryable = any(
-            r["status"] != "ok" and (r["code"] in (429, 500, 503) or r["error"] == IN_FLIGHT)
+            r["status"] != "ok"
+            and (r["code"] == 429 or r["code"] >= 500 or r["error"] == IN_FLIGHT)
             for r in results
         )
         answer = Response.json(200, {"results": results})
@@ -286,38 +299,64 @@ class SandboxSystem(abc.ABC):
         ident = item.get(ident_field)
         with self._lock:
             if key is not None:
-                claim = self._item_keys.begin(str(key), fingerprint(item))
-                if claim.outcome == "replay":
-                    return dict(claim.stored)
-                if claim.outcome == "mismatch":
-                    err = ApiError(
-                        422, "idempotency_key_reused", "item key reused with new content"
-                    )
-                    return _item_error(ident, key, ident_field, err)
-                if claim.outcome == "in_flight":
-                    err = ApiError(409, IN_FLIGHT, "item is being applied")
-                    return _item_error(ident, key, ident_field, err)
-            if self._faults.item_fails(endpoint):
-                self._fault_counts["item_failure"] += 1
+                refused = self._claim_item(str(key), item, ident, ident_field)
+                if refused is not None:
+                    return refused
+            fault = self._item_fault(endpoint, item, ident)
+            if fault is not None and not fault.applied:
+                self._fault_counts[fault.label] += 1
                 if key is not None:
                     self._item_keys.abandon(str(key))
-                err = ApiError(500, "injected_failure", "item failed, retry it")
-                return _item_error(ident, key, ident_field, err)
-            try:
-                result = {ident_field: ident, "idempotency_key": key, **apply(item)}
-                result.setdefault("status", "ok")
-                result.setdefault("code", 200)
-            except ApiError as exc:
-                result = _item_error(ident, key, ident_field, exc)
-            except Exception:
-                if key is not None:
-                    self._item_keys.abandon(str(key))
-                raise
-            if key is not None:
-                self._item_keys.complete(str(key), result)
-                if result["status"] == "ok":
-                    self._applied(str(key))
+                return _item_error(ident, key, ident_field, fault.error())
+            result = self._apply_claimed(item, key, ident, ident_field, apply)
+            if fault is not None and result["status"] == "ok":  # applied, answer "lost"
+                self._fault_counts[fault.label] += 1
+                return _item_error(ident, key, ident_field, fault.error())
             return dict(result)
+
+    def _claim_item(
+        self, key: str, item: dict[str, Any], ident: Any, ident_field: str
+    ) -> dict[str, Any] | None:
+        """Claim an item key; the answer to give instead of applying, if any."""
+        claim = self._item_keys.begin(key, fingerprint(item))
+        if claim.outcome == "replay":
+            return dict(claim.stored)
+        if claim.outcome == "mismatch":
+            err = ApiError(422, "idempotency_key_reused", "item key reused with new content")
+            return _item_error(ident, key, ident_field, err)
+        if claim.outcome == "in_flight":
+            err = ApiError(409, IN_FLIGHT, "item is being applied")
+            return _item_error(ident, key, ident_field, err)
+        return None
+
+    def _apply_claimed(
+        self, item: dict[str, Any], key: Any, ident: Any, ident_field: str, apply: ItemApply
+    ) -> dict[str, Any]:
+        """Apply one claimed item and store its final answer under its key."""
+        try:
+            result = {ident_field: ident, "idempotency_key": key, **apply(item)}
+            result.setdefault("status", "ok")
+            result.setdefault("code", 200)
+        except ApiError as exc:
+            result = _item_error(ident, key, ident_field, exc)
+        except Exception:
+            if key is not None:
+                self._item_keys.abandon(str(key))
+            raise
+        if key is not None:
+            self._item_keys.complete(str(key), result)
+            if result["status"] == "ok":
+                self._applied(str(key))
+        return result
+
+    def _item_fault(self, endpoint: str, item: dict[str, Any], ident: Any) -> ItemFault | None:
+        """The fault one batch item meets: its scripted status, else a drawn item failure."""
+        scripted = self._faults.scripted_item(ident)
+        if scripted is not None:
+            return ItemFault(scripted, "scripted_item", "scripted item failure")
+        if self._faults.item_fails(endpoint):
+            return ItemFault(500, "item_failure", "item failed, retry it")
+        return None
 
     # -- admin -------------------------------------------------------------------------------
 
@@ -341,6 +380,21 @@ class SandboxSystem(abc.ABC):
 
     def _extra_admin(self, request: Request, body: Any) -> Response:
         raise ApiError(404, "no_route", f"{request.method} {request.path}")
+
+
+@dataclass(frozen=True)
+class ItemFault:
+    """What an injected fault does to one batch item: refused with `status` before anything is
+    applied, or (`applied`) applied and then answered with `status` - a lost answer."""
+
+    status: int
+    label: str  # counted in `faults_injected`
+    detail: str
+    applied: bool = False
+
+    def error(self) -> ApiError:
+        code = "injected_failure" if self.status >= 500 else "injected_refusal"
+        return ApiError(self.status, code, self.detail)
 
 
 def _item_error(ident: Any, key: Any, ident_field: str, exc: ApiError) -> dict[str, Any]:

@@ -19,7 +19,13 @@ Request-level faults are mutually exclusive and drawn with one number per reques
   applying and answering; a retry arriving meanwhile meets the in-flight idempotency key.
 
 `latency_s` is added to every request, and `item_failure` is the per-item probability that a
-batch item (CRM, accounting) fails with a 500 while the rest of the batch succeeds.
+batch item (ERP, CRM, accounting) fails with a 500 while the rest of the batch succeeds.
+Items of the ERP's `$batch` also draw the request-level faults of their single endpoint
+(`PUT /subscriptions`, `DELETE /subscriptions`), as item answers (see `systems.py`).
+
+`item_script` scripts the answers of one record's next batch items: `{"s1": [503]}` makes the
+next item with id `s1` fail with 503 (nothing applied), then the list is used up and the item
+goes through. Tests use it to fail exactly one item of a batch, transiently or for good.
 """
 
 from __future__ import annotations
@@ -113,10 +119,21 @@ class FaultPlan:
     default: FaultSpec = field(default_factory=FaultSpec)
     endpoints: Mapping[str, FaultSpec] = field(default_factory=dict)
     seed: int = 0
+    item_script: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._streams: dict[str, random.Random] = {}
+        for ident, statuses in self.item_script.items():
+            if any(not 400 <= s <= 599 for s in statuses):
+                raise ValueError(f"item_script[{ident!r}] must list 4xx/5xx codes: {statuses}")
+        self._script_left = {k: list(v) for k, v in self.item_script.items()}
+
+    def scripted_item(self, ident: object) -> int | None:
+        """The scripted status of the next batch item with id `ident` (consumed), or None."""
+        with self._lock:
+            left = self._script_left.get(str(ident))
+            return left.pop(0) if left else None
 
     def spec_for(self, endpoint: str) -> FaultSpec:
         return self.endpoints.get(endpoint, self.default)
@@ -159,11 +176,12 @@ class FaultPlan:
             "seed": self.seed,
             "default": self.default.to_json(),
             "endpoints": {name: spec.to_json() for name, spec in self.endpoints.items()},
+            "item_script": {k: list(v) for k, v in self.item_script.items()},
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> FaultPlan:
-        unknown = set(data) - {"seed", "default", "endpoints"}
+        unknown = set(data) - {"seed", "default", "endpoints", "item_script"}
         if unknown:
             raise ValueError(f"unknown fault plan keys: {sorted(unknown)}")
         return cls(
@@ -173,4 +191,7 @@ class FaultPlan:
                 for name, spec in (data.get("endpoints") or {}).items()
             },
             seed=int(data.get("seed", 0)),
+            item_script={
+                str(k): tuple(int(s) for s in v) for k, v in (data.get("item_script") or {}).items()
+            },
         )

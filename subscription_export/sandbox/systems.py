@@ -5,6 +5,17 @@
   older than the stored version (or than the version a deleted record had) is refused with
   409 `stale_version`; equal versions are accepted. Deleting an unknown record is 404
   `not_found` (the delivery client counts that as already deleted).
+  `POST /subscriptions/$batch` (as SAP OData `$batch`, NetSuite or Salesforce Composite offer)
+  takes `{"items": [...]}`, at most 1000 items, each one sub-request `{"method": "PUT"|"DELETE",
+  "id", "body": record | {"version"}, "idempotency_key"}` with the single endpoint's semantics:
+  the body's `version` is the expected version (older than the stored one: 409
+  `stale_version`), an unknown id on DELETE is 404 `not_found`, an item key replays its stored
+  answer. The answer is 200 with one result per item, in order: `{"id", "idempotency_key",
+  "status": "ok"|"error", "code", "version", "remote_version"}` or `"error", "detail"`; one bad
+  item never fails the others. Items are applied in list order. Each item also draws the faults
+  planned for its single endpoint (`PUT /subscriptions`, `DELETE /subscriptions`): `error`,
+  `rate_limit`, `reset` refuse the item (its status, 429, 503) with nothing applied;
+  `lost_response` and `timeout` apply it and answer 500/504 (the retry replays ok).
 * CRM - `POST /batch` of `{"op": "upsert"|"delete", "id", "record"|"version",
   "idempotency_key"}` items, answered 200 with one status per item. Deleting an unknown
   record is `ok` (with `"absent": true`): the CRM is idempotent about deletes.
@@ -20,8 +31,9 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import quote
 
-from subscription_export.sandbox.base import SandboxSystem
+from subscription_export.sandbox.base import ItemFault, SandboxSystem
 from subscription_export.sandbox.messages import ApiError, Request, Response, iso_z
 from subscription_export.sandbox.records import RecordSystem
 from subscription_export.sandbox.routes import Route
@@ -37,6 +49,7 @@ from subscription_export.sandbox.validation import (
 
 JOURNAL_KINDS = ("revenue", "refund", "credit", "opening")  # opening: a snapshot row
 _CHANGES = re.compile(r"/changes")
+BATCH_PATH = "/subscriptions/$batch"
 
 
 class ErpSystem(RecordSystem):
@@ -45,6 +58,7 @@ class ErpSystem(RecordSystem):
     def _build_routes(self) -> tuple[Route, ...]:
         item = re.compile(r"/subscriptions/(?P<id>[^/]+)")
         return (
+            self._batch_route(BATCH_PATH, "items", "id", self._sub_request),
             Route("PUT", item, "PUT /subscriptions", self._put, mutating=True),
             Route("DELETE", item, "DELETE /subscriptions", self._delete, mutating=True),
             Route("GET", _CHANGES, "GET /changes", self._changes_route, mutating=False),
@@ -72,6 +86,29 @@ class ErpSystem(RecordSystem):
             self._applied(key)
         answer = {"id": ident, "version": record["version"], "remote_version": remote_version}
         return Response.json(201 if created else 200, answer)
+
+    def _sub_request(self, item: dict[str, Any]) -> dict[str, Any]:
+        """One `$batch` sub-request through the single endpoint's handler (lock held)."""
+        method = require_choice(item, "method", ("PUT", "DELETE"))
+        ident = require_str(item, "id")
+        request = Request(method, f"/subscriptions/{quote(ident, safe='')}", {}, {})
+        handler = self._put if method == "PUT" else self._delete
+        answer = handler(request, {"id": ident}, item.get("body"), None)
+        return {"code": answer.status, **answer.payload()}
+
+    def _item_fault(self, endpoint: str, item: dict[str, Any], ident: Any) -> ItemFault | None:
+        """Scripted and item faults, then the request faults of the item's single endpoint."""
+        fault = super()._item_fault(endpoint, item, ident)
+        if fault is not None or item.get("method") not in ("PUT", "DELETE"):
+            return fault
+        drawn = self._faults.decide(f"{item['method']} /subscriptions")
+        if drawn.kind == "none":
+            return None
+        if drawn.kind in ("lost_response", "timeout"):
+            status = 500 if drawn.kind == "lost_response" else 504
+            return ItemFault(status, drawn.kind, "answer lost", applied=True)
+        status = {"rate_limit": 429, "reset": 503}.get(drawn.kind, drawn.status or 500)
+        return ItemFault(status, drawn.kind, f"injected {drawn.kind}")
 
     def _delete(
         self, request: Request, params: dict[str, str], body: Any, key: str | None

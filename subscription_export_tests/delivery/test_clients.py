@@ -31,6 +31,11 @@ ACC = "http://accounting.test"
 WINDOW = "00000000000000000001-00000000000000000100"
 
 
+def SingleErp(base_url: str, **kwargs: Any) -> ErpClient:
+    """The ERP client's one-request-per-change path (ERPs without `$batch`)."""
+    return ErpClient(base_url, batch=False, **kwargs)
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
@@ -80,7 +85,7 @@ def test_keys_are_deterministic() -> None:
 def test_erp_success_puts_and_deletes_with_keys(mocked, clock) -> None:
     mocked.put(f"{ERP}/subscriptions/sub_1", status=201, json={"id": "sub_1"})
     mocked.delete(f"{ERP}/subscriptions/sub_1", status=200, json={"deleted": True})
-    client = ErpClient(ERP, retry=fake_policy(clock))
+    client = SingleErp(ERP, retry=fake_policy(clock))
 
     results = client.send_rows([change_row(1), change_row(2, op="d")], window_key=WINDOW)
 
@@ -99,7 +104,7 @@ def test_erp_429_waits_retry_after(mocked, clock) -> None:
     url = f"{ERP}/subscriptions/sub_1"
     mocked.put(url, status=429, headers={"Retry-After": "3"}, json={"error": "rate_limited"})
     mocked.put(url, status=200, json={})
-    results = ErpClient(ERP, retry=fake_policy(clock)).send_rows([change_row(1)], window_key=WINDOW)
+    results = SingleErp(ERP, retry=fake_policy(clock)).send_rows([change_row(1)], window_key=WINDOW)
     assert (results[0].status, results[0].attempts) == ("delivered", 2)
     assert clock.sleeps == [3.0]
     keys = {call.request.headers["Idempotency-Key"] for call in mocked.calls}
@@ -109,7 +114,7 @@ def test_erp_429_waits_retry_after(mocked, clock) -> None:
 def test_erp_503_is_retried_within_the_budget_then_dead_lettered(mocked, clock) -> None:
     mocked.put(f"{ERP}/subscriptions/sub_1", status=503, json={"error": "unavailable"})
     policy = fake_policy(clock, max_attempts=50, budget_s=5.0, rng=TopOfRange())
-    [result] = ErpClient(ERP, retry=policy).send_rows([change_row(1)], window_key=WINDOW)
+    [result] = SingleErp(ERP, retry=policy).send_rows([change_row(1)], window_key=WINDOW)
     assert result.status == "dead_letter"
     assert "HTTP 503" in (result.error or "")
     assert clock.sleeps == [0.5, 1.0, 2.0]  # a 4 s sleep would end past the 5 s budget
@@ -118,7 +123,7 @@ def test_erp_503_is_retried_within_the_budget_then_dead_lettered(mocked, clock) 
 
 def test_erp_422_is_dead_lettered_without_retry(mocked, clock) -> None:
     mocked.put(f"{ERP}/subscriptions/sub_1", status=422, json={"error": "invalid_field"})
-    [result] = ErpClient(ERP, retry=fake_policy(clock)).send_rows(
+    [result] = SingleErp(ERP, retry=fake_policy(clock)).send_rows(
         [change_row(1)], window_key=WINDOW
     )
     assert (result.status, result.attempts) == ("dead_letter", 1)
@@ -128,14 +133,14 @@ def test_erp_422_is_dead_lettered_without_retry(mocked, clock) -> None:
 
 def test_erp_404_on_delete_means_already_deleted(mocked, clock) -> None:
     mocked.delete(f"{ERP}/subscriptions/sub_1", status=404, json={"error": "not_found"})
-    client = ErpClient(ERP, retry=fake_policy(clock))
+    client = SingleErp(ERP, retry=fake_policy(clock))
     [result] = client.send_rows([change_row(1, op="d")], window_key=WINDOW)
     assert (result.status, result.attempts) == ("delivered", 1)
 
 
 def test_erp_404_on_put_is_permanent(mocked, clock) -> None:
     mocked.put(f"{ERP}/subscriptions/sub_1", status=404, json={"error": "no_route"})
-    [result] = ErpClient(ERP, retry=fake_policy(clock)).send_rows(
+    [result] = SingleErp(ERP, retry=fake_policy(clock)).send_rows(
         [change_row(1)], window_key=WINDOW
     )
     assert (result.status, result.attempts) == ("dead_letter", 1)
@@ -146,7 +151,7 @@ def test_erp_transport_failures_are_retried(mocked, clock, failure: Exception) -
     url = f"{ERP}/subscriptions/sub_1"
     mocked.put(url, body=failure)
     mocked.put(url, status=200, json={})
-    [result] = ErpClient(ERP, retry=fake_policy(clock)).send_rows(
+    [result] = SingleErp(ERP, retry=fake_policy(clock)).send_rows(
         [change_row(1)], window_key=WINDOW
     )
     assert (result.status, result.attempts) == ("delivered", 2)
@@ -159,7 +164,7 @@ def test_echoes_are_skipped_and_unmappable_rows_dead_lettered_without_requests(
     bad = change_row(2, "sub_2")
     bad["amount"] = 1.5
     rows = [change_row(1, origin="erp"), bad]
-    results = ErpClient(ERP, retry=fake_policy(clock)).send_rows(rows, window_key=WINDOW)
+    results = SingleErp(ERP, retry=fake_policy(clock)).send_rows(rows, window_key=WINDOW)
     assert [(r.status, r.attempts) for r in results] == [("skipped", 0), ("dead_letter", 0)]
     assert "amount" in (results[1].error or "")
     assert len(mocked.calls) == 0

@@ -79,6 +79,14 @@ def test_the_example_file_loads_and_documents_every_key() -> None:
         ("[destinations.erp]\nbatch_size = 5", r"key 'base_url' is required"),
         ('[destinations.erp]\nbase_url = "http://h"\nbatch_size = 0', r"'batch_size' must be"),
         (
+            '[destinations.crm]\nbase_url = "http://h"\nbatch_endpoint = false',
+            r"destination 'crm': key 'batch_endpoint' = false is only for kind 'erp'",
+        ),
+        (
+            '[destinations.erp]\nbase_url = "http://h"\nbatch_endpoint = 1',
+            r"destination 'erp': key 'batch_endpoint'",
+        ),
+        (
             '[destinations.erp]\nbase_url = "http://h"\nmax_concurrency = -2',
             r"key 'max_concurrency' must be positive, got -2",
         ),
@@ -223,6 +231,7 @@ def test_clients_carry_auth_timeouts_name_and_field_mapping(tmp_path: Path) -> N
 [destinations.erp_eu]
 kind = "erp"
 base_url = "http://erp.example/api/"
+batch_endpoint = false
 [destinations.erp_eu.auth]
 header = "Authorization"
 token_env = "TOKEN"

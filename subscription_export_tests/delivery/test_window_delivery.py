@@ -347,7 +347,7 @@ def test_deletes_reach_every_system_and_unknown_deletes_are_delivered(
     assert all(o.dead_lettered == 0 and o.delivered == 2 for o in outcomes.values())
     gone = {f"erp:{second.key}:{lsn}" for lsn in (second.lo,)}  # d0's delete hit a 404
     assert_in_sync(project, sandbox, not_applied={"erp": gone})
-    assert sandbox["erp"].system.requests_by_status.get("404") == 1
+    assert sandbox["erp"].system.items_by_status.get("404") == 1  # a `$batch` item's answer
     assert {"d0", "d1"} <= sandbox["crm"].system.deleted_ids
     refunds = [e for e in sandbox["accounting"].system.journal if e["kind"] == "refund"]
     assert sorted(e["subscription_id"] for e in refunds) == ["d0", "d1"]
@@ -389,13 +389,15 @@ def _two_windows(settings: Settings) -> tuple[Project, Window, Window]:
     return project, first, second
 
 
-LOST_ANSWERS = FaultPlan(endpoints={"PUT /subscriptions": FaultSpec(lost_response=1.0)}, seed=3)
+LOST_ANSWERS = FaultPlan(
+    endpoints={"POST /subscriptions/$batch": FaultSpec(lost_response=1.0)}, seed=3
+)
 
 
 def test_block_holds_the_watermark_until_replay_with_the_same_keys(
     settings: Settings, sandbox: dict[str, SandboxServer], tmp_path: Path
 ) -> None:
-    """The ERP applies every PUT of window 1 but its answers are lost; one attempt allowed, so
+    """The ERP applies every batch of window 1 but its answers are lost; one attempt allowed, so
     each becomes a dead letter. Under `block` the watermark stays before window 1 and window 2
     is refused. Replaying with the original keys gets the stored answers (nothing applied
     twice), completes window 1 and catches up window 2."""
@@ -426,7 +428,7 @@ def test_block_holds_the_watermark_until_replay_with_the_same_keys(
     assert summary.completed_windows == [("erp", first.key)]
     assert [o.window for o in summary.caught_up] == [second]
     assert summary.watermarks == {"erp": second.hi}
-    assert erp.system.requests_by_status.get("lost_response") == 10
+    assert erp.system.requests_by_status.get("lost_response") == outcome.batches
     assert_in_sync(project, {"erp": erp})  # every key applied exactly once
     replayed = list_dead_letters(project.state, "erp", status="replayed")
     assert len(replayed) == 10 and all(d.attempts == 2 for d in replayed)

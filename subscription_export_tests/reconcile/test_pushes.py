@@ -77,3 +77,24 @@ def test_status_counts_the_pushes_still_to_send_per_system(
         _clobbered_edit(w, tmp_path)
         assert w.reconcile("erp").pushes.failed == 1
         assert gather_status(w.project)["pending_pushes"] == {"erp": 1}
+
+
+def test_pushes_of_one_run_go_out_in_one_batch_request(settings: Settings, tmp_path: Path) -> None:
+    """Twelve clobbered ERP edits give twelve pushes; the run sends them in one `$batch`."""
+    with world(settings, tmp_path, {"strategy": "source_wins"}, ("erp",)) as w:
+        sids = [f"s{n}" for n in range(1, 13)]
+        for sid in sids:
+            w.insert(sid)
+        w.deliver()
+        for sid in sids:
+            w.update(sid, 1, amount="12.00")
+            w.remote_edit("erp", sid, 2, name=f"ERP {sid}")
+        w.deliver()
+        erp = w.system("erp")
+        before = sum(erp.requests_by_status.values())
+        report = w.reconcile("erp")
+        assert report.pushes.pushed == 12
+        feed_pages = 1
+        assert sum(erp.requests_by_status.values()) - before == feed_pages + 1
+        assert {erp.records[sid]["name"] for sid in sids} == {f"ERP {sid}" for sid in sids}
+        assert all(p.status == "sent" for p in list_pushes(w.project.state))
