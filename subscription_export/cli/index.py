@@ -28,7 +28,7 @@ class Entry:
 COMMANDS: Mapping[str, Entry] = {
     "init": Entry(
         "init",
-        "Create the source tables and capture triggers (idempotent; re-run after adding columns).",
+        "Install capture on the configured table (idempotent; re-run after adding columns).",
     ),
     "snapshot": Entry(
         "snapshot",

@@ -20,6 +20,7 @@ from subscription_export.export.flow import export_window_file
 from subscription_export.runtime import Project
 from subscription_export.source.catalog import NoPrimaryKeyError
 from subscription_export.source.schema import init_source
+from subscription_export.source.snapshot import run_snapshot
 from subscription_export.state.quarantine import list_quarantine
 from subscription_export_tests.helpers import writer
 
@@ -65,15 +66,18 @@ def _settings(url: str, tmp_path: Path) -> Settings:
     )
 
 
-def _write_history(engine: sa.Engine, kind: str, key: tuple[str, ...]) -> None:
+def _table(engine: sa.Engine, kind: str, key: tuple[str, ...]) -> sa.TableClause:
     # psycopg compares a uuid column only with a uuid parameter
     typed = (
         sa.Uuid(as_uuid=False) if kind == "uuid" and engine.dialect.name == "postgresql" else None
     )
-    table = sa.table(
+    return sa.table(
         TABLE, *(sa.column(c, typed) for c in key), *map(sa.column, ("name", "amount", "seats"))
     )
-    where = lambda v: sa.and_(*(table.c[k] == v[k] for k in key))  # noqa: E731
+
+
+def _insert_rows(engine: sa.Engine, kind: str, key: tuple[str, ...]) -> None:
+    table = _table(engine, kind, key)
     with engine.begin() as conn:
         for i in range(1, 13):
             conn.execute(
@@ -81,6 +85,13 @@ def _write_history(engine: sa.Engine, kind: str, key: tuple[str, ...]) -> None:
                     **_key_value(kind, i), name=f"n{i}", amount=str(Decimal(i) / 4), seats=i
                 )
             )
+
+
+def _write_history(engine: sa.Engine, kind: str, key: tuple[str, ...], insert: bool = True) -> None:
+    table = _table(engine, kind, key)
+    where = lambda v: sa.and_(*(table.c[k] == v[k] for k in key))  # noqa: E731
+    if insert:
+        _insert_rows(engine, kind, key)
     with engine.begin() as conn:
         for i in range(1, 13, 2):
             conn.execute(sa.update(table).where(where(_key_value(kind, i))).values(seats=i * 10))
@@ -102,8 +113,13 @@ def _normal(value: Any) -> Any:
     return str(value) if isinstance(value, uuid.UUID) else value
 
 
+@pytest.mark.parametrize("before_capture", [False, True], ids=["captured", "snapshot"])
 @pytest.mark.parametrize("kind", list(KEYS))
-def test_exported_stream_replays_to_the_table(source_url: str, tmp_path: Path, kind: str) -> None:
+def test_exported_stream_replays_to_the_table(
+    source_url: str, tmp_path: Path, kind: str, before_capture: bool
+) -> None:
+    """`snapshot`: the rows exist before `init`; the online snapshot brings them in as op 'r'
+    (keys and images built as the triggers build them), then the history follows."""
     engine = writer(source_url)
     pg_ddl, sqlite_ddl, key = KEYS[kind]
     postgres = engine.dialect.name == "postgresql"
@@ -114,9 +130,14 @@ def test_exported_stream_replays_to_the_table(source_url: str, tmp_path: Path, k
             f" {_REST_PG if postgres else _REST_SQLITE}"
             + (", PRIMARY KEY (region, n))" if kind == "composite" else ")")
         )
+    if before_capture:
+        _insert_rows(engine, kind, key)
     schema = init_source(engine, TABLE)
     assert schema.key == key
-    _write_history(engine, kind, key)
+    if before_capture:
+        done = run_snapshot(engine, TABLE, chunk_size=5)
+        assert (done.finished, done.rows_done, done.chunks_done) == (True, 12, 3)
+    _write_history(engine, kind, key, insert=not before_capture)
 
     project = Project(_settings(source_url, tmp_path))
     files = []
@@ -125,6 +146,7 @@ def test_exported_stream_replays_to_the_table(source_url: str, tmp_path: Path, k
         files.append(outcome.path)
     assert list_quarantine(project.state) == []
     exported = [r for f in files for r in pq.read_table(f).to_pylist()]
+    assert sum(r["_op"] == "r" for r in exported) == (12 if before_capture else 0)
     lsns = [r["_lsn"] for r in exported]
     assert lsns == sorted(lsns) and len(lsns) == len(set(lsns))
     # A primary-key update is a delete of the old key right before a create of the new one.
