@@ -66,11 +66,11 @@ def bench_size(changes: int, endpoint: str, workdir: Path) -> dict[str, object]:
     from subscription_export.bench import fill_change_log
     from subscription_export.core.db import engine_for
     from subscription_export.core.settings import Settings
-    from subscription_export.source.schema import init_source
+    from subscription_export.source.demo_table import init_demo_source
 
     source = f"sqlite:///{workdir / f'source-{changes}.db'}"
     engine = engine_for(source, writer=True)
-    init_source(engine)
+    init_demo_source(engine)
     started = time.perf_counter()
     fill_change_log(engine, changes)
     fill_s = time.perf_counter() - started

@@ -39,7 +39,7 @@ from subscription_export.sandbox.faults import FaultPlan, FaultSpec  # noqa: E40
 from subscription_export.sandbox.generator import generate  # noqa: E402
 from subscription_export.sandbox.server import running_sandbox  # noqa: E402
 from subscription_export.sandbox.systems import ErpSystem  # noqa: E402
-from subscription_export.source.schema import init_source  # noqa: E402
+from subscription_export.source.demo_table import init_demo_source  # noqa: E402
 from subscription_export.state.windows import list_windows  # noqa: E402
 
 TARGET_EDITS_PER_S = 2_000
@@ -70,7 +70,7 @@ def _project(workdir: Path, subscriptions: int) -> Project:
         window_max_age_s=0.0,
     )
     source = engine_for(settings.source_url, writer=True)
-    init_source(source)
+    init_demo_source(source)
     generate(source, subscriptions=subscriptions, changes=subscriptions, seed=5)
     project = Project(settings)
     cut_windows(project)

@@ -22,7 +22,8 @@ import psycopg
 import sqlalchemy as sa
 
 from subscription_export.core.db import engine_for
-from subscription_export.source.schema import app_table_ddl, init_source
+from subscription_export.source.demo_table import demo_table_ddl
+from subscription_export.source.schema import init_source
 from subscription_export.source.sequencer import sequence
 from subscription_export.source.snapshot import DEFAULT_CHUNK, run_snapshot
 
@@ -59,7 +60,7 @@ def main() -> None:
     try:
         engine = engine_for(f"{args.pg_url}?options=-csearch_path%3D{schema}", writer=True)
         with engine.begin() as conn:
-            conn.exec_driver_sql(app_table_ddl(True))
+            conn.exec_driver_sql(demo_table_ddl(True))
             conn.execute(sa.text(_FILL), {"rows": int(args.rows)})
             conn.exec_driver_sql("ANALYZE subscriptions")
         init_source(engine)
