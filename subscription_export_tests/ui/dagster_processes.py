@@ -124,8 +124,17 @@ class DagsterProject:
 
     def cli(self, *args: str, timeout_s: float = 120) -> str:
         """Run `subscription-export ARGS` as a user would; its output, or an error with it."""
+        return self._run("subscription-export", list(args), timeout_s)
+
+    def dagster(self, *args: str, timeout_s: float = 120) -> str:
+        """Run the `dagster` CLI on this project's instance (and `workspace.yaml` for the
+        commands that load code: `sensor`, `schedule`)."""
+        workspace = ["-w", "workspace.yaml"] if args[0] in {"sensor", "schedule"} else []
+        return self._run("dagster", [*args, *workspace], timeout_s)
+
+    def _run(self, program: str, args: list[str], timeout_s: float) -> str:
         done = subprocess.run(
-            [str(VENV_BIN / "subscription-export"), *args],
+            [str(VENV_BIN / program), *args],
             cwd=REPO,
             env=self.env(),
             capture_output=True,
@@ -135,26 +144,9 @@ class DagsterProject:
         )
         if done.returncode != 0:
             raise RuntimeError(
-                f"subscription-export {' '.join(args)} exited {done.returncode}:\n"
+                f"{program} {' '.join(args)} exited {done.returncode}:\n"
                 f"{done.stdout}\n{done.stderr}"
             )
-        return done.stdout
-
-    def dagster(self, *args: str, timeout_s: float = 120) -> str:
-        """Run the `dagster` CLI on this project's instance and workspace."""
-        done = subprocess.run(
-            [str(VENV_BIN / "dagster"), *args, "-w", "workspace.yaml"]
-            if args[0] in {"sensor", "schedule"}
-            else [str(VENV_BIN / "dagster"), *args],
-            cwd=REPO,
-            env=self.env(),
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"dagster {' '.join(args)} exited {done.returncode}:\n{done.stderr}")
         return done.stdout
 
     def write_changes(self, changes: int, subscriptions: int = 0, seed: int = 7) -> GenerateResult:
