@@ -4,6 +4,7 @@ when the first launch fails."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -57,8 +58,9 @@ def _flaky_instance_yaml(path: Path) -> Path:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_daemon_on_postgres_exports_sensor_windows_and_relaunches_a_failed_launch(
-    dagster_db: str, tmp_path: Path
+    dagster_db: str, s3_url: str, tmp_path: Path
 ) -> None:
+    """The production shape: PostgreSQL instance, daemon-launched sensor runs, exports on S3."""
     marker = tmp_path / "first-submit-failed"
     project = DagsterProject.create(
         tmp_path / "project",
@@ -68,8 +70,10 @@ def test_daemon_on_postgres_exports_sensor_windows_and_relaunches_a_failed_launc
             "DAGSTER_PG_URL": dagster_db,
             MARKER_ENV: str(marker),
             "PYTHONPATH": str(REPO),  # the daemon loads the test coordinator
+            **{k: v for k, v in os.environ.items() if k.startswith("AWS_")},
         },
         sensor_interval_s=3,
+        export_dir=s3_url,
     )
     project.cli("init")
     project.write_changes(250, subscriptions=50)
