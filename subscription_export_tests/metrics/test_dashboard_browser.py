@@ -198,12 +198,12 @@ def _open(browser: Any, engine: Engine, tmp_path: Path) -> tuple[Any, Any, list[
     return context, page, problems
 
 
-def _check_x_labels_readable(page: Any) -> None:
+def _check_x_labels_readable(page: Any, min_ticks: int = 2) -> None:
     """Every chart's time labels are distinct and far enough apart not to overlap."""
     for name, rendered in page.evaluate("window.__DASHBOARD__.rendered").items():
         x = rendered["axes"][0]
         ticks = [(p, w, t) for p, w, t in zip(x["pos"], x["widths"], x["labels"], strict=True) if t]
-        assert len(ticks) >= 2, (name, x)
+        assert len(ticks) >= min_ticks, (name, x)
         assert len({t for _p, _w, t in ticks}) == len(ticks), (name, x["labels"])
         for (p1, w1, t1), (p2, w2, t2) in itertools.pairwise(ticks):
             assert p2 - p1 >= (w1 + w2) / 2 + 8, f"{name}: {t1!r} and {t2!r} overlap"
@@ -317,7 +317,8 @@ def test_dashboard_after_a_demo_run_matches_the_store(browser: Any, tmp_path: Pa
     try:
         page.goto(out.as_uri())
         _check_charts(page, expected)
-        _check_x_labels_readable(page)
+        # The demo's windows finish within seconds: the axis may hold a single time label.
+        _check_x_labels_readable(page, min_ticks=1)
         y = page.evaluate("window.__DASHBOARD__.rendered.error_rate.axes[1]")
         assert all(0 <= v <= 1 for v in y["values"]), y
         expect(page.locator('[data-card="open-dead-letters"] .value')).to_have_text(
