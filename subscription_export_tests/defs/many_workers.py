@@ -108,6 +108,7 @@ def deployment(
 ) -> Iterator[Deployment]:
     """`windows` windows of `window_size` changes cut and registered, the sensor stopped (the
     backfill is what exports), webserver and daemon up."""
+    root.mkdir(parents=True, exist_ok=True)
     project = DagsterProject.create(
         root / "project",
         window_max_changes=window_size,
