@@ -117,7 +117,7 @@ def deployment(
         export_dir=export_dir,
     )
     project.cli("init")
-    project.write_changes(windows * window_size, subscriptions=min(200, windows * window_size))
+    project.write_changes(windows * window_size, subscriptions=max(20, windows * window_size // 8))
     cut = cut_windows(Project(project.settings)).new_windows
     assert len(cut) == windows, cut
     project.dagster("sensor", "stop", "change_log_sensor")
