@@ -1,4 +1,5 @@
-"""What `run` says about quarantined changes: per window, and loudly when nothing got through.
+"""What `run` says about quarantined changes (per window, and loudly when nothing got through)
+and about an unfinished snapshot.
 
 A window whose every change was quarantined exported empty files and still "succeeded"; a
 user whose table did not match the capture saw "1 exported, 0 failed" and lost everything
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from subscription_export.runtime import Project
+from subscription_export.source.snapshot import snapshot_progress
 from subscription_export.state.quarantine import open_entries
 from subscription_export.state.windows import Window
 
@@ -46,3 +48,16 @@ def quarantined_in(project: Project, windows: Sequence[Window]) -> list[Quaranti
         if count:
             found.append(Quarantined(window, count))
     return found
+
+
+def unfinished_snapshot(project: Project) -> str | None:
+    """One line when the captured table's snapshot was started but not finished (an `init`
+    killed mid-snapshot): the rows it has not reached yet are missing from every export."""
+    table = project.settings.table
+    progress = snapshot_progress(project.source, table)
+    if progress is None or progress.finished:
+        return None
+    return (
+        f"snapshot of {table} unfinished ({progress.rows_done} rows so far): rows that existed"
+        " before `init` are missing from the exports; run `subscription-export snapshot`"
+    )

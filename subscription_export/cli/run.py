@@ -11,7 +11,11 @@ import typer
 
 from subscription_export.cli.app import Context, console, err_console, settings_of
 from subscription_export.cli.progress import progress_bar
-from subscription_export.cli.quarantined import NEEDS_OPERATOR, quarantined_in
+from subscription_export.cli.quarantined import (
+    NEEDS_OPERATOR,
+    quarantined_in,
+    unfinished_snapshot,
+)
 from subscription_export.cli.reconcile import print_reconciled
 from subscription_export.cli.shown import marked, shown
 from subscription_export.core.errors import RangeError
@@ -153,7 +157,13 @@ def _run_one_cycle(settings: Settings, as_json: bool, quiet: bool, debug: bool) 
         _print_failures(result.runs, debug)  # with --quiet too: a failure is not progress
     for q in quarantined:
         err_console.print(q.line(), highlight=False, markup=False)
+    code = result.exit_code
     if any(q.everything for q in quarantined):
         # Every change of a window quarantined: nothing of it was exported; a person must act.
-        return max(result.exit_code, NEEDS_OPERATOR)
-    return result.exit_code
+        code = max(code, NEEDS_OPERATOR)
+    unfinished = unfinished_snapshot(Project(settings))
+    if unfinished is not None:
+        # Rows that existed before `init` are not in the stream yet: the exports are partial.
+        err_console.print(unfinished, highlight=False, markup=False)
+        code = max(code, NEEDS_OPERATOR)
+    return code

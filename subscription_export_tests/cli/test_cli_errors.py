@@ -273,3 +273,26 @@ def test_conflict_values_are_printed_as_text(settings: Settings, tmp_path: Path)
         _run(["conflicts", "show", str(conflict_id), "--json"], settings, tmp_path).stdout
     )
     assert as_json["subscription_id"] == f"s1{HOSTILE}"
+
+
+def test_an_unfinished_snapshot_makes_run_say_so_and_exit_3(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """An `init` killed mid-snapshot left rows out of the stream: `run` must not report a clean
+    success while its exports miss them."""
+    from subscription_export.source.snapshot import restart_snapshot, run_snapshot
+
+    engine = writer(settings.source_url)
+    with engine.begin() as conn:
+        for i in range(5):
+            insert(conn, f"s{i}")
+    restart_snapshot(engine)
+    partial = run_snapshot(engine, chunk_size=2, max_chunks=1)  # killed after one chunk
+    assert not partial.finished
+    result = _run(["run", "--once"], settings, tmp_path, check=False)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "snapshot of subscriptions unfinished (2 rows so far)" in result.stderr
+    _run(["snapshot"], settings, tmp_path)
+    again = _run(["run", "--once"], settings, tmp_path, check=False)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "unfinished" not in again.stderr
