@@ -82,10 +82,13 @@ class DestinationConfig:
     read_timeout_s: float = 10.0
     retry: RetryBudget = field(default_factory=RetryBudget)
     field_mapping: Mapping[str, str] = field(default_factory=dict)
+    table: str | None = None  # None: the captured table
+    columns: Mapping[str, str] = field(default_factory=dict)  # field -> source column
+    file: Path | None = field(default=None, compare=False)  # named in binding errors
 
     @classmethod
     def from_table(
-        cls, name: str, table: DestinationTable, env: Mapping[str, str]
+        cls, name: str, table: DestinationTable, env: Mapping[str, str], file: Path | None = None
     ) -> DestinationConfig:
         """A validated `[destinations.NAME]` table with its token read from `env`."""
         auth = table.auth
@@ -104,6 +107,9 @@ class DestinationConfig:
             read_timeout_s=table.timeouts.read_s,
             retry=table.retry,
             field_mapping=dict(table.field_mapping),
+            table=table.table,
+            columns=dict(table.columns),
+            file=file,
         )
 
     def headers(self) -> dict[str, str]:
@@ -192,7 +198,7 @@ def parse_destinations(
     except ValidationError as exc:
         raise DestinationConfigError(errors_as_line(exc, source)) from None
     destinations = {
-        name: DestinationConfig.from_table(name, table, env)
+        name: DestinationConfig.from_table(name, table, env, source)
         for name, table in document.destinations.items()
     }
     return DestinationsConfig(source, destinations)

@@ -30,7 +30,7 @@ from pydantic import (
 from subscription_export.core.columns import BASE_TYPES
 from subscription_export.core.secrets import mask_url
 from subscription_export.core.validation import Count, NonNegativeNumber, PositiveNumber, problem
-from subscription_export.delivery.mapping import CRM_FIELD_NAMES
+from subscription_export.delivery.mapping import CRM_FIELD_NAMES, FIELDS_OF_KIND
 from subscription_export.delivery.retry import RetryPolicy
 
 Kind = Literal["erp", "crm", "accounting"]
@@ -122,6 +122,14 @@ class DestinationTable(_Table):
     field_mapping: dict[str, Annotated[str, StringConstraints(min_length=1)]] = Field(
         default_factory=dict, description='a table of field = "their name"'
     )
+    # Which captured table feeds the destination, and which of its columns feed each field
+    # (checked against the table's columns when a run binds it: `delivery.columns`).
+    table: Annotated[str, StringConstraints(min_length=1)] | None = Field(
+        None, description="the name of a captured table"
+    )
+    columns: dict[str, Annotated[str, StringConstraints(min_length=1)]] = Field(
+        default_factory=dict, description='a table of field = "source column"'
+    )
 
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> DestinationTable:
@@ -129,6 +137,7 @@ class DestinationTable(_Table):
             raise ValueError(f"key 'kind' must be one of {', '.join(KINDS)}, got None")
         self._check_auth(info.context or {})
         self._check_field_mapping(self.kind)
+        self._check_columns(self.kind)
         if not self.batch_endpoint and self.kind != "erp":
             raise ValueError(
                 f"key 'batch_endpoint' = false is only for kind 'erp' ({self.kind} only takes"
@@ -148,6 +157,15 @@ class DestinationTable(_Table):
         if not env.get(str(self.auth.token_env)):
             raise ValueError(
                 f"environment variable {self.auth.token_env} (auth.token_env) is not set or empty"
+            )
+
+    def _check_columns(self, kind: Kind) -> None:
+        fields = FIELDS_OF_KIND[kind]
+        unknown = sorted(self.columns.keys() - set(fields))
+        if unknown:
+            raise ValueError(
+                f"key 'columns.{unknown[0]}': not a field of kind {kind!r} (fields:"
+                f" {', '.join(fields)})"
             )
 
     def _check_field_mapping(self, kind: Kind) -> None:

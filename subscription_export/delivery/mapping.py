@@ -52,6 +52,23 @@ CRM_FIELD_NAMES = {"user_id": "customer_id", "name": "plan_name", "amount": "pri
 _FROM_CRM = {crm: ours for ours, crm in CRM_FIELD_NAMES.items()}
 UTC = dt.UTC
 
+# The fields each kind's payload is built from, named as subscription fields (the CRM sends
+# user_id as customer_id, ...). The destinations file's `columns` says which source column
+# feeds each (`delivery.columns`); without it a field comes from the column of its name.
+RECORD_FIELDS = tuple(BASE_TYPES)
+FIELDS_OF_KIND: dict[str, tuple[str, ...]] = {
+    "erp": RECORD_FIELDS,
+    "crm": RECORD_FIELDS,
+    "accounting": ("id", "amount", "currency", "status", "next_billing_date"),
+}
+# Without these a payload is refused by the remote (or, for the ledger, cannot be booked).
+_RECORD_REQUIRED = ("id", "user_id", "name", "amount", "currency", "status", "version")
+REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
+    "erp": _RECORD_REQUIRED,
+    "crm": _RECORD_REQUIRED,
+    "accounting": ("id", "amount", "currency", "status"),
+}
+
 
 class MappingError(ValueError):
     """A change row that cannot become a valid payload for a destination."""

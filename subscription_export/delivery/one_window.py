@@ -19,6 +19,7 @@ from upath import UPath
 
 from subscription_export.core.errors import UnpublishedFileError
 from subscription_export.delivery.clients import DeliveryClient, DeliveryResult
+from subscription_export.delivery.columns import ColumnMap, destination_columns
 from subscription_export.delivery.config import DestinationConfig
 from subscription_export.delivery.dead_letters import (
     NewDeadLetter,
@@ -108,17 +109,27 @@ class _Totals:
         )
 
 
-def read_rows(path: Path | UPath, batch_size: int) -> Iterator[list[dict[str, Any]]]:
-    """The window's change rows, `batch_size` at a time, as Python values (Decimal, UTC)."""
+def read_rows(
+    path: Path | UPath, batch_size: int, columns: ColumnMap | None = None
+) -> Iterator[list[dict[str, Any]]]:
+    """The window's change rows, `batch_size` at a time, as Python values (Decimal, UTC); with
+    `columns`, as rows of the destination's fields."""
     if not path.exists():
         raise DeliveryOrderError(f"{path} is missing: export the window to Parquet first")
     for batch in parquet_batches(path, batch_size):
-        yield batch.to_pylist()
+        rows = batch.to_pylist()
+        yield rows if columns is None or columns.identity else list(map(columns.to_fields, rows))
+
+
+def table_columns(project: Project, destination: DestinationConfig) -> ColumnMap:
+    """The destination's table and columns, checked against the table before anything is sent."""
+    return destination_columns(project.source, destination, project.settings.table)
 
 
 def window_parquet(project: Project, window_key: str) -> Path | UPath:
     """The window's Parquet file once its manifest (written last) vouches for it; before that
-    the window is not exported yet, which the caller retries like any out-of-order window."""
+    the window is not exported yet, which the caller retries like any out-of-order window.
+    It is the export of the one captured table (`columns.destination_columns` picks it)."""
     try:
         return project.published_file("parquet", window_key)
     except UnpublishedFileError as exc:
@@ -182,13 +193,14 @@ def _send_batches(
             project.state, destination.name, status="open", window_key=window.key
         )
     }
+    columns = table_columns(project, destination)
     accounting = destination.kind == "accounting"
-    prior = mapping_prior_state(project.source, window) if accounting else None
+    prior = mapping_prior_state(project.source, window, columns) if accounting else None
     # Per-record order: a subscription with an open dead letter of another window (or a push)
     # gets its changes held back behind it; this window's own are re-sent in LSN order.
     held = held_subscriptions(project.state, destination.name, except_window=window.key)
     totals = _Totals()
-    for rows in read_rows(parquet, project.settings.read_batch_size):
+    for rows in read_rows(parquet, project.settings.read_batch_size, columns):
         report = deliver(
             rows,
             client,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -29,6 +29,9 @@ from subscription_export.core.columns import BASE_TYPES
 from subscription_export.core.values import BadValue, convert
 from subscription_export.delivery.mapping import ChangeRow, is_delete
 from subscription_export.state.windows import Window
+
+if TYPE_CHECKING:
+    from subscription_export.delivery.columns import ColumnMap
 
 # One statement for SQLite and PostgreSQL: a grouped max per subscription id over the log
 # before the window, restricted to the ids changed in the window. CAST(... AS TEXT) returns
@@ -52,14 +55,15 @@ _PRIOR_IMAGES = sa.text(
 )
 
 
-def parse_image(text: str) -> dict[str, Any]:
-    """A change-log JSON image with exact numbers and the export's value types."""
+def parse_image(text: str, types: Mapping[str, str] = BASE_TYPES) -> dict[str, Any]:
+    """A change-log JSON image with exact numbers and the export's value types (`types`: the
+    table's columns; by default the demo's)."""
     raw = json.loads(text, parse_float=Decimal)
     if not isinstance(raw, dict):
         raise ValueError(f"a change-log image must be a JSON object, got {text[:80]!r}")
     image: dict[str, Any] = {}
     for column, value in raw.items():
-        logical = BASE_TYPES.get(column)
+        logical = types.get(column)
         if logical is None:
             image[column] = value
             continue
@@ -70,8 +74,11 @@ def parse_image(text: str) -> dict[str, Any]:
     return image
 
 
-def prior_images(source: Engine, window: Window) -> dict[str, Mapping[str, Any] | None]:
-    """Subscription id -> its image before `window` (None: deleted before it).
+def prior_images(
+    source: Engine, window: Window, columns: ColumnMap | None = None
+) -> dict[str, Mapping[str, Any] | None]:
+    """Subscription id -> its image before `window` (None: deleted before it), as a row of
+    the destination's fields when `columns` is given.
 
     Ids changed in the window with no earlier change are absent: they did not exist before it.
     """
@@ -79,14 +86,21 @@ def prior_images(source: Engine, window: Window) -> dict[str, Mapping[str, Any] 
         rows = conn.execute(_PRIOR_IMAGES, {"lo": window.lo, "hi": window.hi}).all()
     images: dict[str, Mapping[str, Any] | None] = {}
     for ident, op, after in rows:
-        images[str(ident)] = None if op == "d" or after is None else parse_image(after)
+        if op == "d" or after is None:
+            images[str(ident)] = None
+        elif columns is None:
+            images[str(ident)] = parse_image(after)
+        else:
+            images[str(ident)] = columns.to_fields(parse_image(after, columns.types))
     return images
 
 
-def mapping_prior_state(source: Engine, window: Window) -> dict[str, Mapping[str, Any]]:
+def mapping_prior_state(
+    source: Engine, window: Window, columns: ColumnMap | None = None
+) -> dict[str, Mapping[str, Any]]:
     """Prior images as the accounting mapping takes them: a subscription absent or deleted
     before the window has no previous state."""
-    images = prior_images(source, window)
+    images = prior_images(source, window, columns)
     return {ident: image for ident, image in images.items() if image is not None}
 
 

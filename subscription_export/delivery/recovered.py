@@ -34,7 +34,12 @@ from subscription_export.delivery.config import DestinationConfig
 from subscription_export.delivery.dead_letters import held_subscriptions, record_dead_letters
 from subscription_export.delivery.dispatch import deliver
 from subscription_export.delivery.mapping import ChangeRow
-from subscription_export.delivery.one_window import _dead_letters, read_rows, window_parquet
+from subscription_export.delivery.one_window import (
+    _dead_letters,
+    read_rows,
+    table_columns,
+    window_parquet,
+)
 from subscription_export.delivery.prior_state import mapping_prior_state, move_past
 from subscription_export.runtime import Project
 from subscription_export.state.leases import lease
@@ -81,7 +86,8 @@ def deliver_recovered(
             return results
         before: list[ChangeRow] = []
         wanted: list[ChangeRow] = []
-        for rows in read_rows(window_parquet(project, window.key), 10_000):
+        columns = table_columns(project, destination)
+        for rows in read_rows(window_parquet(project, window.key), 10_000, columns):
             for row in rows:
                 (wanted if row["_lsn"] in todo else before).append(row)
         results: list[RecoveredDelivery] = []
@@ -152,7 +158,7 @@ def _prior(
     """Accounting books price differences: the record's image just before the change."""
     if destination.kind != "accounting":
         return None
-    prior = mapping_prior_state(project.source, window)
+    prior = mapping_prior_state(project.source, window, table_columns(project, destination))
     move_past(prior, [r for r in rows if r["_lsn"] < lsn])
     return prior
 

@@ -22,7 +22,7 @@ from subscription_export.reconcile.record import Entry, Provenance, provenance_o
 from subscription_export.reconcile.snapshot import load_snapshot
 from subscription_export.reconcile.source_side import (
     Types,
-    column_types,
+    destination_types,
     same_database,
     source_writer,
     write_local,
@@ -152,8 +152,7 @@ def apply_batch(
     ) as held:
         # a replayed push's record is what the remote holds: the base of its next edit
         settle_dead_lettered(project.state, config.name)
-        with project.source.connect() as conn:
-            types = column_types(conn)
+        types = destination_types(project, config)
         for change in batch.changes:
             held.stop_if_lost()  # another run took the system over: apply nothing more
             verdict = apply_change(project, config, change, policy, types=types)

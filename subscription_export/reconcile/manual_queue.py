@@ -23,7 +23,7 @@ from subscription_export.reconcile.feeds import feed_system
 from subscription_export.reconcile.pushes import PushReport, push_pending
 from subscription_export.reconcile.record import Entry, provenance_of, record_decision
 from subscription_export.reconcile.snapshot import conflict_snapshot
-from subscription_export.reconcile.source_side import Types, column_types
+from subscription_export.reconcile.source_side import Types, destination_types
 from subscription_export.reconcile.strategies import SOURCE
 from subscription_export.reconcile.sync_state import (
     Conflict,
@@ -84,7 +84,7 @@ def resolve_conflict(
     conflict = _open_conflict(project, conflict_id)
     config = feed_system(destinations, conflict.destination)
     with write_back_transaction(project) as tx:
-        types = column_types(tx.conn)
+        types = destination_types(project, config)
         overrides = parse_sets(sets, types)
         snap = conflict_snapshot(tx.conn, config.name, conflict, types)
         verdict = settle_by_hand(snap, conflict.id, conflict.fields, take, overrides, now())

@@ -24,7 +24,7 @@ from subscription_export.reconcile.push_letters import dead_letter_push, settle_
 from subscription_export.reconcile.source_side import (
     Types,
     changed_after,
-    column_types,
+    destination_types,
     normalize,
     undelivered_until,
 )
@@ -92,8 +92,7 @@ def push_pending(
     try:
         watermark = project.watermarks.get(config.name)
         held = held_subscriptions(project.state, config.name)
-        with project.source.connect() as conn:
-            types = column_types(conn)
+        types = destination_types(project, config)
         due: list[Push] = []
         for push in pending:
             turn = _turn(project, push, config.name, types, watermark, held)
@@ -121,8 +120,7 @@ def due_pushes(project: Project, config: DestinationConfig) -> list[Push]:
         return []
     watermark = project.watermarks.get(config.name)
     held = held_subscriptions(project.state, config.name)
-    with project.source.connect() as conn:
-        types = column_types(conn)
+    types = destination_types(project, config)
     return [
         p for p in pending if _turn(project, p, config.name, types, watermark, held) != "deferred"
     ]

@@ -21,7 +21,7 @@ from subscription_export.reconcile.feeds import FeedBatch, remote_fields
 from subscription_export.reconcile.source_side import (
     Types,
     changed_after,
-    column_types,
+    destination_types,
     field_times,
     image_by_version,
     normalize,
@@ -57,8 +57,8 @@ def load_snapshots(
     an earlier one; these snapshots are what the run reports it planned.
     """
     init_sync_state(project.state)
+    types = destination_types(project, config)
     with project.source.connect() as conn, project.state.connect() as state:
-        types = column_types(conn)
         return [
             load_snapshot(
                 conn, state, config, change, types=types, ignored=policy.ignored, lock=False

@@ -17,6 +17,8 @@ from sqlalchemy.engine import Connection, Engine
 from subscription_export.core.columns import BASE_TYPES, LogicalType
 from subscription_export.core.db import engine_for, normalize_url
 from subscription_export.core.values import BadValue, convert
+from subscription_export.delivery.columns import ColumnMap, destination_columns
+from subscription_export.delivery.config import DestinationConfig
 from subscription_export.delivery.mapping import MappingError
 from subscription_export.reconcile.strategies import MISSING, SOURCE, same
 
@@ -39,12 +41,41 @@ from subscription_export.source.schema import clear_origin, latest_capture_schem
 Types = Mapping[str, LogicalType]
 
 
-def column_types(conn: Connection) -> dict[str, LogicalType]:
-    """The source table's columns and logical types (base columns plus added ones)."""
+class TableTypes(dict[str, LogicalType]):
+    """Field -> logical type of the records a reconcile compares, with the `ColumnMap` that
+    ties the fields to the columns of the table written back (the destination's `table` and
+    `columns`). Reconcile works in field names; only this module's SQL speaks columns."""
+
+    def __init__(self, types: Mapping[str, LogicalType], columns: ColumnMap) -> None:
+        super().__init__(types)
+        self.columns = columns
+
+
+def column_types(conn: Connection, columns: ColumnMap | None = None) -> TableTypes:
+    """The fields and their logical types: the destination's (`columns`), else the demo
+    table's columns as their own fields (base columns plus added ones)."""
+    if columns is not None:
+        return TableTypes(columns.field_types, columns)
     schema = latest_capture_schema(conn)
-    if schema is None:
-        return dict(BASE_TYPES)
-    return {c.name: c.type for c in schema.columns}
+    types = dict(BASE_TYPES) if schema is None else {c.name: c.type for c in schema.columns}
+    return TableTypes(types, ColumnMap("subscriptions", "id", types, {n: n for n in types}))
+
+
+def destination_types(project: Project, config: DestinationConfig) -> TableTypes:
+    """The types of `config`'s records, bound to its table (a mapping mistake stops here)."""
+    columns = destination_columns(project.source, config, project.settings.table)
+    return TableTypes(columns.field_types, columns)
+
+
+def _columns(types: Types) -> ColumnMap:
+    if isinstance(types, TableTypes):
+        return types.columns
+    return ColumnMap("subscriptions", "id", dict(types), {n: n for n in types})
+
+
+def _fields(image: dict[str, Any] | None, types: Types) -> dict[str, Any] | None:
+    """A change-log image (the table's columns) as a record of fields."""
+    return None if image is None else _columns(types).to_fields(image)
 
 
 def normalize(
@@ -115,14 +146,20 @@ def read_local(conn: Connection, subscription_id: str, types: Types, lock: bool)
         conn.execute(
             sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"sync:{subscription_id}"}
         )
-    query = "SELECT * FROM subscriptions WHERE id = :s" + (
-        " FOR UPDATE" if lock and postgres else ""
+    columns = _columns(types)
+    table = sa.table(columns.table, sa.column(columns.key))
+    query = (
+        sa.select(sa.text("*"))
+        .select_from(table)
+        .where(table.c[columns.key] == columns.key_value(subscription_id))
     )
-    row = conn.execute(sa.text(query), {"s": subscription_id}).mappings().first()
+    if lock and postgres:
+        query = query.with_for_update()
+    row = conn.execute(query).mappings().first()
     last = conn.execute(_LAST_ROW, {"s": subscription_id}).first()
     last_time = as_time(last.changed_at, EPOCH) if last else EPOCH
     if row is not None:
-        record = normalize(dict(row), types)
+        record = normalize(columns.to_fields(dict(row)), types)
         assert record is not None
         return LocalState(
             record,
@@ -131,7 +168,7 @@ def read_local(conn: Connection, subscription_id: str, types: Types, lock: bool)
             int(last.id) if last else 0,
             last.origin if last else APP_ORIGIN,
         )
-    before = _json(last.before) if last is not None and last.op == "d" else None
+    before = _fields(_json(last.before), types) if last is not None and last.op == "d" else None
     return LocalState(
         None,
         last_time,
@@ -142,8 +179,8 @@ def read_local(conn: Connection, subscription_id: str, types: Types, lock: bool)
 
 
 def _image(row: Any, types: Types) -> LogImage:
-    after = normalize(_json(row.after), types)
-    before = _json(getattr(row, "before", None))
+    after = normalize(_fields(_json(row.after), types), types)
+    before = _fields(_json(getattr(row, "before", None)), types)
     version = version_of(after) if after is not None else version_of(before)
     return LogImage(int(row.id), row.op, row.origin, after, version)
 
@@ -152,18 +189,17 @@ def image_by_version(
     conn: Connection, subscription_id: str, version: int, types: Types
 ) -> LogImage | None:
     """The newest change-log image of the subscription with this `version`."""
-    match = (
-        "(after->>'version')::bigint = :v"
-        if conn.dialect.name == "postgresql"
-        else "json_extract(after, '$.version') = :v"
-    )
+    column = _columns(types).fields.get("version", "version")  # bound, not string-built
+    postgres = conn.dialect.name == "postgresql"
+    match = "(after->>:c)::bigint = :v" if postgres else "json_extract(after, :c) = :v"
+    path = column if postgres else '$."' + column.replace('"', '\\"') + '"'
     row = conn.execute(
         sa.text(
             "SELECT id, op, origin, CAST(after AS TEXT) AS after FROM subscription_change_log"
             f" WHERE subscription_id = :s AND after IS NOT NULL AND {match}"
             " ORDER BY id DESC LIMIT 1"
         ),
-        {"s": subscription_id, "v": version},
+        {"s": subscription_id, "v": version, "c": path},
     ).first()
     return _image(row, types) if row else None
 
@@ -230,8 +266,8 @@ def field_times(
             break
         if row.op == "d":
             continue
-        before = normalize(_json(row.before), types) or {}
-        after = normalize(_json(row.after), types) or {}
+        before = normalize(_fields(_json(row.before), types), types) or {}
+        after = normalize(_fields(_json(row.after), types), types) or {}
         at = as_time(after.get("updated_at"), as_time(row.changed_at, default))
         for name in sorted(todo):
             if row.op == "c" or not same(before.get(name, MISSING), after.get(name, MISSING)):
@@ -266,20 +302,21 @@ def write_local(
     """Make the source row equal `target` (None: delete), tagged with `origin` in the change
     log; returns the subscription's newest change-log id (the write-back's own row)."""
     postgres = conn.dialect.name == "postgresql"
+    columns = _columns(types)
+    key = columns.key_value(subscription_id)  # the key's own type: an integer key as an int
     set_origin(conn, origin)
     try:
+        fields = {n: _db_value(target[n], postgres) for n in types if n in (target or {})}
+        values = columns.to_columns({n: v for n, v in fields.items() if n != "id"})
+        # Column names come from the catalog: SQLAlchemy quotes them, never string-built.
+        table = sa.table(columns.table, sa.column(columns.key), *map(sa.column, values))
+        where = table.c[columns.key] == key
         if target is None:
-            conn.execute(
-                sa.text("DELETE FROM subscriptions WHERE id = :id"), {"id": subscription_id}
-            )
+            conn.execute(sa.delete(table).where(where))
+        elif exists:
+            conn.execute(sa.update(table).where(where).values(values))
         else:
-            values = {n: _db_value(target[n], postgres) for n in types if n in target and n != "id"}
-            # Column names come from the catalog: SQLAlchemy quotes them, never string-built.
-            table = sa.table("subscriptions", sa.column("id"), *map(sa.column, values))
-            if exists:
-                conn.execute(sa.update(table).where(table.c.id == subscription_id).values(values))
-            else:
-                conn.execute(sa.insert(table).values({"id": subscription_id, **values}))
+            conn.execute(sa.insert(table).values({columns.key: key, **values}))
     finally:
         clear_origin(conn)  # SQLite: the origin row must not outlive this transaction
     newest = conn.execute(

@@ -1,0 +1,210 @@
+"""Which table and which of its columns feed a destination (the destinations file's `table`
+and `columns`), bound to the table's real shape.
+
+Destinations speak about subscriptions: each kind's payload is made of subscription fields
+(`mapping.FIELDS_OF_KIND`). A `ColumnMap` turns a change row of the captured table into a row
+of those fields (`to_fields`) before any payload is built, and turns subscription fields read
+back from a remote into the table's columns (`to_columns`, `key_value`) for the write-back. So
+the payload code, the conflict model and the sync state stay in field names whatever the table
+calls its columns, and the demo's table (every field is the column of its name) is mapped to
+itself, unchanged.
+
+* `id` is the table's primary key (a single column: text, integer or uuid), in the change log's
+  canonical text form (`42`, a uuid in lower case), which is what remotes key records by and
+  what the change log's `subscription_id` holds. Written back, it becomes the key's own type.
+* A field not named in `columns` comes from the column of its name when the table has one.
+  A required field (`mapping.REQUIRED_FIELDS`) with no column is an error at bind time.
+* Columns feeding no field travel as extra columns under their own names (ERP `extra`, CRM
+  `custom_fields`), except one named like a field that another column feeds: it is left out
+  (sending it would give the record two values for one name).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from subscription_export.core.columns import LogicalType, decimal_params
+from subscription_export.delivery.config import DestinationConfig, DestinationConfigError
+from subscription_export.delivery.mapping import (
+    FIELDS_OF_KIND,
+    META_COLUMNS,
+    REQUIRED_FIELDS,
+    MappingError,
+)
+from subscription_export.source.catalog import read_table
+from subscription_export.source.schema import latest_capture_schema
+
+KEY_TYPES = ("text", "integer", "uuid")
+# The logical types a field accepts (a column of another type would make every payload fail).
+_FIELD_TYPES: dict[str, tuple[str, ...]] = {
+    "id": KEY_TYPES,
+    "amount": ("decimal", "integer"),
+    "version": ("integer",),
+    "next_billing_date": ("date",),
+    "created_at": ("timestamp",),
+    "updated_at": ("timestamp",),
+}
+_TEXT = ("text", "uuid")
+
+
+@dataclass(frozen=True)
+class TableColumns:
+    """The captured table as a destination sees it: name, key columns, columns and types."""
+
+    name: str
+    key: tuple[str, ...]
+    types: Mapping[str, LogicalType]
+
+
+@dataclass(frozen=True)
+class ColumnMap:
+    """A destination's fields bound to the columns of its table (see the module docstring)."""
+
+    table: str
+    key: str  # the primary-key column, which feeds `id`
+    types: Mapping[str, LogicalType]  # the table's columns
+    fields: Mapping[str, str]  # field -> column, `id` included
+    left_out: frozenset[str] = frozenset()  # columns named like a field another column feeds
+
+    @property
+    def identity(self) -> bool:
+        """Every field is the column of its name and the key is text (the demo's table): rows
+        pass unchanged."""
+        same = all(f == c for f, c in self.fields.items())
+        return same and not self.left_out and self.types[self.key] == "text"
+
+    @property
+    def field_types(self) -> dict[str, LogicalType]:
+        """Field (and extra column) -> logical type, `id` as text (its canonical form)."""
+        by_field = {f: self.types[c] for f, c in self.fields.items()}
+        by_field["id"] = "text"
+        fed = set(self.fields.values()) | self.left_out
+        return by_field | {c: t for c, t in self.types.items() if c not in fed}
+
+    def key_text(self, value: Any) -> Any:
+        """The key in the change log's canonical text form (`42`, a lower-case uuid)."""
+        if value is None or (isinstance(value, str) and self.types[self.key] == "text"):
+            return value
+        if isinstance(value, bool):
+            raise MappingError(f"{self.key}={value!r} is not a key")
+        return str(value).lower() if isinstance(value, uuid.UUID | str) else str(value)
+
+    def key_value(self, ident: str) -> Any:
+        """A canonical key back in the key column's type (an integer key as an int)."""
+        if self.types[self.key] == "integer":
+            try:
+                return int(ident)
+            except ValueError:
+                raise MappingError(f"{self.key}: {ident!r} is not an integer key") from None
+        return ident
+
+    def to_fields(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """A change row (or image) of the table as a row of fields; `_` metadata kept."""
+        if self.identity:
+            return dict(row)
+        fed = set(self.fields.values()) | self.left_out
+        out = {name: value for name, value in row.items() if name in META_COLUMNS}
+        for field, column in self.fields.items():
+            if column in row:
+                out[field] = row[column]
+        if "id" in out:
+            out["id"] = self.key_text(out["id"])
+        out.update((c, v) for c, v in row.items() if c not in fed and c not in META_COLUMNS)
+        return out
+
+    def to_columns(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """Fields (and extra columns) back to the table's columns; unknown names dropped."""
+        column_of = dict(self.fields)
+        out: dict[str, Any] = {}
+        for name, value in record.items():
+            column = column_of.get(name, name if name in self.field_types else None)
+            if column is None or column not in self.types:
+                continue
+            out[column] = self.key_value(value) if column == self.key else value
+        return out
+
+
+def identity_map(table: TableColumns) -> ColumnMap:
+    """Every column feeds the field of its name (what `columns` defaults to on the demo)."""
+    fields = {name: name for name in table.types}
+    fields["id"] = table.key[0]
+    return ColumnMap(table.name, table.key[0], dict(table.types), fields)
+
+
+def read_table_columns(source: Engine, table: str) -> TableColumns:
+    """The captured table's key (catalog) and exported column types (capture schema)."""
+    with source.connect() as conn:
+        latest = latest_capture_schema(conn)
+        previous = {c.name: c.type for c in latest.columns} if latest else {}
+        shape = read_table(conn, table, previous)
+    types = previous or {c.name: c.type for c in shape.columns}
+    return TableColumns(table, shape.key, types)
+
+
+def bind_columns(config: DestinationConfig, table: TableColumns) -> ColumnMap:
+    """The destination's `columns` checked against the table; a mistake is one line naming the
+    file, the destination and the key."""
+    where = f"{config.file or 'destinations file'}: destination {config.name!r}"
+    if len(table.key) != 1:
+        raise DestinationConfigError(
+            f"{where}: table {table.name!r} has a composite key ({', '.join(table.key)});"
+            " a destination needs a single-column key"
+        )
+    fields: dict[str, str] = {"id": table.key[0]}
+    for field in FIELDS_OF_KIND[config.kind]:
+        column = config.columns.get(field) or (field if field in table.types else None)
+        if field == "id" and column is not None and column != table.key[0]:
+            raise DestinationConfigError(
+                f"{where}: key 'columns.id' = {column!r}: id is the table's primary key"
+                f" ({table.key[0]!r})"
+            )
+        if column is not None and field != "id":
+            fields[field] = column
+    for field, column in fields.items():
+        _check_column(where, table, field, column, named=field in config.columns)
+    missing = [f for f in REQUIRED_FIELDS[config.kind] if f not in fields]
+    if missing:
+        raise DestinationConfigError(
+            f"{where}: table {table.name!r} has no column for required field {missing[0]!r};"
+            f' map one: columns.{missing[0]} = "COLUMN"'
+        )
+    fed = set(fields.values())
+    left_out = frozenset(c for c in table.types if c in FIELDS_OF_KIND[config.kind]) - fed
+    return ColumnMap(table.name, table.key[0], dict(table.types), fields, left_out)
+
+
+def _check_column(where: str, table: TableColumns, field: str, column: str, named: bool) -> None:
+    key = f"key 'columns.{field}' = {column!r}" if named else f"field {field!r}"
+    logical = table.types.get(column)
+    if logical is None:
+        known = ", ".join(table.types)
+        raise DestinationConfigError(
+            f"{where}: {key}: table {table.name!r} has no column {column!r} (columns: {known})"
+        )
+    family = "decimal" if decimal_params(logical) else logical
+    allowed = _FIELD_TYPES.get(field, _TEXT)
+    if family not in allowed:
+        raise DestinationConfigError(
+            f"{where}: {key}: column {column!r} is {logical}; field {field!r} takes"
+            f" {' or '.join(allowed)}"
+        )
+
+
+def destination_columns(source: Engine, config: DestinationConfig, captured: str) -> ColumnMap:
+    """The destination's table and columns, bound; its `table` must be a captured table.
+
+    Today one table is captured (`SUBSCRIPTION_EXPORT_TABLE`, passed as `captured`): this is
+    the one place that picks a destination's table, so capturing several tables changes it
+    here (and `one_window.window_parquet`, which picks that table's export)."""
+    table = config.table or captured
+    if table != captured:
+        raise DestinationConfigError(
+            f"{config.file or 'destinations file'}: destination {config.name!r}: key 'table'"
+            f" = {table!r} is not a captured table (captured: {captured!r})"
+        )
+    return bind_columns(config, read_table_columns(source, table))

@@ -1,0 +1,293 @@
+"""Issue 13 item 4: a captured table that is not the demo's works with every destination.
+
+The table `accounts` has an integer key (`account_no`) and its own column names; the
+destinations file maps each destination's fields to those columns. Its changes reach the
+sandbox ERP, CRM and accounting servers; edits made in the ERP and the CRM come back into
+`accounts` (the key written as an integer); a both-sided edit under `manual` is queued as a
+conflict and resolved by hand. Real SQLite and PostgreSQL, real HTTP servers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from subscription_export.core.db import is_postgres
+from subscription_export.core.settings import Settings
+from subscription_export.delivery.config import DestinationsConfig, load_destinations
+from subscription_export.delivery.window import catch_up
+from subscription_export.reconcile import flow as rc
+from subscription_export.reconcile import sync_state as st
+from subscription_export.reconcile.manual_queue import resolve_conflict
+from subscription_export.reconcile.strategies import ConflictPolicy
+from subscription_export.runtime import Project
+from subscription_export.sandbox.server import SandboxServer
+from subscription_export.source.schema import init_source
+from subscription_export_tests.delivery.test_window_delivery import FAST_RETRY, export_all
+from subscription_export_tests.helpers import writer
+from subscription_export_tests.reconcile.test_reconcile import Clock, at, sandbox
+
+HOLDER = "any-table-test"
+TABLE = "accounts"
+_COLUMNS = (
+    "customer text NOT NULL, plan text NOT NULL, monthly_fee {fee} NOT NULL,"
+    " ccy text NOT NULL, state text NOT NULL, renews_on date, rev integer NOT NULL,"
+    " modified_at {ts}, notes text"
+)
+# Each destination's fields come from the table's own columns (`id` defaults to the key).
+MAPPING = {
+    "user_id": "customer",
+    "name": "plan",
+    "amount": "monthly_fee",
+    "currency": "ccy",
+    "status": "state",
+    "version": "rev",
+    "next_billing_date": "renews_on",
+    "updated_at": "modified_at",
+}
+ACCOUNTING_MAPPING = {k: MAPPING[k] for k in ("amount", "currency", "status", "next_billing_date")}
+
+
+def create_accounts(engine: sa.Engine) -> None:
+    postgres = is_postgres(engine)
+    key = "account_no bigint PRIMARY KEY" if postgres else "account_no INTEGER PRIMARY KEY"
+    # SQLite: a decimal declared TEXT DECIMAL(p, s) keeps the digits as written
+    fee = "numeric(12, 2)" if postgres else "TEXT DECIMAL(12, 2)"
+    columns = _COLUMNS.format(fee=fee, ts="timestamptz" if postgres else "TIMESTAMP")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE TABLE {TABLE} ({key}, {columns})")
+
+
+def _sql(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if isinstance(value, dt.date | Decimal):
+        return str(value)
+    return value
+
+
+def add_account(engine: sa.Engine, number: int, fee: str, minutes: float = 0) -> None:
+    row = {
+        "account_no": number,
+        "customer": f"cust-{number}",
+        "plan": "Team",
+        "monthly_fee": fee,
+        "ccy": "EUR",
+        "state": "active",
+        "renews_on": "2027-01-31",
+        "rev": 1,
+        "modified_at": _sql(at(minutes)),
+        "notes": f"note {number}",
+    }
+    names = ", ".join(row)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(f"INSERT INTO {TABLE} ({names}) VALUES ({', '.join(':' + n for n in row)})"),
+            row,
+        )
+
+
+def change_account(engine: sa.Engine, number: int, minutes: float, **values: Any) -> None:
+    sets = ", ".join(f"{k} = :{k}" for k in values)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                f"UPDATE {TABLE} SET {sets}, modified_at = :m, rev = rev + 1 WHERE account_no = :n"
+            ),
+            {**{k: _sql(v) for k, v in values.items()}, "m": _sql(at(minutes)), "n": number},
+        )
+
+
+def accounts(engine: sa.Engine) -> dict[int, dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(f"SELECT * FROM {TABLE} ORDER BY account_no")).mappings()
+        held = {row["account_no"]: dict(row) for row in rows}
+    for row in held.values():  # SQLite holds the fee as text
+        row["monthly_fee"] = Decimal(str(row["monthly_fee"]))
+    return held
+
+
+def write_mapped_destinations(path: Path, servers: dict[str, SandboxServer]) -> DestinationsConfig:
+    lines = []
+    for name, server in servers.items():
+        mapping = ACCOUNTING_MAPPING if name == "accounting" else MAPPING
+        lines += [
+            f"[destinations.{name}]",
+            f'base_url = "{server.url}"',
+            f'table = "{TABLE}"',
+            f"[destinations.{name}.timeouts]",
+            "read_s = 2.0",
+            f"[destinations.{name}.retry]",
+            *(f"{k} = {v}" for k, v in FAST_RETRY.items()),
+            f"[destinations.{name}.columns]",
+            *(f'{field} = "{column}"' for field, column in mapping.items()),
+            "",
+        ]
+    path.write_text("\n".join(lines))
+    return load_destinations(path)
+
+
+@pytest.fixture
+def accounts_settings(source_url: str, tmp_path: Path) -> Settings:
+    engine = writer(source_url)
+    create_accounts(engine)
+    init_source(engine, TABLE)
+    return Settings(
+        source_url=source_url,
+        state_url=f"sqlite:///{tmp_path / 'state.db'}",
+        export_dir=tmp_path / "exports",
+        table=TABLE,
+        window_max_changes=1_000,
+        window_max_age_s=0.0,
+        read_batch_size=256,
+    )
+
+
+@pytest.fixture
+def servers() -> Iterator[tuple[Clock, dict[str, SandboxServer]]]:
+    clock = Clock()
+    with sandbox(clock, ("erp", "crm", "accounting")) as running:
+        yield clock, running
+
+
+def _deliver(project: Project, config: DestinationsConfig) -> None:
+    export_all(project)
+    for destination in config.destinations.values():
+        outcomes = catch_up(project, destination, HOLDER)
+        assert all(o.dead_lettered == 0 for o in outcomes), outcomes
+
+
+def _reconcile(project: Project, config: DestinationsConfig, system: str, strategy: str) -> None:
+    policy = ConflictPolicy.from_mapping({"strategy": strategy})
+    rc.reconcile_system(project, config.destinations[system], policy, holder=HOLDER)
+
+
+def test_an_integer_keyed_table_is_delivered_to_every_system(
+    accounts_settings: Settings,
+    servers: tuple[Clock, dict[str, SandboxServer]],
+    tmp_path: Path,
+) -> None:
+    _clock, running = servers
+    engine = writer(accounts_settings.source_url)
+    for number, fee in ((1, "10.00"), (2, "20.50"), (3, "7.25")):
+        add_account(engine, number, fee)
+    change_account(engine, 2, 1, monthly_fee="25.00")
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"DELETE FROM {TABLE} WHERE account_no = 3"))
+    project = Project(accounts_settings)
+    config = write_mapped_destinations(tmp_path / "destinations.toml", running)
+    _deliver(project, config)
+
+    erp = running["erp"].system.records  # type: ignore[attr-defined]
+    assert sorted(erp) == ["1", "2"]
+    assert erp["2"] | {"updated_at": None} == {
+        "id": "2",
+        "user_id": "cust-2",
+        "name": "Team",
+        "category": None,
+        "amount": "25.00",
+        "currency": "EUR",
+        "billing_cycle": None,
+        "status": "active",
+        "next_billing_date": "2027-01-31",
+        "timezone": None,
+        "created_at": None,
+        "updated_at": None,
+        "version": 2,
+        "extra": {"notes": "note 2"},
+    }
+    crm = running["crm"].system.records  # type: ignore[attr-defined]
+    assert sorted(crm) == ["1", "2"]
+    assert (crm["1"]["customer_id"], crm["1"]["price"], crm["1"]["custom_fields"]) == (
+        "cust-1",
+        "10.00",
+        {"notes": "note 1"},
+    )
+    balance: dict[str, Decimal] = defaultdict(Decimal)
+    for entry in running["accounting"].system.journal:  # type: ignore[attr-defined]
+        sign = -1 if entry["kind"] in ("credit", "refund") else 1
+        balance[entry["subscription_id"]] += sign * Decimal(entry["amount"])
+    assert dict(balance) == {"1": Decimal("10.00"), "2": Decimal("25.00"), "3": Decimal(0)}
+
+
+def test_remote_edits_come_back_into_the_table_with_its_key_type(
+    accounts_settings: Settings,
+    servers: tuple[Clock, dict[str, SandboxServer]],
+    tmp_path: Path,
+) -> None:
+    clock, running = servers
+    engine = writer(accounts_settings.source_url)
+    add_account(engine, 1, "10.00")
+    add_account(engine, 2, "20.00")
+    project = Project(accounts_settings)
+    config = write_mapped_destinations(tmp_path / "destinations.toml", running)
+    _deliver(project, config)
+
+    clock.now = at(2)  # an ERP user raises account 1's fee; a CRM user renames account 2's plan
+    running["erp"].system.edit("1", amount="12.00")  # type: ignore[attr-defined]
+    running["crm"].system.edit("2", plan_name="Enterprise")  # type: ignore[attr-defined]
+    _reconcile(project, config, "erp", "last_writer_wins")
+    _reconcile(project, config, "crm", "last_writer_wins")
+    held = accounts(engine)
+    assert (held[1]["monthly_fee"], held[2]["plan"]) == (Decimal("12.00"), "Enterprise")
+    _deliver(project, config)  # the merged records reach the other systems
+    assert running["crm"].system.records["1"]["price"] == "12.00"  # type: ignore[attr-defined]
+    assert running["erp"].system.records["2"]["name"] == "Enterprise"  # type: ignore[attr-defined]
+
+    # remote_wins: the ERP's edit of an account deleted here brings it back, key as an integer
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"DELETE FROM {TABLE} WHERE account_no = 2"))
+    clock.now = at(5)
+    running["erp"].system.edit("2", amount="30.00")  # type: ignore[attr-defined]
+    _reconcile(project, config, "erp", "remote_wins")
+    with engine.connect() as conn:
+        key_type = conn.execute(
+            sa.text(
+                f"SELECT pg_typeof(account_no)::text FROM {TABLE} WHERE account_no = 2"
+                if is_postgres(engine)
+                else f"SELECT typeof(account_no) FROM {TABLE} WHERE account_no = 2"
+            )
+        ).scalar_one()
+    assert key_type in ("bigint", "integer")
+    restored = accounts(engine)[2]
+    assert (restored["monthly_fee"], restored["plan"], restored["notes"]) == (
+        Decimal("30.00"),
+        "Enterprise",
+        "note 2",
+    )
+
+
+def test_a_both_sided_edit_is_queued_and_resolved_by_hand(
+    accounts_settings: Settings,
+    servers: tuple[Clock, dict[str, SandboxServer]],
+    tmp_path: Path,
+) -> None:
+    clock, running = servers
+    engine = writer(accounts_settings.source_url)
+    add_account(engine, 7, "10.00")
+    project = Project(accounts_settings)
+    config = write_mapped_destinations(tmp_path / "destinations.toml", running)
+    _deliver(project, config)
+
+    change_account(engine, 7, 1, monthly_fee="11.00")
+    clock.now = at(2)
+    running["erp"].system.edit("7", amount="15.00")  # type: ignore[attr-defined]
+    _reconcile(project, config, "erp", "manual")
+    (queued,) = st.list_conflicts(project.state)
+    assert (queued.destination, queued.subscription_id, queued.fields) == ("erp", "7", ["amount"])
+    assert accounts(engine)[7]["monthly_fee"] == Decimal("11.00")  # nothing applied yet
+
+    resolved = resolve_conflict(project, config, queued.id, "merged", ["amount=13.00"])
+    assert resolved.written_back and st.list_conflicts(project.state) == []
+    held = accounts(engine)[7]
+    assert (held["monthly_fee"], held["customer"]) == (Decimal("13.00"), "cust-7")
+    _deliver(project, config)  # the ERP gets the change it lacked, then the resolution's push
+    _reconcile(project, config, "erp", "manual")
+    assert running["erp"].system.records["7"]["amount"] == "13.00"  # type: ignore[attr-defined]
