@@ -16,6 +16,7 @@ from subscription_export.reconcile.sync_state import all_cursors, conflicts
 from subscription_export.runtime import Project
 from subscription_export.source.holders import change_log_holders
 from subscription_export.source.sequencer import last_lsn
+from subscription_export.source.snapshot import snapshot_progress
 from subscription_export.state.quarantine import open_entries
 from subscription_export.state.windows import last_window_end, recent_windows
 
@@ -72,6 +73,15 @@ def _blocked_by(project: Project, consumer: str) -> str | None:
     return f"{letters} open dead letter(s): dead-letters list --destination {consumer}"
 
 
+def snapshot_states(project: Project) -> dict[str, dict[str, Any]]:
+    """Per captured table (today the one of SUBSCRIPTION_EXPORT_TABLE), its snapshot's
+    progress, when one was ever started; `finished` false means rows that existed before
+    `init` are still missing from the exports."""
+    table = project.settings.table
+    progress = snapshot_progress(project.source, table)
+    return {} if progress is None else {table: progress.as_dict()}
+
+
 def gather_status(
     project: Project, recent: int = 5, destinations: Sequence[str] = ()
 ) -> dict[str, Any]:
@@ -100,4 +110,5 @@ def gather_status(
         "open_quarantine": sum(len(v) for v in open_entries(project.state).values()),
         "feed_cursors": feeds,
         "pending_pushes": pending_counts(project.state),
+        "snapshots": snapshot_states(project),
     }

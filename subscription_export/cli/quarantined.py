@@ -57,7 +57,12 @@ def unfinished_snapshot(project: Project) -> str | None:
     progress = snapshot_progress(project.source, table)
     if progress is None or progress.finished:
         return None
+    return unfinished_line(table, progress.rows_done)
+
+
+def unfinished_line(table: str, rows_done: int) -> str:
+    """What `run` and `status` say about a table whose snapshot is not finished."""
     return (
-        f"snapshot of {table} unfinished ({progress.rows_done} rows so far): rows that existed"
+        f"snapshot of {table} unfinished ({rows_done} rows so far): rows that existed"
         " before `init` are missing from the exports; run `subscription-export snapshot`"
     )

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from subscription_export.cli.app import console, err_console, settings_of
+from subscription_export.cli.quarantined import unfinished_line
 from subscription_export.cli.shown import DataTable, marked, shown
 from subscription_export.core.errors import ConfigError
 from subscription_export.delivery.config import load_destinations
@@ -55,6 +56,10 @@ def status(
 
 
 def _print_problems(report: dict[str, Any]) -> None:
+    for table, progress in report["snapshots"].items():
+        if not progress["finished"]:  # one line, unwrapped: it names the command to run
+            line = unfinished_line(table, progress["rows_done"])
+            console.print(shown(line), highlight=False, soft_wrap=True)
     if report["feed_cursors"]:
         console.print(
             "change feeds (applied/seen): "

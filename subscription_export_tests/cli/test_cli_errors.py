@@ -296,3 +296,35 @@ def test_an_unfinished_snapshot_makes_run_say_so_and_exit_3(
     again = _run(["run", "--once"], settings, tmp_path, check=False)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "unfinished" not in again.stderr
+
+
+def test_status_shows_an_unfinished_snapshot_per_table(settings: Settings, tmp_path: Path) -> None:
+    """`status` says what `run` says: the table's snapshot is unfinished, with its rows so far
+    and the command that finishes it; `--json` carries the progress per table."""
+    from subscription_export.source.snapshot import restart_snapshot, run_snapshot
+
+    engine = writer(settings.source_url)
+    with engine.begin() as conn:
+        for i in range(5):
+            insert(conn, f"s{i}")
+    restart_snapshot(engine)
+    run_snapshot(engine, chunk_size=2, max_chunks=1)  # killed after one chunk
+    Project(settings).state  # noqa: B018 - the state database `status` reads
+    shown_text = _run(["status"], settings, tmp_path).stdout
+    assert "snapshot of subscriptions unfinished (2 rows so far)" in shown_text, shown_text
+    assert "run `subscription-export snapshot`" in shown_text
+    report = json.loads(_run(["status", "--json"], settings, tmp_path).stdout)
+    assert report["snapshots"]["subscriptions"] | {"started_at": None} == {
+        "table": "subscriptions",
+        "rows_done": 2,
+        "chunks_done": 1,
+        "last_key": '["s1"]',
+        "started_at": None,
+        "finished_at": None,
+        "remaining": report["snapshots"]["subscriptions"]["remaining"],
+        "finished": False,
+    }
+    _run(["snapshot"], settings, tmp_path)
+    assert "unfinished" not in _run(["status"], settings, tmp_path).stdout
+    finished = json.loads(_run(["status", "--json"], settings, tmp_path).stdout)
+    assert finished["snapshots"]["subscriptions"]["finished"] is True
