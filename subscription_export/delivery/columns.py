@@ -95,12 +95,16 @@ class ColumnMap:
         return str(value).lower() if isinstance(value, uuid.UUID | str) else str(value)
 
     def key_value(self, ident: str) -> Any:
-        """A canonical key back in the key column's type (an integer key as an int)."""
-        if self.types[self.key] == "integer":
-            try:
+        """A canonical key back in the key column's type (an integer key as an int, a uuid
+        key as a UUID: PostgreSQL has no uuid = varchar operator)."""
+        logical = self.types[self.key]
+        try:
+            if logical == "integer":
                 return int(ident)
-            except ValueError:
-                raise MappingError(f"{self.key}: {ident!r} is not an integer key") from None
+            if logical == "uuid":
+                return uuid.UUID(ident)
+        except ValueError:
+            raise MappingError(f"{self.key}: {ident!r} is not a valid {logical} key") from None
         return ident
 
     def to_fields(self, row: Mapping[str, Any]) -> dict[str, Any]:

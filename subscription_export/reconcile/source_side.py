@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -148,11 +149,8 @@ def read_local(conn: Connection, subscription_id: str, types: Types, lock: bool)
         )
     columns = _columns(types)
     table = sa.table(columns.table, sa.column(columns.key))
-    query = (
-        sa.select(sa.text("*"))
-        .select_from(table)
-        .where(table.c[columns.key] == columns.key_value(subscription_id))
-    )
+    key = _db_value(columns.key_value(subscription_id), postgres)
+    query = sa.select(sa.text("*")).select_from(table).where(table.c[columns.key] == key)
     if lock and postgres:
         query = query.with_for_update()
     row = conn.execute(query).mappings().first()
@@ -288,6 +286,8 @@ def _db_value(value: Any, postgres: bool) -> Any:
         return int(value)
     if isinstance(value, Decimal):
         return format(value, "f")
+    if isinstance(value, uuid.UUID):
+        return str(value)
     return value
 
 
@@ -303,7 +303,8 @@ def write_local(
     log; returns the subscription's newest change-log id (the write-back's own row)."""
     postgres = conn.dialect.name == "postgresql"
     columns = _columns(types)
-    key = columns.key_value(subscription_id)  # the key's own type: an integer key as an int
+    # the key's own type: an integer key as an int, a uuid as a UUID (text on SQLite)
+    key = _db_value(columns.key_value(subscription_id), postgres)
     set_origin(conn, origin)
     try:
         fields = {n: _db_value(target[n], postgres) for n in types if n in (target or {})}

@@ -13,7 +13,7 @@ import pytest
 
 from subscription_export.delivery.columns import ColumnMap, destination_columns
 from subscription_export.delivery.config import DestinationConfigError, load_destinations
-from subscription_export.delivery.mapping import crm_item, erp_request
+from subscription_export.delivery.mapping import MappingError, crm_item, erp_request
 from subscription_export.source.demo_table import init_demo_source
 from subscription_export.source.schema import init_source
 from subscription_export_tests.helpers import writer
@@ -93,11 +93,13 @@ def test_a_mapped_row_becomes_the_records_each_kind_sends(
     assert back == {"account_no": 42, "monthly_fee": Decimal("1.00"), "opened": None}
 
 
-def test_a_uuid_key_is_sent_in_lower_case_and_written_back_as_text() -> None:
+def test_a_uuid_key_is_sent_in_lower_case_and_written_back_as_a_uuid() -> None:
     key = uuid.UUID("6F9619FF-8B86-D011-B42D-00C04FC964FF")
     columns = ColumnMap("t", "k", {"k": "uuid", "v": "integer"}, {"id": "k", "version": "v"})
     assert columns.to_fields({"k": key, "v": 1})["id"] == str(key).lower()
-    assert columns.to_columns({"id": str(key)}) == {"k": str(key)}
+    assert columns.to_columns({"id": str(key)}) == {"k": key}
+    with pytest.raises(MappingError, match="'nope' is not a valid uuid key"):
+        columns.key_value("nope")
 
 
 @pytest.mark.parametrize(

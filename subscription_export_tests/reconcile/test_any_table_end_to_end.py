@@ -1,15 +1,16 @@
 """Issue 13 item 4: a captured table that is not the demo's works with every destination.
 
-The table `accounts` has an integer key (`account_no`) and its own column names; the
+The table `accounts` has a bigint or a uuid key (`account_no`) and its own column names; the
 destinations file maps each destination's fields to those columns. Its changes reach the
 sandbox ERP, CRM and accounting servers; edits made in the ERP and the CRM come back into
-`accounts` (the key written as an integer); a both-sided edit under `manual` is queued as a
+`accounts` (the key written in its own type); a both-sided edit under `manual` is queued as a
 conflict and resolved by hand. Real SQLite and PostgreSQL, real HTTP servers.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from decimal import Decimal
@@ -55,9 +56,31 @@ MAPPING = {
 ACCOUNTING_MAPPING = {k: MAPPING[k] for k in ("amount", "currency", "status", "next_billing_date")}
 
 
-def create_accounts(engine: sa.Engine) -> None:
+KEY_TYPES = {  # (PostgreSQL, SQLite) declaration of the key
+    "bigint": ("account_no bigint PRIMARY KEY", "account_no INTEGER PRIMARY KEY"),
+    "uuid": ("account_no uuid PRIMARY KEY", "account_no uuid PRIMARY KEY"),
+}
+
+
+class Keys:
+    """Account n's key in the table's type, and the text remotes know it by."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def value(self, n: int) -> Any:
+        return n if self.kind == "bigint" else str(uuid.UUID(int=n))
+
+    def text(self, n: int) -> str:
+        return str(self.value(n))
+
+    def number(self, held: Any) -> int:
+        return int(held) if self.kind == "bigint" else uuid.UUID(str(held)).int
+
+
+def create_accounts(engine: sa.Engine, kind: str) -> None:
     postgres = is_postgres(engine)
-    key = "account_no bigint PRIMARY KEY" if postgres else "account_no INTEGER PRIMARY KEY"
+    key = KEY_TYPES[kind][0 if postgres else 1]
     # SQLite: a decimal declared TEXT DECIMAL(p, s) keeps the digits as written
     fee = "numeric(12, 2)" if postgres else "TEXT DECIMAL(12, 2)"
     columns = _COLUMNS.format(fee=fee, ts="timestamptz" if postgres else "TIMESTAMP")
@@ -73,9 +96,9 @@ def _sql(value: Any) -> Any:
     return value
 
 
-def add_account(engine: sa.Engine, number: int, fee: str, minutes: float = 0) -> None:
+def add_account(engine: sa.Engine, keys: Keys, number: int, fee: str) -> None:
     row = {
-        "account_no": number,
+        "account_no": keys.value(number),
         "customer": f"cust-{number}",
         "plan": "Team",
         "monthly_fee": fee,
@@ -83,7 +106,7 @@ def add_account(engine: sa.Engine, number: int, fee: str, minutes: float = 0) ->
         "state": "active",
         "renews_on": "2027-01-31",
         "rev": 1,
-        "modified_at": _sql(at(minutes)),
+        "modified_at": _sql(at(0)),
         "notes": f"note {number}",
     }
     names = ", ".join(row)
@@ -94,21 +117,25 @@ def add_account(engine: sa.Engine, number: int, fee: str, minutes: float = 0) ->
         )
 
 
-def change_account(engine: sa.Engine, number: int, minutes: float, **values: Any) -> None:
+def change_account(
+    engine: sa.Engine, keys: Keys, number: int, minutes: float, **values: Any
+) -> None:
     sets = ", ".join(f"{k} = :{k}" for k in values)
     with engine.begin() as conn:
         conn.execute(
             sa.text(
                 f"UPDATE {TABLE} SET {sets}, modified_at = :m, rev = rev + 1 WHERE account_no = :n"
             ),
-            {**{k: _sql(v) for k, v in values.items()}, "m": _sql(at(minutes)), "n": number},
+            {**{k: _sql(v) for k, v in values.items()}, "m": _sql(at(minutes))}
+            | {"n": keys.value(number)},
         )
 
 
-def accounts(engine: sa.Engine) -> dict[int, dict[str, Any]]:
+def accounts(engine: sa.Engine, keys: Keys) -> dict[int, dict[str, Any]]:
+    """The table's rows by account number."""
     with engine.connect() as conn:
-        rows = conn.execute(sa.text(f"SELECT * FROM {TABLE} ORDER BY account_no")).mappings()
-        held = {row["account_no"]: dict(row) for row in rows}
+        rows = conn.execute(sa.text(f"SELECT * FROM {TABLE}")).mappings()
+        held = {keys.number(row["account_no"]): dict(row) for row in rows}
     for row in held.values():  # SQLite holds the fee as text
         row["monthly_fee"] = Decimal(str(row["monthly_fee"]))
     return held
@@ -134,10 +161,15 @@ def write_mapped_destinations(path: Path, servers: dict[str, SandboxServer]) -> 
     return load_destinations(path)
 
 
+@pytest.fixture(params=sorted(KEY_TYPES))
+def keys(request: pytest.FixtureRequest) -> Keys:
+    return Keys(request.param)
+
+
 @pytest.fixture
-def accounts_settings(source_url: str, tmp_path: Path) -> Settings:
+def accounts_settings(source_url: str, tmp_path: Path, keys: Keys) -> Settings:
     engine = writer(source_url)
-    create_accounts(engine)
+    create_accounts(engine, keys.kind)
     init_source(engine, TABLE)
     return Settings(
         source_url=source_url,
@@ -169,26 +201,28 @@ def _reconcile(project: Project, config: DestinationsConfig, system: str, strate
     rc.reconcile_system(project, config.destinations[system], policy, holder=HOLDER)
 
 
-def test_an_integer_keyed_table_is_delivered_to_every_system(
+def test_a_table_with_its_own_key_and_columns_is_delivered_to_every_system(
     accounts_settings: Settings,
+    keys: Keys,
     servers: tuple[Clock, dict[str, SandboxServer]],
     tmp_path: Path,
 ) -> None:
     _clock, running = servers
     engine = writer(accounts_settings.source_url)
     for number, fee in ((1, "10.00"), (2, "20.50"), (3, "7.25")):
-        add_account(engine, number, fee)
-    change_account(engine, 2, 1, monthly_fee="25.00")
+        add_account(engine, keys, number, fee)
+    change_account(engine, keys, 2, 1, monthly_fee="25.00")
     with engine.begin() as conn:
-        conn.execute(sa.text(f"DELETE FROM {TABLE} WHERE account_no = 3"))
+        conn.execute(sa.text(f"DELETE FROM {TABLE} WHERE account_no = :n"), {"n": keys.value(3)})
+    one, two, three = keys.text(1), keys.text(2), keys.text(3)
     project = Project(accounts_settings)
     config = write_mapped_destinations(tmp_path / "destinations.toml", running)
     _deliver(project, config)
 
     erp = running["erp"].system.records  # type: ignore[attr-defined]
-    assert sorted(erp) == ["1", "2"]
-    assert erp["2"] | {"updated_at": None} == {
-        "id": "2",
+    assert sorted(erp) == sorted([one, two])
+    assert erp[two] | {"updated_at": None} == {
+        "id": two,
         "user_id": "cust-2",
         "name": "Team",
         "category": None,
@@ -204,8 +238,8 @@ def test_an_integer_keyed_table_is_delivered_to_every_system(
         "extra": {"notes": "note 2"},
     }
     crm = running["crm"].system.records  # type: ignore[attr-defined]
-    assert sorted(crm) == ["1", "2"]
-    assert (crm["1"]["customer_id"], crm["1"]["price"], crm["1"]["custom_fields"]) == (
+    assert sorted(crm) == sorted([one, two])
+    assert (crm[one]["customer_id"], crm[one]["price"], crm[one]["custom_fields"]) == (
         "cust-1",
         "10.00",
         {"notes": "note 1"},
@@ -214,49 +248,54 @@ def test_an_integer_keyed_table_is_delivered_to_every_system(
     for entry in running["accounting"].system.journal:  # type: ignore[attr-defined]
         sign = -1 if entry["kind"] in ("credit", "refund") else 1
         balance[entry["subscription_id"]] += sign * Decimal(entry["amount"])
-    assert dict(balance) == {"1": Decimal("10.00"), "2": Decimal("25.00"), "3": Decimal(0)}
+    assert dict(balance) == {one: Decimal("10.00"), two: Decimal("25.00"), three: Decimal(0)}
 
 
 def test_remote_edits_come_back_into_the_table_with_its_key_type(
     accounts_settings: Settings,
+    keys: Keys,
     servers: tuple[Clock, dict[str, SandboxServer]],
     tmp_path: Path,
 ) -> None:
     clock, running = servers
     engine = writer(accounts_settings.source_url)
-    add_account(engine, 1, "10.00")
-    add_account(engine, 2, "20.00")
+    add_account(engine, keys, 1, "10.00")
+    add_account(engine, keys, 2, "20.00")
+    one, two = keys.text(1), keys.text(2)
     project = Project(accounts_settings)
     config = write_mapped_destinations(tmp_path / "destinations.toml", running)
     _deliver(project, config)
 
     clock.now = at(2)  # an ERP user raises account 1's fee; a CRM user renames account 2's plan
-    running["erp"].system.edit("1", amount="12.00")  # type: ignore[attr-defined]
-    running["crm"].system.edit("2", plan_name="Enterprise")  # type: ignore[attr-defined]
+    running["erp"].system.edit(one, amount="12.00")  # type: ignore[attr-defined]
+    running["crm"].system.edit(two, plan_name="Enterprise")  # type: ignore[attr-defined]
     _reconcile(project, config, "erp", "last_writer_wins")
     _reconcile(project, config, "crm", "last_writer_wins")
-    held = accounts(engine)
+    held = accounts(engine, keys)
     assert (held[1]["monthly_fee"], held[2]["plan"]) == (Decimal("12.00"), "Enterprise")
     _deliver(project, config)  # the merged records reach the other systems
-    assert running["crm"].system.records["1"]["price"] == "12.00"  # type: ignore[attr-defined]
-    assert running["erp"].system.records["2"]["name"] == "Enterprise"  # type: ignore[attr-defined]
+    assert running["crm"].system.records[one]["price"] == "12.00"  # type: ignore[attr-defined]
+    assert running["erp"].system.records[two]["name"] == "Enterprise"  # type: ignore[attr-defined]
 
-    # remote_wins: the ERP's edit of an account deleted here brings it back, key as an integer
+    # remote_wins: the ERP's edit of an account deleted here brings it back, its key inserted
+    # in the key's type (PostgreSQL has no bigint = varchar or uuid = varchar operator; SQLite's
+    # column affinity would convert a text '2' itself, so there the type check is a record)
     with engine.begin() as conn:
-        conn.execute(sa.text(f"DELETE FROM {TABLE} WHERE account_no = 2"))
+        conn.execute(sa.text(f"DELETE FROM {TABLE} WHERE account_no = :n"), {"n": keys.value(2)})
     clock.now = at(5)
-    running["erp"].system.edit("2", amount="30.00")  # type: ignore[attr-defined]
+    running["erp"].system.edit(two, amount="30.00")  # type: ignore[attr-defined]
     _reconcile(project, config, "erp", "remote_wins")
     with engine.connect() as conn:
         key_type = conn.execute(
             sa.text(
-                f"SELECT pg_typeof(account_no)::text FROM {TABLE} WHERE account_no = 2"
+                f"SELECT pg_typeof(account_no)::text FROM {TABLE}"
                 if is_postgres(engine)
-                else f"SELECT typeof(account_no) FROM {TABLE} WHERE account_no = 2"
+                else f"SELECT typeof(account_no) FROM {TABLE}"
             )
-        ).scalar_one()
-    assert key_type in ("bigint", "integer")
-    restored = accounts(engine)[2]
+        ).all()
+    expected = {"bigint": ("bigint", "integer"), "uuid": ("uuid", "text")}[keys.kind]
+    assert {t for (t,) in key_type} == {expected[0] if is_postgres(engine) else expected[1]}
+    restored = accounts(engine, keys)[2]
     assert (restored["monthly_fee"], restored["plan"], restored["notes"]) == (
         Decimal("30.00"),
         "Enterprise",
@@ -266,28 +305,30 @@ def test_remote_edits_come_back_into_the_table_with_its_key_type(
 
 def test_a_both_sided_edit_is_queued_and_resolved_by_hand(
     accounts_settings: Settings,
+    keys: Keys,
     servers: tuple[Clock, dict[str, SandboxServer]],
     tmp_path: Path,
 ) -> None:
     clock, running = servers
     engine = writer(accounts_settings.source_url)
-    add_account(engine, 7, "10.00")
+    add_account(engine, keys, 7, "10.00")
+    seven = keys.text(7)
     project = Project(accounts_settings)
     config = write_mapped_destinations(tmp_path / "destinations.toml", running)
     _deliver(project, config)
 
-    change_account(engine, 7, 1, monthly_fee="11.00")
+    change_account(engine, keys, 7, 1, monthly_fee="11.00")
     clock.now = at(2)
-    running["erp"].system.edit("7", amount="15.00")  # type: ignore[attr-defined]
+    running["erp"].system.edit(seven, amount="15.00")  # type: ignore[attr-defined]
     _reconcile(project, config, "erp", "manual")
     (queued,) = st.list_conflicts(project.state)
-    assert (queued.destination, queued.subscription_id, queued.fields) == ("erp", "7", ["amount"])
-    assert accounts(engine)[7]["monthly_fee"] == Decimal("11.00")  # nothing applied yet
+    assert (queued.destination, queued.subscription_id, queued.fields) == ("erp", seven, ["amount"])
+    assert accounts(engine, keys)[7]["monthly_fee"] == Decimal("11.00")  # nothing applied yet
 
     resolved = resolve_conflict(project, config, queued.id, "merged", ["amount=13.00"])
     assert resolved.written_back and st.list_conflicts(project.state) == []
-    held = accounts(engine)[7]
+    held = accounts(engine, keys)[7]
     assert (held["monthly_fee"], held["customer"]) == (Decimal("13.00"), "cust-7")
     _deliver(project, config)  # the ERP gets the change it lacked, then the resolution's push
     _reconcile(project, config, "erp", "manual")
-    assert running["erp"].system.records["7"]["amount"] == "13.00"  # type: ignore[attr-defined]
+    assert running["erp"].system.records[seven]["amount"] == "13.00"  # type: ignore[attr-defined]
