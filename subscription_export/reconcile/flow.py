@@ -74,6 +74,7 @@ from subscription_export.reconcile.manual_queue import (
 )
 from subscription_export.reconcile.policies import ConflictPolicies
 from subscription_export.reconcile.pushes import PushReport, push_pending
+from subscription_export.reconcile.source_side import destination_types
 from subscription_export.reconcile.strategies import ConflictPolicy
 from subscription_export.reconcile.sync_state import advance_applied, init_sync_state
 from subscription_export.runtime import Project
@@ -133,6 +134,7 @@ def reconcile_system(
 ) -> ReconcileReport:
     """Fetch (at most `max_changes`), decide, apply, push and advance the cursor of one system."""
     init_sync_state(project.state)
+    destination_types(project, config)  # its table and columns fit, before the feed is read
     own = client is None
     active = client or config.client()
     try:

@@ -328,3 +328,22 @@ def test_status_shows_an_unfinished_snapshot_per_table(settings: Settings, tmp_p
     assert "unfinished" not in _run(["status"], settings, tmp_path).stdout
     finished = json.loads(_run(["status", "--json"], settings, tmp_path).stdout)
     assert finished["snapshots"]["subscriptions"]["finished"] is True
+
+
+def test_a_destination_column_the_table_lacks_stops_reconcile_before_the_feed_is_read(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The ERP is unreachable: the mapping mistake, not a connection error, is what is said
+    (as the system's failure: other systems would still be reconciled, exit 1)."""
+    (tmp_path / "destinations.toml").write_text(
+        '[destinations.erp]\nbase_url = "http://127.0.0.1:9"\n'
+        '[destinations.erp.columns]\namount = "fee"\n'
+    )
+    Project(settings).state  # noqa: B018 - the state database `reconcile` reads
+    result = _run(["reconcile"], settings, tmp_path, check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "destination 'erp': key 'columns.amount' = 'fee'" in lines[0], (
+        result.stderr
+    )
+    assert "table 'subscriptions' has no column 'fee'" in lines[0]
