@@ -22,7 +22,7 @@ itself, unchanged.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ from subscription_export.delivery.mapping import (
     REQUIRED_FIELDS,
     MappingError,
 )
+from subscription_export.runtime import Project
 from subscription_export.source.catalog import read_table
 from subscription_export.source.schema import latest_capture_schema
 
@@ -199,16 +200,28 @@ def _check_column(where: str, table: TableColumns, field: str, column: str, name
         )
 
 
-def destination_columns(source: Engine, config: DestinationConfig, captured: str) -> ColumnMap:
-    """The destination's table and columns, bound; its `table` must be a captured table.
+def captured_tables(project: Project) -> tuple[str, ...]:
+    """The tables a destination may name, the default first. Today exactly one table is
+    captured (`SUBSCRIPTION_EXPORT_TABLE`); capturing several changes this, and
+    `one_window.window_parquet`, which picks the table's export."""
+    return (project.settings.table,)
 
-    Today one table is captured (`SUBSCRIPTION_EXPORT_TABLE`, passed as `captured`): this is
-    the one place that picks a destination's table, so capturing several tables changes it
-    here (and `one_window.window_parquet`, which picks that table's export)."""
-    table = config.table or captured
-    if table != captured:
+
+def project_columns(project: Project, config: DestinationConfig) -> ColumnMap:
+    """The destination's table and columns in this project, bound (the one place delivery and
+    reconcile get them from)."""
+    return destination_columns(project.source, config, captured_tables(project))
+
+
+def destination_columns(
+    source: Engine, config: DestinationConfig, captured: Sequence[str]
+) -> ColumnMap:
+    """The destination's table (default: the first captured one) and columns, bound; its
+    `table` must be one of the `captured` tables."""
+    table = config.table or captured[0]
+    if table not in captured:
         raise DestinationConfigError(
             f"{config.file or 'destinations file'}: destination {config.name!r}: key 'table'"
-            f" = {table!r} is not a captured table (captured: {captured!r})"
+            f" = {table!r} is not a captured table (captured: {', '.join(captured)})"
         )
     return bind_columns(config, read_table_columns(source, table))

@@ -19,7 +19,7 @@ from upath import UPath
 
 from subscription_export.core.errors import UnpublishedFileError
 from subscription_export.delivery.clients import DeliveryClient, DeliveryResult
-from subscription_export.delivery.columns import ColumnMap, destination_columns
+from subscription_export.delivery.columns import ColumnMap, project_columns
 from subscription_export.delivery.config import DestinationConfig
 from subscription_export.delivery.dead_letters import (
     NewDeadLetter,
@@ -123,13 +123,13 @@ def read_rows(
 
 def table_columns(project: Project, destination: DestinationConfig) -> ColumnMap:
     """The destination's table and columns, checked against the table before anything is sent."""
-    return destination_columns(project.source, destination, project.settings.table)
+    return project_columns(project, destination)
 
 
 def window_parquet(project: Project, window_key: str) -> Path | UPath:
     """The window's Parquet file once its manifest (written last) vouches for it; before that
     the window is not exported yet, which the caller retries like any out-of-order window.
-    It is the export of the one captured table (`columns.destination_columns` picks it)."""
+    It is the export of the one captured table (`columns.captured_tables`)."""
     try:
         return project.published_file("parquet", window_key)
     except UnpublishedFileError as exc:

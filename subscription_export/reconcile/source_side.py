@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, Engine
 from subscription_export.core.columns import BASE_TYPES, LogicalType
 from subscription_export.core.db import engine_for, normalize_url
 from subscription_export.core.values import BadValue, convert
-from subscription_export.delivery.columns import ColumnMap, destination_columns
+from subscription_export.delivery.columns import ColumnMap, project_columns
 from subscription_export.delivery.config import DestinationConfig
 from subscription_export.delivery.mapping import MappingError
 from subscription_export.reconcile.strategies import MISSING, SOURCE, same
@@ -64,7 +64,7 @@ def column_types(conn: Connection, columns: ColumnMap | None = None) -> TableTyp
 
 def destination_types(project: Project, config: DestinationConfig) -> TableTypes:
     """The types of `config`'s records, bound to its table (a mapping mistake stops here)."""
-    columns = destination_columns(project.source, config, project.settings.table)
+    columns = project_columns(project, config)
     return TableTypes(columns.field_types, columns)
 
 
