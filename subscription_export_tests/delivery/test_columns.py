@@ -153,3 +153,20 @@ def test_an_unknown_field_is_refused_when_the_file_loads(tmp_path: Path) -> None
     assert "destination 'accounting': key 'columns.user_id': not a field of kind 'accounting'" in (
         str(caught.value)
     )
+
+
+def test_a_composite_key_is_refused_for_a_destination(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    engine = writer(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TABLE seats (region text, n integer, amount TEXT DECIMAL(10, 2), ccy text,"
+            " state text, PRIMARY KEY (region, n))"
+        )
+    init_source(engine, "seats")
+    config = _load(tmp_path, "", "accounting")
+    with pytest.raises(DestinationConfigError) as caught:
+        destination_columns(engine, config, ["seats"])
+    assert "table 'seats' has a composite key (region, n); a destination needs a single-column" in (
+        str(caught.value)
+    )
