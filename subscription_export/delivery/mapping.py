@@ -36,6 +36,7 @@ balance is booked as kind `opening` (not `revenue`: no change earned it). Each e
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -51,6 +52,8 @@ BILLABLE_STATUSES = frozenset({"active", "past_due"})
 CRM_FIELD_NAMES = {"user_id": "customer_id", "name": "plan_name", "amount": "price"}
 _FROM_CRM = {crm: ours for ours, crm in CRM_FIELD_NAMES.items()}
 UTC = dt.UTC
+_NO_OFFSET = dt.timedelta(0)
+_URL_SAFE = re.compile(r"[A-Za-z0-9_.~-]+")  # what `quote(..., safe="")` leaves as it is
 
 
 class MappingError(ValueError):
@@ -75,7 +78,9 @@ def utc_text(value: Any, column: str) -> str:
         raise MappingError(f"{column} must be a datetime, got {type(value).__name__} {value!r}")
     if value.tzinfo is None:
         raise MappingError(f"{column}={value!r} is naive; change rows carry UTC-aware times")
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if value.utcoffset() != _NO_OFFSET:  # rows read from Parquet are UTC already
+        value = value.astimezone(UTC)
+    return value.isoformat().replace("+00:00", "Z")
 
 
 def json_value(value: Any, column: str) -> Any:
@@ -95,25 +100,39 @@ def json_value(value: Any, column: str) -> Any:
     raise MappingError(f"{column}: cannot send a {type(value).__name__} value")
 
 
-def _base_value(row: ChangeRow, column: str) -> Any:
-    value = row.get(column)
-    if value is None:
-        return None
-    kind = BASE_TYPES[column]
-    if kind == "decimal":
-        return money(value, column)
-    if kind == "timestamp":
-        return utc_text(value, column)
-    if kind == "date":
-        if isinstance(value, dt.datetime) or not isinstance(value, dt.date):
-            raise MappingError(f"{column} must be a date, got {value!r}")
-        return value.isoformat()
-    return json_value(value, column)
+def _date_text(value: Any, column: str) -> str:
+    if isinstance(value, dt.datetime) or not isinstance(value, dt.date):
+        raise MappingError(f"{column} must be a date, got {value!r}")
+    return value.isoformat()
+
+
+# Each base column with the function that makes its value JSON-ready, decided once rather than
+# per value (mapping is most of the delivery's client time).
+_BY_KIND = {"decimal": money, "timestamp": utc_text, "date": _date_text}
+_BASE_CONVERTERS = tuple(
+    (column, _BY_KIND.get(kind, json_value)) for column, kind in BASE_TYPES.items()
+)
+_EXTRA_NAMES: dict[tuple[str, ...], tuple[str, ...]] = {}  # row keys -> extra columns
+
+
+def _base_record(row: ChangeRow, rename: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The base columns JSON-ready (`None` stays `None`), keys renamed by `rename`."""
+    record = {}
+    for column, convert in _BASE_CONVERTERS:
+        value = row.get(column)
+        name = rename.get(column, column) if rename else column
+        record[name] = None if value is None else convert(value, column)
+    return record
 
 
 def extra_columns(row: ChangeRow) -> dict[str, Any]:
     """Columns added after the base schema, JSON-ready, in name order."""
-    names = sorted(k for k in row if k not in BASE_TYPES and k not in META_COLUMNS)
+    keys = tuple(row)
+    names = _EXTRA_NAMES.get(keys)
+    if names is None:  # rows of one file share their keys: sorted once per shape
+        names = tuple(sorted(k for k in keys if k not in BASE_TYPES and k not in META_COLUMNS))
+        if len(_EXTRA_NAMES) < 64:
+            _EXTRA_NAMES[keys] = names
     return {name: json_value(row[name], name) for name in names}
 
 
@@ -146,7 +165,7 @@ class ErpRequest:
 
 
 def erp_record(row: ChangeRow) -> dict[str, Any]:
-    record = {column: _base_value(row, column) for column in BASE_TYPES}
+    record = _base_record(row)
     record["id"] = subscription_id(row)
     record["version"] = _version(row)
     extra = extra_columns(row)
@@ -156,7 +175,8 @@ def erp_record(row: ChangeRow) -> dict[str, Any]:
 
 
 def erp_request(row: ChangeRow) -> ErpRequest:
-    path = f"/subscriptions/{quote(subscription_id(row), safe='')}"
+    ident = subscription_id(row)
+    path = f"/subscriptions/{ident if _URL_SAFE.fullmatch(ident) else quote(ident, safe='')}"
     if is_delete(row):
         return ErpRequest("DELETE", path, {"version": _version(row)})
     return ErpRequest("PUT", path, erp_record(row))
@@ -166,11 +186,8 @@ def erp_request(row: ChangeRow) -> ErpRequest:
 
 
 def crm_record(row: ChangeRow) -> dict[str, Any]:
-    record = {
-        CRM_FIELD_NAMES.get(column, column): _base_value(row, column)
-        for column in BASE_TYPES
-        if column != "id"
-    }
+    record = _base_record(row, CRM_FIELD_NAMES)
+    del record["id"]
     record["version"] = _version(row)
     extra = extra_columns(row)
     if extra:
