@@ -36,8 +36,9 @@ balance is booked as kind `opening` (not `revenue`: no change earned it). Each e
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -107,21 +108,34 @@ def _date_text(value: Any, column: str) -> str:
 
 
 # Each base column with the function that makes its value JSON-ready, decided once rather than
-# per value (mapping is most of the delivery's client time).
+# per value (mapping is most of the delivery's client time). Text and integer columns holding
+# plain JSON values are taken as they are, without a call.
 _BY_KIND = {"decimal": money, "timestamp": utc_text, "date": _date_text}
-_BASE_CONVERTERS = tuple(
-    (column, _BY_KIND.get(kind, json_value)) for column, kind in BASE_TYPES.items()
-)
+_PLAIN = frozenset({str, int})
 _EXTRA_NAMES: dict[tuple[str, ...], tuple[str, ...]] = {}  # row keys -> extra columns
+
+
+@functools.cache
+def _converters(
+    rename: tuple[tuple[str, str], ...] = (),
+) -> tuple[tuple[str, str, Callable[[Any, str], Any], bool], ...]:
+    """Per base column: its name, its name in the payload, its converter, and whether a plain
+    str/int value may skip the converter."""
+    names = dict(rename)
+    return tuple(
+        (column, names.get(column, column), _BY_KIND.get(kind, json_value), kind not in _BY_KIND)
+        for column, kind in BASE_TYPES.items()
+    )
 
 
 def _base_record(row: ChangeRow, rename: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The base columns JSON-ready (`None` stays `None`), keys renamed by `rename`."""
     record = {}
-    for column, convert in _BASE_CONVERTERS:
+    for column, name, convert, plain_ok in _converters(tuple(rename.items()) if rename else ()):
         value = row.get(column)
-        name = rename.get(column, column) if rename else column
-        record[name] = None if value is None else convert(value, column)
+        if value is not None and not (plain_ok and type(value) in _PLAIN):
+            value = convert(value, column)
+        record[name] = value
     return record
 
 

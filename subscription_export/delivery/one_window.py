@@ -33,6 +33,7 @@ from subscription_export.delivery.dispatch import DeliveryReport, deliver
 from subscription_export.delivery.mapping import ChangeRow
 from subscription_export.delivery.outcome import DeliveryOrderError, Status, WindowDeliveryOutcome
 from subscription_export.delivery.prior_state import mapping_prior_state, move_past
+from subscription_export.delivery.rows import python_rows
 from subscription_export.formats.parquet_batches import parquet_batches
 from subscription_export.formats.writers import sha256_of
 from subscription_export.metrics.latency import file_latency_percentiles
@@ -113,7 +114,7 @@ def read_rows(path: Path | UPath, batch_size: int) -> Iterator[list[dict[str, An
     if not path.exists():
         raise DeliveryOrderError(f"{path} is missing: export the window to Parquet first")
     for batch in parquet_batches(path, batch_size):
-        yield batch.to_pylist()
+        yield python_rows(batch)
 
 
 def window_parquet(project: Project, window_key: str) -> Path | UPath:
