@@ -271,7 +271,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sequencer-interval", type=float, default=1.0)
     parser.add_argument("--pg-url", default=PG)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
