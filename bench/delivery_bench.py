@@ -186,7 +186,9 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--erp-records", type=int, default=2_000)
     parser.add_argument("--latency-ms", type=float, default=10.0)
-    parser.add_argument("--batch-size", type=int, default=200)
+    parser.add_argument(
+        "--batch-size", type=int, default=0, help="changes a request (0: each kind's default)"
+    )
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--erp-concurrency", type=int, default=32)
     parser.add_argument("--reconcile-edits", type=int, default=200)
@@ -208,7 +210,8 @@ def main() -> int:
         prior = {k: v for k, v in prior_images(project.source, window).items() if v is not None}
         where = "threads of this process" if args.in_process else "its own process"
         print(
-            f"latency {args.latency_ms:g} ms per request, batches of {args.batch_size},"
+            f"latency {args.latency_ms:g} ms per request,"
+            f" batches of {args.batch_size or 'the kind default'},"
             f" {args.concurrency} lanes; each sandbox system in {where}"
         )
         for name in ("erp", "crm", "accounting"):
