@@ -24,8 +24,7 @@ from typing import Any, TypeVar
 
 from subscription_export.core.stopping import raise_if_stopped
 from subscription_export.delivery.clients import DeliveryClient, DeliveryResult, OutboundItem
-from subscription_export.delivery.mapping import ChangeRow
-from subscription_export.delivery.prior_state import move_past
+from subscription_export.delivery.mapping import ChangeRow, is_delete
 
 T = TypeVar("T")
 
@@ -122,6 +121,19 @@ def deliver(
     return DeliveryReport(results, stats)
 
 
+def _carry(prior: dict[str, Mapping[str, Any]], rows: Sequence[ChangeRow]) -> None:
+    """Each subscription's last image after `rows` (gone if deleted), for the lane's next
+    batch; rows without a text id are mapping errors and carry nothing (as `journal_plan`)."""
+    for row in rows:
+        ident = row.get("id")
+        if not isinstance(ident, str):
+            continue
+        if is_delete(row):
+            prior.pop(ident, None)
+        else:
+            prior[ident] = row
+
+
 @dataclass(frozen=True)
 class _LaneSender:
     """Maps and sends one lane batch by batch; a subscription that failed holds back its
@@ -145,7 +157,7 @@ class _LaneSender:
         for start in range(0, len(lane), size):
             chunk = lane[start : start + size]
             items = self.client.prepare(chunk, window_key=self.window_key, prior_state=prior)
-            move_past(prior, chunk)
+            _carry(prior, chunk)
             for item in items:
                 settled = item.settled()
                 if settled is None:

@@ -9,9 +9,16 @@ from typing import Any
 
 import pytest
 
-from subscription_export.delivery.clients import DeliveryClient, DeliveryResult, OutboundItem
+from subscription_export.delivery.clients import (
+    AccountingClient,
+    DeliveryClient,
+    DeliveryResult,
+    OutboundItem,
+)
 from subscription_export.delivery.dispatch import deliver, lanes
 from subscription_export.delivery.mapping import ChangeRow, MappingError
+from subscription_export.sandbox.server import SandboxServer
+from subscription_export.sandbox.systems import AccountingSystem
 from subscription_export_tests.delivery.factories import change_row
 
 WINDOW = "00000000000000000001-00000000000000000100"
@@ -184,3 +191,30 @@ def test_rows_that_need_no_request_do_not_shorten_batches() -> None:
 
     assert [len(batch) for batch in client.batches] == [4, 4]
     assert report.stats.skipped == 4
+
+
+def test_a_row_without_an_id_column_is_a_dead_letter_not_a_crash() -> None:
+    row = change_row(2, "b")
+    del row["id"]
+    report = deliver([change_row(1, "a"), row], RecordingClient(), window_key=WINDOW)
+    assert [(r.lsn, r.status) for r in report.results] == [(1, "delivered"), (2, "dead_letter")]
+    assert "no subscription id" in (report.results[1].error or "")
+
+
+def test_a_lane_books_an_update_against_the_image_of_its_earlier_batch() -> None:
+    """Accounting maps each lane batch on its own: a subscription's update in a later batch
+    is still booked as the difference to its previous change, as if all rows mapped at once."""
+    rows = [
+        change_row(1, "a", "c", amount="10.00"),
+        change_row(2, "a", "u", amount="15.00", version=2),
+        change_row(3, "a", "u", amount="12.00", version=3),
+    ]
+    accounting = AccountingSystem()
+    with SandboxServer(accounting) as server, AccountingClient(server.url) as client:
+        report = deliver(rows, client, window_key=WINDOW, batch_size=1, max_concurrency=1)
+    assert [r.status for r in report.results] == ["delivered"] * 3
+    assert [(e["kind"], e["amount"]) for e in accounting.journal] == [
+        ("revenue", "10.00"),
+        ("revenue", "5.00"),
+        ("credit", "3.00"),
+    ]
