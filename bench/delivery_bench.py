@@ -85,13 +85,25 @@ _SERVE = (
 )
 
 
+def _cpu_s(pid: int | None) -> float | None:
+    """CPU seconds (user + system) of process `pid` so far, where /proc tells (Linux)."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
-def _system(name: str, faults: FaultPlan, in_process: bool) -> Iterator[str]:
-    """A fresh sandbox system; by default in its own process, as a remote system would be
-    (in this process its request handling would compete with the client for the GIL)."""
+def _system(name: str, faults: FaultPlan, in_process: bool) -> Iterator[tuple[str, int | None]]:
+    """A fresh sandbox system and its process id; by default in its own process, as a remote
+    system would be (in this process its request handling would compete with the client for
+    the GIL; its id is then None: its CPU time is the client's)."""
     if in_process:
         with running_sandbox((name,), faults=faults) as servers:
-            yield servers[name].url
+            yield servers[name].url, None
         return
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -110,7 +122,7 @@ def _system(name: str, faults: FaultPlan, in_process: bool) -> Iterator[str]:
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"sandbox {name} did not start on port {port}") from None
                 time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", server.pid
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -136,16 +148,35 @@ def _source(workdir: Path, records: int) -> tuple[Project, str]:
     return project, window.key
 
 
-def _measure(label: str, records: int, run: Any) -> dict[str, Any]:
+def _measure(label: str, records: int, run: Any, server_pid: int | None = None) -> dict[str, Any]:
+    """Wall time and records/s of `run()`, and the CPU time it took in this process (every
+    client thread) and in the sandbox's: on a shared machine the wall time follows the load,
+    the CPU time per record much less so."""
+    client_before, server_before = time.process_time(), _cpu_s(server_pid)
     started = time.perf_counter()
     extra = run()
     seconds = time.perf_counter() - started
+    client_cpu = time.process_time() - client_before
+    server_after = _cpu_s(server_pid)
+    server_cpu = (
+        None if server_before is None or server_after is None else server_after - server_before
+    )
     rate = records / seconds
-    print(f"  {label:<40} {records:>7} records in {seconds:6.2f} s = {rate:>9,.0f} records/s")
+    cpu = f"client {client_cpu * 1e6 / records:4.0f} us"
+    if server_cpu is not None:
+        cpu += f", sandbox {server_cpu * 1e6 / records:4.0f} us"
+    print(
+        f"  {label:<40} {records:>7} records in {seconds:6.2f} s = {rate:>9,.0f} records/s"
+        f" (CPU a record: {cpu})"
+    )
     return {
         "records": records,
         "seconds": round(seconds, 3),
         "records_per_s": round(rate),
+        "client_cpu_us_per_record": round(client_cpu * 1e6 / records, 1),
+        "sandbox_cpu_us_per_record": (
+            None if server_cpu is None else round(server_cpu * 1e6 / records, 1)
+        ),
         "details": extra,
     }
 
@@ -155,7 +186,9 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--erp-records", type=int, default=2_000)
     parser.add_argument("--latency-ms", type=float, default=10.0)
-    parser.add_argument("--batch-size", type=int, default=200)
+    parser.add_argument(
+        "--batch-size", type=int, default=0, help="changes a request (0: each kind's default)"
+    )
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--erp-concurrency", type=int, default=32)
     parser.add_argument("--reconcile-edits", type=int, default=200)
@@ -177,12 +210,13 @@ def main() -> int:
         prior = {k: v for k, v in prior_images(project.source, window).items() if v is not None}
         where = "threads of this process" if args.in_process else "its own process"
         print(
-            f"latency {args.latency_ms:g} ms per request, batches of {args.batch_size},"
+            f"latency {args.latency_ms:g} ms per request,"
+            f" batches of {args.batch_size or 'the kind default'},"
             f" {args.concurrency} lanes; each sandbox system in {where}"
         )
         for name in ("erp", "crm", "accounting"):
             # A fresh system per measurement: the second would otherwise meet newer versions.
-            with _system(name, faults, args.in_process) as url:
+            with _system(name, faults, args.in_process) as (url, pid):
                 config = _destination(name, url, args.batch_size, args.concurrency)
                 with config.client() as client:
 
@@ -199,9 +233,9 @@ def main() -> int:
                         return report.stats.as_metadata()
 
                     results[f"{name}.deliver"] = _measure(
-                        f"{name} deliver()", len(table), transport
+                        f"{name} deliver()", len(table), transport, pid
                     )
-            with _system(name, faults, args.in_process) as url:
+            with _system(name, faults, args.in_process) as (url, pid):
                 config = _destination(name, url, args.batch_size, args.concurrency)
 
                 def window_path(config: DestinationConfig = config) -> Any:
@@ -210,11 +244,11 @@ def main() -> int:
                     return outcome.metadata()
 
                 results[f"{name}.deliver_window"] = _measure(
-                    f"{name} deliver_window() (Parquet)", len(table), window_path
+                    f"{name} deliver_window() (Parquet)", len(table), window_path, pid
                 )
 
         erp_rows = table[: args.erp_records]
-        with _system("erp", faults, args.in_process) as url:
+        with _system("erp", faults, args.in_process) as (url, pid):
             erp = _destination(
                 "erp", url, args.batch_size, args.erp_concurrency, batch_endpoint=False
             )
@@ -235,6 +269,7 @@ def main() -> int:
                     f"erp deliver() ({args.erp_concurrency} lanes, 1 req/change)",
                     len(erp_rows),
                     erp_transport,
+                    pid,
                 )
 
         results["reconcile"] = reconcile_bench.measure(args.reconcile_edits, args.latency_ms)

@@ -107,6 +107,21 @@ class ChangePage:
     next_cursor: int
 
 
+def _session_with_environment(base_url: str) -> requests.Session:
+    """A session with the environment's proxies, CA bundle and netrc credentials for
+    `base_url`, read once here: requests would re-read them (os.environ, ~/.netrc) on every
+    request, which cost more client time per batch than building its JSON body."""
+    session = requests.Session()
+    settings = session.merge_environment_settings(base_url, {}, None, None, None)
+    netrc = requests.utils.get_netrc_auth(base_url)
+    session.trust_env = False
+    session.proxies.update(settings["proxies"])
+    session.verify = settings["verify"]
+    if netrc:
+        session.auth = netrc
+    return session
+
+
 class DeliveryClient(abc.ABC):
     """Base: session, timeouts, retries, preparation of rows into keyed units."""
 
@@ -124,7 +139,7 @@ class DeliveryClient(abc.ABC):
         self.base_url = base_url.rstrip("/")
         self.retry = retry or RetryPolicy()
         self.timeout = timeout
-        self.session = requests.Session()
+        self.session = _session_with_environment(self.base_url)
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)

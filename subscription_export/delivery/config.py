@@ -58,6 +58,12 @@ CLIENT_CLASSES: dict[Kind, type[DeliveryClient]] = {
     "accounting": AccountingClient,
 }
 _TOP_KEYS = set(DestinationTable.model_fields)
+# Changes a request when the file sets no `batch_size`: what each kind's API takes in one
+# request, so a window needs few round trips (requests cost the client more than items do).
+# ERP `$batch` (OData/NetSuite-style) and the accounting journal batch take up to 1000 items
+# (the sandbox's limit); 500 leaves room. The CRM is modelled on Salesforce, whose sObject
+# Collections take 200 records a request.
+DEFAULT_BATCH_SIZE: dict[Kind, int] = {"erp": 500, "crm": 200, "accounting": 500}
 
 
 class DestinationConfigError(ConfigError):
@@ -75,7 +81,7 @@ class DestinationConfig:
     auth_token_env: str | None = None
     auth_token: str | None = field(default=None, repr=False)  # resolved from the env var
     auth_scheme: str | None = None  # e.g. "Bearer": header value is "Bearer <token>"
-    batch_size: int = 100
+    batch_size: int = 0  # changes a request; 0 (unset): DEFAULT_BATCH_SIZE[kind]
     batch_endpoint: bool = True  # ERP: POST /subscriptions/$batch; False: one request a change
     max_concurrency: int = 4
     connect_timeout_s: float = 3.05
@@ -85,6 +91,10 @@ class DestinationConfig:
     table: str | None = None  # None: the captured table
     columns: Mapping[str, str] = field(default_factory=dict)  # field -> source column
     file: Path | None = field(default=None, compare=False)  # named in binding errors
+
+    def __post_init__(self) -> None:
+        if not self.batch_size:  # frozen: set once, here, from the kind
+            object.__setattr__(self, "batch_size", DEFAULT_BATCH_SIZE[self.kind])
 
     @classmethod
     def from_table(
@@ -100,7 +110,7 @@ class DestinationConfig:
             auth_token_env=auth.token_env,
             auth_token=env.get(auth.token_env) if auth.token_env else None,
             auth_scheme=auth.scheme,
-            batch_size=table.batch_size,
+            batch_size=table.batch_size or 0,
             batch_endpoint=table.batch_endpoint,
             max_concurrency=table.max_concurrency,
             connect_timeout_s=table.timeouts.connect_s,

@@ -113,7 +113,7 @@ class DestinationTable(_Table):
     base_url: Annotated[str, AfterValidator(_http_base_url)] = Field(
         description="http(s)://host:port"
     )
-    batch_size: Count = 100
+    batch_size: Count | None = None  # None: the kind's DEFAULT_BATCH_SIZE
     batch_endpoint: StrictBool = True
     max_concurrency: Count = 4
     auth: AuthTable = AuthTable()

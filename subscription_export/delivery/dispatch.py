@@ -5,6 +5,12 @@ Rows are split into lanes by subscription id, and each lane sends its rows in LS
 one subscription therefore always arrive in order - the ERP and CRM refuse a version older than
 the one they hold, so reordering them would turn good changes into dead letters - while
 different subscriptions are delivered in parallel over the client's pooled connections.
+
+Each lane maps its own rows, `batch_size` at a time, just before sending them: mapping is most
+of the client's work, and done lane by lane it overlaps the requests other lanes have in
+flight, instead of the whole window being mapped before the first request goes out. A lane
+carries each subscription's last image from one mapped batch to the next (accounting books an
+update against it), as one mapping of all the rows would.
 """
 
 from __future__ import annotations
@@ -14,11 +20,13 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from subscription_export.core.stopping import raise_if_stopped
 from subscription_export.delivery.clients import DeliveryClient, DeliveryResult, OutboundItem
-from subscription_export.delivery.mapping import ChangeRow
+from subscription_export.delivery.mapping import ChangeRow, is_delete
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -48,19 +56,30 @@ class DeliveryReport:
         return [r for r in self.results if r.status == "dead_letter"]
 
 
-def lanes(items: Sequence[OutboundItem], max_lanes: int) -> list[list[OutboundItem]]:
+def _item_subscription(item: OutboundItem) -> str:
+    return item.subscription_id
+
+
+def lanes(
+    items: Sequence[T], max_lanes: int, subscription: Callable[[T], str] = _item_subscription
+) -> list[list[T]]:
     """Split items into at most `max_lanes` lists; one subscription's items share one lane.
 
     Subscriptions are dealt round-robin in order of first appearance, which is deterministic
     and spreads subscriptions evenly across lanes.
     """
+    owners = [subscription(item) for item in items]
     lane_of: dict[str, int] = {}
-    count = max(1, min(max_lanes, len({item.subscription_id for item in items})))
-    split: list[list[OutboundItem]] = [[] for _ in range(count)]
-    for item in items:
-        lane = lane_of.setdefault(item.subscription_id, len(lane_of) % count)
+    count = max(1, min(max_lanes, len(set(owners))))
+    split: list[list[T]] = [[] for _ in range(count)]
+    for item, owner in zip(items, owners, strict=True):
+        lane = lane_of.setdefault(owner, len(lane_of) % count)
         split[lane].append(item)
     return [lane for lane in split if lane]
+
+
+def _row_subscription(row: ChangeRow) -> str:
+    return str(row.get("id"))  # as `prepare` names it; a row without one is a mapping error
 
 
 def deliver(
@@ -84,21 +103,15 @@ def deliver(
     if batch_size < 1 or max_concurrency < 1:
         raise ValueError("batch_size and max_concurrency must be at least 1")
     started = clock()
-    items = client.prepare(rows, window_key=window_key, prior_state=prior_state)
+    ordered = sorted(rows, key=lambda r: r["_lsn"])
+    if len({row["_lsn"] for row in ordered}) != len(ordered):
+        raise ValueError("change rows with duplicate LSNs: an LSN names exactly one change")
     results: list[DeliveryResult] = []
-    to_send: list[OutboundItem] = []
-    for item in items:
-        settled = item.settled()
-        if settled is None:
-            to_send.append(item)
-        else:
-            results.append(settled)
-
     latencies: list[float] = []
-    work = lanes(to_send, max_concurrency)
+    work = lanes(ordered, max_concurrency, _row_subscription)
     if work:
         name = f"deliver-{client.destination}"
-        send = _lane_sender(client, batch_size, set(held), clock)
+        send = _LaneSender(client, window_key, prior_state, batch_size, set(held), clock)
         with ThreadPoolExecutor(max_workers=len(work), thread_name_prefix=name) as pool:
             for lane_results, lane_latencies in pool.map(send, work):
                 results.extend(lane_results)
@@ -108,25 +121,69 @@ def deliver(
     return DeliveryReport(results, stats)
 
 
-def _lane_sender(
-    client: DeliveryClient, batch_size: int, held: set[str], clock: Callable[[], float]
-) -> Callable[[list[OutboundItem]], tuple[list[DeliveryResult], list[float]]]:
-    """Send one lane batch by batch; a subscription that failed holds back its later rows."""
+def _carry(prior: dict[str, Mapping[str, Any]], rows: Sequence[ChangeRow]) -> None:
+    """Each subscription's last image after `rows` (gone if deleted), for the lane's next
+    batch; rows without a text id are mapping errors and carry nothing (as `journal_plan`)."""
+    for row in rows:
+        ident = row.get("id")
+        if not isinstance(ident, str):
+            continue
+        if is_delete(row):
+            prior.pop(ident, None)
+        else:
+            prior[ident] = row
 
-    def run_lane(lane: list[OutboundItem]) -> tuple[list[DeliveryResult], list[float]]:
-        lane_results: list[DeliveryResult] = []
-        lane_latencies: list[float] = []
-        blocked = {item.subscription_id for item in lane} & held  # this lane's own
-        for start in range(0, len(lane), batch_size):
-            raise_if_stopped()  # `run` got SIGTERM: send no more (the window is not recorded)
-            batch_started = clock()
-            sent = client.send(lane[start : start + batch_size], held=blocked)
-            blocked |= {r.subscription_id for r in sent if r.status == "dead_letter"}
-            lane_results.extend(sent)
-            lane_latencies.append(clock() - batch_started)
-        return lane_results, lane_latencies
 
-    return run_lane
+@dataclass(frozen=True)
+class _LaneSender:
+    """Maps and sends one lane batch by batch; a subscription that failed holds back its
+    later rows. Batches hold `batch_size` items that need a request (rows settled while
+    mapping - echoes, mapping errors - do not shorten them)."""
+
+    client: DeliveryClient
+    window_key: str
+    prior_state: Mapping[str, Mapping[str, Any]] | None
+    batch_size: int
+    held: set[str]
+    clock: Callable[[], float]
+
+    def __call__(self, lane: list[ChangeRow]) -> tuple[list[DeliveryResult], list[float]]:
+        results: list[DeliveryResult] = []
+        latencies: list[float] = []
+        blocked = {_row_subscription(row) for row in lane} & self.held  # this lane's own
+        prior = dict(self.prior_state or {})  # chained from batch to batch (accounting)
+        pending: list[OutboundItem] = []
+        size = self.batch_size
+        for start in range(0, len(lane), size):
+            chunk = lane[start : start + size]
+            items = self.client.prepare(chunk, window_key=self.window_key, prior_state=prior)
+            _carry(prior, chunk)
+            for item in items:
+                settled = item.settled()
+                if settled is None:
+                    pending.append(item)
+                else:
+                    results.append(settled)
+            while len(pending) >= size:
+                self._send(pending[:size], blocked, results, latencies)
+                del pending[:size]
+        if pending:
+            self._send(pending, blocked, results, latencies)
+        return results, latencies
+
+    def _send(
+        self,
+        batch: list[OutboundItem],
+        blocked: set[str],
+        results: list[DeliveryResult],
+        latencies: list[float],
+    ) -> None:
+        raise_if_stopped()  # `run` got SIGTERM: send no more (the window is not recorded)
+        batch_started = self.clock()
+        sent = self.client.send(batch, held=blocked)
+        blocked |= {r.subscription_id for r in sent if r.status == "dead_letter"}
+        results.extend(sent)
+        latencies.append(self.clock() - batch_started)
 
 
 def _stats(

@@ -36,7 +36,9 @@ balance is booked as kind `opening` (not `revenue`: no change earned it). Each e
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+import functools
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -51,6 +53,8 @@ BILLABLE_STATUSES = frozenset({"active", "past_due"})
 CRM_FIELD_NAMES = {"user_id": "customer_id", "name": "plan_name", "amount": "price"}
 _FROM_CRM = {crm: ours for ours, crm in CRM_FIELD_NAMES.items()}
 UTC = dt.UTC
+_NO_OFFSET = dt.timedelta(0)
+_URL_SAFE = re.compile(r"[A-Za-z0-9_.~-]+")  # what `quote(..., safe="")` leaves as it is
 
 # The fields each kind's payload is built from, named as subscription fields (the CRM sends
 # user_id as customer_id, ...). The destinations file's `columns` says which source column
@@ -92,7 +96,9 @@ def utc_text(value: Any, column: str) -> str:
         raise MappingError(f"{column} must be a datetime, got {type(value).__name__} {value!r}")
     if value.tzinfo is None:
         raise MappingError(f"{column}={value!r} is naive; change rows carry UTC-aware times")
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if value.utcoffset() != _NO_OFFSET:  # rows read from Parquet are UTC already
+        value = value.astimezone(UTC)
+    return value.isoformat().replace("+00:00", "Z")
 
 
 def json_value(value: Any, column: str) -> Any:
@@ -112,25 +118,52 @@ def json_value(value: Any, column: str) -> Any:
     raise MappingError(f"{column}: cannot send a {type(value).__name__} value")
 
 
-def _base_value(row: ChangeRow, column: str) -> Any:
-    value = row.get(column)
-    if value is None:
-        return None
-    kind = BASE_TYPES[column]
-    if kind == "decimal":
-        return money(value, column)
-    if kind == "timestamp":
-        return utc_text(value, column)
-    if kind == "date":
-        if isinstance(value, dt.datetime) or not isinstance(value, dt.date):
-            raise MappingError(f"{column} must be a date, got {value!r}")
-        return value.isoformat()
-    return json_value(value, column)
+def _date_text(value: Any, column: str) -> str:
+    if isinstance(value, dt.datetime) or not isinstance(value, dt.date):
+        raise MappingError(f"{column} must be a date, got {value!r}")
+    return value.isoformat()
+
+
+# Each base column with the function that makes its value JSON-ready, decided once rather than
+# per value (mapping is most of the delivery's client time). Text and integer columns holding
+# plain JSON values are taken as they are, without a call.
+_BY_KIND = {"decimal": money, "timestamp": utc_text, "date": _date_text}
+_PLAIN = frozenset({str, int})
+_EXTRA_NAMES: dict[tuple[str, ...], tuple[str, ...]] = {}  # row keys -> extra columns
+
+
+@functools.cache
+def _converters(
+    rename: tuple[tuple[str, str], ...] = (),
+) -> tuple[tuple[str, str, Callable[[Any, str], Any], bool], ...]:
+    """Per base column: its name, its name in the payload, its converter, and whether a plain
+    str/int value may skip the converter."""
+    names = dict(rename)
+    return tuple(
+        (column, names.get(column, column), _BY_KIND.get(kind, json_value), kind not in _BY_KIND)
+        for column, kind in BASE_TYPES.items()
+    )
+
+
+def _base_record(row: ChangeRow, rename: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The base columns JSON-ready (`None` stays `None`), keys renamed by `rename`."""
+    record = {}
+    for column, name, convert, plain_ok in _converters(tuple(rename.items()) if rename else ()):
+        value = row.get(column)
+        if value is not None and not (plain_ok and type(value) in _PLAIN):
+            value = convert(value, column)
+        record[name] = value
+    return record
 
 
 def extra_columns(row: ChangeRow) -> dict[str, Any]:
     """Columns added after the base schema, JSON-ready, in name order."""
-    names = sorted(k for k in row if k not in BASE_TYPES and k not in META_COLUMNS)
+    keys = tuple(row)
+    names = _EXTRA_NAMES.get(keys)
+    if names is None:  # rows of one file share their keys: sorted once per shape
+        names = tuple(sorted(k for k in keys if k not in BASE_TYPES and k not in META_COLUMNS))
+        if len(_EXTRA_NAMES) < 64:
+            _EXTRA_NAMES[keys] = names
     return {name: json_value(row[name], name) for name in names}
 
 
@@ -163,7 +196,7 @@ class ErpRequest:
 
 
 def erp_record(row: ChangeRow) -> dict[str, Any]:
-    record = {column: _base_value(row, column) for column in BASE_TYPES}
+    record = _base_record(row)
     record["id"] = subscription_id(row)
     record["version"] = _version(row)
     extra = extra_columns(row)
@@ -173,7 +206,8 @@ def erp_record(row: ChangeRow) -> dict[str, Any]:
 
 
 def erp_request(row: ChangeRow) -> ErpRequest:
-    path = f"/subscriptions/{quote(subscription_id(row), safe='')}"
+    ident = subscription_id(row)
+    path = f"/subscriptions/{ident if _URL_SAFE.fullmatch(ident) else quote(ident, safe='')}"
     if is_delete(row):
         return ErpRequest("DELETE", path, {"version": _version(row)})
     return ErpRequest("PUT", path, erp_record(row))
@@ -183,11 +217,8 @@ def erp_request(row: ChangeRow) -> ErpRequest:
 
 
 def crm_record(row: ChangeRow) -> dict[str, Any]:
-    record = {
-        CRM_FIELD_NAMES.get(column, column): _base_value(row, column)
-        for column in BASE_TYPES
-        if column != "id"
-    }
+    record = _base_record(row, CRM_FIELD_NAMES)
+    del record["id"]
     record["version"] = _version(row)
     extra = extra_columns(row)
     if extra:

@@ -34,6 +34,7 @@ from subscription_export.delivery.dispatch import DeliveryReport, deliver
 from subscription_export.delivery.mapping import ChangeRow
 from subscription_export.delivery.outcome import DeliveryOrderError, Status, WindowDeliveryOutcome
 from subscription_export.delivery.prior_state import mapping_prior_state, move_past
+from subscription_export.delivery.rows import python_rows
 from subscription_export.formats.parquet_batches import parquet_batches
 from subscription_export.formats.writers import sha256_of
 from subscription_export.metrics.latency import file_latency_percentiles
@@ -117,7 +118,7 @@ def read_rows(
     if not path.exists():
         raise DeliveryOrderError(f"{path} is missing: export the window to Parquet first")
     for batch in parquet_batches(path, batch_size):
-        rows = batch.to_pylist()
+        rows = python_rows(batch)
         yield rows if columns is None or columns.identity else list(map(columns.to_fields, rows))
 
 

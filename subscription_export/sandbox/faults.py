@@ -77,6 +77,11 @@ class FaultSpec:
         if not self.error_statuses or any(not 500 <= s <= 599 for s in self.error_statuses):
             raise ValueError(f"error_statuses must be 5xx codes, got {self.error_statuses}")
 
+    @property
+    def refuses_any(self) -> bool:
+        """Whether some request-level fault can happen (else its draw can be skipped)."""
+        return any(getattr(self, kind) > 0.0 for kind in _REQUEST_FAULTS)
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["error_statuses"] = list(self.error_statuses)
@@ -147,6 +152,8 @@ class FaultPlan:
     def decide(self, endpoint: str) -> Fault:
         """Draw the fault for one request to `endpoint`."""
         spec = self.spec_for(endpoint)
+        if not spec.refuses_any:  # nothing to draw: skipping the draw changes no outcome
+            return Fault("none", latency_s=spec.latency_s)
         with self._lock:
             stream = self._stream(endpoint)
             draw = stream.random()
@@ -167,6 +174,8 @@ class FaultPlan:
     def item_fails(self, endpoint: str) -> bool:
         """Draw whether one batch item sent to `endpoint` fails."""
         rate = self.spec_for(endpoint).item_failure
+        if rate == 0.0:  # each endpoint draws from its own stream: skipping it changes nothing
+            return False
         with self._lock:
             draw = self._stream(endpoint + "#items").random()
         return draw < rate

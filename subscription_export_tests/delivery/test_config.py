@@ -14,6 +14,7 @@ from subscription_export.core.errors import ConfigError
 from subscription_export.delivery import config as config_module
 from subscription_export.delivery.config import (
     NO_DESTINATIONS,
+    DestinationConfig,
     DestinationConfigError,
     destinations_path,
     load_destinations,
@@ -272,3 +273,20 @@ user_id = "account"
     assert record["mrr"] == "12.50" and record["account"] == "user_sub_9"
     assert "price" not in record and "customer_id" not in record
     assert echo.skip == "echo of this system's change"
+
+
+def test_batch_size_defaults_to_what_each_kind_of_api_takes(tmp_path: Path) -> None:
+    """Unset, a batch is as large as the kind's API takes in one request: ERP `$batch` and the
+    accounting journal batch 500 changes, the CRM 200 (Salesforce sObject Collections' limit);
+    a `batch_size` in the file still wins."""
+    text = "\n".join(
+        f'[destinations.{kind}]\nbase_url = "http://h"' for kind in ("erp", "crm", "accounting")
+    )
+    config = _load(
+        tmp_path,
+        text + '\n[destinations.crm_small]\nkind = "crm"\nbase_url = "http://h"\nbatch_size = 50\n',
+    )
+    sizes = {name: d.batch_size for name, d in config.destinations.items()}
+    assert sizes == {"erp": 500, "crm": 200, "accounting": 500, "crm_small": 50}
+    direct = DestinationConfig(name="erp", kind="erp", base_url="http://h")
+    assert direct.batch_size == 500

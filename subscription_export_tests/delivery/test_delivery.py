@@ -9,9 +9,16 @@ from typing import Any
 
 import pytest
 
-from subscription_export.delivery.clients import DeliveryClient, DeliveryResult, OutboundItem
+from subscription_export.delivery.clients import (
+    AccountingClient,
+    DeliveryClient,
+    DeliveryResult,
+    OutboundItem,
+)
 from subscription_export.delivery.dispatch import deliver, lanes
 from subscription_export.delivery.mapping import ChangeRow, MappingError
+from subscription_export.sandbox.server import SandboxServer
+from subscription_export.sandbox.systems import AccountingSystem
 from subscription_export_tests.delivery.factories import change_row
 
 WINDOW = "00000000000000000001-00000000000000000100"
@@ -117,7 +124,8 @@ def test_deliver_reports_every_row_in_lsn_order_with_stats() -> None:
     stats = report.stats
     assert (stats.rows, stats.delivered, stats.skipped, stats.dead_lettered) == (5, 2, 1, 2)
     assert stats.retried_attempts == 1 + 2  # LSN 2 took two attempts, LSN 4 three
-    assert stats.batches == len(client.batches) == 2
+    # Lanes are dealt over all rows: b and c share one (nothing to send), a and d the other.
+    assert stats.batches == len(client.batches) == 1
     assert stats.batch_latency_max_s >= stats.batch_latency_p50_s >= 0
     assert stats.as_metadata()["dead_lettered"] == 2
 
@@ -133,3 +141,80 @@ def test_duplicate_lsns_are_a_caller_bug() -> None:
     rows = [change_row(1, "a"), change_row(1, "b")]
     with pytest.raises(ValueError, match="duplicate LSN"):
         deliver(rows, RecordingClient(), window_key=WINDOW)
+
+
+class TimelineClient(RecordingClient):
+    """Records, in order, each mapping of rows and each batch sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timeline: list[tuple[str, tuple[int, ...]]] = []
+
+    def _map_rows(
+        self, rows: Sequence[ChangeRow], prior_state: Mapping[str, Mapping[str, Any]] | None
+    ) -> dict[int, list[dict[str, Any]] | MappingError]:
+        with self._lock:
+            self.timeline.append(("map", tuple(row["_lsn"] for row in rows)))
+        return super()._map_rows(rows, prior_state)
+
+    def _send_items(self, items: Sequence[OutboundItem], blocked: set[str]) -> list[DeliveryResult]:
+        with self._lock:
+            self.timeline.append(("send", tuple(item.lsn for item in items)))
+        return super()._send_items(items, blocked)
+
+
+def test_the_first_batches_go_out_before_the_last_rows_are_mapped() -> None:
+    """Mapping a batch overlaps the requests of the batches before it (the remote system's
+    time), instead of every row of the window being mapped before the first request."""
+    client = TimelineClient()
+    rows = many_rows(subscriptions=8, changes_each=10)
+    deliver(rows, client, window_key=WINDOW, batch_size=5, max_concurrency=2)
+
+    kinds = [kind for kind, _ in client.timeline]
+    last_map = len(kinds) - 1 - kinds[::-1].index("map")
+    assert "send" in kinds[:last_map], client.timeline
+    mapped = sorted(lsn for kind, lsns in client.timeline if kind == "map" for lsn in lsns)
+    assert mapped == list(range(1, 81))  # each row mapped once
+    assert all(len(lsns) <= 5 for kind, lsns in client.timeline if kind == "map")
+
+
+def test_rows_that_need_no_request_do_not_shorten_batches() -> None:
+    """Skipped rows (echoes) are settled while mapping; the batches sent stay full."""
+    rows = [
+        change_row(lsn, f"s{lsn % 2}", "c" if lsn <= 2 else "u", version=lsn, origin="app")
+        for lsn in range(1, 13)
+    ]
+    for row in rows[::3]:
+        row["_origin"] = "recorder"  # an echo of the destination's own write: skipped
+    client = RecordingClient()
+    report = deliver(rows, client, window_key=WINDOW, batch_size=4, max_concurrency=1)
+
+    assert [len(batch) for batch in client.batches] == [4, 4]
+    assert report.stats.skipped == 4
+
+
+def test_a_row_without_an_id_column_is_a_dead_letter_not_a_crash() -> None:
+    row = change_row(2, "b")
+    del row["id"]
+    report = deliver([change_row(1, "a"), row], RecordingClient(), window_key=WINDOW)
+    assert [(r.lsn, r.status) for r in report.results] == [(1, "delivered"), (2, "dead_letter")]
+    assert "no subscription id" in (report.results[1].error or "")
+
+
+def test_a_lane_books_an_update_against_the_image_of_its_earlier_batch() -> None:
+    """Accounting maps each lane batch on its own: a subscription's update in a later batch
+    is still booked as the difference to its previous change, as if all rows mapped at once."""
+    rows = [
+        change_row(1, "a", "c", amount="10.00"),
+        change_row(2, "a", "u", amount="15.00", version=2),
+        change_row(3, "a", "u", amount="12.00", version=3),
+    ]
+    accounting = AccountingSystem()
+    with SandboxServer(accounting) as server, AccountingClient(server.url) as client:
+        report = deliver(rows, client, window_key=WINDOW, batch_size=1, max_concurrency=1)
+    assert [r.status for r in report.results] == ["delivered"] * 3
+    assert [(e["kind"], e["amount"]) for e in accounting.journal] == [
+        ("revenue", "10.00"),
+        ("revenue", "5.00"),
+        ("credit", "3.00"),
+    ]
