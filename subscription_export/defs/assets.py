@@ -43,7 +43,11 @@ def _canonical(dataset: TableDataset) -> dg.AssetsDefinition:
                 f"{context.partition_key} is not a window cut by the change-log sensor;"
                 " only registered windows can be exported"
             )
-        context.log.info(f"exporting {dataset.table}'s changes in LSNs {lo}..{hi}")
+        context.log.info(
+            f"exporting LSNs {lo}..{hi} ({hi - lo + 1} changes)"
+            if dataset.legacy
+            else f"exporting table {dataset.table}'s changes in LSNs {lo}..{hi}"
+        )
         return WindowRequest(Window(lo, hi), dataset)
 
     return changes

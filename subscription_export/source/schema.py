@@ -1,8 +1,9 @@
 """`init`: the change-log tables, the capture triggers and the capture-schema versions.
 
-Every change to the captured table (`subscriptions` by default; SUBSCRIPTION_EXPORT_TABLE)
-lands in `subscription_change_log` from a trigger, in the same transaction as the change. Its
-key column `subscription_id` holds the row's primary key as text (a JSON array for a
+Every change to a captured table (`subscriptions` by default; SUBSCRIPTION_EXPORT_TABLES)
+lands in `subscription_change_log` from a trigger, in the same transaction as the change: all
+tables write the one log, so they share one LSN sequence, and `source_table` says whose row it
+is. Its key column `subscription_id` holds the row's primary key as text (a JSON array for a
 composite key). The trigger embeds the capture schema version (the column list it
 captures), so re-running `init` after `ALTER TABLE … ADD COLUMN` re-installs the triggers and
 new rows carry the new version.
