@@ -233,9 +233,13 @@ def _pg_triggers(schema: CaptureSchema, table: str, dialect: Dialect) -> list[st
     tag = "$fn$"
     while tag in body:  # a column name could hold the dollar-quote tag
         tag = tag[:-1] + "x$"
-    trigger = sql.ident(prefix)
+    # `prefix` is quoted already. Releases before several tables quoted it twice, so their
+    # trigger's name holds the quotes (`"subscriptions_capture"`): dropped too, or re-running
+    # init would capture every change twice.
+    trigger, quoted_twice = prefix, sql.ident(prefix)
     return [
         f"CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS {tag}{body}{tag}",
+        f"DROP TRIGGER IF EXISTS {quoted_twice} ON {sql.ident(table)}",
         f"DROP TRIGGER IF EXISTS {trigger} ON {sql.ident(table)}",
         f"""CREATE TRIGGER {trigger}
             AFTER INSERT OR UPDATE OR DELETE ON {sql.ident(table)}

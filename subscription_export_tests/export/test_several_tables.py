@@ -274,3 +274,87 @@ def test_tables_setting_defaults_to_the_one_table_form() -> None:
         "plans",
         "accounts",
     )
+
+
+def _to_single_table_release(engine: sa.Engine) -> None:
+    """Turn a fresh capture into what the single-table release left: no `source_table`."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("DROP TRIGGER subscriptions_capture ON subscriptions")
+            conn.exec_driver_sql("DROP TRIGGER plans_capture ON plans")
+        else:
+            triggers = conn.exec_driver_sql(
+                "SELECT name FROM sqlite_master WHERE type = 'trigger'"
+            ).scalars()
+            for name in list(triggers):
+                conn.exec_driver_sql(f'DROP TRIGGER "{name}"')
+        conn.exec_driver_sql("DELETE FROM subscription_capture_schema WHERE source_table = 'plans'")
+        for table in ("subscription_change_log", "subscription_capture_schema"):
+            conn.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN source_table")
+
+
+def test_a_single_table_log_is_upgraded_its_rows_the_first_tables(
+    source_url: str, tmp_path: Path
+) -> None:
+    engine = _source(source_url)
+    with engine.begin() as conn:
+        insert(conn, "before-1")
+        insert(conn, "before-2")
+    _to_single_table_release(engine)
+    init_tables(engine, TABLES)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO plans (id, name, version) VALUES ('p', 'x', 1)")
+        insert(conn, "after")
+    with engine.connect() as conn:
+        owners = conn.exec_driver_sql(
+            "SELECT subscription_id, source_table FROM subscription_change_log ORDER BY id"
+        ).all()
+    assert [tuple(r) for r in owners] == [
+        ("before-1", "subscriptions"),
+        ("before-2", "subscriptions"),
+        ("p", "plans"),
+        ("after", "subscriptions"),
+    ]
+    with engine.connect() as conn, pytest.raises(sa.exc.IntegrityError):  # no default left
+        conn.exec_driver_sql(
+            "INSERT INTO subscription_change_log (op, subscription_id, changed_at, schema_version)"
+            " VALUES ('c', 'k', '2026-01-01T00:00:00Z', 1)"
+        )
+    project = Project(_settings(source_url, tmp_path))
+    _export_everything(project)
+    subs = read_exported(project.settings.export_dir / "subscription_changes")
+    assert subs.column("id").to_pylist() == ["before-1", "before-2", "after"]
+    assert _replayed(project, TableDataset("plans")) == {"p": ("x", 1)}
+
+
+def _pg_triggers(engine: sa.Engine) -> list[tuple[str, str]]:
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+            " WHERE NOT t.tgisinternal AND c.relnamespace = current_schema()::regnamespace"
+            " ORDER BY 1, 2"
+        ).all()
+    return [tuple(r) for r in rows]
+
+
+@pytest.mark.integration
+def test_postgres_triggers_have_the_documented_names(pg_url: str) -> None:
+    """`DROP TRIGGER plans_capture ON plans` (README) must name the trigger; a release that
+    named it `"plans_capture"` (quotes included) is replaced on init, not doubled."""
+    engine = _source(pg_url)
+    assert _pg_triggers(engine) == [
+        ("plans", "plans_capture"),
+        ("subscriptions", "subscriptions_capture"),
+    ]
+    with engine.begin() as conn:  # as the previous release installed it
+        conn.exec_driver_sql('ALTER TRIGGER plans_capture ON plans RENAME TO """plans_capture"""')
+    init_tables(engine, TABLES)
+    assert _pg_triggers(engine) == [
+        ("plans", "plans_capture"),
+        ("subscriptions", "subscriptions_capture"),
+    ]
+    with engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO plans (id, name, version) VALUES ('p', 'x', 1)")
+    with engine.connect() as conn:
+        logged = conn.exec_driver_sql("SELECT COUNT(*) FROM subscription_change_log").scalar()
+    assert logged == 1
