@@ -25,7 +25,7 @@ _TAG_EVERY_S = 1.0
 
 
 class SnapshotConfig(dg.Config):
-    table: str | None = None  # default: the captured table (SUBSCRIPTION_EXPORT_TABLE)
+    table: str | None = None  # default: the first captured table (SUBSCRIPTION_EXPORT_TABLES)
     chunk_size: int = DEFAULT_CHUNK
     restart: bool = False  # read the whole table again even if a snapshot finished
 

@@ -20,8 +20,8 @@ import sqlalchemy as sa
 
 from subscription_export.core.datasets import TableDataset
 from subscription_export.core.errors import ConfigError
-from subscription_export.core.settings import Settings
-from subscription_export.export.cut import cut_windows
+from subscription_export.core.settings import Settings, replace
+from subscription_export.export.cut import cut_windows, incomplete_windows
 from subscription_export.export.flow import export_window_file
 from subscription_export.formats.writers import FORMATS
 from subscription_export.runtime import Project
@@ -358,3 +358,31 @@ def test_postgres_triggers_have_the_documented_names(pg_url: str) -> None:
     with engine.connect() as conn:
         logged = conn.exec_driver_sql("SELECT COUNT(*) FROM subscription_change_log").scalar()
     assert logged == 1
+
+
+def test_a_table_added_later_gets_empty_files_for_the_earlier_windows(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    engine = writer(sqlite_url)
+    create_demo_table(engine)
+    init_tables(engine, ("subscriptions",))
+    alone = Project(replace(_settings(sqlite_url, tmp_path), tables="subscriptions"))
+    with engine.begin() as conn:
+        insert(conn, "a")
+    _export_everything(alone)
+    [window] = list_windows(alone.state)
+    subs = TableDataset("subscriptions")
+    before = {f: alone.file_path(f, window.key, subs).read_bytes() for f in FORMATS}
+    with engine.begin() as conn:
+        conn.exec_driver_sql(PLANS_DDL)
+    init_tables(engine, TABLES)
+    both = Project(_settings(sqlite_url, tmp_path))
+    assert incomplete_windows(both) == [window]  # the new table's watermarks start at 0
+    for dataset in both.datasets:
+        for fmt in FORMATS:
+            export_window_file(both, fmt, window, dataset=dataset)
+    assert {f: both.file_path(f, window.key, subs).read_bytes() for f in FORMATS} == before
+    plans = pq.read_table(both.file_path("parquet", window.key, TableDataset("plans")))
+    assert plans.num_rows == 0 and plans.column_names[-3:] == ["id", "name", "version"]
+    assert incomplete_windows(both) == []
+    assert set(both.watermarks.all().values()) == {window.hi}
