@@ -42,6 +42,7 @@ from subscription_export.metrics.store import (
 )
 from subscription_export.runtime import Project
 from subscription_export.source.reader import range_stats
+from subscription_export.source.schema import logs_only
 from subscription_export.state.leases import Held, default_holder, lease
 from subscription_export.state.progress import (
     CompletedExport,
@@ -228,6 +229,9 @@ def stream_window(
         if k not in release
     }
     plan, version = plan_dataset(project, window.lo, window.hi, held, dataset)
+    # One captured table: read the log unfiltered, as the single-table releases did (measured
+    # ~14% faster on a 200k-row PostgreSQL window, docs/architecture.md "Several tables").
+    only = logs_only(project.source, dataset.table)
     stream = open_window(
         project.source,
         window.lo,
@@ -235,7 +239,7 @@ def stream_window(
         project.settings.read_batch_size,
         plan,
         version,
-        dataset.table,
+        None if only else dataset.table,
     )
     stream.held = held
     return stream

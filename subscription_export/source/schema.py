@@ -271,6 +271,13 @@ def captured_tables(conn: Connection) -> list[str]:
     return sorted(r[0] for r in rows)
 
 
+def logs_only(engine: Engine, table: str) -> bool:
+    """Whether every change-log row is `table`'s (no other table was ever captured), so a
+    reader needs no per-table filter."""
+    with engine.connect() as conn:
+        return captured_tables(conn) == [table]
+
+
 def unconfigured_tables(engine: Engine, configured: Sequence[str]) -> list[str]:
     """Tables whose capture `init` installed once that are not in `configured` now."""
     with engine.connect() as conn:
