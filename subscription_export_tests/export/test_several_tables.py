@@ -386,3 +386,21 @@ def test_a_table_added_later_gets_empty_files_for_the_earlier_windows(
     assert plans.num_rows == 0 and plans.column_names[-3:] == ["id", "name", "version"]
     assert incomplete_windows(both) == []
     assert set(both.watermarks.all().values()) == {window.hi}
+
+
+def test_a_table_removed_from_the_setting_no_longer_exports(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """Its triggers stay (init warns), so its changes still take LSNs; the remaining table's
+    export leaves them out and still passes its coverage check."""
+    engine = _source(sqlite_url)
+    alone = Project(replace(_settings(sqlite_url, tmp_path), tables="subscriptions"))
+    with engine.begin() as conn:
+        insert(conn, "a")
+        conn.exec_driver_sql("INSERT INTO plans (id, name, version) VALUES ('p', 'x', 1)")
+        insert(conn, "b")
+    _export_everything(alone)
+    subs = read_exported(alone.settings.export_dir / "subscription_changes")
+    assert subs.column("_lsn").to_pylist() == [1, 3]
+    assert not (alone.settings.export_dir / "plans_changes").exists()
+    assert set(alone.watermarks.all()) == set(FORMATS)
