@@ -31,13 +31,13 @@ from subscription_export.source.demo_table import init_demo_source
 
 _PG_FILL = """
 INSERT INTO subscription_change_log
-    (lsn, op, subscription_id, before, after, changed_at, origin, schema_version)
+    (lsn, op, subscription_id, before, after, changed_at, origin, schema_version, source_table)
 SELECT g,
        CASE WHEN g % 50 = 0 THEN 'd' WHEN g <= :subs THEN 'c' ELSE 'u' END,
        'sub_' || lpad(((g - 1) % :subs)::text, 7, '0'),
        CASE WHEN g % 50 = 0 OR g > :subs THEN img ELSE NULL END,
        CASE WHEN g % 50 = 0 THEN NULL ELSE img END,
-       ts, 'app', 1
+       ts, 'app', 1, 'subscriptions'
 FROM generate_series(:lo, :hi) AS g,
 LATERAL (SELECT timestamptz '2026-01-01' + g * interval '1 second' AS ts) t,
 LATERAL (SELECT jsonb_build_object(
@@ -77,10 +77,10 @@ imgs AS (
     ) AS img FROM rows
 )
 INSERT INTO subscription_change_log
-    (lsn, op, subscription_id, before, after, changed_at, origin, schema_version)
+    (lsn, op, subscription_id, before, after, changed_at, origin, schema_version, source_table)
 SELECT g, CASE WHEN g % 50 = 0 THEN 'd' WHEN g <= :subs THEN 'c' ELSE 'u' END, sid,
        CASE WHEN g % 50 = 0 OR g > :subs THEN img END, CASE WHEN g % 50 = 0 THEN NULL ELSE img END,
-       ts, 'app', 1
+       ts, 'app', 1, 'subscriptions'
 FROM imgs
 """
 

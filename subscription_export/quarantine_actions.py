@@ -37,7 +37,6 @@ from subscription_export.delivery.config import DestinationsConfig
 from subscription_export.delivery.recovered import RecoveredDelivery, deliver_recovered
 from subscription_export.export.flow import export_window_file, plan_dataset
 from subscription_export.export.window import QuarantinedRow, open_window
-from subscription_export.formats.layout import ASSET_FOR_FORMAT
 from subscription_export.formats.manifest import manifest_path, read_manifest
 from subscription_export.formats.writers import FORMATS
 from subscription_export.runtime import Project
@@ -107,7 +106,9 @@ def _try_again(project: Project, window: Window, lsns: list[int]) -> list[Quaran
     """Convert just these changes as a re-export of the window would; the ones still bad."""
     held = {k: v for k, v in held_entries(project.state, window.key).items() if k not in lsns}
     plan, version = plan_dataset(project, window.lo, window.hi, held)
-    stream = open_window(project.source, window.lo, window.hi, 1, plan, version)
+    stream = open_window(
+        project.source, window.lo, window.hi, 1, plan, version, project.primary.table
+    )
 
     def tables() -> Iterator[Any]:
         for lsn in lsns:
@@ -168,7 +169,8 @@ def _replay_window(
 
 
 def _manifest_revision(project: Project, key: str) -> int:
-    path = manifest_path(project.settings.export_dir, ASSET_FOR_FORMAT["parquet"], key)
+    # Replay works on the first captured table's export (its destinations' source).
+    path = manifest_path(project.settings.export_dir, project.primary.asset("parquet"), key)
     try:
         return int(read_manifest(path).get("revision", 1))
     except (OSError, ValueError):

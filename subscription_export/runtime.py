@@ -9,7 +9,9 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 from upath import UPath
 
+from subscription_export.core.datasets import TableDataset
 from subscription_export.core.db import check_reachable, engine_for, require_existing
+from subscription_export.core.errors import ConfigError
 from subscription_export.core.settings import Settings
 from subscription_export.formats.layout import export_file_path
 from subscription_export.formats.verify import published_file
@@ -59,11 +61,41 @@ class Project:
     def watermarks(self) -> WatermarkStore:
         return watermark_store(self.settings.watermark_url, self.state)
 
-    def file_path(self, fmt: Format, window_key: str) -> Path | UPath:
-        """Where a window's file is written (see `published_file` to read one)."""
-        return export_file_path(self.settings.export_dir, fmt, window_key)
+    @property
+    def datasets(self) -> tuple[TableDataset, ...]:
+        """One per captured table, in configured order."""
+        return self.settings.datasets
 
-    def published_file(self, fmt: Format, window_key: str) -> Path | UPath:
+    @property
+    def primary(self) -> TableDataset:
+        """The first captured table: what destinations, reconcile and quarantine replay read."""
+        return self.datasets[0]
+
+    def dataset_of(self, table: str) -> TableDataset:
+        """The captured table's dataset, or ConfigError naming the captured ones."""
+        for dataset in self.datasets:
+            if dataset.table == table:
+                return dataset
+        captured = ", ".join(d.table for d in self.datasets)
+        raise ConfigError(
+            f"table {table!r} is not captured; captured: {captured} (SUBSCRIPTION_EXPORT_TABLES)"
+        )
+
+    def file_path(
+        self, fmt: Format, window_key: str, dataset: TableDataset | None = None
+    ) -> Path | UPath:
+        """Where a window's file is written (see `published_file` to read one); `dataset`:
+        which table's (None: the first captured table's)."""
+        return export_file_path(self.settings.export_dir, fmt, window_key, dataset or self.primary)
+
+    def published_file(
+        self, fmt: Format, window_key: str, dataset: TableDataset | None = None
+    ) -> Path | UPath:
         """A window's file for reading: only if its manifest vouches for it, else
-        `UnpublishedFileError`."""
-        return published_file(self.settings.export_dir, fmt, window_key)
+        `UnpublishedFileError` (`dataset`: as for `file_path`)."""
+        return published_file(self.settings.export_dir, fmt, window_key, dataset or self.primary)
+
+    def export_of(self, table: str, window_key: str, fmt: Format = "parquet") -> Path | UPath:
+        """The export of captured table `table` for window `window_key`: the one place a
+        reader (a destination, a report) finds a table's file; published files only."""
+        return self.published_file(fmt, window_key, self.dataset_of(table))

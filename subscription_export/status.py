@@ -10,6 +10,7 @@ from sqlalchemy.engine import Engine
 
 from subscription_export.core.db import redact
 from subscription_export.delivery.dead_letters import dead_letters, open_windows
+from subscription_export.export.cut import export_consumers
 from subscription_export.formats.writers import FORMATS
 from subscription_export.reconcile.outbox import pending_counts
 from subscription_export.reconcile.sync_state import all_cursors, conflicts
@@ -48,10 +49,13 @@ def unsequenced_changes(source: Engine) -> int:
 def consumer_lags(
     project: Project, top: int, destinations: Sequence[str] = ()
 ) -> dict[str, dict[str, Any]]:
-    """Watermark, lag and what blocks it, per consumer: the formats and every configured
-    destination always (watermark 0 until it first advances), then any other with a watermark."""
+    """Watermark, lag and what blocks it, per consumer: every captured table's formats and
+    every configured destination always (watermark 0 until it first advances), then any other
+    with a watermark (e.g. a table no longer captured)."""
     marks = project.watermarks.all()
-    names = [*FORMATS, *destinations, *sorted(set(marks) - set(FORMATS) - set(destinations))]
+    exports = export_consumers(project)
+    known = {*exports, *destinations}
+    names = [*exports, *destinations, *sorted(set(marks) - known)]
     lags: dict[str, dict[str, Any]] = {}
     for name in dict.fromkeys(names):
         mark = marks.get(name, 0)
@@ -65,7 +69,7 @@ def consumer_lags(
 
 def _blocked_by(project: Project, consumer: str) -> str | None:
     """Why a destination is not advancing, when the state says so (open dead letters)."""
-    if consumer in FORMATS:
+    if consumer in export_consumers(project):
         return None
     letters = sum(open_windows(project.state, consumer).values())
     if not letters:
@@ -74,12 +78,30 @@ def _blocked_by(project: Project, consumer: str) -> str | None:
 
 
 def snapshot_states(project: Project) -> dict[str, dict[str, Any]]:
-    """Per captured table (today the one of SUBSCRIPTION_EXPORT_TABLE), its snapshot's
-    progress, when one was ever started; `finished` false means rows that existed before
-    `init` are still missing from the exports."""
-    table = project.settings.table
-    progress = snapshot_progress(project.source, table)
-    return {} if progress is None else {table: progress.as_dict()}
+    """Per captured table, its snapshot's progress, when one was ever started; `finished`
+    false means rows that existed before `init` are still missing from the exports."""
+    states = {}
+    for table in project.settings.captured_tables:
+        progress = snapshot_progress(project.source, table)
+        if progress is not None:
+            states[table] = progress.as_dict()
+    return states
+
+
+def table_status(project: Project) -> dict[str, dict[str, Any]]:
+    """Per captured table: its assets, the watermark of each of its formats, its snapshot."""
+    marks = project.watermarks.all()
+    tables: dict[str, dict[str, Any]] = {}
+    for dataset in project.datasets:
+        progress = snapshot_progress(project.source, dataset.table)
+        tables[dataset.table] = {
+            "assets": [dataset.asset(fmt) for fmt in FORMATS],
+            "watermarks": {fmt: marks.get(dataset.consumer(fmt), 0) for fmt in FORMATS},
+            "snapshot": None
+            if progress is None
+            else ("finished" if progress.finished else f"at {progress.rows_done} rows"),
+        }
+    return tables
 
 
 def gather_status(
@@ -102,6 +124,7 @@ def gather_status(
         "held_by": [h.as_dict() for h in change_log_holders(project.source)],
         "changes_not_in_a_window": top - last_window_end(project.state),
         "consumers": consumer_lags(project, top, destinations),
+        "tables": table_status(project),
         "recent_windows": [
             {"key": w.key, "changes": w.changes} for w in recent_windows(project.state, recent)
         ],

@@ -46,6 +46,10 @@ def export(
     ],
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+    table: Annotated[
+        str | None,
+        typer.Option(help="Whose changes: a captured table (default: the first configured)."),
+    ] = None,
 ) -> None:
     """Export any LSN range to one file (no watermark moves); same bytes as the window files."""
     if to_lsn < from_lsn:
@@ -53,7 +57,9 @@ def export(
     lsns = Window(from_lsn, to_lsn)
     settings = settings_of(ctx)
     target = export_location(out, parse_storage_options(settings.storage_options))
-    stream = stream_window(Project(settings), lsns)
+    project = Project(settings)
+    dataset = project.dataset_of(table) if table else project.primary
+    stream = stream_window(project, lsns, dataset=dataset)
     with progress_bar(quiet or as_json) as progress:
         task = progress.add_task("exporting changes", total=to_lsn - from_lsn + 1)
 

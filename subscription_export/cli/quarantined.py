@@ -53,16 +53,17 @@ def quarantined_in(project: Project, windows: Sequence[Window]) -> list[Quaranti
 def unfinished_snapshot(project: Project) -> str | None:
     """One line when the captured table's snapshot was started but not finished (an `init`
     killed mid-snapshot): the rows it has not reached yet are missing from every export."""
-    table = project.settings.table
-    progress = snapshot_progress(project.source, table)
-    if progress is None or progress.finished:
-        return None
-    return unfinished_line(table, progress.rows_done)
+    for table in project.settings.captured_tables:
+        progress = snapshot_progress(project.source, table)
+        if progress is not None and not progress.finished:
+            return unfinished_line(table, progress.rows_done)
+    return None
 
 
 def unfinished_line(table: str, rows_done: int) -> str:
     """What `run` and `status` say about a table whose snapshot is not finished."""
     return (
         f"snapshot of {table} unfinished ({rows_done} rows so far): rows that existed"
-        " before `init` are missing from the exports; run `subscription-export snapshot`"
+        " before `init` are missing from the exports; run"
+        f" `subscription-export snapshot --table {table}`"
     )

@@ -46,7 +46,8 @@ def describe(progress: SnapshotProgress, resumed_at: int) -> str:
 def snapshot(
     ctx: typer.Context,
     table: Annotated[
-        str | None, typer.Option(help="The captured table (default: SUBSCRIPTION_EXPORT_TABLE).")
+        str | None,
+        typer.Option(help="The captured table (default: the first of SUBSCRIPTION_EXPORT_TABLES)."),
     ] = None,
     chunk_size: Annotated[
         int, typer.Option(min=1, help="Rows per chunk (one short transaction each).")
@@ -58,11 +59,11 @@ def snapshot(
 ) -> None:
     """Copy the rows a captured table holds into the stream as op 'r' (online, resumable)."""
     settings = settings_of(ctx)
-    table = table or settings.table
-    if table != settings.table:
+    table = table or settings.captured_tables[0]
+    if table not in settings.captured_tables:
         raise ConfigError(
-            f"table {table!r} is not captured; captured: {settings.table!r}"
-            " (SUBSCRIPTION_EXPORT_TABLE)"
+            f"table {table!r} is not captured; captured: {', '.join(settings.captured_tables)}"
+            " (SUBSCRIPTION_EXPORT_TABLES)"
         )
     source = engine_for(settings.source_url, writer=True)
     check_reachable(source, "source")

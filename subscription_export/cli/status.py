@@ -44,6 +44,11 @@ def status(
     )
     for holder in report["held_by"]:
         console.print("held by", shown(Holder(**holder).describe()), highlight=False)
+    if len(report["tables"]) > 1:
+        tables = DataTable("table", "assets", "snapshot")
+        for name, info in report["tables"].items():
+            tables.add_row(name, ", ".join(info["assets"]), info["snapshot"] or "")
+        console.print(tables)
     table = DataTable("consumer", "watermark", "lag", "blocked by")
     for name, info in report["consumers"].items():
         table.add_row(name, str(info["watermark"]), str(info["lag"]), info["blocked_by"] or "")

@@ -20,7 +20,8 @@ def verify(
     window: Annotated[str | None, typer.Option(help="Only this window key.")] = None,
 ) -> None:
     """Re-hash every exported file against its manifest; exit 1 on any drift."""
-    report = verify_exports(settings_of(ctx).export_dir, window)
+    settings = settings_of(ctx)
+    report = verify_exports(settings.export_dir, window, settings.datasets)
     for outcome in report.outcomes:
         mark = "[green]ok[/green]" if outcome.passed else "[red]DRIFT[/red]"
         console.print(Text.from_markup(mark), shown(outcome.description), highlight=False)

@@ -25,6 +25,7 @@ from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from upath import UPath
 
+from subscription_export.core.datasets import TableDataset, parse_tables
 from subscription_export.core.errors import ConfigError
 from subscription_export.core.locations import export_location, is_local, parse_storage_options
 
@@ -120,6 +121,26 @@ class Settings(BaseSettings):
         min_length=1,
         description="The source table `init` captures (it must exist and have a primary key)",
     )
+    tables: str | None = Field(
+        None,
+        description="Comma-separated tables to capture, in one ordered stream (unset: TABLE)",
+    )
+
+    @field_validator("tables")
+    @classmethod
+    def _tables_are_a_list(cls, text: str | None) -> str | None:
+        if text is not None:
+            parse_tables(text)
+        return text
+
+    @property
+    def captured_tables(self) -> tuple[str, ...]:
+        """The captured tables in configured order; the first is the one destinations read."""
+        return parse_tables(self.tables) if self.tables else (self.table,)
+
+    @property
+    def datasets(self) -> tuple[TableDataset, ...]:
+        return tuple(TableDataset(t) for t in self.captured_tables)
 
     @field_validator("storage_options")
     @classmethod

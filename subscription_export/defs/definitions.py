@@ -7,8 +7,8 @@ import dagster as dg
 
 from subscription_export.core.errors import ConfigError
 from subscription_export.core.settings import Settings
-from subscription_export.defs.assets import window_assets
-from subscription_export.defs.checks import window_checks
+from subscription_export.defs.assets import window_assets_of
+from subscription_export.defs.checks import window_checks_of
 from subscription_export.defs.daily import daily_assets
 from subscription_export.defs.destinations import (
     DestinationsResource,
@@ -47,8 +47,9 @@ def build_definitions(settings: Settings, destinations_file: Path | None = None)
     destinations = DestinationsResource.at(destinations_file)
     sync_assets = destination_assets(_configured_destinations(destinations))
     return dg.Definitions(
-        assets=[*window_assets, *daily_assets, *sync_assets],
-        asset_checks=window_checks,
+        # One set of window assets and checks per captured table (SUBSCRIPTION_EXPORT_TABLES).
+        assets=[*window_assets_of(settings.datasets), *daily_assets, *sync_assets],
+        asset_checks=window_checks_of(settings.datasets),
         jobs=[export_window_job, sync_window_job, *reconcile_jobs, snapshot_job],
         sensors=[build_change_log_sensor(settings.sensor_interval_s), *reconcile_sensors],
         # Every job, the implicit asset job of UI materializations and backfills included, runs

@@ -9,6 +9,7 @@ import dagster as dg
 from upath import UPath
 
 from subscription_export.core.causes import describe_os_error
+from subscription_export.core.datasets import DEFAULT_DATASET, TableDataset
 from subscription_export.core.errors import (
     ExportVerificationError,
     StorageError,
@@ -18,6 +19,7 @@ from subscription_export.defs.resources import ExportSettings
 from subscription_export.defs.stopping import stoppable
 from subscription_export.export.flow import ExportOutcome, export_window_file
 from subscription_export.formats.contract import ContractViolation
+from subscription_export.formats.layout import format_of_asset
 from subscription_export.formats.storage import is_local
 from subscription_export.formats.verify import published_file
 from subscription_export.formats.writers import EXTENSIONS, Format
@@ -28,9 +30,10 @@ from subscription_export.state.windows import Window, parse_window_key
 
 @dataclass(frozen=True)
 class WindowRequest:
-    """What the canonical asset hands its IO manager: export this window from the source."""
+    """What a canonical asset hands its IO manager: export this window of this table."""
 
     window: Window
+    dataset: TableDataset = DEFAULT_DATASET
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class WindowFile:
 
     window: Window
     path: Path | UPath
+    dataset: TableDataset = DEFAULT_DATASET
 
 
 class _WindowFileIOManager(dg.UPathIOManager):
@@ -79,10 +83,18 @@ class _WindowFileIOManager(dg.UPathIOManager):
 
     def _export_now(self, obj: object, path: UPath, holder: str) -> tuple[ExportOutcome, int]:
         if isinstance(obj, WindowRequest) and self.fmt == "parquet":
-            return export_window_file(self.project, "parquet", obj.window, path, holder=holder)
+            return export_window_file(
+                self.project, "parquet", obj.window, path, holder=holder, dataset=obj.dataset
+            )
         if isinstance(obj, WindowFile) and self.fmt != "parquet":
             return export_window_file(
-                self.project, self.fmt, obj.window, path, parquet=obj.path, holder=holder
+                self.project,
+                self.fmt,
+                obj.window,
+                path,
+                parquet=obj.path,
+                holder=holder,
+                dataset=obj.dataset,
             )
         raise TypeError(f"{self.fmt} IO manager cannot store {type(obj).__name__}")
 
@@ -92,12 +104,19 @@ class _WindowFileIOManager(dg.UPathIOManager):
         key = context.asset_partition_key
         lo, hi = parse_window_key(key)
         try:
-            published = published_file(self.project.settings.export_dir, self.fmt, key)
+            dataset, _fmt = format_of_asset(context.asset_key.path[-1], self.project.datasets)
+        except KeyError:
+            raise FileNotFoundError(
+                f"{context.asset_key.to_user_string()} is not the export of a captured table"
+                " (SUBSCRIPTION_EXPORT_TABLES)"
+            ) from None
+        try:
+            published = published_file(self.project.settings.export_dir, self.fmt, key, dataset)
         except UnpublishedFileError as exc:
             raise FileNotFoundError(
                 f"{exc}: materialize {context.asset_key.to_user_string()} for window {key}"
             ) from None
-        return WindowFile(Window(lo, hi), published)
+        return WindowFile(Window(lo, hi), published, dataset)
 
 
 class _FormatIOManagerFactory(dg.ConfigurableIOManagerFactory):

@@ -32,6 +32,13 @@ def consumer_of_step(step_key: str | None) -> str | None:
         return None
     if step_key in _FORMAT_ASSETS:
         return _FORMAT_ASSETS[step_key]
+    for suffix, fmt in (
+        ("_changes", "parquet"),
+        ("_changes_csv", "csv"),
+        ("_changes_jsonl", "jsonl"),
+    ):
+        if step_key.endswith(suffix):  # another table's window asset (core/datasets.py)
+            return f"{step_key.removesuffix(suffix)}.{fmt}"
     return step_key.removesuffix("_sync") if step_key.endswith("_sync") else None
 
 

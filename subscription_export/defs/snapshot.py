@@ -25,7 +25,7 @@ _TAG_EVERY_S = 1.0
 
 
 class SnapshotConfig(dg.Config):
-    table: str | None = None  # default: the captured table (SUBSCRIPTION_EXPORT_TABLE)
+    table: str | None = None  # default: the first captured table (SUBSCRIPTION_EXPORT_TABLES)
     chunk_size: int = DEFAULT_CHUNK
     restart: bool = False  # read the whole table again even if a snapshot finished
 
@@ -44,7 +44,14 @@ def snapshot_table(
     context: dg.OpExecutionContext, config: SnapshotConfig, settings: ExportSettings
 ) -> dg.Output[int]:
     source = engine_for(settings.settings().source_url, writer=True)
-    table = config.table or settings.settings().table
+    captured = settings.settings().captured_tables
+    table = config.table or captured[0]
+    if table not in captured:
+        raise dg.Failure(
+            f"table {table!r} is not captured; captured: {', '.join(captured)}"
+            " (SUBSCRIPTION_EXPORT_TABLES)",
+            allow_retries=False,
+        )
     before = snapshot_progress(source, table)
     if config.restart or before is None:
         restart_snapshot(source, table)

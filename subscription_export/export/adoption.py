@@ -24,12 +24,13 @@ def newest_version(
     capture: dict[int, tuple[SourceColumn, ...]],
     present: dict[int, int],
     held: Collection[int],
+    table: str | None = None,
 ) -> tuple[int, int]:
     """(the newest capture version the window's dataset folds in, its first LSN here)."""
     newest = max(present)
     first = present[newest]
     captured = {v: frozenset(c.name for c in cols) for v, cols in capture.items()}
-    for lsn, (version, keys) in uncaptured_keys(source, lo, hi, captured).items():
+    for lsn, (version, keys) in uncaptured_keys(source, lo, hi, captured, table).items():
         if lsn in held:
             continue
         later = [v for v in sorted(captured) if v > version and keys <= captured[v]]

@@ -56,15 +56,28 @@ def cut_windows(project: Project, now: dt.datetime | None = None) -> CutResult:
 
 
 def windows_to_run(project: Project, after_hi: int) -> list[Window]:
-    """Registered windows past `after_hi` whose canonical export has not completed yet."""
-    done = completed_keys(project.state, "parquet", after_hi)
-    return [w for w in list_windows(project.state, after_hi=after_hi) if w.key not in done]
+    """Registered windows past `after_hi` whose canonical export of some captured table has not
+    completed yet."""
+    done = [
+        completed_keys(project.state, d.consumer("parquet"), after_hi) for d in project.datasets
+    ]
+    return [
+        w
+        for w in list_windows(project.state, after_hi=after_hi)
+        if not all(w.key in d for d in done)
+    ]
+
+
+def export_consumers(project: Project) -> list[str]:
+    """Every watermark the exports advance: each captured table's three formats."""
+    return [d.consumer(fmt) for d in project.datasets for fmt in FORMATS]
 
 
 def incomplete_windows(project: Project) -> list[Window]:
-    """Windows some format has not finished (new ones, or ones a crash interrupted)."""
-    floor = min(project.watermarks.get(fmt) for fmt in FORMATS)
-    done = [completed_keys(project.state, fmt, floor) for fmt in FORMATS]
+    """Windows some table's format has not finished (new ones, or ones a crash interrupted)."""
+    consumers = export_consumers(project)
+    floor = min(project.watermarks.get(c) for c in consumers)
+    done = [completed_keys(project.state, c, floor) for c in consumers]
     return [
         w for w in list_windows(project.state, after_hi=floor) if not all(w.key in d for d in done)
     ]

@@ -352,24 +352,37 @@ def check_range(engine: Engine, lo: int, hi: int) -> None:
 
 
 def capture_columns(
-    engine: Engine, lo: int, hi: int
+    engine: Engine, lo: int, hi: int, table: str
 ) -> tuple[dict[int, tuple[SourceColumn, ...]], dict[int, int]]:
-    """(all capture schema versions → columns, versions in [lo, hi] → their first LSN)."""
-    present = schema_versions(engine, lo, hi)
+    """(`table`'s capture schema versions → columns, its versions in [lo, hi] → their first
+    LSN); the second is empty when the table has no change in [lo, hi]."""
+    present = schema_versions(engine, lo, hi, table)
     with engine.connect() as conn:
-        known = {v: s.columns for v, s in capture_schemas(conn).items()}
+        known = {v: s.columns for v, s in capture_schemas(conn, table).items()}
+    if not known:
+        raise SchemaMissingError(
+            f"table {table!r} has no capture schema in the source; run `subscription-export init`"
+        )
     missing = sorted(set(present) - set(known))
     if missing:
         raise SchemaMissingError(
-            f"capture schema versions {missing} are not registered in the source;"
-            " run `subscription-export init`"
+            f"capture schema versions {missing} of table {table!r} are not registered in the"
+            " source; run `subscription-export init`"
         )
     return known, present
 
 
 def open_window(
-    engine: Engine, lo: int, hi: int, batch_size: int, plan: DatasetPlan, dataset_version: int
+    engine: Engine,
+    lo: int,
+    hi: int,
+    batch_size: int,
+    plan: DatasetPlan,
+    dataset_version: int,
+    table: str | None = None,
 ) -> WindowStream:
-    """Stream [lo, hi] (checked with `check_range` first) shaped by `plan`."""
+    """Stream [lo, hi] (checked with `check_range` first) shaped by `plan`; `table`: that
+    captured table's changes only (None: every change)."""
     schema = export_schema(plan.columns, dataset_version, window_key(lo, hi))
-    return WindowStream(lo, hi, schema, plan, iter_log_tables(engine, lo, hi, batch_size))
+    tables = iter_log_tables(engine, lo, hi, batch_size, table)
+    return WindowStream(lo, hi, schema, plan, tables)

@@ -8,14 +8,13 @@ from pathlib import Path
 import pyarrow.compute as pc
 from upath import UPath
 
+from subscription_export.core.datasets import TableDataset
 from subscription_export.core.errors import RangeError, UnpublishedFileError
-from subscription_export.formats.layout import ASSET_FOR_FORMAT, export_file_path
+from subscription_export.formats.layout import DEFAULT_DATASET, export_file_path, format_of_asset
 from subscription_export.formats.manifest import MANIFEST_DIR, manifest_path, read_manifest
 from subscription_export.formats.parquet_batches import parquet_batches
 from subscription_export.formats.storage import parquet_rows
 from subscription_export.formats.writers import EXTENSIONS, Format, sha256_of
-
-_FORMAT_OF_ASSET: dict[str, Format] = {asset: fmt for fmt, asset in ASSET_FOR_FORMAT.items()}
 
 
 @dataclass(frozen=True)
@@ -109,35 +108,49 @@ class VerifyReport:
         return f"{self.matched}/{len(self.outcomes)} file(s) match their manifests"
 
 
-def verify_exports(export_dir: Path | UPath, window_key: str | None = None) -> VerifyReport:
+def verify_exports(
+    export_dir: Path | UPath,
+    window_key: str | None = None,
+    datasets: tuple[TableDataset, ...] = (DEFAULT_DATASET,),
+) -> VerifyReport:
     """Re-hash every exported file against its manifest. Files and manifests are paired by
     the layout, so a file whose manifest was deleted, a manifest whose file was deleted and an
-    unusable manifest are each reported for their window, and the check goes on."""
-    found = _files_and_manifests(export_dir, window_key)
+    unusable manifest are each reported for their window, and the check goes on. Every
+    manifest is checked; `datasets` (the captured tables) name the folders searched for data
+    files without one."""
+    found = _files_and_manifests(export_dir, window_key, datasets)
     if not found:
         raise RangeError(
             f"no manifests under {export_dir}" + (f" for window {window_key}" if window_key else "")
         )
-    return VerifyReport(tuple(_check_window_file(export_dir, a, k) for a, k in found))
+    return VerifyReport(tuple(_check_window_file(export_dir, a, k, datasets) for a, k in found))
 
 
-def _files_and_manifests(export_dir: Path | UPath, window_key: str | None) -> list[tuple[str, str]]:
+def _files_and_manifests(
+    export_dir: Path | UPath, window_key: str | None, datasets: tuple[TableDataset, ...]
+) -> list[tuple[str, str]]:
     """(asset, window key) of every manifest and every data file of the export assets."""
     pattern = window_key or "*"
     found = {(m.parent.name, m.stem) for m in (export_dir / MANIFEST_DIR).glob(f"*/{pattern}.json")}
-    for fmt, asset in ASSET_FOR_FORMAT.items():
-        extension = EXTENSIONS[fmt]
-        for data in (export_dir / asset).glob(f"{pattern}{extension}"):
-            found.add((asset, data.name.removesuffix(extension)))
+    for dataset in datasets:
+        for fmt, extension in EXTENSIONS.items():
+            asset = dataset.asset(fmt)
+            for data in (export_dir / asset).glob(f"{pattern}{extension}"):
+                found.add((asset, data.name.removesuffix(extension)))
     return sorted(found)
 
 
-def _check_window_file(export_dir: Path | UPath, asset: str, window_key: str) -> CheckOutcome:
+def _check_window_file(
+    export_dir: Path | UPath, asset: str, window_key: str, datasets: tuple[TableDataset, ...]
+) -> CheckOutcome:
     manifest = manifest_path(export_dir, asset, window_key)
-    fmt = _FORMAT_OF_ASSET.get(asset)
-    if manifest.exists() or fmt is None:
+    try:
+        dataset, fmt = format_of_asset(asset, datasets)
+    except KeyError:
         return check_manifest(export_dir, manifest)
-    data = _shown(export_dir, export_file_path(export_dir, fmt, window_key))
+    if manifest.exists():
+        return check_manifest(export_dir, manifest)
+    data = _shown(export_dir, export_file_path(export_dir, fmt, window_key, dataset))
     return CheckOutcome(
         False,
         f"{data} has no manifest",
@@ -146,9 +159,11 @@ def _check_window_file(export_dir: Path | UPath, asset: str, window_key: str) ->
 
 
 def check_lsn_coverage(
-    parquet: Path | UPath, lo: int, hi: int, quarantined: set[int]
+    parquet: Path | UPath, lo: int, hi: int, quarantined: set[int], expected: int | None = None
 ) -> CheckOutcome:
-    """Exported LSNs are strictly increasing and, with the quarantined ones, cover lo..hi.
+    """Exported LSNs are strictly increasing and, with the quarantined ones, cover lo..hi:
+    all `expected` changes the log holds in lo..hi for the file's table (None: every LSN, the
+    window holding one table's changes only).
 
     Read one row group at a time, so checking a window of millions of rows stays small.
     """
@@ -167,21 +182,27 @@ def check_lsn_coverage(
         count += len(lsns)
     # Strictly increasing, so the first and last are the minimum and maximum.
     in_range = count == 0 or (first is not None and last is not None and first >= lo and last <= hi)
-    covered = count + len(quarantined) == hi - lo + 1
+    wanted = hi - lo + 1 if expected is None else expected
+    covered = count + len(quarantined) == wanted
     ok = bool(increasing and in_range and covered)
     problems = [
         text
         for good, text in (
             (increasing, "LSNs are not strictly increasing"),
             (in_range, f"LSNs fall outside {lo}..{hi}"),
-            (covered, f"{count} exported + {len(quarantined)} quarantined != {hi - lo + 1}"),
+            (covered, f"{count} exported + {len(quarantined)} quarantined != {wanted}"),
         )
         if not good
     ]
     return CheckOutcome(
         ok,
-        "; ".join(problems) or f"LSNs {lo}..{hi} are all present, in order",
-        {"exported": count, "quarantined": len(quarantined), "expected": hi - lo + 1},
+        "; ".join(problems)
+        or (
+            f"LSNs {lo}..{hi} are all present, in order"
+            if expected is None
+            else f"the table's {wanted} change(s) in {lo}..{hi} are all present, in order"
+        ),
+        {"exported": count, "quarantined": len(quarantined), "expected": wanted},
     )
 
 
@@ -195,12 +216,17 @@ def check_row_count(parquet: Path | UPath, source_count: int, quarantined: int) 
     )
 
 
-def published_file(export_dir: Path | UPath, fmt: Format, window_key: str) -> Path | UPath:
+def published_file(
+    export_dir: Path | UPath,
+    fmt: Format,
+    window_key: str,
+    dataset: TableDataset = DEFAULT_DATASET,
+) -> Path | UPath:
     """A window's file, if its manifest says it is there with the size found: readers trust
     only a manifest, which is written last. A file without one (not exported yet, or a write
     that stopped before its manifest) is treated as absent, never read."""
-    path = export_file_path(export_dir, fmt, window_key)
-    manifest = manifest_path(export_dir, ASSET_FOR_FORMAT[fmt], window_key)
+    path = export_file_path(export_dir, fmt, window_key, dataset)
+    manifest = manifest_path(export_dir, dataset.asset(fmt), window_key)
     try:
         recorded = _recorded_file(manifest)
     except _UnusableManifest as exc:

@@ -24,7 +24,8 @@ def consumer_kind(consumer: str) -> str:
     a configured destination (ERP, CRM, accounting, under whatever name the config gives it).
     Destinations record `bytes=0` (not measured for HTTP), so bytes are shown for formats only.
     """
-    return "format" if consumer in FORMATS else "destination"
+    # Another captured table's files are `{table}.{format}` (core/datasets.py).
+    return "format" if consumer.rpartition(".")[2] in FORMATS else "destination"
 
 
 _T = TypeVar("_T")

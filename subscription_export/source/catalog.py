@@ -95,7 +95,7 @@ def read_table(
     if not found:
         raise SchemaMissingError(
             f"table {table!r} does not exist in the source; create it (or run"
-            " `subscription-export demo` for the demo table), or set SUBSCRIPTION_EXPORT_TABLE"
+            " `subscription-export demo` for the demo table), or set SUBSCRIPTION_EXPORT_TABLES"
         )
     key = tuple(name for name, *_, pos in sorted(found, key=lambda r: r[3]) if pos)
     if not key:

@@ -56,23 +56,36 @@ def log_rows(table: pa.Table) -> list[LogRow]:
     return [LogRow(**row) for row in table.to_pylist()]
 
 
-def iter_log_tables(engine: Engine, lo: int, hi: int, batch_size: int) -> Iterator[pa.Table]:
-    """Yield [lo, hi] in LSN order as Arrow tables of at most `batch_size` rows.
+def _of_table(table: str | None, mark: str = ":table") -> str:
+    """The filter to one captured table's rows (None: every table's)."""
+    return "" if table is None else f" AND source_table = {mark}"
+
+
+def _table_param(table: str | None) -> dict[str, str]:
+    return {} if table is None else {"table": table}
+
+
+def iter_log_tables(
+    engine: Engine, lo: int, hi: int, batch_size: int, table: str | None = None
+) -> Iterator[pa.Table]:
+    """Yield [lo, hi] in LSN order as Arrow tables of at most `batch_size` rows; `table`: only
+    that captured table's rows.
 
     PostgreSQL streams through COPY into Arrow's CSV reader (no Python object per row);
     SQLite goes through a cursor in batches.
     """
     if is_postgres(engine):
-        yield from _prefetched(_copy_tables(engine, lo, hi, batch_size), depth=2)
+        yield from _prefetched(_copy_tables(engine, lo, hi, batch_size, table), depth=2)
         return
     # The image as bytes: the driver would fail the whole read on one row that is not UTF-8.
     query = (
         f"SELECT {_COLUMNS.format(image=f'CAST({_IMAGE} AS BLOB)', changed='changed_at')}"
-        " FROM subscription_change_log WHERE lsn BETWEEN ? AND ? ORDER BY lsn"
+        f" FROM subscription_change_log WHERE lsn BETWEEN ? AND ?{_of_table(table, '?')}"
+        " ORDER BY lsn"
     )
     image_at = _STORED.get_field_index("image")
     with engine.connect() as conn:
-        result = conn.exec_driver_sql(query, (lo, hi))
+        result = conn.exec_driver_sql(query, (lo, hi) if table is None else (lo, hi, table))
         for part in result.partitions(batch_size):
             columns = list(zip(*part, strict=True))
             arrays = [
@@ -135,16 +148,21 @@ _CSV_CONVERT = pacsv.ConvertOptions(
 )
 
 
-def _copy_tables(engine: Engine, lo: int, hi: int, batch_size: int) -> Iterator[pa.Table]:
+def _copy_tables(
+    engine: Engine, lo: int, hi: int, batch_size: int, table: str | None
+) -> Iterator[pa.Table]:
     """COPY ... TO STDOUT (csv), parsed by Arrow `batch_size` rows at a time.
 
     The server sends one CopyData message per row, so joining messages gives whole rows and
     each batch is parsed synchronously. (Arrow's streaming CSV reader would read ahead up to
     32 blocks on a background thread: hundreds of MB when the writers are slower than COPY.)
     """
+    # COPY takes no parameters: the table name goes in as a quoted literal.
+    only = "" if table is None else _of_table(table, _pg_literal(engine, table))
     select = (
         f"SELECT {_COLUMNS.format(image=f'{_IMAGE}::text', changed=_PG_CHANGED)}"
-        f" FROM subscription_change_log WHERE lsn BETWEEN {int(lo)} AND {int(hi)} ORDER BY lsn"
+        f" FROM subscription_change_log WHERE lsn BETWEEN {int(lo)} AND {int(hi)}{only}"
+        " ORDER BY lsn"
     )
     raw = engine.raw_connection()
     try:
@@ -160,6 +178,12 @@ def _copy_tables(engine: Engine, lo: int, hi: int, batch_size: int) -> Iterator[
                 yield _parse_csv(rows)
     finally:
         raw.close()
+
+
+def _pg_literal(engine: Engine, text: str) -> str:
+    literal = sa.String().literal_processor(engine.dialect)
+    assert literal is not None
+    return str(literal(text))
 
 
 def _parse_csv(rows: list[memoryview]) -> pa.Table:
@@ -231,28 +255,31 @@ def _prefetched(tables: Iterator[pa.Table], depth: int) -> Iterator[pa.Table]:
         reader.join()
 
 
-def range_stats(engine: Engine, lo: int, hi: int) -> tuple[int, int | None, int | None]:
-    """(count, min lsn, max lsn) of sequenced changes in [lo, hi]."""
+def range_stats(
+    engine: Engine, lo: int, hi: int, table: str | None = None
+) -> tuple[int, int | None, int | None]:
+    """(count, min lsn, max lsn) of sequenced changes in [lo, hi] (of `table`, if given)."""
     with engine.connect() as conn:
         row = conn.execute(
             sa.text(
                 "SELECT COUNT(*), MIN(lsn), MAX(lsn) FROM subscription_change_log"
-                " WHERE lsn BETWEEN :lo AND :hi"
+                f" WHERE lsn BETWEEN :lo AND :hi{_of_table(table)}"
             ),
-            {"lo": lo, "hi": hi},
+            {"lo": lo, "hi": hi} | _table_param(table),
         ).one()
     return int(row[0]), row[1], row[2]
 
 
-def schema_versions(engine: Engine, lo: int, hi: int) -> dict[int, int]:
-    """Capture schema versions present in [lo, hi] → the first LSN carrying each."""
+def schema_versions(engine: Engine, lo: int, hi: int, table: str | None = None) -> dict[int, int]:
+    """Capture schema versions present in [lo, hi] (of `table`) → the first LSN carrying each."""
     with engine.connect() as conn:
         rows = conn.execute(
             sa.text(
                 "SELECT schema_version, MIN(lsn) FROM subscription_change_log"
-                " WHERE lsn BETWEEN :lo AND :hi GROUP BY schema_version ORDER BY schema_version"
+                f" WHERE lsn BETWEEN :lo AND :hi{_of_table(table)}"
+                " GROUP BY schema_version ORDER BY schema_version"
             ),
-            {"lo": lo, "hi": hi},
+            {"lo": lo, "hi": hi} | _table_param(table),
         ).all()
     return {int(v): int(first) for v, first in rows}
 
@@ -266,7 +293,11 @@ def changed_at_of(engine: Engine, lsn: int) -> dt.datetime | None:
 
 
 def uncaptured_keys(
-    engine: Engine, lo: int, hi: int, captured: dict[int, frozenset[str]]
+    engine: Engine,
+    lo: int,
+    hi: int,
+    captured: dict[int, frozenset[str]],
+    table: str | None = None,
 ) -> dict[int, tuple[int, frozenset[str]]]:
     """LSN → (its capture version, the non-null image keys that version does not capture), for
     the changes of [lo, hi] that have such keys.
@@ -285,9 +316,10 @@ def uncaptured_keys(
                 f" jsonb_each({_IMAGE}) AS e"
                 " WHERE l.lsn BETWEEN :lo AND :hi AND e.value <> 'null'::jsonb"
                 " AND NOT (CAST(:known AS jsonb) -> CAST(l.schema_version AS text))"
-                " ? e.key ORDER BY l.lsn"
+                f" ? e.key{_of_table(table).replace('source_table', 'l.source_table')}"
+                " ORDER BY l.lsn"
             ),
-            {"lo": lo, "hi": hi, "known": known},
+            {"lo": lo, "hi": hi, "known": known} | _table_param(table),
         ).all()
     found: dict[int, tuple[int, frozenset[str]]] = {}
     for lsn, version, key in rows:

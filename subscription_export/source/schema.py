@@ -1,8 +1,9 @@
 """`init`: the change-log tables, the capture triggers and the capture-schema versions.
 
-Every change to the captured table (`subscriptions` by default; SUBSCRIPTION_EXPORT_TABLE)
-lands in `subscription_change_log` from a trigger, in the same transaction as the change. Its
-key column `subscription_id` holds the row's primary key as text (a JSON array for a
+Every change to a captured table (`subscriptions` by default; SUBSCRIPTION_EXPORT_TABLES)
+lands in `subscription_change_log` from a trigger, in the same transaction as the change: all
+tables write the one log, so they share one LSN sequence, and `source_table` says whose row it
+is. Its key column `subscription_id` holds the row's primary key as text (a JSON array for a
 composite key). The trigger embeds the capture schema version (the column list it
 captures), so re-running `init` after `ALTER TABLE … ADD COLUMN` re-installs the triggers and
 new rows carry the new version.
@@ -11,12 +12,14 @@ new rows carry the new version.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect, Engine
 
 from subscription_export.core.columns import SourceColumn
+from subscription_export.core.datasets import DEFAULT_TABLE
 from subscription_export.core.db import is_postgres
 from subscription_export.core.errors import SchemaMissingError
 from subscription_export.source.catalog import read_table
@@ -27,7 +30,6 @@ from subscription_export.source.snapshot_log import (
 )
 
 ORIGIN_SETTING = "subscription_export.origin"
-DEFAULT_TABLE = "subscriptions"
 
 _SQLITE_TABLES = [
     sqlite_log_ddl(),  # op c|u|d|r; shared with the upgrade that rebuilds an older log
@@ -41,7 +43,8 @@ _SQLITE_TABLES = [
     """CREATE TABLE IF NOT EXISTS subscription_capture_schema (
         version INTEGER PRIMARY KEY,
         columns TEXT NOT NULL,
-        installed_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+        installed_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+        source_table TEXT NOT NULL
     )""",
 ]
 
@@ -56,7 +59,8 @@ _PG_TABLES = [
         after jsonb,
         changed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
         origin text NOT NULL DEFAULT 'app',
-        schema_version integer NOT NULL
+        schema_version integer NOT NULL,
+        source_table text NOT NULL
     )""",
     """CREATE INDEX IF NOT EXISTS subscription_change_log_unsequenced
         ON subscription_change_log (id) WHERE lsn IS NULL""",
@@ -65,7 +69,8 @@ _PG_TABLES = [
     """CREATE TABLE IF NOT EXISTS subscription_capture_schema (
         version integer PRIMARY KEY,
         columns text NOT NULL,
-        installed_at timestamptz NOT NULL DEFAULT now()
+        installed_at timestamptz NOT NULL DEFAULT now(),
+        source_table text NOT NULL
     )""",
 ]
 
@@ -79,6 +84,8 @@ class CaptureSchema:
     key: tuple[str, ...] = field(default=(), compare=False)
     warnings: tuple[str, ...] = field(default=(), compare=False)
     as_text: tuple[str, ...] = field(default=(), compare=False)  # see catalog.TableShape
+    # Version numbers are unique across tables (one capture-schema table); each belongs to one.
+    table: str = field(default=DEFAULT_TABLE, compare=False)
 
     def to_json(self) -> str:
         return json.dumps([[c.name, c.type] for c in self.columns])
@@ -155,13 +162,16 @@ def _sqlite_triggers(schema: CaptureSchema, table: str, dialect: Dialect) -> lis
     )
     new_key, old_key = sql.key_text(schema.key, "NEW"), sql.key_text(schema.key, "OLD")
     same_key = " AND ".join(f"OLD.{sql.ident(k)} IS NEW.{sql.ident(k)}" for k in schema.key)
-    cols = "(lsn, op, subscription_id, before, after, changed_at, origin, schema_version)"
-    v = schema.version
+    cols = (
+        "(lsn, op, subscription_id, before, after, changed_at, origin, schema_version,"
+        " source_table)"
+    )
+    v, source = schema.version, sql.literal(table)
 
     def log(op: str, key: str, before: str, after: str) -> str:
         return (
             f"INSERT INTO subscription_change_log {cols} VALUES "
-            f"({next_lsn}, '{op}', {key}, {before}, {after}, {now}, {origin}, {v});"
+            f"({next_lsn}, '{op}', {key}, {before}, {after}, {now}, {origin}, {v}, {source});"
         )
 
     _fn, prefix = trigger_names(table)
@@ -199,10 +209,10 @@ def _pg_triggers(schema: CaptureSchema, table: str, dialect: Dialect) -> list[st
     new_tuple = ", ".join(f"NEW.{sql.ident(k)}" for k in schema.key)
     insert = (
         "INSERT INTO subscription_change_log"
-        " (op, subscription_id, before, after, origin, schema_version) VALUES"
+        " (op, subscription_id, before, after, origin, schema_version, source_table) VALUES"
     )
     origin = f"COALESCE(NULLIF(current_setting('{ORIGIN_SETTING}', true), ''), 'app')"
-    v = schema.version
+    v = f"{schema.version}, {sql.literal(table)}"  # the version, then the source table
     body = f"""
         BEGIN
             IF TG_OP = 'UPDATE' AND ({old_tuple}) IS DISTINCT FROM ({new_tuple}) THEN
@@ -223,9 +233,13 @@ def _pg_triggers(schema: CaptureSchema, table: str, dialect: Dialect) -> list[st
     tag = "$fn$"
     while tag in body:  # a column name could hold the dollar-quote tag
         tag = tag[:-1] + "x$"
-    trigger = sql.ident(prefix)
+    # `prefix` is quoted already. Releases before several tables quoted it twice, so their
+    # trigger's name holds the quotes (`"subscriptions_capture"`): dropped too, or re-running
+    # init would capture every change twice.
+    trigger, quoted_twice = prefix, sql.ident(prefix)
     return [
         f"CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS {tag}{body}{tag}",
+        f"DROP TRIGGER IF EXISTS {quoted_twice} ON {sql.ident(table)}",
         f"DROP TRIGGER IF EXISTS {trigger} ON {sql.ident(table)}",
         f"""CREATE TRIGGER {trigger}
             AFTER INSERT OR UPDATE OR DELETE ON {sql.ident(table)}
@@ -233,24 +247,54 @@ def _pg_triggers(schema: CaptureSchema, table: str, dialect: Dialect) -> list[st
     ]
 
 
-def latest_capture_schema(conn: Connection) -> CaptureSchema | None:
-    row = conn.execute(
-        sa.text(
-            "SELECT version, columns FROM subscription_capture_schema ORDER BY version DESC LIMIT 1"
-        )
-    ).first()
-    return CaptureSchema(row[0], CaptureSchema.columns_from_json(row[1])) if row else None
+def latest_capture_schema(conn: Connection, table: str | None = None) -> CaptureSchema | None:
+    """`table`'s newest capture schema (None: the newest of any table)."""
+    versions = capture_schemas(conn, table)
+    return versions[max(versions)] if versions else None
 
 
-def capture_schemas(conn: Connection) -> dict[int, CaptureSchema]:
-    rows = conn.execute(sa.text("SELECT version, columns FROM subscription_capture_schema")).all()
-    return {v: CaptureSchema(v, CaptureSchema.columns_from_json(cols)) for v, cols in rows}
+def capture_schemas(conn: Connection, table: str | None = None) -> dict[int, CaptureSchema]:
+    """Every capture schema version of `table` (None: of every table)."""
+    query = "SELECT version, columns, source_table FROM subscription_capture_schema"
+    params = {} if table is None else {"t": table}
+    rows = conn.execute(
+        sa.text(query + ("" if table is None else " WHERE source_table = :t")), params
+    ).all()
+    return {
+        v: CaptureSchema(v, CaptureSchema.columns_from_json(cols), table=t) for v, cols, t in rows
+    }
+
+
+def captured_tables(conn: Connection) -> list[str]:
+    """Tables that ever had capture installed (some may no longer be configured)."""
+    rows = conn.execute(sa.text("SELECT DISTINCT source_table FROM subscription_capture_schema"))
+    return sorted(r[0] for r in rows)
+
+
+def logs_only(engine: Engine, table: str) -> bool:
+    """Whether every change-log row is `table`'s (no other table was ever captured), so a
+    reader needs no per-table filter."""
+    with engine.connect() as conn:
+        return captured_tables(conn) == [table]
+
+
+def unconfigured_tables(engine: Engine, configured: Sequence[str]) -> list[str]:
+    """Tables whose capture `init` installed once that are not in `configured` now."""
+    with engine.connect() as conn:
+        return [t for t in captured_tables(conn) if t not in configured]
 
 
 def init_source(engine: Engine, table: str = DEFAULT_TABLE) -> CaptureSchema:
-    """Create the change-log tables and (re)install triggers on the captured `table`, whose key
-    and columns are read from the catalog; idempotent. The table itself must exist (only the
-    demo creates one: `source/demo_table.py`). Returns the capture schema in force."""
+    """`init_tables` for one table."""
+    return init_tables(engine, (table,))[0]
+
+
+def init_tables(engine: Engine, tables: Sequence[str]) -> list[CaptureSchema]:
+    """Create the change-log tables and (re)install triggers on every captured table, whose key
+    and columns are read from the catalog; idempotent, one transaction. The tables must exist
+    (only the demo creates one: `source/demo_table.py`). All of them write the one change log,
+    so they share one LSN sequence. A log from an older release is upgraded, its rows taken as
+    changes of `tables[0]` (the one table it captured). Returns each table's capture schema."""
     postgres = is_postgres(engine)
     with engine.begin() as conn:
         if postgres:
@@ -258,43 +302,55 @@ def init_source(engine: Engine, table: str = DEFAULT_TABLE) -> CaptureSchema:
             conn.execute(
                 sa.text("SELECT pg_advisory_xact_lock(hashtext('subscription_export.init'))")
             )
-            if sa.inspect(conn).has_table(table):
-                # Writers lock the table, then the change log (in the trigger). Take the same
-                # order here, or re-installing triggers under load deadlocks.
-                quoted = conn.dialect.identifier_preparer.quote_identifier(table)
-                conn.exec_driver_sql(f"LOCK TABLE {quoted} IN SHARE ROW EXCLUSIVE MODE")
+            for table in tables:
+                if sa.inspect(conn).has_table(table):
+                    # Writers lock the table, then the change log (in the trigger). Take the
+                    # same order here, or re-installing triggers under load deadlocks.
+                    quoted = conn.dialect.identifier_preparer.quote_identifier(table)
+                    conn.exec_driver_sql(f"LOCK TABLE {quoted} IN SHARE ROW EXCLUSIVE MODE")
         for ddl in _PG_TABLES if postgres else _SQLITE_TABLES:
             conn.exec_driver_sql(ddl)
-        upgrade_change_log(conn)  # a log from before snapshots: accept op 'r'
-        latest = latest_capture_schema(conn)
-        previous = {c.name: c.type for c in latest.columns} if latest else {}
-        shape = read_table(conn, table, previous)
-        schema = _register(conn, latest, shape.columns)
-        schema = replace(schema, key=shape.key, warnings=shape.warnings, as_text=shape.as_text)
-        triggers = (
-            _pg_triggers(schema, table, conn.dialect)
-            if postgres
-            else _sqlite_triggers(schema, table, conn.dialect)
-        )
-        for stmt in triggers:
-            conn.exec_driver_sql(stmt)
-        # With the triggers in place (and writers locked out on PostgreSQL): does the table
-        # hold rows the triggers never saw? Then a snapshot is recorded as pending.
-        prepare_snapshot(conn, table)
+        # A log from before snapshots accepts op 'r'; one from before several tables gets
+        # `source_table`.
+        upgrade_change_log(conn, tables[0])
+        return [_install(conn, table) for table in tables]
+
+
+def _install(conn: Connection, table: str) -> CaptureSchema:
+    """Register `table`'s capture schema and install its triggers, in init's transaction."""
+    latest = latest_capture_schema(conn, table)
+    previous = {c.name: c.type for c in latest.columns} if latest else {}
+    shape = read_table(conn, table, previous)
+    schema = _register(conn, latest, shape.columns, table)
+    schema = replace(schema, key=shape.key, warnings=shape.warnings, as_text=shape.as_text)
+    triggers = (
+        _pg_triggers(schema, table, conn.dialect)
+        if conn.dialect.name == "postgresql"
+        else _sqlite_triggers(schema, table, conn.dialect)
+    )
+    for stmt in triggers:
+        conn.exec_driver_sql(stmt)
+    # With the triggers in place (and writers locked out on PostgreSQL): does the table hold
+    # rows the triggers never saw? Then a snapshot is recorded as pending.
+    prepare_snapshot(conn, table)
     return schema
 
 
 def _register(
-    conn: Connection, latest: CaptureSchema | None, columns: tuple[SourceColumn, ...]
+    conn: Connection, latest: CaptureSchema | None, columns: tuple[SourceColumn, ...], table: str
 ) -> CaptureSchema:
-    """The registered version for these columns: the latest, or a new one."""
+    """The registered version of `table` for these columns: its latest, or a new one (numbered
+    after every table's versions: a version number names one table's columns)."""
     if latest is not None and latest.columns == columns:
         return latest
-    version = (latest.version + 1) if latest else 1
-    schema = CaptureSchema(version, columns)
+    top = conn.execute(sa.text("SELECT MAX(version) FROM subscription_capture_schema")).scalar()
+    schema = CaptureSchema(int(top or 0) + 1, columns, table=table)
     conn.execute(
-        sa.text("INSERT INTO subscription_capture_schema (version, columns) VALUES (:v, :c)"),
-        {"v": version, "c": schema.to_json()},
+        sa.text(
+            "INSERT INTO subscription_capture_schema (version, columns, source_table)"
+            " VALUES (:v, :c, :t)"
+        ),
+        {"v": schema.version, "c": schema.to_json(), "t": table},
     )
     return schema
 

@@ -118,12 +118,15 @@ class _Chunking:
     key_text: str  # over alias `s`
     image: str  # over alias `s`
     version: int
+    name: str  # the table's name, as the change log's `source_table` holds it
 
     @classmethod
     def of(cls, conn: Connection, table: str) -> _Chunking:
-        latest = latest_capture_schema(conn)
+        latest = latest_capture_schema(conn, table)
         if latest is None:
-            raise SchemaMissingError("no capture schema; run `subscription-export init` first")
+            raise SchemaMissingError(
+                f"no capture schema for table {table!r}; run `subscription-export init` first"
+            )
         shape = read_table(conn, table, {c.name: c.type for c in latest.columns})
         sql = CaptureSql(conn.dialect)
         postgres = conn.dialect.name == "postgresql"
@@ -138,6 +141,7 @@ class _Chunking:
             sql.key_text(shape.key, "s"),
             image,
             latest.version,
+            table,
         )
 
     @property
@@ -182,12 +186,12 @@ def _copy_chunk_pg(conn: Connection, chunking: _Chunking, last: str | None, uppe
     return conn.execute(
         sa.text(
             "INSERT INTO subscription_change_log"
-            " (op, subscription_id, before, after, origin, schema_version)"
-            f" SELECT 'r', {chunking.key_text}, NULL, {chunking.image}, 'app', :v FROM"
+            " (op, subscription_id, before, after, origin, schema_version, source_table)"
+            f" SELECT 'r', {chunking.key_text}, NULL, {chunking.image}, 'app', :v, :source FROM"
             f" (SELECT * FROM {chunking.table} AS s{where} ORDER BY {chunking.order}"
             f" FOR SHARE) AS s ORDER BY {chunking.order}"
         ),
-        params | {"v": chunking.version},
+        params | {"v": chunking.version, "source": chunking.name},
     ).rowcount
 
 
@@ -199,12 +203,14 @@ def _copy_chunk_sqlite(conn: Connection, chunking: _Chunking, last: str | None, 
     return conn.execute(
         sa.text(
             "INSERT INTO subscription_change_log"
-            " (lsn, op, subscription_id, before, after, changed_at, origin, schema_version)"
+            " (lsn, op, subscription_id, before, after, changed_at, origin, schema_version,"
+            " source_table)"
             f" SELECT :base + row_number() OVER (ORDER BY {chunking.order}), 'r',"
-            f" {chunking.key_text}, NULL, {chunking.image}, {now_sql(False)}, 'app', :v"
+            f" {chunking.key_text}, NULL, {chunking.image}, {now_sql(False)}, 'app', :v,"
+            " :source"
             f" FROM {chunking.table} AS s{where} ORDER BY {chunking.order}"
         ),
-        params | {"base": int(base), "v": chunking.version},
+        params | {"base": int(base), "v": chunking.version, "source": chunking.name},
     ).rowcount
 
 

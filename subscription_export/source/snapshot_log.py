@@ -4,6 +4,12 @@
   has `CHECK (op IN ('c', 'u', 'd'))`: PostgreSQL swaps the constraint; SQLite cannot alter a
   CHECK, so the log is rebuilt under the new definition in the same transaction (rows, ids,
   LSNs and the AUTOINCREMENT counter kept).
+* The change log and the capture schema versions say which table a row came from
+  (`source_table`): a log from before several tables gets the column, its rows (and versions)
+  belonging to the one table that was captured then, the first configured table. PostgreSQL
+  adds it with a default and drops the default (existing rows keep the value, no rewrite), so
+  a trigger that does not name its table fails instead of guessing; SQLite rebuilds the log
+  as for op 'r'.
 * `subscription_snapshot_progress` holds, per table, how far the snapshot got. It is written in
   the same transaction as each chunk's rows, so after a kill it says exactly what is done.
 * Whether a snapshot is needed is decided in `init`'s transaction, which has just installed the
@@ -41,10 +47,12 @@ PROGRESS_DDL_PG = f"""CREATE TABLE IF NOT EXISTS {PROGRESS} (
     finished_at timestamptz
 )"""
 
-# The SQLite change log as `init` creates it now; the rebuild uses the same text.
+# The SQLite change log as `init` creates it now; the rebuild uses the same text. The columns
+# every release's log has; `source_table` is copied, or filled in for a log from before it.
 SQLITE_LOG_COLUMNS = (
     "id, lsn, op, subscription_id, before, after, changed_at, origin, schema_version"
 )
+SOURCE_TABLE = "source_table"
 _SQLITE_LOG_INDEX = (
     "CREATE INDEX IF NOT EXISTS subscription_change_log_by_subscription"
     " ON subscription_change_log (subscription_id, id)"
@@ -61,7 +69,8 @@ def sqlite_log_ddl(name: str = "subscription_change_log") -> str:
         after TEXT,
         changed_at TEXT NOT NULL,
         origin TEXT NOT NULL DEFAULT 'app',
-        schema_version INTEGER NOT NULL
+        schema_version INTEGER NOT NULL,
+        source_table TEXT NOT NULL
     )"""
 
 
@@ -69,11 +78,48 @@ def now_sql(postgres: bool) -> str:
     return "now()" if postgres else "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
 
 
-def upgrade_change_log(conn: Connection) -> bool:
-    """Let an existing change log take `op = 'r'`; True when it had to change."""
+def upgrade_change_log(conn: Connection, legacy_table: str) -> bool:
+    """Let an existing change log take `op = 'r'` and name each row's table (rows from before
+    that are `legacy_table`'s); True when it had to change."""
     if conn.dialect.name == "postgresql":
-        return _upgrade_pg(conn)
-    return _upgrade_sqlite(conn)
+        added = _add_source_table_pg(conn, "subscription_change_log", legacy_table)
+        added |= _add_source_table_pg(conn, "subscription_capture_schema", legacy_table)
+        return _upgrade_pg(conn) or added
+    if not _has_column(conn, "subscription_capture_schema", SOURCE_TABLE):
+        conn.exec_driver_sql(
+            "ALTER TABLE subscription_capture_schema ADD COLUMN source_table TEXT NOT NULL"
+            f" DEFAULT {_literal(conn, legacy_table)}"
+        )
+    return _upgrade_sqlite(conn, legacy_table)
+
+
+def _literal(conn: Connection, text: str) -> str:
+    literal = sa.String().literal_processor(conn.dialect)
+    assert literal is not None
+    return str(literal(text))
+
+
+def _has_column(conn: Connection, table: str, column: str) -> bool:
+    if conn.dialect.name == "postgresql":  # (the inspector warns about xid8)
+        query = (
+            "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(:t) AND attname = :c"
+            " AND NOT attisdropped"
+        )
+        return conn.execute(sa.text(query), {"t": table, "c": column}).first() is not None
+    return any(row[1] == column for row in conn.exec_driver_sql(f"PRAGMA table_info({table})"))
+
+
+def _add_source_table_pg(conn: Connection, table: str, legacy_table: str) -> bool:
+    if _has_column(conn, table, SOURCE_TABLE):
+        return False
+    # A constant default is stored once, not written into every row (PostgreSQL 11+); dropping
+    # it then leaves existing rows with it and makes every new row name its table.
+    conn.exec_driver_sql(
+        f"ALTER TABLE {table} ADD COLUMN source_table text NOT NULL"
+        f" DEFAULT {_literal(conn, legacy_table)}"
+    )
+    conn.exec_driver_sql(f"ALTER TABLE {table} ALTER COLUMN source_table DROP DEFAULT")
+    return True
 
 
 def _upgrade_pg(conn: Connection) -> bool:
@@ -96,16 +142,18 @@ def _upgrade_pg(conn: Connection) -> bool:
     return True
 
 
-def _upgrade_sqlite(conn: Connection) -> bool:
+def _upgrade_sqlite(conn: Connection, legacy_table: str) -> bool:
     sql = conn.exec_driver_sql(
         "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'subscription_change_log'"
     ).scalar_one()
-    if "'r'" in sql:
+    has_table_column = _has_column(conn, "subscription_change_log", SOURCE_TABLE)
+    if "'r'" in sql and has_table_column:
         return False
     # The capture triggers name the log; SQLite checks them when a table is renamed, so drop
-    # them first (init re-installs them in this same transaction).
+    # them first (init re-installs the configured tables' in this same transaction).
     triggers = conn.exec_driver_sql(
-        "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'subscriptions'"
+        "SELECT name FROM sqlite_master WHERE type = 'trigger'"
+        " AND sql LIKE '%subscription_change_log%'"
     ).scalars()
     for trigger in list(triggers):
         conn.exec_driver_sql(f'DROP TRIGGER "{trigger}"')
@@ -113,9 +161,10 @@ def _upgrade_sqlite(conn: Connection) -> bool:
         "SELECT seq FROM sqlite_sequence WHERE name = 'subscription_change_log'"
     ).scalar()
     conn.exec_driver_sql(sqlite_log_ddl("subscription_change_log_new"))
+    source = SOURCE_TABLE if has_table_column else _literal(conn, legacy_table)
     conn.exec_driver_sql(
-        f"INSERT INTO subscription_change_log_new ({SQLITE_LOG_COLUMNS})"
-        f" SELECT {SQLITE_LOG_COLUMNS} FROM subscription_change_log ORDER BY id"
+        f"INSERT INTO subscription_change_log_new ({SQLITE_LOG_COLUMNS}, {SOURCE_TABLE})"
+        f" SELECT {SQLITE_LOG_COLUMNS}, {source} FROM subscription_change_log ORDER BY id"
     )
     conn.exec_driver_sql("DROP TABLE subscription_change_log")
     conn.exec_driver_sql(

@@ -16,6 +16,7 @@ from typing import Any, Literal, Protocol
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from subscription_export.core.datasets import LEGACY_DATASET
 from subscription_export.state.tables import quarantine, quarantine_actions
 
 EntryStatus = Literal["open", "recovered", "discarded"]
@@ -29,8 +30,15 @@ class QuarantineEntry(Protocol):
     raw: str
 
 
-def record_quarantine(engine: Engine, window_key: str, rows: Sequence[QuarantineEntry]) -> None:
+def record_quarantine(
+    engine: Engine,
+    window_key: str,
+    rows: Sequence[QuarantineEntry],
+    dataset: str = LEGACY_DATASET,
+) -> None:
     """Idempotent per (window, LSN): re-exporting a window does not duplicate entries.
+    `dataset`: the table's export that found `rows`; only its own entries can be removed
+    (the window's other tables keep theirs).
 
     An entry found again keeps its status (a discarded one stays discarded) with the newest
     field and reason; a recovered one found again is open again (its change left the files, it
@@ -40,15 +48,18 @@ def record_quarantine(engine: Engine, window_key: str, rows: Sequence[Quarantine
     now = dt.datetime.now(dt.UTC)
     found = {r.lsn: r for r in rows}
     with engine.begin() as conn:
-        existing = {
-            int(r.lsn): str(r.status)
-            for r in conn.execute(
-                sa.select(quarantine.c.lsn, quarantine.c.status).where(
-                    quarantine.c.window_key == window_key
-                )
+        listed = conn.execute(
+            sa.select(quarantine.c.lsn, quarantine.c.status, quarantine.c.dataset).where(
+                quarantine.c.window_key == window_key
             )
-        }
-        gone = [lsn for lsn, status in existing.items() if lsn not in found and status == "open"]
+        ).all()
+        existing = {int(r.lsn): str(r.status) for r in listed}
+        ours = {int(r.lsn) for r in listed if (r.dataset or LEGACY_DATASET) == dataset}
+        gone = [
+            lsn
+            for lsn, status in existing.items()
+            if lsn not in found and status == "open" and lsn in ours
+        ]
         if gone:
             conn.execute(
                 sa.delete(quarantine).where(
@@ -56,7 +67,7 @@ def record_quarantine(engine: Engine, window_key: str, rows: Sequence[Quarantine
                 )
             )
         for lsn, r in found.items():
-            values = {"field": r.field, "reason": r.reason, "raw": r.raw}
+            values = {"field": r.field, "reason": r.reason, "raw": r.raw, "dataset": dataset}
             if lsn not in existing:
                 conn.execute(
                     sa.insert(quarantine).values(
@@ -84,20 +95,24 @@ def list_quarantine(
         return [dict(r) for r in conn.execute(query).mappings()]
 
 
-def quarantined_lsns(engine: Engine, window_key: str) -> set[int]:
-    """LSNs of the window that are not in its files (open or discarded entries)."""
-    return set(held_entries(engine, window_key))
+def quarantined_lsns(engine: Engine, window_key: str, dataset: str | None = None) -> set[int]:
+    """LSNs of the window that are not in its files (open or discarded entries); `dataset`:
+    only those of that table's export."""
+    return set(held_entries(engine, window_key, dataset))
 
 
-def held_entries(engine: Engine, window_key: str) -> dict[int, tuple[str | None, str]]:
-    """LSN → (field, reason) of the window's entries that stay out of its files."""
+def held_entries(
+    engine: Engine, window_key: str, dataset: str | None = None
+) -> dict[int, tuple[str | None, str]]:
+    """LSN → (field, reason) of the window's entries that stay out of its files (`dataset`:
+    of that table's export only)."""
+    query = sa.select(quarantine.c.lsn, quarantine.c.field, quarantine.c.reason).where(
+        quarantine.c.window_key == window_key, quarantine.c.status.in_(HELD_STATUSES)
+    )
+    if dataset is not None:
+        query = query.where(sa.func.coalesce(quarantine.c.dataset, LEGACY_DATASET) == dataset)
     with engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(quarantine.c.lsn, quarantine.c.field, quarantine.c.reason).where(
-                quarantine.c.window_key == window_key,
-                quarantine.c.status.in_(HELD_STATUSES),
-            )
-        ).all()
+        rows = conn.execute(query).all()
     return {int(lsn): (field, str(reason)) for lsn, field, reason in rows}
 
 

@@ -65,6 +65,8 @@ quarantine = sa.Table(
     # discarded (`quarantine discard`); rows are never deleted once someone acted on them.
     sa.Column("status", sa.String(16), nullable=False, server_default="open"),
     sa.Column("action_id", sa.Integer),  # the quarantine_actions row that resolved it
+    # The table's export it belongs to (TableDataset.name); NULL: `subscription_changes` (0006).
+    sa.Column("dataset", sa.String(200)),
     sa.UniqueConstraint("window_key", "lsn", name="quarantine_once_per_window"),
 )
 

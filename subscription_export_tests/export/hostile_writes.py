@@ -37,8 +37,8 @@ def append_image(conn: sa.Connection, sub_id: str, image_text: str) -> None:
         conn.execute(
             sa.text(
                 "INSERT INTO subscription_change_log (op, subscription_id, before, after,"
-                " schema_version) VALUES ('u', :id, CAST(:before AS jsonb),"
-                " CAST(:after AS jsonb), :v)"
+                " schema_version, source_table) VALUES ('u', :id, CAST(:before AS jsonb),"
+                " CAST(:after AS jsonb), :v, 'subscriptions')"
             ),
             {"id": sub_id, "before": before_text, "after": image_text, "v": version},
         )
@@ -46,9 +46,9 @@ def append_image(conn: sa.Connection, sub_id: str, image_text: str) -> None:
     conn.execute(
         sa.text(
             "INSERT INTO subscription_change_log (lsn, op, subscription_id, before, after,"
-            " changed_at, schema_version) VALUES ((SELECT MAX(lsn) + 1 FROM"
+            " changed_at, schema_version, source_table) VALUES ((SELECT MAX(lsn) + 1 FROM"
             " subscription_change_log), 'u', :id, :before, :after,"
-            " strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), :v)"
+            " strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), :v, 'subscriptions')"
         ),
         {"id": sub_id, "before": before_text, "after": image_text, "v": version},
     )

@@ -52,8 +52,8 @@ def test_a_lossy_export_moves_nothing_and_stops_downstream(
 
     real_stream = pipeline.stream_window
 
-    def lossy_stream(project, window):  # type: ignore[no-untyped-def]
-        stream = real_stream(project, window)
+    def lossy_stream(project, window, **options):  # type: ignore[no-untyped-def]
+        stream = real_stream(project, window, **options)
         real_batches = stream.batches
         stream.batches = lambda: (b.slice(1) for b in real_batches())  # type: ignore[method-assign]
         return stream
