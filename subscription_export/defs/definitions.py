@@ -45,7 +45,9 @@ def build_definitions(settings: Settings, destinations_file: Path | None = None)
     environment (`DestinationsResource.from_env`)."""
     export_settings = ExportSettings.from_settings(settings)
     destinations = DestinationsResource.at(destinations_file)
-    sync_assets = destination_assets(_configured_destinations(destinations))
+    sync_assets = destination_assets(
+        _configured_destinations(destinations), settings.captured_tables[0]
+    )
     return dg.Definitions(
         # One set of window assets and checks per captured table (SUBSCRIPTION_EXPORT_TABLES).
         assets=[*window_assets_of(settings.datasets), *daily_assets, *sync_assets],

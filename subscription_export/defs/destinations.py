@@ -1,11 +1,12 @@
 """Destination sync assets: one per external system, partitioned by CDC window.
 
 `erp_sync`, `crm_sync` and `accounting_sync` (plus `{name}_sync` for any other destination
-declared in the destinations file) depend on `subscription_changes` for lineage only
+declared in the destinations file) depend on their table's export (`subscription_changes`
+for the default table, `{table}_changes` for another: the destination's `table`) for lineage only
 (`deps=`): they read the window's Parquet file themselves, batch by batch, through
 `sync.window_delivery.deliver_window`, because delivery needs the rows in bounded batches and
 its own lease and watermark bookkeeping, not a loaded object. The blocking checks on
-`subscription_changes` still gate them: a window whose checks fail is never delivered.
+that asset still gate them: a window whose checks fail is never delivered.
 
 A destination missing from the configuration is skipped with a log line and metadata
 `configured: False`, so the demo runs without any external system. Under dead-letter policy
@@ -19,7 +20,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from subscription_export.defs.assets import STEP_RETRY, subscription_changes
+from subscription_export.core.datasets import DEFAULT_TABLE, TableDataset
+from subscription_export.defs.assets import STEP_RETRY
 from subscription_export.defs.partitions import cdc_windows
 from subscription_export.defs.resources import ExportSettings
 from subscription_export.defs.stopping import stoppable
@@ -114,14 +116,15 @@ def _sync(
     return dg.MaterializeResult(metadata=metadata)  # type: ignore[arg-type]
 
 
-def sync_asset(name: str) -> dg.AssetsDefinition:
-    """The `{name}_sync` asset (one definition per name per process)."""
-    if name not in _assets:
+def sync_asset(name: str, table: str = DEFAULT_TABLE) -> dg.AssetsDefinition:
+    """The `{name}_sync` asset fed by `table`'s export (one definition per name and table per
+    process)."""
+    if (name, table) not in _assets:
 
         @dg.asset(
             name=f"{name}_sync",
             partitions_def=cdc_windows,
-            deps=[subscription_changes],
+            deps=[dg.AssetKey(TableDataset(table).name)],
             group_name=DESTINATIONS_GROUP,
             retry_policy=STEP_RETRY,
             kinds={"http"},
@@ -139,21 +142,30 @@ def sync_asset(name: str) -> dg.AssetsDefinition:
             with stoppable():  # SIGTERM: fail the step without retry (defs/stopping.py)
                 return _sync(context, name, settings, destinations)
 
-        _assets[name] = _asset
-    return _assets[name]
+        _assets[(name, table)] = _asset
+    return _assets[(name, table)]
 
 
-_assets: dict[str, dg.AssetsDefinition] = {}
+_assets: dict[tuple[str, str], dg.AssetsDefinition] = {}
 
 erp_sync = sync_asset("erp")
 crm_sync = sync_asset("crm")
 accounting_sync = sync_asset("accounting")
 
 
-def destination_assets(config: DestinationsConfig | None = None) -> list[dg.AssetsDefinition]:
-    """The three standard sync assets, plus one per other destination `config` declares."""
+def destination_assets(
+    config: DestinationsConfig | None = None, primary: str = DEFAULT_TABLE
+) -> list[dg.AssetsDefinition]:
+    """The three standard sync assets, plus one per other destination `config` declares; each
+    depends on the export of its destination's `table` (default: the first captured table)."""
     extra = [name for name in (config.names if config else []) if name not in KINDS]
-    return [sync_asset(name) for name in (*KINDS, *extra)]
+    configured = config.destinations if config else {}
+
+    def table_of(name: str) -> str:
+        destination = configured.get(name)
+        return (destination.table if destination else None) or primary
+
+    return [sync_asset(name, table_of(name)) for name in (*KINDS, *extra)]
 
 
 sync_window_job = dg.define_asset_job(

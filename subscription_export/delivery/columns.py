@@ -144,7 +144,7 @@ def identity_map(table: TableColumns) -> ColumnMap:
 def read_table_columns(source: Engine, table: str) -> TableColumns:
     """The captured table's key (catalog) and exported column types (capture schema)."""
     with source.connect() as conn:
-        latest = latest_capture_schema(conn)
+        latest = latest_capture_schema(conn, table)
         previous = {c.name: c.type for c in latest.columns} if latest else {}
         shape = read_table(conn, table, previous)
     types = previous or {c.name: c.type for c in shape.columns}
@@ -201,10 +201,14 @@ def _check_column(where: str, table: TableColumns, field: str, column: str, name
 
 
 def captured_tables(project: Project) -> tuple[str, ...]:
-    """The tables a destination may name, the default first. Today exactly one table is
-    captured (`SUBSCRIPTION_EXPORT_TABLE`); capturing several changes this, and
-    `one_window.window_parquet`, which picks the table's export."""
-    return (project.settings.table,)
+    """The tables a destination may name (SUBSCRIPTION_EXPORT_TABLES), the default first;
+    `one_window.window_parquet` reads the named table's export."""
+    return project.settings.captured_tables
+
+
+def destination_table(project: Project, config: DestinationConfig) -> str:
+    """The table whose export feeds the destination (unbound: no catalog read)."""
+    return config.table or captured_tables(project)[0]
 
 
 def project_columns(project: Project, config: DestinationConfig) -> ColumnMap:

@@ -19,7 +19,7 @@ from upath import UPath
 
 from subscription_export.core.errors import UnpublishedFileError
 from subscription_export.delivery.clients import DeliveryClient, DeliveryResult
-from subscription_export.delivery.columns import ColumnMap, project_columns
+from subscription_export.delivery.columns import ColumnMap, destination_table, project_columns
 from subscription_export.delivery.config import DestinationConfig
 from subscription_export.delivery.dead_letters import (
     NewDeadLetter,
@@ -127,12 +127,14 @@ def table_columns(project: Project, destination: DestinationConfig) -> ColumnMap
     return project_columns(project, destination)
 
 
-def window_parquet(project: Project, window_key: str) -> Path | UPath:
-    """The window's Parquet file once its manifest (written last) vouches for it; before that
-    the window is not exported yet, which the caller retries like any out-of-order window.
-    It is the export of the one captured table (`columns.captured_tables`)."""
+def window_parquet(
+    project: Project, window_key: str, destination: DestinationConfig
+) -> Path | UPath:
+    """The window's Parquet file of the destination's table once its manifest (written last)
+    vouches for it; before that the window is not exported yet, which the caller retries like
+    any out-of-order window."""
     try:
-        return project.published_file("parquet", window_key)
+        return project.export_of(destination_table(project, destination), window_key)
     except UnpublishedFileError as exc:
         raise DeliveryOrderError(str(exc)) from None
 
@@ -241,7 +243,7 @@ def deliver_one(
             watermark = advance(project.watermarks, state, name)
             return WindowDeliveryOutcome(name, window, "already_delivered", watermark)
         started = time.monotonic()
-        parquet = window_parquet(project, window.key)
+        parquet = window_parquet(project, window.key, destination)
         totals = _send_batches(project, destination, window, client, parquet)
         held.check()  # a holder that lost its lease records nothing: the new holder does
         record_dead_letters(state, name, window.key, totals.letters)

@@ -26,6 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from subscription_export.core.columns import BASE_TYPES
+from subscription_export.core.datasets import DEFAULT_TABLE
 from subscription_export.core.values import BadValue, convert
 from subscription_export.delivery.mapping import ChangeRow, is_delete
 from subscription_export.state.windows import Window
@@ -34,7 +35,8 @@ if TYPE_CHECKING:
     from subscription_export.delivery.columns import ColumnMap
 
 # One statement for SQLite and PostgreSQL: a grouped max per subscription id over the log
-# before the window, restricted to the ids changed in the window. CAST(... AS TEXT) returns
+# before the window, restricted to the ids of the table changed in the window (keys of two
+# captured tables may be equal). CAST(... AS TEXT) returns
 # jsonb as text on PostgreSQL (not a dict of floats) and is a no-op on SQLite.
 _PRIOR_IMAGES = sa.text(
     """
@@ -43,10 +45,10 @@ _PRIOR_IMAGES = sa.text(
     JOIN (
         SELECT subscription_id, MAX(lsn) AS lsn
         FROM subscription_change_log
-        WHERE lsn < :lo
+        WHERE lsn < :lo AND source_table = :table
           AND subscription_id IN (
               SELECT subscription_id FROM subscription_change_log
-              WHERE lsn BETWEEN :lo AND :hi
+              WHERE lsn BETWEEN :lo AND :hi AND source_table = :table
           )
         GROUP BY subscription_id
     ) AS latest ON latest.lsn = log.lsn
@@ -83,7 +85,9 @@ def prior_images(
     Ids changed in the window with no earlier change are absent: they did not exist before it.
     """
     with source.connect() as conn:
-        rows = conn.execute(_PRIOR_IMAGES, {"lo": window.lo, "hi": window.hi}).all()
+        table = columns.table if columns is not None else DEFAULT_TABLE
+        params = {"lo": window.lo, "hi": window.hi, "table": table}
+        rows = conn.execute(_PRIOR_IMAGES, params).all()
     images: dict[str, Mapping[str, Any] | None] = {}
     for ident, op, after in rows:
         if op == "d" or after is None:

@@ -30,6 +30,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from subscription_export.delivery.clients import DeliveryClient
+from subscription_export.delivery.columns import destination_table
 from subscription_export.delivery.config import DestinationConfig
 from subscription_export.delivery.dead_letters import held_subscriptions, record_dead_letters
 from subscription_export.delivery.dispatch import deliver
@@ -48,8 +49,8 @@ from subscription_export.state.tables import quarantine, quarantine_deliveries
 from subscription_export.state.windows import Window, parse_window_key
 
 _LATER = sa.text(
-    "SELECT lsn FROM subscription_change_log WHERE subscription_id = :id AND lsn > :lsn"
-    " ORDER BY lsn"
+    "SELECT lsn FROM subscription_change_log"
+    " WHERE subscription_id = :id AND lsn > :lsn AND source_table = :table ORDER BY lsn"
 )
 
 
@@ -87,12 +88,12 @@ def deliver_recovered(
         before: list[ChangeRow] = []
         wanted: list[ChangeRow] = []
         columns = table_columns(project, destination)
-        for rows in read_rows(window_parquet(project, window.key), 10_000, columns):
+        for rows in read_rows(window_parquet(project, window.key, destination), 10_000, columns):
             for row in rows:
                 (wanted if row["_lsn"] in todo else before).append(row)
         results: list[RecoveredDelivery] = []
         for row in sorted(wanted, key=lambda r: r["_lsn"]):
-            newer = _newer_at_destination(project, name, row)
+            newer = _newer_at_destination(project, destination, row)
             if newer is not None:
                 results.append(_done(name, row, "superseded", f"it holds LSN {newer}"))
                 continue
@@ -113,10 +114,14 @@ def _settled(project: Project, name: str, lsns: Collection[int]) -> set[int]:
     return {int(r[0]) for r in rows}
 
 
-def _newer_at_destination(project: Project, name: str, row: ChangeRow) -> int | None:
+def _newer_at_destination(
+    project: Project, destination: DestinationConfig, row: ChangeRow
+) -> int | None:
     """The first later LSN of the row's record the destination holds, or None."""
+    name, table = destination.name, destination_table(project, destination)
+    params = {"id": row["id"], "lsn": row["_lsn"], "table": table}
     with project.source.connect() as conn:
-        later = [int(r[0]) for r in conn.execute(_LATER, {"id": row["id"], "lsn": row["_lsn"]})]
+        later = [int(r[0]) for r in conn.execute(_LATER, params)]
     if not later:
         return None
     ranges = [parse_window_key(k) for k in completed_keys(project.state, name)]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from subscription_export.core.errors import SubscriptionExportError
 from subscription_export.delivery.clients import DeliveryClient
-from subscription_export.delivery.config import DestinationsConfig
+from subscription_export.delivery.config import DestinationConfig, DestinationsConfig
 from subscription_export.delivery.dead_letters import (
     PUSH_WINDOW_KEY,
     Policy,
@@ -87,7 +87,7 @@ def replay_dead_letters(
         completed = [
             (name, key)
             for name, key in touched
-            if _finish_replayed_window(project, name, key, holder)
+            if _finish_replayed_window(project, destinations.destinations[name], key, holder)
         ]
         names = sorted({name for name, _ in touched})
         caught_up: list[WindowDeliveryOutcome] = []
@@ -103,10 +103,13 @@ def replay_dead_letters(
             client.close()
 
 
-def _finish_replayed_window(project: Project, name: str, window_key: str, holder: str) -> bool:
-    """Complete a window for `name` once it has no open dead letter (its other changes were
-    delivered by the pass that recorded the dead letters). True if it was completed now."""
-    state = project.state
+def _finish_replayed_window(
+    project: Project, config: DestinationConfig, window_key: str, holder: str
+) -> bool:
+    """Complete a window for the destination once it has no open dead letter (its other
+    changes were delivered by the pass that recorded the dead letters). True if it was
+    completed now."""
+    name, state = config.name, project.state
     if window_key == PUSH_WINDOW_KEY or open_windows(state, name).get(window_key, 0):
         return False  # a push's dead letter belongs to no window
     window = find_window(state, window_key)
@@ -119,7 +122,7 @@ def _finish_replayed_window(project: Project, name: str, window_key: str, holder
         if window_key in completed_keys(state, name, window.lo - 1):
             advance(project.watermarks, state, name)
             return False
-        parquet = window_parquet(project, window_key)
+        parquet = window_parquet(project, window_key, config)
         rows = parquet_rows(parquet)
         held.check()
         record_completed(state, completion(name, window, parquet, rows))

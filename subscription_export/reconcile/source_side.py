@@ -57,7 +57,7 @@ def column_types(conn: Connection, columns: ColumnMap | None = None) -> TableTyp
     table's columns as their own fields (base columns plus added ones)."""
     if columns is not None:
         return TableTypes(columns.field_types, columns)
-    schema = latest_capture_schema(conn)
+    schema = latest_capture_schema(conn, "subscriptions")
     types = dict(BASE_TYPES) if schema is None else {c.name: c.type for c in schema.columns}
     return TableTypes(types, ColumnMap("subscriptions", "id", types, {n: n for n in types}))
 
