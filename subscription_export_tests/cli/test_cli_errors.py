@@ -312,7 +312,9 @@ def test_status_shows_an_unfinished_snapshot_per_table(settings: Settings, tmp_p
     Project(settings).state  # noqa: B018 - the state database `status` reads
     shown_text = _run(["status"], settings, tmp_path).stdout
     assert "snapshot of subscriptions unfinished (2 rows so far)" in shown_text, shown_text
-    assert "run `subscription-export snapshot`" in shown_text
+    assert "run `subscription-export snapshot --table subscriptions`" in " ".join(
+        shown_text.split()
+    )
     report = json.loads(_run(["status", "--json"], settings, tmp_path).stdout)
     assert report["snapshots"]["subscriptions"] | {"started_at": None} == {
         "table": "subscriptions",
