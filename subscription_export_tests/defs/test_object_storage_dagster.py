@@ -83,7 +83,8 @@ def test_a_parquet_object_without_manifest_is_not_loaded_downstream(
     instance.add_dynamic_partitions("cdc_windows", [window.key])
 
     def crash(*_args: object, **_kwargs: object) -> None:
-        raise RuntimeError("killed before the manifest")
+        # A killed process gets no step retries: no 2+4+8 s of retry delays re-crashing.
+        raise dg.Failure("killed before the manifest", allow_retries=False)
 
     with monkeypatch.context() as patched:
         patched.setattr(flow, "write_manifest", crash)

@@ -32,6 +32,8 @@ from subscription_export.source.demo_table import create_demo_table
 from subscription_export.state.windows import Window, list_windows
 
 REPO = Path(__file__).resolve().parents[2]
+# Its sitecustomize makes pandas unimportable in child processes, as in a production install.
+WITHOUT_PANDAS = REPO / "subscription_export_tests" / "without_pandas"
 VENV_BIN = Path(sys.executable).parent  # the venv's bin: dagster-webserver, dagster-daemon, …
 # Daemons that must be up before the UI journeys can rely on them.
 NEEDED_DAEMONS = {"SENSOR", "BACKFILL", "QUEUED_RUN_COORDINATOR"}
@@ -120,7 +122,7 @@ class DagsterProject:
         env["DAGSTER_HOME"] = str(self.dagster_home)
         env["PYTHONUNBUFFERED"] = "1"
         env.update(self.extra_env)
-        return env
+        return without_pandas(env)
 
     def cli(self, *args: str, timeout_s: float = 120) -> str:
         """Run `subscription-export ARGS` as a user would; its output, or an error with it."""
@@ -172,11 +174,21 @@ class DagsterProject:
 class DagsterServices:
     """`dagster-webserver` and `dagster-daemon` on the project's instance, as a context manager."""
 
-    def __init__(self, project: DagsterProject, log_dir: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        project: DagsterProject,
+        log_dir: Path,
+        port: int | None = None,
+        daemon: bool = True,
+    ) -> None:
+        """`daemon=False`: only the webserver on entry; `start_daemon()` later (e.g. once a
+        backfill is queued, so the backfill daemon's first tick takes it instead of its next
+        one, up to 30 s later)."""
         self.project = project
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_dir = log_dir
+        self.with_daemon = daemon
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
     @property
@@ -186,7 +198,7 @@ class DagsterServices:
     def __enter__(self) -> DagsterServices:
         try:
             with self.explained("starting dagster-webserver and dagster-daemon"):
-                self.start()
+                self.start(("webserver", "daemon") if self.with_daemon else ("webserver",))
                 self.wait_ready()
         except BaseException:
             self.stop()
@@ -196,7 +208,13 @@ class DagsterServices:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self) -> None:
+    def start_daemon(self) -> None:
+        """Start the daemon next to a running webserver (its health is not awaited: what it
+        does is what the caller waits for, and a dead daemon fails `check_alive`)."""
+        with self.explained("starting dagster-daemon"):
+            self.start(("daemon",))
+
+    def start(self, names: tuple[str, ...] = ("webserver", "daemon")) -> None:
         commands = {
             "webserver": [
                 "dagster-webserver",
@@ -205,7 +223,8 @@ class DagsterServices:
             "daemon": ["dagster-daemon", "run", "-w", "workspace.yaml"],
         }
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        for name, (program, *args) in commands.items():
+        for name in names:
+            program, *args = commands[name]
             with self.logs[name].open("ab") as log:
                 self.processes[name] = subprocess.Popen(
                     [str(VENV_BIN / program), *args],
@@ -221,9 +240,12 @@ class DagsterServices:
         """The server answers, the code location loaded, the daemons we need report healthy."""
         wait_until("the webserver's /server_info", self._server_info, timeout_s, 0.5)
         wait_until("the code location to load", self._location_loaded, timeout_s)
-        wait_until(f"healthy daemons {sorted(NEEDED_DAEMONS)}", self._daemons_healthy, timeout_s)
+        if "daemon" in self.processes:
+            wait_until(
+                f"healthy daemons {sorted(NEEDED_DAEMONS)}", self._daemons_healthy, timeout_s
+            )
 
-    def _check_alive(self) -> None:
+    def check_alive(self) -> None:
         for name, process in self.processes.items():
             if process.poll() is not None:
                 raise RuntimeError(
@@ -231,12 +253,12 @@ class DagsterServices:
                 )
 
     def _server_info(self) -> dict[str, Any] | None:
-        self._check_alive()
+        self.check_alive()
         response = requests.get(f"{self.url}/server_info", timeout=5)
         return response.json() if response.ok else None  # type: ignore[no-any-return]
 
     def _location_loaded(self) -> bool | None:
-        self._check_alive()
+        self.check_alive()
         data = self.graphql(
             "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus"
             " locationOrLoadError { __typename ... on PythonError { message } } } } } }"
@@ -250,7 +272,7 @@ class DagsterServices:
         return True if loaded else None
 
     def _daemons_healthy(self) -> bool | None:
-        self._check_alive()
+        self.check_alive()
         data = self.graphql(
             "{ instance { daemonHealth { allDaemonStatuses { daemonType healthy } } } }"
         )
@@ -329,6 +351,13 @@ class DagsterServices:
         except BaseException as exc:
             exc.add_note(f"while {what}; Dagster logs in {self.log_dir}:\n{self.log_tails()}")
             raise
+
+
+def without_pandas(env: dict[str, str]) -> dict[str, str]:
+    """`env` for a child process that runs as a production install would, without pandas
+    (pyarrow would import it on first use: ~1-1.5 s per Dagster run or CLI process)."""
+    path = [str(WITHOUT_PANDAS), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**env, "PYTHONPATH": os.pathsep.join(path)}
 
 
 def run_tags(run: dict[str, Any]) -> dict[str, str]:
