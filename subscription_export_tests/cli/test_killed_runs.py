@@ -65,18 +65,20 @@ def _env(project: Project, tmp_path: Path, erp: SandboxServer) -> dict[str, str]
         **project.settings.as_env(),
         "DAGSTER_HOME": str(tmp_path / "dagster_home"),
         "SUBSCRIPTION_EXPORT_DESTINATIONS": str(destinations),
+        # A lease that is not taken over at once would be waited for longer than any run here
+        # may take (the subprocess timeouts), so "at once" needs no clock in the assertions.
+        "SUBSCRIPTION_EXPORT_LEASE_TTL_S": "900",
     }
 
 
-def _run_once(env: dict[str, str], tmp_path: Path) -> tuple[subprocess.CompletedProcess, float]:
-    started = time.monotonic()
+def _run_once(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess:
     try:
         done = subprocess.run(
             [*CLI, "--once"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=90
         )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"run --once still waiting after {exc.timeout} s: {exc.stderr!r}")
-    return done, time.monotonic() - started
+    return done
 
 
 def _assert_exact(project: Project, erp: SandboxServer) -> None:
@@ -103,9 +105,8 @@ def test_leases_of_killed_runs_are_taken_over_at_once(
     hold_then_kill(state_url, f"erp:{windows[0].key}")
     hold_then_kill(state_url, f"parquet:{windows[1].key}")
 
-    done, seconds = _run_once(env, tmp_path)
+    done = _run_once(env, tmp_path)
     assert done.returncode == 0, done.stderr
-    assert seconds < 30, seconds  # CLI + Dagster start-up included; the takeovers are instant
     assert done.stderr.count("took the lease over from run killed") == 2, done.stderr
     _assert_exact(project, erp)
 
@@ -142,14 +143,14 @@ def test_run_stops_promptly_on_a_signal_and_releases_its_leases(
     try:
         name = _wait_for_lease(project, proc.pid, proc)
         proc.send_signal(signum)
-        stopped = time.monotonic()
-        _, err = proc.communicate(timeout=30)
-        seconds = time.monotonic() - stopped
+        try:  # before the fix the step was retried and the run went on past this
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{signum.name}: run --watch still running 30 s later (lease {name})")
     finally:
         proc.kill()
         proc.wait()
     assert proc.returncode == 128 + signum, err
-    assert seconds < 5, (seconds, name)
     # The run's own output is one line (Dagster's console log of the failed step may precede it
     # while the runner shows Dagster's WARNING lines); no Python traceback, no teardown noise.
     assert err.strip().splitlines()[-1].startswith(f"stopped by {signum.name}"), err
@@ -158,7 +159,6 @@ def test_run_stops_promptly_on_a_signal_and_releases_its_leases(
         assert conn.execute(sa.select(leases)).all() == []
 
     erp.system.set_faults(FaultPlan())
-    done, seconds = _run_once(env, tmp_path)
+    done = _run_once(env, tmp_path)
     assert done.returncode == 0, done.stderr
-    assert seconds < 30, seconds
     _assert_exact(project, erp)
