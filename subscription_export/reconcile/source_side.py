@@ -103,7 +103,7 @@ _LAST_ROW = sa.text(
 )
 
 
-def _json(text: str | None) -> dict[str, Any] | None:
+def json_image(text: str | None) -> dict[str, Any] | None:
     return None if text is None else json.loads(text, parse_float=Decimal)
 
 
@@ -131,7 +131,7 @@ def read_local(conn: Connection, subscription_id: str, types: Types, lock: bool)
             int(last.id) if last else 0,
             last.origin if last else APP_ORIGIN,
         )
-    before = _json(last.before) if last is not None and last.op == "d" else None
+    before = json_image(last.before) if last is not None and last.op == "d" else None
     return LocalState(
         None,
         last_time,
@@ -141,9 +141,9 @@ def read_local(conn: Connection, subscription_id: str, types: Types, lock: bool)
     )
 
 
-def _image(row: Any, types: Types) -> LogImage:
-    after = normalize(_json(row.after), types)
-    before = _json(getattr(row, "before", None))
+def image(row: Any, types: Types) -> LogImage:
+    after = normalize(json_image(row.after), types)
+    before = json_image(getattr(row, "before", None))
     version = version_of(after) if after is not None else version_of(before)
     return LogImage(int(row.id), row.op, row.origin, after, version)
 
@@ -165,7 +165,7 @@ def image_by_version(
         ),
         {"s": subscription_id, "v": version},
     ).first()
-    return _image(row, types) if row else None
+    return image(row, types) if row else None
 
 
 def changed_after(
@@ -188,21 +188,7 @@ def changed_after(
         {"s": subscription_id, "a": after_id, "o": system}
         | ({} if watermark is None else {"w": watermark}),
     ).first()
-    return _image(row, types) if row else None
-
-
-def undelivered_until(
-    conn: Connection, subscription_id: str, until_id: int, system: str, watermark: int
-) -> bool:
-    """Whether a change up to `until_id` that the delivery will send to `system` is unsent."""
-    row = conn.execute(
-        sa.text(
-            "SELECT 1 FROM subscription_change_log WHERE subscription_id = :s AND id <= :u"
-            " AND origin <> :o AND (lsn IS NULL OR lsn > :w) LIMIT 1"
-        ),
-        {"s": subscription_id, "u": until_id, "o": system, "w": watermark},
-    ).first()
-    return row is not None
+    return image(row, types) if row else None
 
 
 def field_times(
@@ -223,6 +209,15 @@ def field_times(
         ),
         {"s": subscription_id},
     ).all()
+    found, todo = fields_set_by(rows, fields, default, types)
+    return found | {name: Origin(SOURCE, default) for name in todo}
+
+
+def fields_set_by(
+    rows: Sequence[Any], fields: Sequence[str], default: dt.datetime, types: Types
+) -> tuple[dict[str, Origin], set[str]]:
+    """Of change-log rows (newest first), the origin of the newest change that set each field;
+    and the fields none of them set."""
     found: dict[str, Origin] = {}
     todo = set(fields)
     for row in rows:
@@ -230,17 +225,17 @@ def field_times(
             break
         if row.op == "d":
             continue
-        before = normalize(_json(row.before), types) or {}
-        after = normalize(_json(row.after), types) or {}
+        before = normalize(json_image(row.before), types) or {}
+        after = normalize(json_image(row.after), types) or {}
         at = as_time(after.get("updated_at"), as_time(row.changed_at, default))
         for name in sorted(todo):
             if row.op == "c" or not same(before.get(name, MISSING), after.get(name, MISSING)):
                 found[name] = Origin(system_of(row.origin), at)
                 todo.discard(name)
-    return found | {name: Origin(SOURCE, default) for name in todo}
+    return found, todo
 
 
-def _db_value(value: Any, postgres: bool) -> Any:
+def db_value(value: Any, postgres: bool) -> Any:
     """A Python value as the source stores it (SQLite: exact decimals and ISO times as text)."""
     if value is None or postgres:
         return value
@@ -273,7 +268,7 @@ def write_local(
                 sa.text("DELETE FROM subscriptions WHERE id = :id"), {"id": subscription_id}
             )
         else:
-            values = {n: _db_value(target[n], postgres) for n in types if n in target and n != "id"}
+            values = {n: db_value(target[n], postgres) for n in types if n in target and n != "id"}
             # Column names come from the catalog: SQLAlchemy quotes them, never string-built.
             table = sa.table("subscriptions", sa.column("id"), *map(sa.column, values))
             if exists:
