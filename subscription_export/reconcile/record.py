@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from subscription_export.core.codec import dumps, loads
+from subscription_export.core.codec import dumps, loads, to_jsonable
 from subscription_export.delivery.clients import idempotency_key
 from subscription_export.reconcile.audit_log import add_audit
 from subscription_export.reconcile.conflicts import RECORD, detect
@@ -236,7 +236,7 @@ def _audit_detail(snap: Snapshot, verdict: Verdict) -> dict[str, Any]:
         "decisions": [d.to_audit_dict() for d in verdict.decisions],
         "write_local": verdict.write_local,
         "push": verdict.push,
-        "remote_now": loads(dumps(snap.remote_now)),
+        "remote_now": to_jsonable(snap.remote_now),  # what loads(dumps()) gives, without JSON
         "origins": {
             name: {"system": o.system, "changed_at": dumps(o.changed_at)}
             for name, o in sorted(snap.field_origins.items())

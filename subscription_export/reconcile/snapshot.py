@@ -16,7 +16,7 @@ from subscription_export.core.codec import dumps
 from subscription_export.delivery.clients import RemoteChange
 from subscription_export.delivery.config import DestinationConfig
 from subscription_export.delivery.mapping import MappingError
-from subscription_export.reconcile.conflicts import RECORD, Change, detect
+from subscription_export.reconcile.conflicts import RECORD, Change, FieldDiff, detect
 from subscription_export.reconcile.feeds import FeedBatch, remote_fields
 from subscription_export.reconcile.reads import BatchReads, Reads, RowReads
 from subscription_export.reconcile.source_side import (
@@ -103,7 +103,8 @@ def snapshot_from(
     now_record, now_version, now_log = _remote_now(
         reads, ident, base_row, (remote.record, remote_version, base_log_id)
     )
-    field_origins, record_origin = _origins(reads, ident, base, local, remote, ignored)
+    diff = detect(base, local.record, remote.record, ignored)
+    field_origins, record_origin = _origins(reads, ident, diff, local)
     conflict = reads.open_conflict(ident)
     return Snapshot(
         destination=system,
@@ -122,7 +123,7 @@ def snapshot_from(
         already_applied=base_row is not None and base_row.remote_cursor >= change.cursor,
         open_conflict_id=conflict.id if conflict else None,
         error=error,
-        unseen=_unseen(reads, ident, base, local, remote, ignored),
+        unseen=_unseen(reads, ident, base, diff, local),
     )
 
 
@@ -187,23 +188,16 @@ def _remote_side(
 
 
 def _unseen(
-    reads: Reads,
-    ident: str,
-    base: dict[str, Any] | None,
-    local: LocalState,
-    remote: SideState,
-    ignored: frozenset[str],
+    reads: Reads, ident: str, base: dict[str, Any] | None, diff: FieldDiff, local: LocalState
 ) -> dict[str, Origin]:
     """Fields the remote alone changed, whose local value (equal to the base's) was set again by
     another remote system after the remote's base was made (its `updated_at`): that system's
     edit is concurrent with this one although it left the value as it was. At the same time,
     the versions tell: the base image (its `version`) older than the source row version the
     value was recorded in means the remote's user never saw that system's edit."""
-    if base is None or local.record is None or remote.record is None:
+    if base is None or local.record is None or not diff.remote_exists:
         return {}
-    names = [
-        f.field for f in detect(base, local.record, remote.record, ignored).of(Change.REMOTE_ONLY)
-    ]
+    names = [f.field for f in diff.of(Change.REMOTE_ONLY)]
     if not names:
         return {}
     recorded = reads.provenance(ident)
@@ -260,14 +254,10 @@ def _base_for(
 
 
 def _origins(
-    reads: Reads,
-    ident: str,
-    base: dict[str, Any] | None,
-    local: LocalState,
-    remote: SideState,
-    ignored: frozenset[str],
+    reads: Reads, ident: str, diff: FieldDiff, local: LocalState
 ) -> tuple[dict[str, Origin], Origin]:
-    diff = detect(base, local.record, remote.record, ignored)
+    """The origin of each local value changed since the base, and of the local side as a whole
+    (`diff`: base, local and remote, detected once per snapshot)."""
     mine = (Change.LOCAL_ONLY, Change.BOTH_SAME, Change.BOTH_DIFFERENT)
     changed = [f.field for f in diff.of(*mine)]
     recorded = reads.provenance(ident)

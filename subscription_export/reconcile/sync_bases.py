@@ -124,12 +124,15 @@ def base_row(
     cursor = max(remote_cursor, current.remote_cursor) if current else remote_cursor
     if current is not None and remote_cursor < current.remote_cursor:
         feed_record, feed_version = current.feed_record, current.feed_version
+    held_text = dumps(held_record)
+    # a write-back without a push holds and agrees on the same record: render it once
+    agreed_text = held_text if agreed_record is held_record else dumps(agreed_record)
     return {
         "destination": destination,
         "subscription_id": subscription_id,
-        "held_record": dumps(held_record),
+        "held_record": held_text,
         "held_version": held_version,
-        "agreed_record": dumps(agreed_record),
+        "agreed_record": agreed_text,
         "log_id": log_id,
         "remote_cursor": cursor,
         "feed_record": dumps(feed_record),
