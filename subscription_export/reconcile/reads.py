@@ -16,9 +16,10 @@ from sqlalchemy.engine import Connection
 
 from subscription_export.reconcile.source_batch import (
     History,
+    locals_of,
     lock_subscriptions,
     read_histories,
-    read_locals,
+    read_rows,
 )
 from subscription_export.reconcile.source_side import (
     LogImage,
@@ -124,10 +125,11 @@ class BatchReads:
         ids = sorted(set(idents))
         if lock:
             lock_subscriptions(conn, ids)
+        rows = read_rows(conn, ids, lock=lock)  # locked before their history is read
         histories = read_histories(conn, ids)
         return cls(
             rows=RowReads(conn, state, system, types, lock),
-            locals=read_locals(conn, ids, histories, types, lock=lock),
+            locals=locals_of(ids, rows, histories, types),
             histories=histories,
             bases=get_bases(state, system, ids),
             provenances=get_provenances(state, ids),

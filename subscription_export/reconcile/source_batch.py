@@ -99,16 +99,12 @@ def lock_subscriptions(conn: Connection, idents: Collection[str]) -> None:
     )
 
 
-def read_locals(
-    conn: Connection,
-    idents: Collection[str],
-    histories: Mapping[str, History],
-    types: Types,
-    *,
-    lock: bool,
-) -> dict[str, LocalState]:
-    """`source_side.read_local` of every id in one query (PostgreSQL with `lock`: the rows locked
-    in id order, after `lock_subscriptions`)."""
+def read_rows(
+    conn: Connection, idents: Collection[str], *, lock: bool
+) -> dict[str, dict[str, Any]]:
+    """The current rows of these ids, in one query (PostgreSQL with `lock`: locked in id order,
+    after `lock_subscriptions`; read before their history, so no change of theirs can commit in
+    between, as in `source_side.read_local`)."""
     if not idents:
         return {}
     locking = lock and conn.dialect.name == "postgresql"
@@ -116,7 +112,16 @@ def read_locals(
         " ORDER BY id FOR UPDATE" if locking else ""
     )
     statement = sa.text(query).bindparams(sa.bindparam("ids", expanding=True))
-    rows = {r["id"]: dict(r) for r in conn.execute(statement, _ids(idents)).mappings()}
+    return {r["id"]: dict(r) for r in conn.execute(statement, _ids(idents)).mappings()}
+
+
+def locals_of(
+    idents: Collection[str],
+    rows: Mapping[str, dict[str, Any]],
+    histories: Mapping[str, History],
+    types: Types,
+) -> dict[str, LocalState]:
+    """`source_side.read_local` of every id, from `read_rows` and `read_histories`."""
     return {ident: _local(rows.get(ident), histories[ident], types) for ident in idents}
 
 
