@@ -1,11 +1,15 @@
 """The set-based reads of a feed batch (`reads.BatchReads`) give every snapshot exactly as the
 per-record queries (`reads.RowReads`) do: with a sync base and provenance, an open conflict, a
 deleted row, and a change log deeper than is loaded per subscription (the base image and a
-field's time then come from the per-record fallback). Also the cut of a batch into rounds."""
+field's time then come from the per-record fallback). Also the cut of a batch into rounds, and
+two systems' batches over the same records applied at once on PostgreSQL (each round locks
+all its rows)."""
 
 from __future__ import annotations
 
 import datetime as dt
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -19,7 +23,7 @@ from subscription_export.reconcile.snapshot import snapshot_from
 from subscription_export.reconcile.source_batch import HISTORY_DEPTH
 from subscription_export.reconcile.source_side import column_types
 from subscription_export.reconcile.sync_state import list_conflicts
-from subscription_export_tests.reconcile.test_reconcile import World, world
+from subscription_export_tests.reconcile.test_reconcile import World, record, world
 
 DEEP_UPDATES = HISTORY_DEPTH + 6
 
@@ -74,3 +78,26 @@ def test_rounds_keep_feed_order_with_distinct_subscriptions() -> None:
     cut = rounds(feed, limit=3)
     assert [[c.id for c in r] for r in cut] == [["a", "b", "c"], ["a", "d"], ["d", "e", "b"]]
     assert [c for r in cut for c in r] == feed
+
+
+@pytest.mark.parametrize("source_url", ["postgresql"], indirect=True)
+def test_two_systems_apply_batches_of_the_same_records_at_once(
+    settings: Settings, tmp_path: Path
+) -> None:
+    with world(settings, tmp_path, {"strategy": "last_writer_wins"}, ("erp", "crm")) as w:
+        w.batch_limit = 100
+        sids = [f"s{n:02d}" for n in range(60)]
+        for sid in sids:
+            w.insert(sid)
+        w.deliver()
+        for sid in sids:
+            w.remote_edit("erp", sid, 2, amount=Decimal("15.00"))
+            w.remote_edit("crm", sid, 3, name=f"CRM {sid}")
+        with ThreadPoolExecutor(2) as pool:
+            reports = list(pool.map(w.reconcile, ["erp", "crm"]))
+        assert [r.applied.written_back for r in reports] == [len(sids), len(sids)]
+        w.settle()
+        for sid in sids:
+            w.assert_converged(
+                sid, {**record(amount=Decimal("15.00"), name=f"CRM {sid}"), "id": sid}
+            )
