@@ -154,6 +154,29 @@ def upsert(
     conn.execute(stmt.on_conflict_do_update(index_elements=index, set_=updates))
 
 
+def upsert_many(
+    conn: sa.Connection,
+    table: sa.Table,
+    rows: Sequence[Mapping[str, Any]],
+    keys: Sequence[str] | None = None,
+) -> None:
+    """`upsert` of many rows (all with the same columns) as one executemany statement."""
+    if not rows:
+        return
+    index = list(keys) if keys is not None else [c.name for c in table.primary_key.columns]
+    stmt = dialect_insert(conn)(table)
+    updates = {k: stmt.excluded[k] for k in rows[0] if k not in index}
+    conn.execute(stmt.on_conflict_do_update(index_elements=index, set_=updates), list(rows))
+
+
+def insert_ignore_many(
+    conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """`insert_ignore` of many rows (all with the same columns) as one executemany statement."""
+    if rows:
+        conn.execute(dialect_insert(conn)(table).on_conflict_do_nothing(), list(rows))
+
+
 def insert_ignore(conn: sa.Connection, table: sa.Table, values: Mapping[str, Any]) -> bool:
     """INSERT … ON CONFLICT DO NOTHING; True if a row was inserted."""
     result = conn.execute(dialect_insert(conn)(table).values(**values).on_conflict_do_nothing())

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -18,8 +18,11 @@ from subscription_export.delivery.clients import RemoteChange
 from subscription_export.delivery.config import DestinationConfig
 from subscription_export.reconcile.feeds import FeedBatch
 from subscription_export.reconcile.push_letters import settle_dead_lettered
-from subscription_export.reconcile.record import Entry, Provenance, provenance_of, record_decision
-from subscription_export.reconcile.snapshot import load_snapshot
+from subscription_export.reconcile.reads import BatchReads
+from subscription_export.reconcile.record import Entry, Provenance, provenance_of
+from subscription_export.reconcile.record_batch import Decided, record_decisions
+from subscription_export.reconcile.snapshot import snapshot_from
+from subscription_export.reconcile.source_batch import LocalWrite, write_locals
 from subscription_export.reconcile.source_side import (
     Types,
     destination_types,
@@ -134,6 +137,25 @@ def write_back(
 # -- feed changes ------------------------------------------------------------------------------
 
 
+ROUND_LIMIT = 500
+"""Changes decided and written together (one transaction, a few statements per table)."""
+
+
+def rounds(changes: Sequence[RemoteChange], limit: int = ROUND_LIMIT) -> list[list[RemoteChange]]:
+    """The batch cut, in feed order, into runs of at most `limit` changes of distinct
+    subscriptions: a later change of a subscription is decided in a later round, on the state
+    the earlier one left (as when each change was applied on its own)."""
+    out: list[list[RemoteChange]] = []
+    seen: set[str] = set()
+    for change in changes:
+        if not out or change.id in seen or len(out[-1]) >= limit:
+            out.append([])
+            seen = set()
+        out[-1].append(change)
+        seen.add(change.id)
+    return out
+
+
 def apply_batch(
     project: Project,
     config: DestinationConfig,
@@ -142,7 +164,8 @@ def apply_batch(
     *,
     holder: str | None = None,
 ) -> ApplyReport:
-    """Apply every change of the batch in feed order, under the system's reconcile lease."""
+    """Apply every change of the batch in feed order, under the system's reconcile lease, a
+    round of distinct subscriptions at a time (`rounds`, `apply_round`)."""
     init_sync_state(project.state)
     report = ApplyReport(config.name, batch.after, batch.until)
     who = holder or default_holder()
@@ -153,58 +176,89 @@ def apply_batch(
         # a replayed push's record is what the remote holds: the base of its next edit
         settle_dead_lettered(project.state, config.name)
         types = destination_types(project, config)
-        for change in batch.changes:
+        for changes in rounds(batch.changes):
             held.stop_if_lost()  # another run took the system over: apply nothing more
-            verdict = apply_change(project, config, change, policy, types=types)
-            report.outcomes[verdict.outcome] += 1
-            report.written_back += int(verdict.applies and verdict.write_local)
-            report.pushes_planned += int(verdict.applies and verdict.push)
+            for verdict in apply_round(project, config, changes, policy, types=types):
+                report.outcomes[verdict.outcome] += 1
+                report.written_back += int(verdict.applies and verdict.write_local)
+                report.pushes_planned += int(verdict.applies and verdict.push)
     return report
 
 
-def apply_change(
+def apply_round(
     project: Project,
     config: DestinationConfig,
-    change: RemoteChange,
+    changes: Sequence[RemoteChange],
     policy: ConflictPolicy,
     *,
     types: Types,
-) -> Verdict:
-    """Decide and apply one feed change (write-back, then state), retrying lost races."""
+) -> list[Verdict]:
+    """Decide and apply changes of distinct subscriptions together, retrying lost races (the
+    whole round again: its transaction rolled back, or its write-backs are found done)."""
     for attempt in range(3):
         try:
-            return _apply_once(project, config, change, policy, types=types)
+            return _apply_round_once(project, config, changes, policy, types=types)
         except (sa.exc.IntegrityError, sa.exc.OperationalError):  # lost a race: decide again
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")
 
 
-def _apply_once(
+def _apply_round_once(
     project: Project,
     config: DestinationConfig,
-    change: RemoteChange,
+    changes: Sequence[RemoteChange],
     policy: ConflictPolicy,
     *,
     types: Types,
-) -> Verdict:
+) -> list[Verdict]:
+    """Load the round set-based under the rows' locks, decide each change (pure), write the
+    write-backs in a few statements, then record every decision (`record_batch`)."""
+    idents = [change.id for change in changes]
     with write_back_transaction(project) as tx:
         with tx.reading_state() as state:
-            snap = load_snapshot(
-                tx.conn, state, config, change, types=types, ignored=policy.ignored, lock=True
+            reads = BatchReads.load(tx.conn, state, config.name, idents, types, lock=True)
+            snaps = [snapshot_from(reads, config, c, ignored=policy.ignored) for c in changes]
+        verdicts = [decide(snap, policy) for snap in snaps]
+        todo = [
+            (s, v) for s, v in zip(snaps, verdicts, strict=True) if v.outcome != "already_applied"
+        ]
+        log_ids = write_backs(tx.conn, todo, types, config.name)
+        decided = [
+            Decided(
+                snap, verdict, log_ids[snap.subscription_id], _feed_entry(snap, verdict, policy)
             )
-        verdict = decide(snap, policy)
-        if verdict.outcome == "already_applied":
-            return verdict
-        plan_log_id = write_back(tx.conn, snap, verdict, types, config.name)
-        entry = Entry(
-            ref=f"feed:{change.cursor}",
-            window_key=f"reconcile:{snap.subscription_id}",
-            lsn=change.cursor,
-            provenance=_feed_provenance(snap, verdict, policy),
-        )
-        tx.record(lambda conn: record_decision(conn, snap, verdict, plan_log_id, entry))
-    return verdict
+            for snap, verdict in todo
+        ]
+        if decided:
+            tx.record(lambda conn: record_decisions(conn, config.name, decided))
+    return verdicts
+
+
+def write_backs(
+    conn: Connection, decided: Sequence[tuple[Snapshot, Verdict]], types: Types, origin: str
+) -> dict[str, int]:
+    """`write_back` of a round's decisions together: each subscription's change-log id its
+    decision follows (its write-back's own row, or the newest row when nothing is written)."""
+    writes = [
+        LocalWrite(snap.subscription_id, verdict.target, snap.local.record is not None)
+        for snap, verdict in decided
+        if verdict.applies and verdict.write_local
+    ]
+    written = write_locals(conn, writes, types, origin)
+    return {
+        snap.subscription_id: written.get(snap.subscription_id, snap.local.log_id)
+        for snap, _ in decided
+    }
+
+
+def _feed_entry(snap: Snapshot, verdict: Verdict, policy: ConflictPolicy) -> Entry:
+    return Entry(
+        ref=f"feed:{snap.cursor}",
+        window_key=f"reconcile:{snap.subscription_id}",
+        lsn=snap.cursor,
+        provenance=_feed_provenance(snap, verdict, policy),
+    )
 
 
 def _feed_provenance(snap: Snapshot, verdict: Verdict, policy: ConflictPolicy) -> Provenance | None:

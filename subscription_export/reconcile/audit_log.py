@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from subscription_export.core.codec import dumps, loads, to_jsonable
-from subscription_export.core.db import insert_ignore
+from subscription_export.core.db import insert_ignore, insert_ignore_many
 from subscription_export.reconcile.sync_state import audit, now, utc
 
 # -- audit log ---------------------------------------------------------------------------------
@@ -58,21 +58,56 @@ def add_audit(
     insert_ignore(
         conn,
         audit,
-        {
-            "at": now(),
-            "destination": destination,
-            "subscription_id": subscription_id,
-            "ref": ref,
-            "strategy": strategy,
-            "outcome": outcome,
-            "base": dumps(base),
-            "local": dumps(local),
-            "remote": dumps(remote),
-            "merged": dumps(merged),
-            "detail": dumps(detail),
-            "conflict_id": conflict_id,
-        },
+        audit_row(
+            destination=destination,
+            subscription_id=subscription_id,
+            ref=ref,
+            strategy=strategy,
+            outcome=outcome,
+            base=base,
+            local=local,
+            remote=remote,
+            merged=merged,
+            detail=detail,
+            conflict_id=conflict_id,
+        ),
     )
+
+
+def audit_row(
+    *,
+    destination: str,
+    subscription_id: str,
+    ref: str,
+    strategy: str,
+    outcome: str,
+    base: Mapping[str, Any] | None,
+    local: Mapping[str, Any] | None,
+    remote: Mapping[str, Any] | None,
+    merged: Mapping[str, Any] | None,
+    detail: Mapping[str, Any],
+    conflict_id: int | None = None,
+) -> dict[str, Any]:
+    """The `sync_audit` row of one decision."""
+    return {
+        "at": now(),
+        "destination": destination,
+        "subscription_id": subscription_id,
+        "ref": ref,
+        "strategy": strategy,
+        "outcome": outcome,
+        "base": dumps(base),
+        "local": dumps(local),
+        "remote": dumps(remote),
+        "merged": dumps(merged),
+        "detail": dumps(detail),
+        "conflict_id": conflict_id,
+    }
+
+
+def add_audits(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """`add_audit` of many `audit_row`s in one statement (a ref already there is kept)."""
+    insert_ignore_many(conn, audit, rows)
 
 
 def history(

@@ -9,11 +9,13 @@ and each op of the Dagster job (`defs/reconcile.py`) calls exactly one of them:
 3. **Decide** (`three_way.decide`/`plan`, pure): the three-way merge of `conflicts` with the
    destination's policy (`policies`, `strategies`), each conflicting field decided by the
    *provenance* of the local value (see below).
-4. **Apply** (`apply.apply_batch`): snapshot and decide again under the source row's lock,
-   write the merged record back tagged with the system as origin, and record the decision
-   (`record.py`: sync base, provenance, audit entry, pending push or queued conflict) in the
-   same transaction when the state database is the source database. `manual_queue` settles a
-   queued conflict through the same decide and apply functions.
+4. **Apply** (`apply.apply_batch`): in rounds of changes of distinct subscriptions, load
+   set-based (`reads.BatchReads`) and decide again under the source rows' locks, write the
+   merged records back tagged with the system as origin (`source_batch`), and record the
+   decisions (`record_batch`/`record.py`: sync base, provenance, audit entry, pending push or
+   queued conflict) in the same transaction when the state database is the source database
+   (docs/architecture.md, "Reconcile in batches"). `manual_queue` settles a queued conflict
+   through the same decide and record functions, one record at a time.
 5. **Push** (`pushes.push_pending`) the pending merged records under fixed idempotency keys.
 6. **Advance** (`advance` here) the system's applied feed cursor (only now: the batch is
    applied) and record the outcome counts in the metrics store.

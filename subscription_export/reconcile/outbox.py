@@ -5,7 +5,7 @@ between the write-back and the push re-sends the same key instead of forgetting 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from subscription_export.core.codec import dumps, loads
-from subscription_export.core.db import insert_ignore
+from subscription_export.core.db import insert_ignore, insert_ignore_many
 from subscription_export.core.secrets import mask_in_text
 from subscription_export.reconcile.sync_state import now, pushes
 
@@ -51,25 +51,58 @@ def add_push(
     """Queue a push; an older pending push of the same record is superseded (only the latest
     merged state needs to reach the remote). Re-adding the same key changes nothing."""
     supersede_pushes(conn, destination, subscription_id, keep=key)
-    moment = now()
     insert_ignore(
         conn,
         pushes,
-        {
-            "idempotency_key": key,
-            "destination": destination,
-            "subscription_id": subscription_id,
-            "window_key": window_key,
-            "lsn": lsn,
-            "record": dumps(record),
-            "delete_version": delete_version,
-            "plan_log_id": plan_log_id,
-            "status": "pending",
-            "attempts": 0,
-            "created_at": moment,
-            "updated_at": moment,
-        },
+        push_row(
+            key=key,
+            destination=destination,
+            subscription_id=subscription_id,
+            window_key=window_key,
+            lsn=lsn,
+            record=record,
+            delete_version=delete_version,
+            plan_log_id=plan_log_id,
+        ),
     )
+
+
+def push_row(
+    *,
+    key: str,
+    destination: str,
+    subscription_id: str,
+    window_key: str,
+    lsn: int,
+    record: Mapping[str, Any] | None,
+    delete_version: int | None,
+    plan_log_id: int,
+) -> dict[str, Any]:
+    """The outbox row `add_push` inserts (pending, no attempts yet)."""
+    moment = now()
+    return {
+        "idempotency_key": key,
+        "destination": destination,
+        "subscription_id": subscription_id,
+        "window_key": window_key,
+        "lsn": lsn,
+        "record": dumps(record),
+        "delete_version": delete_version,
+        "plan_log_id": plan_log_id,
+        "status": "pending",
+        "attempts": 0,
+        "created_at": moment,
+        "updated_at": moment,
+    }
+
+
+def add_pushes(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """`add_push` of many `push_row`s: each supersedes the other pending pushes of its record,
+    then all are inserted (a key already there stays as it is), in two statements."""
+    supersede_many(
+        conn, [(row["destination"], row["subscription_id"], row["idempotency_key"]) for row in rows]
+    )
+    insert_ignore_many(conn, pushes, rows)
 
 
 def supersede_pushes(
@@ -85,6 +118,34 @@ def supersede_pushes(
     if keep is not None:
         query = query.where(pushes.c.idempotency_key != keep)
     conn.execute(query.values(status="superseded", updated_at=now()))
+
+
+_SUPERSEDE = (
+    sa.update(pushes)
+    .where(
+        pushes.c.destination == sa.bindparam("d"),
+        pushes.c.subscription_id == sa.bindparam("s"),
+        pushes.c.status == "pending",
+        pushes.c.idempotency_key != sa.bindparam("keep"),
+    )
+    .values(status=sa.bindparam("new_status"), updated_at=sa.bindparam("at"))
+)
+
+
+def supersede_many(conn: Connection, records: Sequence[tuple[str, str, str | None]]) -> None:
+    """`supersede_pushes` of many (destination, subscription, key to keep or None), in one
+    statement."""
+    if not records:
+        return
+    moment = now()
+    # no idempotency key is empty: keeping "" keeps nothing
+    conn.execute(
+        _SUPERSEDE,
+        [
+            {"d": d, "s": s, "keep": keep or "", "new_status": "superseded", "at": moment}
+            for d, s, keep in records
+        ],
+    )
 
 
 def pending_pushes(engine: Engine, destination: str, status: str = "pending") -> list[Push]:
@@ -144,3 +205,37 @@ def settle_push(
     if attempted:
         values["attempts"] = pushes.c.attempts + 1
     conn.execute(sa.update(pushes).where(pushes.c.id == push_id).values(**values))
+
+
+_SETTLE = (
+    sa.update(pushes)
+    .where(pushes.c.id == sa.bindparam("push_id"))
+    .values(
+        status=sa.bindparam("new_status"),
+        error=sa.bindparam("new_error"),
+        updated_at=sa.bindparam("at"),
+        attempts=pushes.c.attempts + sa.bindparam("tried"),
+    )
+)
+
+
+def settle_many(
+    conn: Connection, settled: Sequence[tuple[int, str, str | None]], attempted: bool = False
+) -> None:
+    """`settle_push` of many (push id, status, error) in one statement."""
+    if not settled:
+        return
+    moment, tried = now(), int(attempted)
+    conn.execute(
+        _SETTLE,
+        [
+            {
+                "push_id": push_id,
+                "new_status": status,
+                "new_error": None if error is None else mask_in_text(error),
+                "at": moment,
+                "tried": tried,
+            }
+            for push_id, status, error in settled
+        ],
+    )

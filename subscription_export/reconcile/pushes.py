@@ -19,16 +19,11 @@ from subscription_export.delivery.clients import DeliveryClient
 from subscription_export.delivery.config import DestinationConfig
 from subscription_export.delivery.dead_letters import held_subscriptions
 from subscription_export.reconcile.apply import crash_point
-from subscription_export.reconcile.outbox import Push, pending_pushes, settle_push
+from subscription_export.reconcile.outbox import Push, pending_pushes, settle_many
 from subscription_export.reconcile.push_letters import dead_letter_push, settle_dead_lettered
-from subscription_export.reconcile.source_side import (
-    Types,
-    changed_after,
-    destination_types,
-    normalize,
-    undelivered_until,
-)
-from subscription_export.reconcile.sync_bases import mark_held
+from subscription_export.reconcile.source_batch import delivery_marks
+from subscription_export.reconcile.source_side import Types, destination_types, normalize
+from subscription_export.reconcile.sync_bases import mark_held_many
 from subscription_export.reconcile.sync_state import init_sync_state, now
 from subscription_export.reconcile.three_way import version_of
 from subscription_export.runtime import Project
@@ -90,20 +85,15 @@ def push_pending(
     own = client is None
     active = client or config.client()
     try:
-        watermark = project.watermarks.get(config.name)
-        held = held_subscriptions(project.state, config.name)
         types = destination_types(project, config)
-        due: list[Push] = []
-        for push in pending:
-            turn = _turn(project, push, config.name, types, watermark, held)
-            if turn == "obsolete":
-                with project.state.begin() as s:
-                    settle_push(s, push.id, "obsolete")
-                report.obsolete += 1
-            elif turn == "deferred":
-                report.deferred += 1
-            else:
-                due.append(push)
+        turns = _turns(project, config.name, pending)
+        obsolete = [p for p in pending if turns[p.id] == "obsolete"]
+        if obsolete:
+            with project.state.begin() as s:
+                settle_many(s, [(p.id, "obsolete", None) for p in obsolete])
+        report.obsolete += len(obsolete)
+        report.deferred += sum(turns[p.id] == "deferred" for p in pending)
+        due = [p for p in pending if turns[p.id] == "now"]
         if due:
             _send(project, active, due, types, report)
     finally:
@@ -118,30 +108,34 @@ def due_pushes(project: Project, config: DestinationConfig) -> list[Push]:
     pending = pending_pushes(project.state, config.name)
     if not pending:
         return []
-    watermark = project.watermarks.get(config.name)
-    held = held_subscriptions(project.state, config.name)
-    types = destination_types(project, config)
-    return [
-        p for p in pending if _turn(project, p, config.name, types, watermark, held) != "deferred"
-    ]
+    turns = _turns(project, config.name, pending)
+    return [p for p in pending if turns[p.id] != "deferred"]
 
 
-def _turn(
-    project: Project, push: Push, system: str, types: Types, watermark: int, held: set[str]
-) -> Literal["obsolete", "deferred", "now"]:
-    """Whether the delivery has since sent a newer image, still owes an earlier change (or
-    holds the record back behind an open dead letter), or the push may go now."""
-    if push.subscription_id in held:
-        return "deferred"
+Turn = Literal["obsolete", "deferred", "now"]
+
+
+def _turns(project: Project, system: str, pending: list[Push]) -> dict[int, Turn]:
+    """Per push: whether the delivery has since sent a newer image, still owes an earlier change
+    (or holds the record back behind an open dead letter), or the push may go now. One query
+    for all of them (`delivery_marks`)."""
+    watermark = project.watermarks.get(system)
+    held = held_subscriptions(project.state, system)
+    idents = {p.subscription_id for p in pending if p.subscription_id not in held}
     with project.source.connect() as conn:
-        newer = changed_after(
-            conn, push.subscription_id, push.plan_log_id, system, types, watermark
-        )
-        if newer is not None:
-            return "obsolete"
-        if undelivered_until(conn, push.subscription_id, push.plan_log_id, system, watermark):
-            return "deferred"
-    return "now"
+        marks = delivery_marks(conn, idents, system, watermark)
+    turns: dict[int, Turn] = {}
+    for push in pending:
+        mark = marks.get(push.subscription_id)
+        if mark is None:
+            turns[push.id] = "deferred"
+        elif mark.last_sent is not None and mark.last_sent > push.plan_log_id:
+            turns[push.id] = "obsolete"
+        elif mark.first_unsent is not None and mark.first_unsent <= push.plan_log_id:
+            turns[push.id] = "deferred"
+        else:
+            turns[push.id] = "now"
+    return turns
 
 
 def _send(
@@ -157,22 +151,28 @@ def _send(
         for item in client.prepare([row], window_key=push.window_key)
     ]
     results = client.send(items)
-    refused = []
+    refused, sent, kept = [], [], []
+    for push, item, row, result in zip(pushes, items, rows, results, strict=True):
+        if result.status != "dead_letter":
+            sent.append(push)
+            continue
+        report.errors.append(f"{push.idempotency_key}: {result.error}")
+        if push.attempts + 1 >= project.settings.push_max_attempts:
+            refused.append((push, item, row, result))
+        else:  # kept pending: the next run re-sends it under the same key
+            kept.append((push.id, "pending", result.error))
     with project.state.begin() as s:
-        for push, item, row, result in zip(pushes, items, rows, results, strict=True):
-            if result.status != "dead_letter":
-                settle_push(s, push.id, "sent", attempted=True)
-                record = push.record
-                held = version_of(record) if record is not None else push.delete_version
-                mark_held(s, report.system, push.subscription_id, record, held, push.plan_log_id)
-                report.pushed += 1
-                continue
-            report.errors.append(f"{push.idempotency_key}: {result.error}")
-            if push.attempts + 1 >= project.settings.push_max_attempts:
-                refused.append((push, item, row, result))
-            else:  # kept pending: the next run re-sends it under the same key
-                settle_push(s, push.id, "pending", result.error, attempted=True)
-                report.failed += 1
+        settle_many(s, [(p.id, "sent", None) for p in sent] + kept, attempted=True)
+        mark_held_many(s, report.system, [_held(p) for p in sent])
+    report.pushed += len(sent)
+    report.failed += len(kept)
     for push, item, row, result in refused:
         dead_letter_push(project.state, push, item, row, result)
         report.dead_lettered += 1
+
+
+def _held(push: Push) -> tuple[str, dict[str, Any] | None, int | None, int]:
+    """What the remote holds once the push reached it (`mark_held_many`)."""
+    record = push.record
+    version = version_of(record) if record is not None else push.delete_version
+    return push.subscription_id, record, version, push.plan_log_id

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from subscription_export.core.codec import dumps, loads
+from subscription_export.core.codec import dumps, loads, to_jsonable
 from subscription_export.delivery.clients import idempotency_key
 from subscription_export.reconcile.audit_log import add_audit
 from subscription_export.reconcile.conflicts import RECORD, detect
@@ -50,28 +50,55 @@ def record_decision(
     """Sync base, provenance, pending push, conflict and audit entry of one decision; returns
     the conflict it opened or updated (or `entry.conflict_id`)."""
     current = get_base(conn, snap.destination, snap.subscription_id)
-    feed = _feed_record(snap, current)
-    if verdict.applies:
-        _record_applied(conn, snap, verdict, plan_log_id, entry, feed)
-    elif verdict.outcome == "echo":  # the remote holds what it held: nothing to merge
-        put_base(
-            conn,
-            snap.destination,
-            snap.subscription_id,
-            held_record=snap.remote_now,
-            held_version=snap.remote_now_version,
-            agreed_record=current.agreed_record if current else snap.base,
-            log_id=snap.remote_now_log_id,
-            remote_cursor=snap.cursor,
-            **feed,
-        )
-    else:  # queued, invalid: the change is handled (recorded), the base stays
-        _keep_base(conn, snap, current, feed)
+    writes = state_writes(snap, verdict, plan_log_id, entry, current)
+    put_base(conn, snap.destination, snap.subscription_id, **writes.base)
+    if writes.provenance is not None:
+        put_provenance(conn, snap.subscription_id, *writes.provenance)
+    if writes.supersede:
+        supersede_pushes(conn, snap.destination, snap.subscription_id)
+    if writes.push is not None:
+        add_push(conn, **writes.push)
     conflict_id = entry.conflict_id
     if verdict.outcome == "queued" and conflict_id is None:
-        conflict_id = _queue(conn, snap, verdict)
-    _audit(conn, snap, verdict, entry, conflict_id)
+        conflict_id = queue_conflict(conn, snap, verdict)
+    add_audit(conn, **audit_entry(snap, verdict, entry, conflict_id))
     return conflict_id
+
+
+@dataclass(frozen=True)
+class StateWrites:
+    """The rows a decision leaves besides a queued conflict and its audit entry (written one by
+    one by `record_decision`, for a whole batch at once by `record_batch.record_decisions`)."""
+
+    base: dict[str, Any]  # `put_base` keywords
+    provenance: Provenance | None
+    supersede: bool  # the remote holds the result: earlier pending pushes are moot
+    push: dict[str, Any] | None  # `add_push` keywords (it supersedes the others itself)
+
+
+def state_writes(
+    snap: Snapshot,
+    verdict: Verdict,
+    plan_log_id: int,
+    entry: Entry,
+    current: SyncBase | None,
+) -> StateWrites:
+    """What recording the decision writes, given the sync base `current`ly stored."""
+    feed = _feed_record(snap, current)
+    if verdict.applies:
+        return _applied_writes(snap, verdict, plan_log_id, entry, feed)
+    if verdict.outcome == "echo":  # the remote holds what it held: nothing to merge
+        base = {
+            "held_record": snap.remote_now,
+            "held_version": snap.remote_now_version,
+            "agreed_record": current.agreed_record if current else snap.base,
+            "log_id": snap.remote_now_log_id,
+            "remote_cursor": snap.cursor,
+            **feed,
+        }
+        return StateWrites(base, None, False, None)
+    # queued, invalid: the change is handled (recorded), the base stays
+    return StateWrites(_kept_base(snap, current, feed), None, False, None)
 
 
 def _feed_record(snap: Snapshot, current: SyncBase | None) -> dict[str, Any]:
@@ -84,66 +111,54 @@ def _feed_record(snap: Snapshot, current: SyncBase | None) -> dict[str, Any]:
     }
 
 
-def _record_applied(
-    conn: Connection,
+def _applied_writes(
     snap: Snapshot,
     verdict: Verdict,
     plan_log_id: int,
     entry: Entry,
     feed: Mapping[str, Any],
-) -> None:
+) -> StateWrites:
     system, ident = snap.destination, snap.subscription_id
     if verdict.push:  # the remote holds what it holds until the push reaches it
         held, log_id = snap.remote_now, snap.remote_now_log_id
     else:
         held, log_id = verdict.target, plan_log_id
-    put_base(
-        conn,
-        system,
-        ident,
-        held_record=held,
-        held_version=snap.remote_now_version,
-        agreed_record=verdict.target,
-        log_id=log_id,
-        remote_cursor=snap.cursor,
+    base = {
+        "held_record": held,
+        "held_version": snap.remote_now_version,
+        "agreed_record": verdict.target,
+        "log_id": log_id,
+        "remote_cursor": snap.cursor,
         **feed,
-    )
-    if entry.provenance is not None:
-        put_provenance(conn, ident, *entry.provenance)
-    if not verdict.push:  # the remote already holds the result: earlier pushes are moot
-        supersede_pushes(conn, system, ident)
-        return
+    }
+    if not verdict.push:
+        return StateWrites(base, entry.provenance, True, None)
     target = verdict.target
-    add_push(
-        conn,
-        key=idempotency_key(system, entry.window_key, entry.lsn),
-        destination=system,
-        subscription_id=ident,
-        window_key=entry.window_key,
-        lsn=entry.lsn,
-        record=target,
-        delete_version=None if target is not None else snap.remote_now_version,
-        plan_log_id=plan_log_id,
-    )
+    push = {
+        "key": idempotency_key(system, entry.window_key, entry.lsn),
+        "destination": system,
+        "subscription_id": ident,
+        "window_key": entry.window_key,
+        "lsn": entry.lsn,
+        "record": target,
+        "delete_version": None if target is not None else snap.remote_now_version,
+        "plan_log_id": plan_log_id,
+    }
+    return StateWrites(base, entry.provenance, False, push)
 
 
-def _keep_base(
-    conn: Connection, snap: Snapshot, current: SyncBase | None, feed: Mapping[str, Any]
-) -> None:
-    put_base(
-        conn,
-        snap.destination,
-        snap.subscription_id,
-        held_record=current.held_record if current else snap.remote.record,
-        held_version=current.held_version if current else snap.remote_version,
-        agreed_record=current.agreed_record if current else snap.base,
-        log_id=current.log_id if current else snap.base_log_id,
-        remote_cursor=snap.cursor,
+def _kept_base(snap: Snapshot, current: SyncBase | None, feed: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "held_record": current.held_record if current else snap.remote.record,
+        "held_version": current.held_version if current else snap.remote_version,
+        "agreed_record": current.agreed_record if current else snap.base,
+        "log_id": current.log_id if current else snap.base_log_id,
+        "remote_cursor": snap.cursor,
         **feed,
-    )
+    }
 
 
-def _queue(conn: Connection, snap: Snapshot, verdict: Verdict) -> int:
+def queue_conflict(conn: Connection, snap: Snapshot, verdict: Verdict) -> int:
     """Open a conflict, or add this later remote edit to the one already open."""
     system, ident = snap.destination, snap.subscription_id
     open_now = open_conflict(conn, system, ident)
@@ -192,11 +207,11 @@ def _later_remote(
     return {**queued, **{k: v for k, v in later.items() if before.get(k, MISSING) != v}}
 
 
-def _audit(
-    conn: Connection, snap: Snapshot, verdict: Verdict, entry: Entry, conflict_id: int | None
-) -> None:
-    add_audit(
-        conn,
+def audit_entry(
+    snap: Snapshot, verdict: Verdict, entry: Entry, conflict_id: int | None
+) -> dict[str, Any]:
+    """The `add_audit` keywords of one decision."""
+    return dict(
         destination=snap.destination,
         subscription_id=snap.subscription_id,
         ref=entry.ref,
@@ -221,7 +236,7 @@ def _audit_detail(snap: Snapshot, verdict: Verdict) -> dict[str, Any]:
         "decisions": [d.to_audit_dict() for d in verdict.decisions],
         "write_local": verdict.write_local,
         "push": verdict.push,
-        "remote_now": loads(dumps(snap.remote_now)),
+        "remote_now": to_jsonable(snap.remote_now),  # what loads(dumps()) gives, without JSON
         "origins": {
             name: {"system": o.system, "changed_at": dumps(o.changed_at)}
             for name, o in sorted(snap.field_origins.items())

@@ -16,14 +16,13 @@ from subscription_export.core.codec import dumps
 from subscription_export.delivery.clients import RemoteChange
 from subscription_export.delivery.config import DestinationConfig
 from subscription_export.delivery.mapping import MappingError
-from subscription_export.reconcile.conflicts import RECORD, Change, detect
+from subscription_export.reconcile.conflicts import RECORD, Change, FieldDiff, detect
 from subscription_export.reconcile.feeds import FeedBatch, remote_fields
+from subscription_export.reconcile.reads import BatchReads, Reads, RowReads
 from subscription_export.reconcile.source_side import (
     Types,
     changed_after,
     destination_types,
-    field_times,
-    image_by_version,
     normalize,
     read_local,
 )
@@ -31,10 +30,8 @@ from subscription_export.reconcile.strategies import MISSING, SOURCE, ConflictPo
 from subscription_export.reconcile.sync_bases import (
     Provenance,
     SyncBase,
-    get_base,
-    get_provenance,
 )
-from subscription_export.reconcile.sync_state import Conflict, init_sync_state, now, open_conflict
+from subscription_export.reconcile.sync_state import Conflict, init_sync_state, now
 from subscription_export.reconcile.three_way import (
     EPOCH,
     LocalState,
@@ -50,7 +47,8 @@ from subscription_export.runtime import Project
 def load_snapshots(
     project: Project, config: DestinationConfig, batch: FeedBatch, policy: ConflictPolicy
 ) -> list[Snapshot]:
-    """Every change's snapshot, read without locks and without writing (the job's load step).
+    """Every change's snapshot, read without locks and without writing (the job's load step),
+    set-based for the whole batch.
 
     The apply step loads and decides again under the row lock, so a row changed in between is
     decided on fresh data, and a later change of the same subscription sees the write-back of
@@ -59,11 +57,10 @@ def load_snapshots(
     init_sync_state(project.state)
     types = destination_types(project, config)
     with project.source.connect() as conn, project.state.connect() as state:
+        idents = [change.id for change in batch.changes]
+        reads = BatchReads.load(conn, state, config.name, idents, types, lock=False)
         return [
-            load_snapshot(
-                conn, state, config, change, types=types, ignored=policy.ignored, lock=False
-            )
-            for change in batch.changes
+            snapshot_from(reads, config, change, ignored=policy.ignored) for change in batch.changes
         ]
 
 
@@ -88,18 +85,27 @@ def load_snapshot(
     lock: bool,
 ) -> Snapshot:
     """Base, local row and remote state of one feed change (`conn`: source, `state`: state)."""
-    system, ident = config.name, change.id
-    local = read_local(conn, ident, types, lock)
+    reads = RowReads(conn, state, config.name, types, lock)
+    return snapshot_from(reads, config, change, ignored=ignored)
+
+
+def snapshot_from(
+    reads: Reads, config: DestinationConfig, change: RemoteChange, *, ignored: frozenset[str]
+) -> Snapshot:
+    """The snapshot of one feed change, from per-record or batch-loaded reads."""
+    system, ident, types = config.name, change.id, reads.types
+    local = reads.local(ident)
     remote, remote_version, error = _remote_side(config, change, types)
-    base_row = get_base(state, system, ident)
-    base, base_log_id = _base_for(conn, ident, base_row, remote_version, types)
+    base_row = reads.base(ident)
+    base, base_log_id = _base_for(reads, ident, base_row, remote_version)
     if remote.record is not None and base is not None:  # fields the remote does not store
         remote = replace(remote, record={**base, **remote.record})
     now_record, now_version, now_log = _remote_now(
-        conn, ident, system, base_row, (remote.record, remote_version, base_log_id), types
+        reads, ident, base_row, (remote.record, remote_version, base_log_id)
     )
-    field_origins, record_origin = _origins(conn, state, ident, base, local, remote, ignored, types)
-    conflict = open_conflict(state, system, ident)
+    diff = detect(base, local.record, remote.record, ignored)
+    field_origins, record_origin = _origins(reads, ident, diff, local)
+    conflict = reads.open_conflict(ident)
     return Snapshot(
         destination=system,
         subscription_id=ident,
@@ -117,21 +123,14 @@ def load_snapshot(
         already_applied=base_row is not None and base_row.remote_cursor >= change.cursor,
         open_conflict_id=conflict.id if conflict else None,
         error=error,
-        unseen=_unseen(state, ident, system, base, local, remote, ignored),
+        unseen=_unseen(reads, ident, base, diff, local),
     )
 
 
 Held = tuple[dict[str, Any] | None, int | None, int]  # record, version, change-log id
 
 
-def _remote_now(
-    conn: Connection,
-    ident: str,
-    system: str,
-    base_row: SyncBase | None,
-    feed: Held,
-    types: Types,
-) -> Held:
+def _remote_now(reads: Reads, ident: str, base_row: SyncBase | None, feed: Held) -> Held:
     """What the remote holds, or will hold once the window delivery has sent it every change
     made since its base: of the feed record, the newest such change and what we last left
     there (`held_*`), the one with the highest version (our writes carry ever higher versions
@@ -139,7 +138,7 @@ def _remote_now(
     on). A decision must make *that* equal to the merged record, not the feed record alone: a
     push sent after this edit was made may have replaced it."""
     remote_version, base_log_id = feed[1], feed[2]
-    sent = changed_after(conn, ident, base_log_id, system, types)
+    sent = reads.changed_after(ident, base_log_id)
     now_held: Held = (sent.record, sent.version, sent.id) if sent is not None else feed
     if (
         base_row is not None
@@ -147,7 +146,8 @@ def _remote_now(
         and remote_version is not None
         and base_row.held_version > max(remote_version, now_held[1] or 0)
     ):  # we wrote a newer image there after this edit was made
-        return normalize(base_row.held_record, types), base_row.held_version, base_row.log_id
+        held = normalize(base_row.held_record, reads.types)
+        return held, base_row.held_version, base_row.log_id
     return now_held
 
 
@@ -188,27 +188,20 @@ def _remote_side(
 
 
 def _unseen(
-    state: Connection,
-    ident: str,
-    system: str,
-    base: dict[str, Any] | None,
-    local: LocalState,
-    remote: SideState,
-    ignored: frozenset[str],
+    reads: Reads, ident: str, base: dict[str, Any] | None, diff: FieldDiff, local: LocalState
 ) -> dict[str, Origin]:
     """Fields the remote alone changed, whose local value (equal to the base's) was set again by
     another remote system after the remote's base was made (its `updated_at`): that system's
     edit is concurrent with this one although it left the value as it was. At the same time,
     the versions tell: the base image (its `version`) older than the source row version the
     value was recorded in means the remote's user never saw that system's edit."""
-    if base is None or local.record is None or remote.record is None:
+    if base is None or local.record is None or not diff.remote_exists:
         return {}
-    names = [
-        f.field for f in detect(base, local.record, remote.record, ignored).of(Change.REMOTE_ONLY)
-    ]
+    names = [f.field for f in diff.of(Change.REMOTE_ONLY)]
     if not names:
         return {}
-    recorded = get_provenance(state, ident)
+    recorded = reads.provenance(ident)
+    system = reads.system
     seen_at = as_time(base.get("updated_at"), EPOCH)
     seen_version = version_of(base)
     out: dict[str, Origin] = {}
@@ -232,30 +225,27 @@ def _after(prov: Provenance, seen_at: dt.datetime, seen_version: int | None) -> 
 
 
 def _base_for(
-    conn: Connection,
-    ident: str,
-    row: SyncBase | None,
-    version: int | None,
-    types: Types,
+    reads: Reads, ident: str, row: SyncBase | None, version: int | None
 ) -> tuple[dict[str, Any] | None, int]:
     """The image the remote's user edited: the system's previous feed record if it carries
     the same version (two edits of one image in a row: the second was made on the first),
     else what the remote held after our last decision if the versions match, else the
     change-log image with that version (delivered to it), else the last held state, else
     nothing (the record is new to us)."""
+    types = reads.types
     if (
         row is not None
         and version is not None
         and row.feed_version == version
         and row.feed_record is not None
     ):
-        image = image_by_version(conn, ident, version, types)
+        image = reads.image_by_version(ident, version)
         return normalize(row.feed_record, types), image.id if image else row.log_id
     held = row is not None and row.held_record is not None  # nobody edits a deleted record
     if held and version is not None and row.held_version == version:  # type: ignore[union-attr]
         return normalize(row.held_record, types), row.log_id  # type: ignore[union-attr]
     if version is not None:
-        image = image_by_version(conn, ident, version, types)
+        image = reads.image_by_version(ident, version)
         if image is not None:
             return image.record, image.id
     if row is not None:
@@ -264,19 +254,13 @@ def _base_for(
 
 
 def _origins(
-    conn: Connection,
-    state: Connection,
-    ident: str,
-    base: dict[str, Any] | None,
-    local: LocalState,
-    remote: SideState,
-    ignored: frozenset[str],
-    types: Types,
+    reads: Reads, ident: str, diff: FieldDiff, local: LocalState
 ) -> tuple[dict[str, Origin], Origin]:
-    diff = detect(base, local.record, remote.record, ignored)
+    """The origin of each local value changed since the base, and of the local side as a whole
+    (`diff`: base, local and remote, detected once per snapshot)."""
     mine = (Change.LOCAL_ONLY, Change.BOTH_SAME, Change.BOTH_DIFFERENT)
     changed = [f.field for f in diff.of(*mine)]
-    recorded = get_provenance(state, ident)
+    recorded = reads.provenance(ident)
     origins: dict[str, Origin] = {}
     todo = []
     for name in changed:
@@ -287,7 +271,7 @@ def _origins(
         else:
             todo.append(name)
     if todo and local.record is not None:
-        origins.update(field_times(conn, ident, todo, local.changed_at, types))
+        origins.update(reads.field_times(ident, todo, local.changed_at))
     if local.record is None:
         prov = recorded.get(RECORD)  # a write-back delete: the remote's time, not ours
         if prov is not None and prov.value is None and prov.system == local.last_origin:

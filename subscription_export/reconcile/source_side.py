@@ -68,15 +68,23 @@ def destination_types(project: Project, config: DestinationConfig) -> TableTypes
     return TableTypes(columns.field_types, columns)
 
 
-def _columns(types: Types) -> ColumnMap:
+def columns_of(types: Types) -> ColumnMap:
+    """The table and column mapping `types` were bound to (the demo table's identity map for
+    plain types)."""
     if isinstance(types, TableTypes):
         return types.columns
     return ColumnMap("subscriptions", "id", dict(types), {n: n for n in types})
 
 
-def _fields(image: dict[str, Any] | None, types: Types) -> dict[str, Any] | None:
+def version_column(types: Types) -> str:
+    """The table's column that feeds the `version` field (what a change-log image's version
+    is read from)."""
+    return columns_of(types).fields.get("version", "version")
+
+
+def as_fields(logged: dict[str, Any] | None, types: Types) -> dict[str, Any] | None:
     """A change-log image (the table's columns) as a record of fields."""
-    return None if image is None else _columns(types).to_fields(image)
+    return None if logged is None else columns_of(types).to_fields(logged)
 
 
 def normalize(
@@ -135,7 +143,7 @@ _LAST_ROW = sa.text(
 )
 
 
-def _json(text: str | None) -> dict[str, Any] | None:
+def json_image(text: str | None) -> dict[str, Any] | None:
     return None if text is None else json.loads(text, parse_float=Decimal)
 
 
@@ -147,9 +155,9 @@ def read_local(conn: Connection, subscription_id: str, types: Types, lock: bool)
         conn.execute(
             sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"sync:{subscription_id}"}
         )
-    columns = _columns(types)
+    columns = columns_of(types)
     table = sa.table(columns.table, sa.column(columns.key))
-    key = _db_value(columns.key_value(subscription_id), postgres)
+    key = db_value(columns.key_value(subscription_id), postgres)
     query = sa.select(sa.text("*")).select_from(table).where(table.c[columns.key] == key)
     if lock and postgres:
         query = query.with_for_update()
@@ -166,7 +174,9 @@ def read_local(conn: Connection, subscription_id: str, types: Types, lock: bool)
             int(last.id) if last else 0,
             last.origin if last else APP_ORIGIN,
         )
-    before = _fields(_json(last.before), types) if last is not None and last.op == "d" else None
+    before = (
+        as_fields(json_image(last.before), types) if last is not None and last.op == "d" else None
+    )
     return LocalState(
         None,
         last_time,
@@ -176,9 +186,9 @@ def read_local(conn: Connection, subscription_id: str, types: Types, lock: bool)
     )
 
 
-def _image(row: Any, types: Types) -> LogImage:
-    after = normalize(_fields(_json(row.after), types), types)
-    before = _fields(_json(getattr(row, "before", None)), types)
+def image(row: Any, types: Types) -> LogImage:
+    after = normalize(as_fields(json_image(row.after), types), types)
+    before = as_fields(json_image(getattr(row, "before", None)), types)
     version = version_of(after) if after is not None else version_of(before)
     return LogImage(int(row.id), row.op, row.origin, after, version)
 
@@ -187,7 +197,7 @@ def image_by_version(
     conn: Connection, subscription_id: str, version: int, types: Types
 ) -> LogImage | None:
     """The newest change-log image of the subscription with this `version`."""
-    column = _columns(types).fields.get("version", "version")  # bound, not string-built
+    column = version_column(types)  # bound, not string-built
     postgres = conn.dialect.name == "postgresql"
     match = "(after->>:c)::bigint = :v" if postgres else "json_extract(after, :c) = :v"
     path = column if postgres else '$."' + column.replace('"', '\\"') + '"'
@@ -199,7 +209,7 @@ def image_by_version(
         ),
         {"s": subscription_id, "v": version, "c": path},
     ).first()
-    return _image(row, types) if row else None
+    return image(row, types) if row else None
 
 
 def changed_after(
@@ -222,21 +232,7 @@ def changed_after(
         {"s": subscription_id, "a": after_id, "o": system}
         | ({} if watermark is None else {"w": watermark}),
     ).first()
-    return _image(row, types) if row else None
-
-
-def undelivered_until(
-    conn: Connection, subscription_id: str, until_id: int, system: str, watermark: int
-) -> bool:
-    """Whether a change up to `until_id` that the delivery will send to `system` is unsent."""
-    row = conn.execute(
-        sa.text(
-            "SELECT 1 FROM subscription_change_log WHERE subscription_id = :s AND id <= :u"
-            " AND origin <> :o AND (lsn IS NULL OR lsn > :w) LIMIT 1"
-        ),
-        {"s": subscription_id, "u": until_id, "o": system, "w": watermark},
-    ).first()
-    return row is not None
+    return image(row, types) if row else None
 
 
 def field_times(
@@ -257,6 +253,15 @@ def field_times(
         ),
         {"s": subscription_id},
     ).all()
+    found, todo = fields_set_by(rows, fields, default, types)
+    return found | {name: Origin(SOURCE, default) for name in todo}
+
+
+def fields_set_by(
+    rows: Sequence[Any], fields: Sequence[str], default: dt.datetime, types: Types
+) -> tuple[dict[str, Origin], set[str]]:
+    """Of change-log rows (newest first), the origin of the newest change that set each field;
+    and the fields none of them set."""
     found: dict[str, Origin] = {}
     todo = set(fields)
     for row in rows:
@@ -264,17 +269,17 @@ def field_times(
             break
         if row.op == "d":
             continue
-        before = normalize(_fields(_json(row.before), types), types) or {}
-        after = normalize(_fields(_json(row.after), types), types) or {}
+        before = normalize(as_fields(json_image(row.before), types), types) or {}
+        after = normalize(as_fields(json_image(row.after), types), types) or {}
         at = as_time(after.get("updated_at"), as_time(row.changed_at, default))
         for name in sorted(todo):
             if row.op == "c" or not same(before.get(name, MISSING), after.get(name, MISSING)):
                 found[name] = Origin(system_of(row.origin), at)
                 todo.discard(name)
-    return found | {name: Origin(SOURCE, default) for name in todo}
+    return found, todo
 
 
-def _db_value(value: Any, postgres: bool) -> Any:
+def db_value(value: Any, postgres: bool) -> Any:
     """A Python value as the source stores it (SQLite: exact decimals and ISO times as text)."""
     if value is None or postgres:
         return value
@@ -302,12 +307,12 @@ def write_local(
     """Make the source row equal `target` (None: delete), tagged with `origin` in the change
     log; returns the subscription's newest change-log id (the write-back's own row)."""
     postgres = conn.dialect.name == "postgresql"
-    columns = _columns(types)
+    columns = columns_of(types)
     # the key's own type: an integer key as an int, a uuid as a UUID (text on SQLite)
-    key = _db_value(columns.key_value(subscription_id), postgres)
+    key = db_value(columns.key_value(subscription_id), postgres)
     set_origin(conn, origin)
     try:
-        fields = {n: _db_value(target[n], postgres) for n in types if n in (target or {})}
+        fields = {n: db_value(target[n], postgres) for n in types if n in (target or {})}
         values = columns.to_columns({n: v for n, v in fields.items() if n != "id"})
         # Column names come from the catalog: SQLAlchemy quotes them, never string-built.
         table = sa.table(columns.table, sa.column(columns.key), *map(sa.column, values))

@@ -30,7 +30,7 @@ ISO-8601 UTC with `Z`); the caller restores types from the capture schema. JSON 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,6 +196,29 @@ def open_conflict(conn: Connection, destination: str, subscription_id: str) -> C
         .order_by(conflicts.c.id.desc())
     ).first()
     return _conflict(row) if row else None
+
+
+def open_conflicts(
+    conn: Connection, destination: str, subscription_ids: Collection[str]
+) -> dict[str, Conflict]:
+    """`open_conflict` of each of these subscriptions, in one query."""
+    if not subscription_ids:
+        return {}
+    rows = conn.execute(
+        sa.select(conflicts)
+        .where(
+            conflicts.c.destination == destination,
+            conflicts.c.subscription_id.in_(sorted(subscription_ids)),
+            conflicts.c.status == "open",
+        )
+        .order_by(conflicts.c.id.desc())
+    ).all()
+    out: dict[str, Conflict] = {}
+    for (
+        row
+    ) in rows:  # newest first: the first of each subscription is the one `open_conflict` reads
+        out.setdefault(row.subscription_id, _conflict(row))
+    return out
 
 
 def add_conflict(
