@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from subscription_export.delivery.clients import DeliveryClient
+from subscription_export.delivery.columns import destination_table
 from subscription_export.delivery.config import DestinationConfig
 from subscription_export.delivery.dead_letters import held_subscriptions
 from subscription_export.reconcile.apply import crash_point
@@ -86,7 +87,7 @@ def push_pending(
     active = client or config.client()
     try:
         types = destination_types(project, config)
-        turns = _turns(project, config.name, pending)
+        turns = _turns(project, config, pending)
         obsolete = [p for p in pending if turns[p.id] == "obsolete"]
         if obsolete:
             with project.state.begin() as s:
@@ -108,22 +109,23 @@ def due_pushes(project: Project, config: DestinationConfig) -> list[Push]:
     pending = pending_pushes(project.state, config.name)
     if not pending:
         return []
-    turns = _turns(project, config.name, pending)
+    turns = _turns(project, config, pending)
     return [p for p in pending if turns[p.id] != "deferred"]
 
 
 Turn = Literal["obsolete", "deferred", "now"]
 
 
-def _turns(project: Project, system: str, pending: list[Push]) -> dict[int, Turn]:
+def _turns(project: Project, config: DestinationConfig, pending: list[Push]) -> dict[int, Turn]:
     """Per push: whether the delivery has since sent a newer image, still owes an earlier change
     (or holds the record back behind an open dead letter), or the push may go now. One query
     for all of them (`delivery_marks`)."""
+    system, table = config.name, destination_table(project, config)
     watermark = project.watermarks.get(system)
     held = held_subscriptions(project.state, system)
     idents = {p.subscription_id for p in pending if p.subscription_id not in held}
     with project.source.connect() as conn:
-        marks = delivery_marks(conn, idents, system, watermark)
+        marks = delivery_marks(conn, idents, table, system, watermark)
     turns: dict[int, Turn] = {}
     for push in pending:
         mark = marks.get(push.subscription_id)

@@ -25,6 +25,7 @@ from subscription_export.reconcile.source_side import (
     LogImage,
     Types,
     changed_after,
+    columns_of,
     field_times,
     fields_set_by,
     image,
@@ -127,7 +128,7 @@ class BatchReads:
         if lock:
             lock_subscriptions(conn, ids)
         rows = read_rows(conn, ids, types, lock=lock)  # locked before their history is read
-        histories = read_histories(conn, ids)
+        histories = read_histories(conn, ids, columns_of(types).table)
         return cls(
             rows=RowReads(conn, state, system, types, lock),
             locals=locals_of(ids, rows, histories, types),

@@ -72,18 +72,19 @@ _HISTORY = sa.text(
     " CAST(after AS TEXT) AS after, changed_at FROM ("
     " SELECT id, subscription_id, op, origin, before, after, changed_at, ROW_NUMBER() OVER"
     " (PARTITION BY subscription_id ORDER BY id DESC) AS newest"
-    " FROM subscription_change_log WHERE subscription_id IN :ids) AS recent"
+    " FROM subscription_change_log WHERE subscription_id IN :ids AND source_table = :t)"
+    " AS recent"
     " WHERE newest <= :depth ORDER BY subscription_id, id DESC"
 ).bindparams(sa.bindparam("ids", expanding=True))
 
 
 def read_histories(
-    conn: Connection, idents: Collection[str], depth: int = HISTORY_DEPTH
+    conn: Connection, idents: Collection[str], table: str, depth: int = HISTORY_DEPTH
 ) -> dict[str, History]:
-    """The newest `depth` change-log rows of each subscription, in one query."""
+    """The newest `depth` change-log rows of each subscription of `table`, in one query."""
     found: dict[str, list[LogRow]] = defaultdict(list)
     if idents:
-        for r in conn.execute(_HISTORY, {**_ids(idents), "depth": depth}):
+        for r in conn.execute(_HISTORY, {**_ids(idents), "t": table, "depth": depth}):
             row = LogRow(int(r.id), r.op, r.origin, r.before, r.after, r.changed_at)
             found[r.subscription_id].append(row)
     return {
@@ -174,19 +175,20 @@ _MARKS = sa.text(
     "SELECT subscription_id,"
     " MIN(CASE WHEN lsn IS NULL OR lsn > :w THEN id END) AS first_unsent,"
     " MAX(CASE WHEN lsn IS NOT NULL AND lsn <= :w THEN id END) AS last_sent"
-    " FROM subscription_change_log WHERE subscription_id IN :ids AND origin <> :o"
+    " FROM subscription_change_log"
+    " WHERE subscription_id IN :ids AND source_table = :t AND origin <> :o"
     " GROUP BY subscription_id"
 ).bindparams(sa.bindparam("ids", expanding=True))
 
 
 def delivery_marks(
-    conn: Connection, idents: Collection[str], system: str, watermark: int
+    conn: Connection, idents: Collection[str], table: str, system: str, watermark: int
 ) -> dict[str, DeliveryMarks]:
     """`DeliveryMarks` of every subscription in one query (the delivery's watermark given):
     what `source_side.changed_after(..., watermark)` and `undelivered_until` ask per push."""
     if not idents:
         return {}
-    rows = conn.execute(_MARKS, {**_ids(idents), "w": watermark, "o": system})
+    rows = conn.execute(_MARKS, {**_ids(idents), "t": table, "w": watermark, "o": system})
     found = {r.subscription_id: DeliveryMarks(r.first_unsent, r.last_sent) for r in rows}
     return {ident: found.get(ident, DeliveryMarks(None, None)) for ident in idents}
 
@@ -226,9 +228,10 @@ def write_locals(
         clear_origin(conn)  # SQLite: the origin row must not outlive this transaction
     newest = sa.text(
         "SELECT subscription_id, MAX(id) AS newest FROM subscription_change_log"
-        " WHERE subscription_id IN :ids GROUP BY subscription_id"
+        " WHERE subscription_id IN :ids AND source_table = :t GROUP BY subscription_id"
     ).bindparams(sa.bindparam("ids", expanding=True))
-    found = {r.subscription_id: int(r.newest) for r in conn.execute(newest, _ids(_idents(writes)))}
+    params = {**_ids(_idents(writes)), "t": columns.table}
+    found = {r.subscription_id: int(r.newest) for r in conn.execute(newest, params)}
     return {w.subscription_id: found.get(w.subscription_id, 0) for w in writes}
 
 

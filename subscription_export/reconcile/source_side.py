@@ -139,7 +139,8 @@ class LogImage:
 
 _LAST_ROW = sa.text(
     "SELECT id, op, origin, CAST(before AS TEXT) AS before, changed_at"
-    " FROM subscription_change_log WHERE subscription_id = :s ORDER BY id DESC LIMIT 1"
+    " FROM subscription_change_log WHERE subscription_id = :s AND source_table = :t"
+    " ORDER BY id DESC LIMIT 1"
 )
 
 
@@ -162,7 +163,7 @@ def read_local(conn: Connection, subscription_id: str, types: Types, lock: bool)
     if lock and postgres:
         query = query.with_for_update()
     row = conn.execute(query).mappings().first()
-    last = conn.execute(_LAST_ROW, {"s": subscription_id}).first()
+    last = conn.execute(_LAST_ROW, {"s": subscription_id, "t": columns.table}).first()
     last_time = as_time(last.changed_at, EPOCH) if last else EPOCH
     if row is not None:
         record = normalize(columns.to_fields(dict(row)), types)
@@ -204,10 +205,10 @@ def image_by_version(
     row = conn.execute(
         sa.text(
             "SELECT id, op, origin, CAST(after AS TEXT) AS after FROM subscription_change_log"
-            f" WHERE subscription_id = :s AND after IS NOT NULL AND {match}"
+            f" WHERE subscription_id = :s AND source_table = :t AND after IS NOT NULL AND {match}"
             " ORDER BY id DESC LIMIT 1"
         ),
-        {"s": subscription_id, "v": version, "c": path},
+        {"s": subscription_id, "t": columns_of(types).table, "v": version, "c": path},
     ).first()
     return image(row, types) if row else None
 
@@ -226,10 +227,10 @@ def changed_after(
     row = conn.execute(
         sa.text(
             "SELECT id, op, origin, CAST(after AS TEXT) AS after, CAST(before AS TEXT) AS before"
-            " FROM subscription_change_log WHERE subscription_id = :s AND id > :a"
-            f" AND origin <> :o{sent} ORDER BY id DESC LIMIT 1"
+            " FROM subscription_change_log WHERE subscription_id = :s AND source_table = :t"
+            f" AND id > :a AND origin <> :o{sent} ORDER BY id DESC LIMIT 1"
         ),
-        {"s": subscription_id, "a": after_id, "o": system}
+        {"s": subscription_id, "t": columns_of(types).table, "a": after_id, "o": system}
         | ({} if watermark is None else {"w": watermark}),
     ).first()
     return image(row, types) if row else None
@@ -249,9 +250,9 @@ def field_times(
         sa.text(
             "SELECT op, origin, CAST(before AS TEXT) AS before, CAST(after AS TEXT) AS after,"
             " changed_at FROM subscription_change_log WHERE subscription_id = :s"
-            " ORDER BY id DESC LIMIT 1000"
+            " AND source_table = :t ORDER BY id DESC LIMIT 1000"
         ),
-        {"s": subscription_id},
+        {"s": subscription_id, "t": columns_of(types).table},
     ).all()
     found, todo = fields_set_by(rows, fields, default, types)
     return found | {name: Origin(SOURCE, default) for name in todo}
@@ -326,7 +327,10 @@ def write_local(
     finally:
         clear_origin(conn)  # SQLite: the origin row must not outlive this transaction
     newest = conn.execute(
-        sa.text("SELECT MAX(id) FROM subscription_change_log WHERE subscription_id = :s"),
-        {"s": subscription_id},
+        sa.text(
+            "SELECT MAX(id) FROM subscription_change_log"
+            " WHERE subscription_id = :s AND source_table = :t"
+        ),
+        {"s": subscription_id, "t": columns.table},
     ).scalar()
     return int(newest or 0)

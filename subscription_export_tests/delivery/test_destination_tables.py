@@ -16,6 +16,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import sqlalchemy as sa
 
 from subscription_export.core.settings import Settings
 from subscription_export.defs.definitions import build_definitions
@@ -23,6 +24,9 @@ from subscription_export.delivery.config import load_destinations
 from subscription_export.delivery.window import catch_up
 from subscription_export.export.cut import cut_windows
 from subscription_export.export.flow import export_window_file
+from subscription_export.reconcile import flow as rc
+from subscription_export.reconcile import sync_state as st
+from subscription_export.reconcile.strategies import ConflictPolicy
 from subscription_export.runtime import Project
 from subscription_export.sandbox.server import SandboxServer
 from subscription_export.source.demo_table import create_demo_table
@@ -36,11 +40,12 @@ from subscription_export_tests.reconcile.test_any_table_end_to_end import (
     MAPPING,
     TABLE,
     Keys,
+    accounts,
     add_account,
     change_account,
     create_accounts,
 )
-from subscription_export_tests.reconcile.test_reconcile import Clock, sandbox
+from subscription_export_tests.reconcile.test_reconcile import Clock, at, sandbox
 
 HOLDER = "destination-tables-test"
 FEEDS = {"erp": TABLE, "crm": "subscriptions", "accounting": TABLE}
@@ -144,3 +149,36 @@ def test_a_sync_asset_depends_on_its_destinations_table(
         "crm": {"subscription_changes"},
         "accounting": {"accounts_changes"},
     }
+
+
+def test_a_reconcile_reads_only_its_tables_history(two_tables: Settings, tmp_path: Path) -> None:
+    """ERP edits of accounts 1 and 2 while subscriptions "1" and "2" (same key text, other
+    table) were changed and deleted here since the last delivery: under `manual` that is no
+    conflict, the edits are applied to the accounts and the subscriptions are left alone."""
+    clock = Clock()
+    with sandbox(clock, ("erp",)) as running:
+        engine, keys = writer(two_tables.source_url), Keys("bigint")
+        project = Project(two_tables)
+        path = _destinations_file(tmp_path / "destinations.toml", running)
+        add_account(engine, keys, 1, "10.00")
+        add_account(engine, keys, 2, "20.00")
+        with engine.begin() as conn:
+            insert(conn, "1", amount="99.00")
+            insert(conn, "2", amount="98.00")
+        _export_and_deliver(project, path)
+
+        with engine.begin() as conn:  # local changes of the other table's "1"
+            update(conn, "1", amount="50.00")
+            conn.execute(sa.text("DELETE FROM subscriptions WHERE id = '2'"))
+        clock.now = at(2)
+        running["erp"].system.edit("1", amount="12.00")  # type: ignore[attr-defined]
+        running["erp"].system.edit("2", amount="22.00")  # type: ignore[attr-defined]
+        config = load_destinations(path).destinations["erp"]
+        rc.reconcile_system(project, config, ConflictPolicy.from_mapping({"strategy": "manual"}))
+
+    assert st.list_conflicts(project.state) == []
+    held = accounts(engine, keys)
+    assert (held[1]["monthly_fee"], held[2]["monthly_fee"]) == (Decimal("12.00"), Decimal("22.00"))
+    with engine.connect() as conn:
+        amount = conn.execute(sa.text("SELECT amount FROM subscriptions WHERE id = '1'")).scalar()
+    assert Decimal(str(amount)) == Decimal("50.00")
