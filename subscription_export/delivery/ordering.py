@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
 from subscription_export.delivery.clients import DeliveryClient
+from subscription_export.delivery.columns import destination_table
 from subscription_export.delivery.config import DestinationConfig
 from subscription_export.delivery.dead_letters import (
     PUSH_WINDOW_KEY,
@@ -35,7 +36,12 @@ from subscription_export.runtime import Project
 from subscription_export.state.progress import completed_keys
 from subscription_export.state.windows import Window, list_windows
 
-PARQUET_CONSUMER = "parquet"
+PARQUET_CONSUMER = "parquet"  # the default table's; a destination reads its table's (below)
+
+
+def parquet_consumer(project: Project, destination: DestinationConfig) -> str:
+    """The consumer whose completed windows say the destination's table is exported."""
+    return project.dataset_of(destination_table(project, destination)).consumer("parquet")
 
 
 def pending_windows(
@@ -52,8 +58,9 @@ def pending_windows(
     ]
 
 
-def _exported(project: Project, window: Window) -> bool:
-    return window.key in completed_keys(project.state, PARQUET_CONSUMER, window.lo - 1)
+def _exported(project: Project, destination: DestinationConfig, window: Window) -> bool:
+    consumer = parquet_consumer(project, destination)
+    return window.key in completed_keys(project.state, consumer, window.lo - 1)
 
 
 def _deliver_in_order(
@@ -83,7 +90,7 @@ def _deliver_in_order(
             if before is None:
                 break
             raise DestinationBlocked(blocked_reason(project.state, name, first.key, blocking))
-        if not _exported(project, first):
+        if not _exported(project, destination, first):
             if before is None:
                 break
             if time.monotonic() >= deadline:
@@ -174,7 +181,13 @@ def lagging_window(project: Project, names: Sequence[str]) -> Window | None:
     for name in names:
         if set(open_windows(project.state, name)) - {PUSH_WINDOW_KEY}:
             continue
-        exported = completed_keys(project.state, PARQUET_CONSUMER, project.watermarks.get(name))
+        since = project.watermarks.get(name)
+        exported = set.intersection(  # every table's: a destination reads any one of them
+            *(
+                set(completed_keys(project.state, d.consumer("parquet"), since))
+                for d in project.datasets
+            )
+        )
         behind = [w for w in pending_windows(project, name) if w.key in exported]
         if behind and (newest is None or behind[-1].hi > newest.hi):
             newest = behind[-1]
