@@ -28,7 +28,7 @@ class Entry:
 COMMANDS: Mapping[str, Entry] = {
     "init": Entry(
         "init",
-        "Install capture on the configured table (idempotent; re-run after adding columns).",
+        "Install capture on the configured tables (idempotent; re-run on table/column changes).",
     ),
     "snapshot": Entry(
         "snapshot",

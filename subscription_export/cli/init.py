@@ -16,8 +16,7 @@ app = typer.Typer(add_completion=False)
 
 @app.command()
 def init(ctx: typer.Context) -> None:
-    """Install capture on the configured tables (idempotent; re-run after adding columns or
-    tables)."""
+    """Install capture on the configured tables (idempotent; re-run on table/column changes)."""
     settings = settings_of(ctx)
     source = engine_for(settings.source_url, writer=True)
     check_reachable(source, "source")

@@ -15,6 +15,7 @@ each run. Nothing here imports Dagster.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -75,6 +76,24 @@ def deferred() -> Iterator[None]:
     raise_if_stopped()
 
 
+class _OwnStopIsNoError(logging.Filter):
+    """Drops a log record whose exception is our own `Stopped`: SQLAlchemy's pool logs
+    "Exception closing connection" with a traceback when the signal lands inside a connection
+    close, then re-raises it, and the stop already ends `run` on its own one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], Stopped))
+
+
+_quiet_stop = _OwnStopIsNoError()
+
+
+def _output_handlers() -> list[logging.Handler]:
+    """Where an error record ends up: the root's handlers, else the last-resort one."""
+    handlers = list(logging.getLogger().handlers)
+    return handlers or ([logging.lastResort] if logging.lastResort else [])
+
+
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
     """SIGTERM/SIGINT raise `Stopped` in the main thread and are recorded for `stop_requested`
@@ -85,9 +104,14 @@ def stop_on_signals() -> Iterator[None]:
     previous_fd = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
     previous = {s: signal.signal(s, _raise_stopped) for s in STOP_SIGNALS}
     _pipe.append(read)
+    quieted = _output_handlers()
+    for handler in quieted:
+        handler.addFilter(_quiet_stop)
     try:
         yield
     finally:
+        for handler in quieted:
+            handler.removeFilter(_quiet_stop)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         signal.set_wakeup_fd(previous_fd)
