@@ -1,8 +1,9 @@
 """Many workers, one queue, object storage (issue 14, item 4).
 
 * A backfill of 12 windows (40 in `make bench`) on a PostgreSQL-backed instance whose queue
-  runs 4 at a time with the default process launcher, exporting to S3 (moto): each window exported by exactly one
-  successful run, runs really concurrent, watermarks contiguous, no lease left.
+  runs 4 at a time with the default process launcher, exporting to S3 (moto): each window
+  exported by exactly one successful run, runs really concurrent, watermarks contiguous, no
+  lease left.
 * Two `run --watch` processes racing on one state database and one S3 prefix, as two nodes
   would: every window exported by exactly one of them, windows and watermarks contiguous to the
   log's end, no lease left.
