@@ -2,6 +2,7 @@
 `{EXPORT_DIR}/{asset}/{partition_key}.{ext}` plus a manifest, then the consumer's watermark.
 The base path is a UPath: a local folder or an object store (s3://, gs://, az://)."""
 
+import errno
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,11 @@ class WindowFile:
     dataset: TableDataset = DEFAULT_DATASET
 
 
+# A folder that cannot be made for these reasons will not become possible by waiting (a full
+# disk may free up: ENOSPC is still retried).
+_PERMANENT = frozenset({errno.ENOTDIR, errno.EROFS, errno.EACCES, errno.EPERM, errno.EEXIST})
+
+
 class _WindowFileIOManager(dg.UPathIOManager):
     def __init__(self, project: Project, fmt: Format) -> None:
         super().__init__(base_path=project.settings.export_dir)
@@ -60,7 +66,10 @@ class _WindowFileIOManager(dg.UPathIOManager):
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             # Named as a storage problem (not a directory, read-only, disk full) for `run`.
-            raise StorageError(describe_os_error(exc, Path(str(path)))) from exc
+            error = StorageError(describe_os_error(exc, Path(str(path))))
+            if exc.errno in _PERMANENT:  # retrying cannot make a folder possible
+                raise dg.Failure(str(error), allow_retries=False) from error
+            raise error from exc
 
     def dump_to_path(self, context: dg.OutputContext, obj: object, path: UPath) -> None:
         try:

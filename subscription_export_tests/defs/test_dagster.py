@@ -175,3 +175,23 @@ def test_every_job_runs_its_steps_in_the_runs_process(settings: Settings) -> Non
     jobs = [defs.resolve_implicit_global_asset_job_def()]
     jobs += [defs.resolve_job_def(name) for name in ("export_window", "sync_window", "reconcile")]
     assert {job.executor_def.name for job in jobs} == {dg.in_process_executor.name}
+
+
+def test_an_export_dir_that_cannot_exist_fails_the_step_without_retries(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """ENOTDIR (and read-only, permission) cannot heal by retrying: the step fails at once
+    instead of three retries with back-off (~14 s before `run` could say why)."""
+    from subscription_export.defs.runner import run_cycle
+
+    (tmp_path / "a_file").write_text("")
+    settings = replace(settings, export_dir=tmp_path / "a_file" / "exports")
+    with writer(settings.source_url).begin() as conn:
+        insert(conn, "a")
+    instance = dg.DagsterInstance.ephemeral()
+    result = run_cycle(settings, instance=instance)
+    assert [r.success for r in result.runs] == [False]
+    events = instance.all_logs(result.runs[0].run_id)
+    kinds = [e.dagster_event.event_type_value for e in events if e.dagster_event is not None]
+    assert "STEP_FAILURE" in kinds
+    assert "STEP_UP_FOR_RETRY" not in kinds, kinds
