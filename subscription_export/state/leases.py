@@ -35,6 +35,7 @@ from sqlalchemy.engine import Engine
 from subscription_export.core import processes
 from subscription_export.core.errors import SubscriptionExportError
 from subscription_export.core.processes import ProcessId
+from subscription_export.core.stopping import deferred
 from subscription_export.state.tables import leases
 
 log = logging.getLogger(__name__)
@@ -284,13 +285,19 @@ def lease(
     holder, then raise LeaseBusy. Call `check()` on the yielded lease before recording."""
     claim = _wait_for(engine, name, holder, wait_s, ttl_s, poll_s)
     assert claim.token is not None
-    held = Held(engine, name, holder, claim.token, ttl_s, claim.took_over, claim.holder_gone)
     stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(held, stop), name=f"lease {name}", daemon=True)
-    beat.start()
+    beat: threading.Thread | None = None
     try:
+        held = Held(engine, name, holder, claim.token, ttl_s, claim.took_over, claim.holder_gone)
+        beat = threading.Thread(
+            target=_heartbeat, args=(held, stop), name=f"lease {name}", daemon=True
+        )
+        beat.start()
         yield held
     finally:
-        stop.set()
-        beat.join()
-        release(engine, name, holder, held.token)
+        # A stop signal arriving now is raised once the lease is released, not half-way.
+        with deferred():
+            stop.set()
+            if beat is not None:
+                beat.join()
+            release(engine, name, holder, claim.token)

@@ -153,3 +153,26 @@ def test_a_waiting_run_says_who_holds_the_lease_and_until_when(state, caplog) ->
     said = [r.getMessage() for r in caplog.records if "waiting for jsonl:w1" in r.getMessage()]
     assert len(said) == 1, said  # once, not once per poll
     assert re.search(r"held by run A since \S+ \S+ UTC, until \S+ \S+ UTC", said[0]), said
+
+
+def test_a_stop_signal_during_release_still_releases(state, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """SIGINT landing while a lease is being released (CI: a `cycle:` claim left behind by
+    `run --watch` stopped with SIGINT) must not leave the lease row behind."""
+    import os
+    import signal
+
+    from subscription_export.core.stopping import Stopped, stop_on_signals
+    from subscription_export.state import leases as module
+
+    original = module.release
+
+    def interrupted_release(*args, **kwargs):  # type: ignore[no-untyped-def]
+        os.kill(os.getpid(), signal.SIGINT)  # delivered at the next bytecode, inside release
+        time.sleep(0.05)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, "release", interrupted_release)
+    with pytest.raises(Stopped), stop_on_signals(), lease(state, "cycle:w", "me", wait_s=0):
+        pass
+    with state.connect() as conn:
+        assert conn.execute(sa.select(leases)).all() == []
