@@ -219,9 +219,9 @@ def destination_catch_up(project: Project, destinations: Path | None = None) -> 
     """A window to re-run `sync_window` for, when a destination fell behind the exports (a
     failure that outlasted its retries) and no new window would otherwise catch it up."""
     try:
-        names = DestinationsResource.at(destinations).load().names
+        config = DestinationsResource.at(destinations).load()
     except ConfigError as exc:
         # The export runs' sync steps fail on it too; with no new window, say it here.
         log.warning("destinations not caught up: %s", exc)
         return None
-    return lagging_window(project, names)
+    return lagging_window(project, list(config.destinations.values()))

@@ -170,24 +170,23 @@ def catch_up(
         )
 
 
-def lagging_window(project: Project, names: Sequence[str]) -> Window | None:
-    """The newest exported window some destination in `names` has not completed, or None.
+def lagging_window(project: Project, destinations: Sequence[DestinationConfig]) -> Window | None:
+    """The newest exported window some destination has not completed, or None.
 
-    Delivering it delivers every earlier window the destination lacks first (in order), so one
-    run catches a destination up after a failure outlasted its retries. A destination with open
-    dead letters is skipped: it is blocked until an operator replays or discards them.
+    "Exported" is asked of each destination's own table (its Parquet consumer), as delivery
+    asks it. Delivering the window delivers every earlier window the destination lacks first
+    (in order), so one run catches a destination up after a failure outlasted its retries. A
+    destination with open dead letters is skipped: it is blocked until an operator replays
+    or discards them.
     """
     newest: Window | None = None
-    for name in names:
+    for destination in destinations:
+        name = destination.name
         if set(open_windows(project.state, name)) - {PUSH_WINDOW_KEY}:
             continue
         since = project.watermarks.get(name)
-        exported = set.intersection(  # every table's: a destination reads any one of them
-            *(
-                set(completed_keys(project.state, d.consumer("parquet"), since))
-                for d in project.datasets
-            )
-        )
+        consumer = parquet_consumer(project, destination)
+        exported = set(completed_keys(project.state, consumer, since))
         behind = [w for w in pending_windows(project, name) if w.key in exported]
         if behind and (newest is None or behind[-1].hi > newest.hi):
             newest = behind[-1]

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from subscription_export.core.settings import Settings
 from subscription_export.defs.definitions import build_definitions
 from subscription_export.delivery.config import load_destinations
-from subscription_export.delivery.window import catch_up
+from subscription_export.delivery.window import catch_up, lagging_window
 from subscription_export.export.cut import cut_windows
 from subscription_export.export.flow import export_window_file
 from subscription_export.reconcile import flow as rc
@@ -182,3 +182,23 @@ def test_a_reconcile_reads_only_its_tables_history(two_tables: Settings, tmp_pat
     with engine.connect() as conn:
         amount = conn.execute(sa.text("SELECT amount FROM subscriptions WHERE id = '1'")).scalar()
     assert Decimal(str(amount)) == Decimal("50.00")
+
+
+def test_a_destination_behind_on_its_own_table_is_caught_up(
+    two_tables: Settings, servers: dict[str, SandboxServer], tmp_path: Path
+) -> None:
+    """The catch-up asks each destination's own table: the ERP (accounts) lags on a window
+    whose accounts export is done while the subscriptions export of it is not; the CRM
+    (subscriptions) cannot be delivered that window yet."""
+    engine, keys = writer(two_tables.source_url), Keys("bigint")
+    project = Project(two_tables)
+    config = load_destinations(_destinations_file(tmp_path / "d.toml", servers))
+    add_account(engine, keys, 1, "10.00")
+    cut_windows(project)
+    (window,) = list_windows(project.state)
+    accounts_data = project.dataset_of(TABLE)
+    export_window_file(project, "parquet", window, holder=HOLDER, dataset=accounts_data)
+
+    by_name = config.destinations
+    assert lagging_window(project, [by_name["erp"], by_name["accounting"]]) == window
+    assert lagging_window(project, [by_name["crm"]]) is None
