@@ -122,9 +122,11 @@ class _WindowFileIOManager(dg.UPathIOManager):
         try:
             published = published_file(self.project.settings.export_dir, self.fmt, key, dataset)
         except UnpublishedFileError as exc:
-            raise FileNotFoundError(
+            # Deterministic within the run (its upstream step already ended): no step retries.
+            error = UnpublishedFileError(
                 f"{exc}: materialize {context.asset_key.to_user_string()} for window {key}"
-            ) from None
+            )
+            raise dg.Failure(str(error), allow_retries=False) from error
         return WindowFile(Window(lo, hi), published, dataset)
 
 

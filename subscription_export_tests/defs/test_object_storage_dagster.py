@@ -108,6 +108,8 @@ def test_a_parquet_object_without_manifest_is_not_loaded_downstream(
     assert not downstream.success
     [failure] = downstream.get_step_failure_events()
     assert "is not published: its manifest is missing" in str(failure.step_failure_data.error)
+    # Deterministic: the file will not publish itself, so the step is not retried.
+    assert [e for e in downstream.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"] == []
     assert not s3_project.file_path("csv", window.key).exists()
 
     rerun = dg.materialize(
