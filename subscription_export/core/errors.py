@@ -17,6 +17,10 @@ class SourceUnavailableError(SubscriptionExportError):
     """A database or server cannot be reached."""
 
 
+class SourceBusyError(SubscriptionExportError):
+    """Other transactions kept the tables `init` must lock for longer than it waits."""
+
+
 class SchemaMissingError(SubscriptionExportError):
     """The source database has no capture schema yet."""
 

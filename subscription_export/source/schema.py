@@ -12,6 +12,8 @@ new rows carry the new version.
 from __future__ import annotations
 
 import json
+import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -21,7 +23,7 @@ from sqlalchemy.engine import Connection, Dialect, Engine
 from subscription_export.core.columns import SourceColumn
 from subscription_export.core.datasets import DEFAULT_TABLE
 from subscription_export.core.db import is_postgres
-from subscription_export.core.errors import SchemaMissingError
+from subscription_export.core.errors import SchemaMissingError, SourceBusyError
 from subscription_export.source.catalog import read_table
 from subscription_export.source.snapshot_log import (
     prepare_snapshot,
@@ -294,26 +296,60 @@ def init_tables(engine: Engine, tables: Sequence[str]) -> list[CaptureSchema]:
     and columns are read from the catalog; idempotent, one transaction. The tables must exist
     (only the demo creates one: `source/demo_table.py`). All of them write the one change log,
     so they share one LSN sequence. A log from an older release is upgraded, its rows taken as
-    changes of `tables[0]` (the one table it captured). Returns each table's capture schema."""
-    postgres = is_postgres(engine)
-    with engine.begin() as conn:
-        if postgres:
-            # Serialize concurrent `init`s; DDL below is not safe to interleave.
-            conn.execute(
-                sa.text("SELECT pg_advisory_xact_lock(hashtext('subscription_export.init'))")
-            )
-            for table in tables:
-                if sa.inspect(conn).has_table(table):
-                    # Writers lock the table, then the change log (in the trigger). Take the
-                    # same order here, or re-installing triggers under load deadlocks.
-                    quoted = conn.dialect.identifier_preparer.quote_identifier(table)
-                    conn.exec_driver_sql(f"LOCK TABLE {quoted} IN SHARE ROW EXCLUSIVE MODE")
-        for ddl in _PG_TABLES if postgres else _SQLITE_TABLES:
-            conn.exec_driver_sql(ddl)
-        # A log from before snapshots accepts op 'r'; one from before several tables gets
-        # `source_table`.
-        upgrade_change_log(conn, tables[0])
-        return [_install(conn, table) for table in tables]
+    changes of `tables[0]` (the one table it captured). Returns each table's capture schema.
+
+    On PostgreSQL `init` yields to the application: it waits for each lock less than the
+    server's `deadlock_timeout`, so in a lock cycle with an application transaction (one that
+    writes the tables in another order) it is `init` that gives up, and it tries again."""
+    if not is_postgres(engine):
+        with engine.begin() as conn:
+            return _init_in(conn, tables)
+    for attempt in range(_INIT_ATTEMPTS):
+        try:
+            with engine.begin() as conn:
+                _lock_for_init(conn, tables)
+                return _init_in(conn, tables)
+        except sa.exc.OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) not in _LOCK_BUSY:
+                raise
+        time.sleep(min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0))  # jitter: no lockstep
+    raise SourceBusyError(
+        f"init could not lock {', '.join(tables)} and the change log in {_INIT_ATTEMPTS} tries:"
+        " other transactions keep them locked (long transactions or DDL); run init again"
+        " when they finish"
+    )
+
+
+_INIT_ATTEMPTS = 30  # about a minute of backing off
+_LOCK_BUSY = {"55P03", "40P01"}  # lock_timeout, deadlock: the transaction is rolled back
+
+
+def _lock_for_init(conn: Connection, tables: Sequence[str]) -> None:
+    # Serialize concurrent `init`s; DDL below is not safe to interleave.
+    conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('subscription_export.init'))"))
+    # Half the deadlock timeout: a cycle with a writer times init out before either side's
+    # deadlock check runs, so the application's transaction is never the victim.
+    conn.execute(
+        sa.text(
+            "SELECT set_config('lock_timeout', (GREATEST(10, setting::int / 2))::text, true)"
+            " FROM pg_settings WHERE name = 'deadlock_timeout'"
+        )
+    )
+    for table in tables:
+        if sa.inspect(conn).has_table(table):
+            # Writers lock the table, then the change log (in the trigger). Take the same
+            # order here, or re-installing triggers under load deadlocks.
+            quoted = conn.dialect.identifier_preparer.quote_identifier(table)
+            conn.exec_driver_sql(f"LOCK TABLE {quoted} IN SHARE ROW EXCLUSIVE MODE")
+
+
+def _init_in(conn: Connection, tables: Sequence[str]) -> list[CaptureSchema]:
+    for ddl in _PG_TABLES if conn.dialect.name == "postgresql" else _SQLITE_TABLES:
+        conn.exec_driver_sql(ddl)
+    # A log from before snapshots accepts op 'r'; one from before several tables gets
+    # `source_table`.
+    upgrade_change_log(conn, tables[0])
+    return [_install(conn, table) for table in tables]
 
 
 def _install(conn: Connection, table: str) -> CaptureSchema:
