@@ -20,7 +20,10 @@ or a refused one is to be retried) gets a run too, over an empty feed range: wit
 deferred behind the delivery would wait for the system's next, unrelated, feed change. A run
 starts from the cursor the previous runs have *applied* (`sync_feed_cursors.applied`), not
 from the range it was requested for, so a failed run's changes are picked up by the next run
-of the system; a change applied twice is recognized by its cursor and skipped.
+of the system; a change applied twice is recognized by its cursor and skipped. When no new
+change comes after a failed run, the sensor asks for its unapplied range again under a new run
+key (the failed run's id in it: the daemon never re-launches a key it has seen); after three
+failed runs in a row it stops and its skip reason says so, until a run succeeds.
 """
 
 import json
@@ -35,6 +38,7 @@ from subscription_export.delivery.config import DestinationConfig
 from subscription_export.reconcile.apply import ApplyReport, apply_batch
 from subscription_export.reconcile.feeds import (
     FeedBatch,
+    applied_cursor,
     feed_system,
     feed_systems,
     fetch_changes,
@@ -51,6 +55,7 @@ from subscription_export.reconcile.policies import (
 from subscription_export.reconcile.pushes import PushReport, due_pushes, push_pending
 from subscription_export.reconcile.snapshot import load_snapshots, snapshot_metadata
 from subscription_export.reconcile.three_way import Snapshot, Verdict, plan, plan_metadata
+from subscription_export.runtime import Project
 from subscription_export.state.leases import default_holder
 
 RECONCILE_JOB = "reconcile"
@@ -238,22 +243,34 @@ def external_changes_sensor(
     requests = []
     idle = []
     for system in systems:
-        page = poll_changes(project, system, int(cursors.get(system.name, 0)), SENSOR_PAGE)
+        requested = int(cursors.get(system.name, 0))
+        page = poll_changes(project, system, requested, SENSOR_PAGE)
         cursors[system.name] = page.until
-        if not page.changes:
-            due = due_pushes(project, system)
-            if due:
-                requests.append(_push_run(system.name, page.after, due))
-            else:
-                idle.append(f"{system.name} at {page.after}")
-            continue
-        requests.append(
-            dg.RunRequest(
-                run_key=page.run_key,
-                run_config=run_config(system.name, page.after, page.until),
-                tags={SYSTEM_TAG: system.name},
+        if page.changes:
+            requests.append(
+                dg.RunRequest(
+                    run_key=page.run_key,
+                    run_config=run_config(system.name, page.after, page.until),
+                    tags={SYSTEM_TAG: system.name},
+                )
             )
-        )
+            continue
+        failed = _failed_in_a_row(context.instance, system.name)
+        if len(failed) >= MAX_FAILED_IN_A_ROW:
+            idle.append(
+                f"{system.name}: {len(failed)} reconcile runs failed in a row (last"
+                f" {failed[0]}); re-run one once the cause is fixed"
+            )
+            continue
+        retry = _retry_run(project, system.name, requested, failed)
+        if retry is not None:
+            requests.append(retry)
+            continue
+        due = due_pushes(project, system)
+        if due:
+            requests.append(_push_run(system.name, page.after, due, failed))
+        else:
+            idle.append(f"{system.name} at {page.after}")
     cursor = json.dumps(cursors, sort_keys=True)
     if not requests:
         return dg.SensorResult(
@@ -262,12 +279,48 @@ def external_changes_sensor(
     return dg.SensorResult(run_requests=requests, cursor=cursor)
 
 
-def _push_run(system: str, cursor: int, due: list[Push]) -> dg.RunRequest:
-    """A run for due pushes alone (an empty feed range). The key names the pushes and their
-    attempts so far, so a retry of a refused push is a new run and a sent one is not re-run."""
-    attempts = sum(p.attempts for p in due)
+MAX_FAILED_IN_A_ROW = 3  # then an operator looks: a run failing for a bug would loop forever
+_ENDED_BADLY = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+
+
+def _failed_in_a_row(instance: dg.DagsterInstance, system: str) -> list[str]:
+    """Ids of the system's latest runs that ended failed or canceled, newest first, up to the
+    last one that did not (one still queued or running stops the count: not a failure)."""
+    runs = instance.get_runs(
+        filters=dg.RunsFilter(job_name=RECONCILE_JOB, tags={SYSTEM_TAG: system}),
+        limit=MAX_FAILED_IN_A_ROW,
+    )
+    failed = []
+    for run in runs:
+        if run.status not in _ENDED_BADLY:
+            break
+        failed.append(run.run_id)
+    return failed
+
+
+def _retry_run(
+    project: Project, system: str, requested: int, failed: list[str]
+) -> dg.RunRequest | None:
+    """After a failed run, its feed range again when no cursor past it was applied: a new key
+    (the failed run's id in it), so the daemon does not take it for the run that failed."""
+    applied = applied_cursor(project, system)
+    if not failed or applied >= requested:
+        return None
     return dg.RunRequest(
-        run_key=f"{system}:{cursor}-{cursor}:push-{due[-1].id}-{attempts}",
+        run_key=f"{system}:{applied}-{requested}:after-{failed[0][:8]}",
+        run_config=run_config(system, applied, requested),
+        tags={SYSTEM_TAG: system},
+    )
+
+
+def _push_run(system: str, cursor: int, due: list[Push], failed: list[str]) -> dg.RunRequest:
+    """A run for due pushes alone (an empty feed range). The key names the pushes and their
+    attempts so far, so a retry of a refused push is a new run and a sent one is not re-run;
+    after a failed run (which may not have counted an attempt) it names that run too."""
+    attempts = sum(p.attempts for p in due)
+    after = f":after-{failed[0][:8]}" if failed else ""
+    return dg.RunRequest(
+        run_key=f"{system}:{cursor}-{cursor}:push-{due[-1].id}-{attempts}{after}",
         run_config=run_config(system, cursor, cursor),
         tags={SYSTEM_TAG: system},
     )

@@ -246,3 +246,61 @@ def test_run_once_is_a_whole_cycle_export_deliver_reconcile_push(
         w.assert_converged("s1", record(status="past_due"))
         assert [r.summary()["changes"] for r in first.reconciled] == [1, 0]  # erp, crm
         assert not first.reconcile_failed and [r.success for r in second.runs] == [True]
+
+
+def _fail_run(
+    request: dg.RunRequest, instance: dg.DagsterInstance, resources: Mapping[str, Any]
+) -> None:
+    """Launch the request as the daemon would (its run key as a tag); it fails at the end."""
+    import subscription_export.defs.reconcile as wiring
+
+    def crash(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("worker lost before the cursor was saved")
+
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(wiring, "advance", crash)
+        run = reconcile_job.execute_in_process(
+            run_config=request.run_config,
+            instance=instance,
+            resources=resources,
+            tags={**request.tags, "dagster/run_key": request.run_key},
+            raise_on_error=False,
+        )
+    assert not run.success
+
+
+def test_a_failed_run_is_retried_under_a_new_key_without_a_new_feed_change(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A run died before saving its cursor and no later ERP edit comes: the next tick asks for
+    the unapplied range again (a key the daemon has not seen); three failures in a row stop
+    the retries, and the sensor says why."""
+    with dagster_world(settings, tmp_path, "last_writer_wins") as (w, resources, instance):
+        seeded(w)
+        w.remote_edit("erp", "s1", 1, status="paused")
+        first = tick(instance, resources, None)
+        (request,) = [r for r in first.run_requests or [] if r.run_key.startswith("erp")]
+        _fail_run(request, instance, resources)
+
+        second = tick(instance, resources, first.cursor)
+        (retry,) = second.run_requests or []
+        assert retry.run_key != request.run_key and retry.run_key.startswith("erp:0-1:after-")
+        assert retry.run_config == run_config("erp", 0, 1)
+        _fail_run(retry, instance, resources)
+        third = tick(instance, resources, second.cursor)
+        (again,) = third.run_requests or []
+        assert again.run_key not in (request.run_key, retry.run_key)
+        _fail_run(again, instance, resources)
+
+        stopped = tick(instance, resources, third.cursor)
+        assert not stopped.run_requests
+        assert "erp: 3 reconcile runs failed in a row" in str(stopped.skip_reason)
+
+        run = reconcile_job.execute_in_process(  # an operator re-runs it after a fix
+            run_config=again.run_config, instance=instance, resources=resources, tags=again.tags
+        )
+        assert run.success
+        assert st.all_cursors(w.project.state)["erp"].applied == 1
+        assert not tick(instance, resources, stopped.cursor).run_requests
+        w.settle()
+        w.assert_converged("s1", record(status="paused"))
