@@ -33,7 +33,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -307,13 +307,16 @@ class Daemon:
     w: World
     destinations: Path
     cursor: str | None = None
+    instance: dg.DagsterInstance = field(default_factory=dg.DagsterInstance.ephemeral)
 
     def tick(self) -> None:
         resources = {
             "settings": ExportSettings.from_settings(self.w.project.settings),
             "destinations": DestinationsResource(path=str(self.destinations)),
         }
-        context = dg.build_sensor_context(cursor=self.cursor, resources=resources)
+        context = dg.build_sensor_context(
+            instance=self.instance, cursor=self.cursor, resources=resources
+        )
         result = external_changes_sensor(context)
         assert isinstance(result, dg.SensorResult)
         self.cursor = result.cursor
