@@ -49,8 +49,11 @@ def to_jsonable(value: Any) -> Any:
     kind = type(value)
     if kind in _PLAIN:
         return value
-    if kind is dict:
-        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if kind is dict:  # plain values inline: a call per value cost more than the rest
+        return {
+            k if type(k) is str else str(k): v if type(v) in _PLAIN else to_jsonable(v)
+            for k, v in value.items()
+        }
     if kind is Decimal:
         return decimal_text(value)
     if kind is dt.datetime:
@@ -78,11 +81,16 @@ def _to_jsonable_by_class(value: Any) -> Any:
     return str(value)
 
 
+# Built once: `json.dumps` with any option builds a new encoder on every call.
+_ENCODERS = {
+    allow: json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=allow)
+    for allow in (True, False)
+}
+
+
 def dumps(value: Any, *, allow_nan: bool = True) -> str:
     """Canonical JSON text: sorted keys, no spaces, ASCII only."""
-    return json.dumps(
-        to_jsonable(value), sort_keys=True, separators=(",", ":"), allow_nan=allow_nan
-    )
+    return _ENCODERS[allow_nan].encode(to_jsonable(value))
 
 
 def loads(text: str | bytes | None) -> Any:
