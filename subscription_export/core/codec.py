@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["dumps", "loads", "timestamp_text", "to_jsonable"]
+__all__ = ["Renderer", "dumps", "loads", "timestamp_text", "to_jsonable"]
 
 
 def timestamp_text(moment: dt.datetime) -> str:
@@ -91,6 +91,26 @@ _ENCODERS = {
 def dumps(value: Any, *, allow_nan: bool = True) -> str:
     """Canonical JSON text: sorted keys, no spaces, ASCII only."""
     return _ENCODERS[allow_nan].encode(to_jsonable(value))
+
+
+class Renderer:
+    """`dumps` that renders each object once: a batch of decisions writes the same record into
+    several rows (the merged record is the sync base's held record and the audit's merged one;
+    the feed record is the base's and the audit's remote). By identity, so use it only while
+    the objects are neither changed nor freed (it keeps them alive meanwhile)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[int, tuple[Any, str]] = {}
+
+    def __call__(self, value: Any) -> str:
+        if value is None:
+            return "null"
+        known = self._seen.get(id(value))
+        if known is not None and known[0] is value:
+            return known[1]
+        text = dumps(value)
+        self._seen[id(value)] = (value, text)
+        return text
 
 
 def loads(text: str | bytes | None) -> Any:
