@@ -60,6 +60,9 @@ from subscription_export.source.demo_table import init_demo_source  # noqa: E402
 from subscription_export.state.windows import list_windows  # noqa: E402
 
 TARGET_RECORDS_PER_S = 10_000
+MISSED_TARGET_EXIT = 3
+"""The exit status of a run that completed but missed the target: `make bench` goes on past it
+(the summary reports the miss) and stops at any other failure - an exception exits with 1."""
 
 
 def _destination(
@@ -296,7 +299,7 @@ def main() -> int:
         f" ({verdict} the {TARGET_RECORDS_PER_S:,} target)"
     )
     print(f"wrote {path}")
-    return 0 if worst >= TARGET_RECORDS_PER_S else 1
+    return 0 if worst >= TARGET_RECORDS_PER_S else MISSED_TARGET_EXIT
 
 
 if __name__ == "__main__":
