@@ -1,17 +1,19 @@
 """Reconcile throughput: remote edits per second and SQL statements per edit.
 
-    .venv/bin/python bench/reconcile_bench.py [--edits 200] [--latency-ms 10]
+    .venv/bin/python bench/reconcile_bench.py [--edits 200] [--latency-ms 10] [--out DIR]
 
 A SQLite source with `edits` subscriptions is exported and delivered to a sandbox ERP (served
 from this process, answering every request after `--latency-ms`); then the ERP's users edit
 every record once and one `reconcile_system` run fetches, decides, writes back and pushes.
 Every statement any engine sends is counted with SQLAlchemy's `before_cursor_execute` event
-(an `executemany` counts once). `delivery_bench.py` calls `measure` so both land in one file.
+(an `executemany` counts once). Writes `bench/results/<date>-reconcile.json`; `delivery_bench.py`
+calls `measure` too, so its file carries a reconcile run as well.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import sys
 import tempfile
@@ -135,8 +137,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--edits", type=int, default=200)
     parser.add_argument("--latency-ms", type=float, default=10.0)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
-    print(json.dumps(measure(args.edits, args.latency_ms), indent=2))
+    result = measure(args.edits, args.latency_ms)
+    report = {"benchmark": "reconcile", "date": dt.datetime.now(dt.UTC).isoformat(), **result}
+    print(json.dumps(report, indent=2))
+    # `bench/summary.py` takes the newest of this and the delivery bench's reconcile figures
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{dt.date.today().isoformat()}-reconcile.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")
     return 0
 
 
