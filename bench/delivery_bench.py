@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import gc
 import json
 import os
 import platform
@@ -155,6 +156,7 @@ def _measure(label: str, records: int, run: Any, server_pid: int | None = None) 
     """Wall time and records/s of `run()`, and the CPU time it took in this process (every
     client thread) and in the sandbox's: on a shared machine the wall time follows the load,
     the CPU time per record much less so."""
+    gc.collect()  # the setup's garbage: not collected inside the timed run (see reconcile_bench)
     client_before, server_before = time.process_time(), _cpu_s(server_pid)
     started = time.perf_counter()
     extra = run()
