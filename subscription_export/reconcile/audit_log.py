@@ -101,7 +101,7 @@ def audit_row(
         "local": render(local),
         "remote": render(remote),
         "merged": render(merged),
-        "detail": render(detail),
+        "detail": dumps(detail),  # its own each time: not worth keeping alive in `render`
         "conflict_id": conflict_id,
     }
 

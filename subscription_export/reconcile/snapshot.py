@@ -124,7 +124,6 @@ def snapshot_from(
         open_conflict_id=conflict.id if conflict else None,
         error=error,
         unseen=_unseen(reads, ident, base, diff, local),
-        diff=diff,
     )
 
 

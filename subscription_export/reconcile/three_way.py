@@ -114,17 +114,6 @@ class Snapshot:
     # Fields only the remote changed whose local value another system asserted after the
     # remote's base (the remote never saw it): decided like conflicts (docs/conflicts.md).
     unseen: Mapping[str, Origin] = field(default_factory=dict)
-    # `detect(base, local.record, remote.record, ignored)` as the snapshot step computed it:
-    # deciding needs it twice more (`field_diff`). Not part of the snapshot's identity.
-    diff: FieldDiff | None = field(default=None, compare=False, repr=False)
-
-
-def field_diff(snap: Snapshot, ignored: frozenset[str]) -> FieldDiff:
-    """The snapshot's three-way diff under `ignored` (the one it carries when it matches)."""
-    known = snap.diff
-    if known is not None and known.ignored == ignored:
-        return known
-    return detect(snap.base, snap.local.record, snap.remote.record, ignored)
 
 
 # -- deciding ----------------------------------------------------------------------------------
@@ -187,7 +176,7 @@ def decide(snap: Snapshot, policy: ConflictPolicy) -> Verdict:
     if snap.error is not None:
         return Verdict("invalid", strategy)
     base, local, remote = snap.base, snap.local.record, snap.remote.record
-    diff = field_diff(snap, policy.ignored)
+    diff = detect(base, local, remote, policy.ignored)
     if snap.open_conflict_id is not None:
         return Verdict("queued", strategy, conflicts=diff.conflicts or (RECORD,))
     if base is not None and equivalent(remote, base, policy.ignored):
@@ -293,7 +282,7 @@ def reasserted_fields(snap: Snapshot, verdict: Verdict, policy: ConflictPolicy) 
     if not verdict.applies or local is None or remote is None or verdict.target is None:
         return {}
     out: dict[str, Any] = {}
-    for f in field_diff(snap, policy.ignored).of(Change.BOTH_SAME):
+    for f in detect(snap.base, local, remote, policy.ignored).of(Change.BOTH_SAME):
         if f.local is MISSING or not same(verdict.target.get(f.field, MISSING), f.local):
             continue
         origin = snap.field_origins.get(f.field, Origin(SOURCE, snap.local.changed_at))
