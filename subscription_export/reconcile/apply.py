@@ -164,9 +164,11 @@ def apply_batch(
     policy: ConflictPolicy,
     *,
     holder: str | None = None,
+    types: Types | None = None,
 ) -> ApplyReport:
     """Apply every change of the batch in feed order, under the system's reconcile lease, a
-    round of distinct subscriptions at a time (`rounds`, `apply_round`)."""
+    round of distinct subscriptions at a time (`rounds`, `apply_round`). `types`: the
+    destination's, when the caller has read them already (a catalog read each)."""
     init_sync_state(project.state)
     report = ApplyReport(config.name, batch.after, batch.until)
     who = holder or default_holder()
@@ -183,7 +185,7 @@ def apply_batch(
     ):
         # a replayed push's record is what the remote holds: the base of its next edit
         settle_dead_lettered(project.state, config.name)
-        types = destination_types(project, config)
+        types = types if types is not None else destination_types(project, config)
         for changes in rounds(batch.changes):
             held.stop_if_lost()  # another run took the system over: apply nothing more
             for verdict in apply_round(project, config, changes, policy, types=types):

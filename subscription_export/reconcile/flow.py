@@ -137,7 +137,7 @@ def reconcile_system(
 ) -> ReconcileReport:
     """Fetch (at most `max_changes`), decide, apply, push and advance the cursor of one system."""
     init_sync_state(project.state)
-    destination_types(project, config)  # its table and columns fit, before the feed is read
+    types = destination_types(project, config)  # table and columns fit, before any feed read
     own = client is None
     active = client or config.client()
     # a dozen short transactions follow: none of their closes may checkpoint a SQLite file
@@ -146,7 +146,7 @@ def reconcile_system(
             batch = fetch_changes(
                 project, config, until, client=active, page_size=page_size, max_changes=max_changes
             )
-            applied = apply_batch(project, config, batch, policy, holder=holder)
+            applied = apply_batch(project, config, batch, policy, holder=holder, types=types)
             pushes = push_pending(project, config, client=active)
         finally:
             if own:
