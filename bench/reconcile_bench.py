@@ -1,6 +1,6 @@
 """Reconcile throughput: remote edits per second and SQL statements per edit.
 
-    .venv/bin/python bench/reconcile_bench.py [--edits 200] [--latency-ms 10] [--out DIR]
+    .venv/bin/python bench/reconcile_bench.py [--edits 200] [--latency-ms 10] [--runs 3] [--out DIR]
 
 A SQLite source with `edits` subscriptions is exported and delivered to a sandbox ERP (served
 from this process, answering every request after `--latency-ms`); then the ERP's users edit
@@ -141,10 +141,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--edits", type=int, default=200)
     parser.add_argument("--latency-ms", type=float, default=10.0)
+    parser.add_argument("--runs", type=int, default=3, help="runs; the median one is reported")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
-    result = measure(args.edits, args.latency_ms)
-    report = {"benchmark": "reconcile", "date": dt.datetime.now(dt.UTC).isoformat(), **result}
+    # a 200-edit run takes ~0.1 s: one busy moment of a shared machine moves it a lot
+    runs = sorted(
+        (measure(args.edits, args.latency_ms) for _ in range(max(1, args.runs))),
+        key=lambda r: r["edits_per_s"],
+    )
+    report = {
+        "benchmark": "reconcile",
+        "date": dt.datetime.now(dt.UTC).isoformat(),
+        **runs[len(runs) // 2],
+        "runs_edits_per_s": [r["edits_per_s"] for r in runs],
+        "runs_edits_per_cpu_s": [r["edits_per_cpu_s"] for r in runs],
+    }
     print(json.dumps(report, indent=2))
     # `bench/summary.py` takes the newest of this and the delivery bench's reconcile figures
     args.out.mkdir(parents=True, exist_ok=True)
