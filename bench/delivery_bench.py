@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import gc
 import json
 import os
 import platform
@@ -60,6 +61,9 @@ from subscription_export.source.demo_table import init_demo_source  # noqa: E402
 from subscription_export.state.windows import list_windows  # noqa: E402
 
 TARGET_RECORDS_PER_S = 10_000
+MISSED_TARGET_EXIT = 3
+"""The exit status of a run that completed but missed the target: `make bench` goes on past it
+(the summary reports the miss) and stops at any other failure - an exception exits with 1."""
 
 
 def _destination(
@@ -152,6 +156,7 @@ def _measure(label: str, records: int, run: Any, server_pid: int | None = None) 
     """Wall time and records/s of `run()`, and the CPU time it took in this process (every
     client thread) and in the sandbox's: on a shared machine the wall time follows the load,
     the CPU time per record much less so."""
+    gc.collect()  # the setup's garbage: not collected inside the timed run (see reconcile_bench)
     client_before, server_before = time.process_time(), _cpu_s(server_pid)
     started = time.perf_counter()
     extra = run()
@@ -296,7 +301,7 @@ def main() -> int:
         f" ({verdict} the {TARGET_RECORDS_PER_S:,} target)"
     )
     print(f"wrote {path}")
-    return 0 if worst >= TARGET_RECORDS_PER_S else 1
+    return 0 if worst >= TARGET_RECORDS_PER_S else MISSED_TARGET_EXIT
 
 
 if __name__ == "__main__":

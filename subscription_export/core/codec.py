@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["dumps", "loads", "timestamp_text", "to_jsonable"]
+__all__ = ["Renderer", "dumps", "loads", "timestamp_text", "to_jsonable"]
 
 
 def timestamp_text(moment: dt.datetime) -> str:
@@ -49,8 +49,11 @@ def to_jsonable(value: Any) -> Any:
     kind = type(value)
     if kind in _PLAIN:
         return value
-    if kind is dict:
-        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if kind is dict:  # plain values inline: a call per value cost more than the rest
+        return {
+            k if type(k) is str else str(k): v if type(v) in _PLAIN else to_jsonable(v)
+            for k, v in value.items()
+        }
     if kind is Decimal:
         return decimal_text(value)
     if kind is dt.datetime:
@@ -78,11 +81,41 @@ def _to_jsonable_by_class(value: Any) -> Any:
     return str(value)
 
 
+# Built once: `json.dumps` with any option builds a new encoder on every call.
+_ENCODERS = {
+    allow: json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=allow)
+    for allow in (True, False)
+}
+
+
 def dumps(value: Any, *, allow_nan: bool = True) -> str:
     """Canonical JSON text: sorted keys, no spaces, ASCII only."""
-    return json.dumps(
-        to_jsonable(value), sort_keys=True, separators=(",", ":"), allow_nan=allow_nan
-    )
+    return _ENCODERS[allow_nan].encode(to_jsonable(value))
+
+
+class Renderer:
+    """`dumps` that renders each object once: a batch of decisions writes the same record into
+    several rows (the merged record is the sync base's held record and the audit's merged one;
+    the feed record is the base's and the audit's remote). By identity, so use it only while
+    the objects are neither changed nor freed (it keeps them alive meanwhile: give it records
+    that live that long anyway - keeping a batch's throwaway objects alive brought a full
+    garbage collection, ~100 ms, into a 2,000-edit reconcile)."""
+
+    def __init__(self) -> None:
+        # two flat maps, no (object, text) pair per entry: a batch renders thousands of
+        # records, and every allocated container brings the next garbage collection closer
+        self._texts: dict[int, str] = {}
+        self._kept: dict[int, Any] = {}  # the objects, alive so that no id is reused
+
+    def __call__(self, value: Any) -> str:
+        if value is None:
+            return "null"
+        key = id(value)
+        text = self._texts.get(key)
+        if text is None:
+            text = self._texts[key] = dumps(value)
+            self._kept[key] = value
+        return text
 
 
 def loads(text: str | bytes | None) -> Any:

@@ -15,7 +15,8 @@ import json
 import math
 import re
 import uuid
-from decimal import Decimal, InvalidOperation, localcontext
+from decimal import Context, Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any
 
 from subscription_export.core.columns import (
@@ -93,15 +94,25 @@ def to_decimal(
         raise BadValue(f"non-numeric amount {shown(value)}") from None
     if not number.is_finite():
         raise BadValue(f"amount {shown(value)} is not finite")
+    limit, quantum = _decimal_bounds(precision, scale)
     # Before quantizing: 1e30 would need more digits than the decimal context has.
-    if abs(number) >= Decimal(10) ** (precision - scale):
+    if abs(number) >= limit:
         raise BadValue(f"amount {shown(value)} does not fit numeric({precision}, {scale})")
-    # Below 10**(p-s) with s places: p <= 38 digits, within the 40-digit context below.
-    with localcontext(prec=40):
-        quantized = number.quantize(Decimal(1).scaleb(-scale))
+    # Below 10**(p-s) with s places: p <= 38 digits, within the 40-digit context. A context
+    # object, not `localcontext()`: entering one cost more than the rest of this function.
+    quantized = number.quantize(quantum, context=_QUANTIZE)
     if quantized != number:
         raise BadValue(f"amount {shown(value)} has more than {scale} decimal places")
     return quantized
+
+
+_QUANTIZE = Context(prec=40)
+
+
+@lru_cache(maxsize=64)
+def _decimal_bounds(precision: int, scale: int) -> tuple[Decimal, Decimal]:
+    """10**(precision - scale), the first value that does not fit, and the quantum 10**-scale."""
+    return Decimal(10) ** (precision - scale), Decimal(1).scaleb(-scale)
 
 
 def _as_decimal(value: int | str | Decimal | float) -> Decimal:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -72,14 +73,15 @@ class ColumnMap:
     fields: Mapping[str, str]  # field -> column, `id` included
     left_out: frozenset[str] = frozenset()  # columns named like a field another column feeds
 
-    @property
+    # cached: asked for every row and field (frozen: computed once from fields that never change)
+    @cached_property
     def identity(self) -> bool:
         """Every field is the column of its name and the key is text (the demo's table): rows
         pass unchanged."""
         same = all(f == c for f, c in self.fields.items())
         return same and not self.left_out and self.types[self.key] == "text"
 
-    @property
+    @cached_property
     def field_types(self) -> dict[str, LogicalType]:
         """Field (and extra column) -> logical type, `id` as text (its canonical form)."""
         by_field = {f: self.types[c] for f, c in self.fields.items()}
@@ -124,10 +126,10 @@ class ColumnMap:
 
     def to_columns(self, record: Mapping[str, Any]) -> dict[str, Any]:
         """Fields (and extra columns) back to the table's columns; unknown names dropped."""
-        column_of = dict(self.fields)
+        column_of, field_types = self.fields, self.field_types
         out: dict[str, Any] = {}
         for name, value in record.items():
-            column = column_of.get(name, name if name in self.field_types else None)
+            column = column_of.get(name, name if name in field_types else None)
             if column is None or column not in self.types:
                 continue
             out[column] = self.key_value(value) if column == self.key else value

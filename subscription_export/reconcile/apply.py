@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from subscription_export.core.db import sqlite_kept_open
 from subscription_export.delivery.clients import RemoteChange
 from subscription_export.delivery.config import DestinationConfig
 from subscription_export.reconcile.feeds import FeedBatch
@@ -163,19 +164,28 @@ def apply_batch(
     policy: ConflictPolicy,
     *,
     holder: str | None = None,
+    types: Types | None = None,
 ) -> ApplyReport:
     """Apply every change of the batch in feed order, under the system's reconcile lease, a
-    round of distinct subscriptions at a time (`rounds`, `apply_round`)."""
+    round of distinct subscriptions at a time (`rounds`, `apply_round`). `types`: the
+    destination's, when the caller has read them already (a catalog read each)."""
     init_sync_state(project.state)
     report = ApplyReport(config.name, batch.after, batch.until)
     who = holder or default_holder()
     settings = project.settings
-    with lease(
-        project.state, f"reconcile:{config.name}", who, settings.lease_wait_s, settings.lease_ttl_s
-    ) as held:
+    with (
+        sqlite_kept_open(project.source, project.state),  # a transaction a round: see there
+        lease(
+            project.state,
+            f"reconcile:{config.name}",
+            who,
+            settings.lease_wait_s,
+            settings.lease_ttl_s,
+        ) as held,
+    ):
         # a replayed push's record is what the remote holds: the base of its next edit
         settle_dead_lettered(project.state, config.name)
-        types = destination_types(project, config)
+        types = types if types is not None else destination_types(project, config)
         for changes in rounds(batch.changes):
             held.stop_if_lost()  # another run took the system over: apply nothing more
             for verdict in apply_round(project, config, changes, policy, types=types):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,8 +87,9 @@ def audit_row(
     merged: Mapping[str, Any] | None,
     detail: Mapping[str, Any],
     conflict_id: int | None = None,
+    render: Callable[[Any], str] = dumps,
 ) -> dict[str, Any]:
-    """The `sync_audit` row of one decision."""
+    """The `sync_audit` row of one decision (`render`: `dumps` or a `codec.Renderer`)."""
     return {
         "at": now(),
         "destination": destination,
@@ -96,11 +97,11 @@ def audit_row(
         "ref": ref,
         "strategy": strategy,
         "outcome": outcome,
-        "base": dumps(base),
-        "local": dumps(local),
-        "remote": dumps(remote),
-        "merged": dumps(merged),
-        "detail": dumps(detail),
+        "base": render(base),
+        "local": render(local),
+        "remote": render(remote),
+        "merged": render(merged),
+        "detail": dumps(detail),  # its own each time: not worth keeping alive in `render`
         "conflict_id": conflict_id,
     }
 

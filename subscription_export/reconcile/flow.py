@@ -58,6 +58,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from subscription_export.core.db import sqlite_kept_open
 from subscription_export.core.errors import SubscriptionExportError
 from subscription_export.delivery.clients import DeliveryClient
 from subscription_export.delivery.config import DestinationConfig, DestinationsConfig
@@ -136,19 +137,21 @@ def reconcile_system(
 ) -> ReconcileReport:
     """Fetch (at most `max_changes`), decide, apply, push and advance the cursor of one system."""
     init_sync_state(project.state)
-    destination_types(project, config)  # its table and columns fit, before the feed is read
+    types = destination_types(project, config)  # table and columns fit, before any feed read
     own = client is None
     active = client or config.client()
-    try:
-        batch = fetch_changes(
-            project, config, until, client=active, page_size=page_size, max_changes=max_changes
-        )
-        applied = apply_batch(project, config, batch, policy, holder=holder)
-        pushes = push_pending(project, config, client=active)
-    finally:
-        if own:
-            active.close()
-    return advance(project, applied, pushes)
+    # a dozen short transactions follow: none of their closes may checkpoint a SQLite file
+    with sqlite_kept_open(project.source, project.state):
+        try:
+            batch = fetch_changes(
+                project, config, until, client=active, page_size=page_size, max_changes=max_changes
+            )
+            applied = apply_batch(project, config, batch, policy, holder=holder, types=types)
+            pushes = push_pending(project, config, client=active)
+        finally:
+            if own:
+                active.close()
+        return advance(project, applied, pushes)
 
 
 @dataclass(frozen=True)

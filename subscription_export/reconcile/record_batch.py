@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import Connection
 
+from subscription_export.core.codec import Renderer
 from subscription_export.reconcile.audit_log import add_audits, audit_row
 from subscription_export.reconcile.outbox import add_pushes, push_row, supersede_many
 from subscription_export.reconcile.record import (
@@ -50,10 +51,11 @@ def record_decisions(conn: Connection, system: str, decided: Sequence[Decided]) 
         state_writes(d.snap, d.verdict, d.plan_log_id, d.entry, current.get(ident))
         for d, ident in zip(decided, idents, strict=True)
     ]
+    render = Renderer()  # records go into the base and the audit rows alike: render each once
     put_bases(
         conn,
         [
-            base_row(current.get(ident), system, ident, **w.base)
+            base_row(current.get(ident), system, ident, **w.base, render=render)
             for ident, w in zip(idents, writes, strict=True)
         ],
     )
@@ -76,5 +78,6 @@ def record_decisions(conn: Connection, system: str, decided: Sequence[Decided]) 
         conflict_id = d.entry.conflict_id
         if d.verdict.outcome == "queued" and conflict_id is None:
             conflict_id = queue_conflict(conn, d.snap, d.verdict)
-        audits.append(audit_row(**audit_entry(d.snap, d.verdict, d.entry, conflict_id)))
+        entry = audit_entry(d.snap, d.verdict, d.entry, conflict_id)
+        audits.append(audit_row(**entry, render=render))
     add_audits(conn, audits)

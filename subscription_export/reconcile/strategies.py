@@ -258,6 +258,8 @@ def stable_key(value: Any) -> tuple[int, str, str]:
 def same(a: Any, b: Any) -> bool:
     """Equal for conflict purposes: same type and `==` (so 1 != True != Decimal(1)), or
     indistinguishable (so a NaN equals itself and is not a change on every comparison)."""
+    if a is b:  # MISSING and MISSING; and any value is indistinguishable from itself
+        return True
     if a is MISSING or b is MISSING:
         return a is b
     return (type(a) is type(b) and a == b) or stable_key(a) == stable_key(b)

@@ -7,7 +7,7 @@ Tables: `sync_state.sync_base`, `sync_state.field_provenance`.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,14 +119,16 @@ def base_row(
     remote_cursor: int,
     feed_record: Mapping[str, Any] | None,
     feed_version: int | None,
+    render: Callable[[Any], str] = dumps,
 ) -> dict[str, Any]:
-    """The `sync_base` row `put_base` writes over `current` (the cursor rule applied)."""
+    """The `sync_base` row `put_base` writes over `current` (the cursor rule applied);
+    `render` is `dumps` or one that remembers (`codec.Renderer`)."""
     cursor = max(remote_cursor, current.remote_cursor) if current else remote_cursor
     if current is not None and remote_cursor < current.remote_cursor:
         feed_record, feed_version = current.feed_record, current.feed_version
-    held_text = dumps(held_record)
+    held_text = render(held_record)
     # a write-back without a push holds and agrees on the same record: render it once
-    agreed_text = held_text if agreed_record is held_record else dumps(agreed_record)
+    agreed_text = held_text if agreed_record is held_record else render(agreed_record)
     return {
         "destination": destination,
         "subscription_id": subscription_id,
@@ -135,7 +137,7 @@ def base_row(
         "agreed_record": agreed_text,
         "log_id": log_id,
         "remote_cursor": cursor,
-        "feed_record": dumps(feed_record),
+        "feed_record": render(feed_record),
         "feed_version": feed_version,
         "updated_at": now(),
     }

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import re
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -57,3 +58,35 @@ def test_dumps_is_canonical() -> None:
     assert dumps(value) == '{"a":{"y":["p","q"],"z":null},"b":[1,"2.50"]}'
     assert dumps(json.loads(dumps(value))) == dumps(value)
     assert loads(None) is None
+
+
+def test_keys_are_text_and_nested_values_rendered_at_any_depth() -> None:
+    """The dict fast path (plain values inline) keeps `str(key)` and renders what is nested."""
+    value = {1: Decimal("1.5"), "b": {2: dt.date(2027, 1, 31), "c": [dt.datetime(2027, 1, 1)]}}
+
+    assert dumps(value) == '{"1":"1.5","b":{"2":"2027-01-31","c":["2027-01-01T00:00:00.000000Z"]}}'
+    assert dumps({"x": float("nan")}) == '{"x":NaN}'
+    with pytest.raises(ValueError):
+        dumps({"x": float("nan")}, allow_nan=False)
+
+
+def test_a_renderer_renders_each_object_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`Renderer` gives `dumps`' text, computing it once per object (by identity): a batch of
+    decisions writes the same record into the sync base and the audit rows."""
+    from subscription_export.core import codec
+
+    calls: list[Any] = []
+
+    def counting(value: Any, *, allow_nan: bool = True) -> str:
+        calls.append(value)
+        return dumps(value, allow_nan=allow_nan)
+
+    monkeypatch.setattr(codec, "dumps", counting)
+    render = codec.Renderer()
+    record = {"amount": Decimal("9.90"), "at": dt.datetime(2027, 1, 1, tzinfo=dt.UTC)}
+    twin = dict(record)
+
+    assert render(record) == render(record) == dumps(record)
+    assert render(twin) == dumps(record)
+    assert render(None) == dumps(None) == "null"
+    assert calls == [record, twin]  # the twin is another object: rendered on its own
