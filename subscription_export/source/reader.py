@@ -272,18 +272,26 @@ def range_stats(
     return int(row[0]), row[1], row[2]
 
 
-def schema_versions(engine: Engine, lo: int, hi: int, table: str | None = None) -> dict[int, int]:
-    """Capture schema versions present in [lo, hi] (of `table`) → the first LSN carrying each."""
+def census(
+    engine: Engine, lo: int, hi: int, table: str | None = None
+) -> tuple[int, dict[int, int]]:
+    """(changes of every table in [lo, hi], `table`'s capture schema versions there → the first
+    LSN carrying each; every table's when None).
+
+    One scan: the range check and the versions were two, each a full scan of a window that
+    spans most of the log (~0.3 s per 1M changes; issue 15).
+    """
+    mine = "TRUE" if table is None else "source_table = :table"
     with engine.connect() as conn:
         rows = conn.execute(
             sa.text(
-                "SELECT schema_version, MIN(lsn) FROM subscription_change_log"
-                f" WHERE lsn BETWEEN :lo AND :hi{_of_table(table)}"
-                " GROUP BY schema_version ORDER BY schema_version"
+                f"SELECT schema_version, {mine}, COUNT(*), MIN(lsn) FROM subscription_change_log"
+                " WHERE lsn BETWEEN :lo AND :hi GROUP BY 1, 2"
             ),
             {"lo": lo, "hi": hi} | _table_param(table),
         ).all()
-    return {int(v): int(first) for v, first in rows}
+    total = sum(int(count) for _v, _mine, count, _first in rows)
+    return total, {int(v): int(first) for v, ours, _count, first in sorted(rows) if ours}
 
 
 def changed_at_of(engine: Engine, lsn: int) -> dt.datetime | None:
