@@ -29,8 +29,14 @@ def newest_version(
     """(the newest capture version the window's dataset folds in, its first LSN here)."""
     newest = max(present)
     first = present[newest]
+    # Only a change of an older version than the newest registered one can be adopted by a
+    # later version; the window's other changes need no scan of their images (the scan is a
+    # server-side jsonb_each of every image, a third of a 1M-change export when unrestricted).
     captured = {v: frozenset(c.name for c in cols) for v, cols in capture.items()}
-    for lsn, (version, keys) in uncaptured_keys(source, lo, hi, captured, table).items():
+    older = {v: keys for v, keys in captured.items() if v < max(captured) and v in present}
+    if not older:
+        return newest, first
+    for lsn, (version, keys) in uncaptured_keys(source, lo, hi, older, table).items():
         if lsn in held:
             continue
         later = [v for v in sorted(captured) if v > version and keys <= captured[v]]

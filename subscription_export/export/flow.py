@@ -24,7 +24,6 @@ from subscription_export.export.window import (
     QuarantinedRow,
     WindowStream,
     capture_columns,
-    check_range,
     open_window,
 )
 from subscription_export.formats.contract import DatasetPlan, evolve, parse_mode, restrict
@@ -176,7 +175,6 @@ def plan_dataset(
     `held`: quarantined LSNs kept out of the files (they do not widen the schema); `dataset`:
     whose changes (None: the first captured table's)."""
     dataset = dataset or project.primary
-    check_range(project.source, lo, hi)
     capture, present = capture_columns(project.source, lo, hi, dataset.table)
     if not present:
         return _plan_without_changes(project, dataset, lo, hi, capture)

@@ -30,10 +30,9 @@ from subscription_export.formats.contract import DatasetPlan, VersionMapping
 from subscription_export.formats.schema import UTC_TIMESTAMP, export_schema
 from subscription_export.source.reader import (
     LogRow,
+    census,
     iter_log_tables,
     log_rows,
-    range_stats,
-    schema_versions,
 )
 from subscription_export.source.schema import capture_schemas
 from subscription_export.state.windows import window_key
@@ -337,9 +336,9 @@ def _arrow_array(values: list[object], arrow_type: pa.DataType) -> pa.Array:
     return pa.array(values, type=arrow_type)
 
 
-def check_range(engine: Engine, lo: int, hi: int) -> None:
-    """Every LSN of [lo, hi] is in the change log, or a clear error."""
-    count, _first, _last = range_stats(engine, lo, hi)
+def check_range(engine: Engine, lo: int, hi: int, count: int) -> None:
+    """Every LSN of [lo, hi] is in the change log (`count`: how many of them are), or a clear
+    error."""
     if count != hi - lo + 1:
         with engine.connect() as conn:
             top = conn.execute(
@@ -355,8 +354,10 @@ def capture_columns(
     engine: Engine, lo: int, hi: int, table: str
 ) -> tuple[dict[int, tuple[SourceColumn, ...]], dict[int, int]]:
     """(`table`'s capture schema versions → columns, its versions in [lo, hi] → their first
-    LSN); the second is empty when the table has no change in [lo, hi]."""
-    present = schema_versions(engine, lo, hi, table)
+    LSN); the second is empty when the table has no change in [lo, hi]. Raises `RangeError`
+    first when [lo, hi] is not wholly in the change log."""
+    count, present = census(engine, lo, hi, table)
+    check_range(engine, lo, hi, count)
     with engine.connect() as conn:
         known = {v: s.columns for v, s in capture_schemas(conn, table).items()}
     if not known:
@@ -381,7 +382,7 @@ def open_window(
     dataset_version: int,
     table: str | None = None,
 ) -> WindowStream:
-    """Stream [lo, hi] (checked with `check_range` first) shaped by `plan`; `table`: that
+    """Stream [lo, hi] (checked with `capture_columns` first) shaped by `plan`; `table`: that
     captured table's changes only (None: every change)."""
     schema = export_schema(plan.columns, dataset_version, window_key(lo, hi))
     tables = iter_log_tables(engine, lo, hi, batch_size, table)

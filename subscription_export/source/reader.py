@@ -168,14 +168,17 @@ def _copy_tables(
     try:
         cursor = raw.cursor()
         with cursor.copy(f"COPY ({select}) TO STDOUT WITH (FORMAT csv)") as copy:  # type: ignore[attr-defined]
-            rows: list[memoryview] = []
-            for row in copy:
-                rows.append(row)
-                if len(rows) == batch_size:
-                    yield _parse_csv(rows)
-                    rows = []
+            # `read()` and one growing buffer: iterating the copy and joining a list of rows
+            # cost ~0.85 µs more per row in Python (1M rows read and parsed: 2.2 s vs 1.4 s of CPU).
+            data, rows = bytearray(), 0
+            while row := copy.read():
+                data += row
+                rows += 1
+                if rows == batch_size:
+                    yield _parse_csv(data)
+                    data, rows = bytearray(), 0
             if rows:
-                yield _parse_csv(rows)
+                yield _parse_csv(data)
     finally:
         raw.close()
 
@@ -186,11 +189,10 @@ def _pg_literal(engine: Engine, text: str) -> str:
     return str(literal(text))
 
 
-def _parse_csv(rows: list[memoryview]) -> pa.Table:
+def _parse_csv(data: bytearray) -> pa.Table:
     """PostgreSQL text is always valid UTF-8, so no image is `unreadable`."""
-    data = b"".join(rows)
     table = pacsv.read_csv(
-        pa.BufferReader(data),
+        pa.BufferReader(pa.py_buffer(data)),
         # One block for the whole batch: a row never straddles blocks, however long.
         read_options=pacsv.ReadOptions(
             column_names=_STORED.names, use_threads=False, block_size=len(data) + 1
@@ -270,18 +272,26 @@ def range_stats(
     return int(row[0]), row[1], row[2]
 
 
-def schema_versions(engine: Engine, lo: int, hi: int, table: str | None = None) -> dict[int, int]:
-    """Capture schema versions present in [lo, hi] (of `table`) → the first LSN carrying each."""
+def census(
+    engine: Engine, lo: int, hi: int, table: str | None = None
+) -> tuple[int, dict[int, int]]:
+    """(changes of every table in [lo, hi], `table`'s capture schema versions there → the first
+    LSN carrying each; every table's when None).
+
+    One scan: the range check and the versions were two, each a full scan of a window that
+    spans most of the log (~0.3 s per 1M changes; issue 15).
+    """
+    mine = "TRUE" if table is None else "source_table = :table"
     with engine.connect() as conn:
         rows = conn.execute(
             sa.text(
-                "SELECT schema_version, MIN(lsn) FROM subscription_change_log"
-                f" WHERE lsn BETWEEN :lo AND :hi{_of_table(table)}"
-                " GROUP BY schema_version ORDER BY schema_version"
+                f"SELECT schema_version, {mine}, COUNT(*), MIN(lsn) FROM subscription_change_log"
+                " WHERE lsn BETWEEN :lo AND :hi GROUP BY 1, 2"
             ),
             {"lo": lo, "hi": hi} | _table_param(table),
         ).all()
-    return {int(v): int(first) for v, first in rows}
+    total = sum(int(count) for _v, _mine, count, _first in rows)
+    return total, {int(v): int(first) for v, ours, _count, first in sorted(rows) if ours}
 
 
 def changed_at_of(engine: Engine, lsn: int) -> dt.datetime | None:
@@ -300,7 +310,7 @@ def uncaptured_keys(
     table: str | None = None,
 ) -> dict[int, tuple[int, frozenset[str]]]:
     """LSN → (its capture version, the non-null image keys that version does not capture), for
-    the changes of [lo, hi] that have such keys.
+    the changes of [lo, hi] of a version in `captured` that have such keys.
 
     Only PostgreSQL captures whole rows (`to_jsonb`), so only there can an image carry a column
     that was added after the capture schema its trigger knew (`ALTER TABLE` before `init`); a
@@ -314,7 +324,11 @@ def uncaptured_keys(
             sa.text(
                 "SELECT l.lsn, l.schema_version, e.key FROM subscription_change_log AS l,"
                 f" jsonb_each({_IMAGE}) AS e"
-                " WHERE l.lsn BETWEEN :lo AND :hi AND e.value <> 'null'::jsonb"
+                # The version filter touches l only, so rows of other versions are never
+                # expanded by jsonb_each (the whole window's images otherwise: ~5 s at 1M).
+                " WHERE l.lsn BETWEEN :lo AND :hi"
+                " AND CAST(:known AS jsonb) ? CAST(l.schema_version AS text)"
+                " AND e.value <> 'null'::jsonb"
                 " AND NOT (CAST(:known AS jsonb) -> CAST(l.schema_version AS text))"
                 f" ? e.key{_of_table(table).replace('source_table', 'l.source_table')}"
                 " ORDER BY l.lsn"
