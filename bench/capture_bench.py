@@ -20,7 +20,7 @@ a random subscription (`--statement-rows` > 1: one UPDATE of that many consecuti
                     `--sequencer-interval` seconds, as the exporter does in production.
 
 Figures on a shared machine: many short rounds (`--rounds` x `--seconds`), each running every
-mode once, the order rotated by one each round and reversed every other round, so drift hits
+mode once, forwards and backwards in turn, each pair of rounds starting one mode on: drift hits
 every mode alike; a mode's ratio is taken against `off` *of the same round* and the headline is
 the median of those per-round ratios (their min and max are reported too). pgbench runs with
 `synchronous_commit=off` by default: with it on, every commit waits for an fsync of a disk the
@@ -301,10 +301,11 @@ def summarize(rounds: list[dict[str, dict[str, Any]]], indexes: list[str]) -> di
 
 
 def round_order(number: int) -> tuple[str, ...]:
-    """Round `number`'s order of modes: rotated by one each round, reversed every other."""
-    shift = number % len(MODES)
-    order = MODES[shift:] + MODES[:shift]
-    return order if number % 2 == 0 else tuple(reversed(order))
+    """Round `number`'s order of modes: forwards and backwards in turn, each pair of rounds
+    starting one mode further on, so each mode runs first, last and in between alike."""
+    base = MODES if number % 2 == 0 else tuple(reversed(MODES))
+    shift = (number // 2) % len(MODES)
+    return base[shift:] + base[:shift]
 
 
 def parse_args() -> argparse.Namespace:
