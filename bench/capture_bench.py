@@ -73,6 +73,8 @@ MODES = ("off", "noop_trigger", "capture_pk", "capture_full_lsn_index", "capture
 # The LSN index `init` creates is partial; the mode before it had the full one.
 _PARTIAL = " WHERE (lsn IS NOT NULL)"
 TARGET_RATIO = 0.95
+APP = "capture_bench"  # application_name of the backends whose CPU the bench reads
+_TICKS = os.sysconf("SC_CLK_TCK")
 _CONNECT_TRIES = 5
 NOOP_TRIGGER = "capture_bench_noop"
 # The change log's indexes besides its primary key, as `init` created them, with the SQL that
@@ -202,9 +204,10 @@ def run_pgbench(
         url,
     ]
     options = f"-c search_path={schema} -c synchronous_commit={sync_commit}"
-    env = {**os.environ, "PGOPTIONS": options}
+    env = {**os.environ, "PGOPTIONS": options, "PGAPPNAME": APP}
     for attempt in range(_CONNECT_TRIES):
-        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        with backend_cpu(url) as cpu:
+            done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
         # Other tenants of a shared server may hold every connection for a moment.
         if "too many clients" not in done.stderr or attempt == _CONNECT_TRIES - 1:
             break
@@ -216,7 +219,57 @@ def run_pgbench(
         raise RuntimeError(f"pgbench failed ({done.returncode}): {done.stderr or done.stdout}")
     if failed is not None and int(failed.group(1)):
         raise RuntimeError(f"pgbench: {failed.group(1)} failed transactions\n{done.stdout}")
-    return {"tx_per_s": round(float(tps.group(1)), 1), "transactions": int(count.group(1))}
+    transactions = int(count.group(1))
+    return {
+        "tx_per_s": round(float(tps.group(1)), 1),
+        "transactions": transactions,
+        "server_cpu_s": round(cpu["cpu_s"], 2),
+        "server_cpu_ms_per_tx": round(1000 * cpu["cpu_s"] / max(1, transactions), 4),
+    }
+
+
+def cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (None: gone, or not on this host)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+@contextmanager
+def backend_cpu(url: str, every_s: float = 0.05) -> Iterator[dict[str, float]]:
+    """CPU seconds the server's backends named APP spend while the block runs, read from /proc
+    (the server runs on this host): unlike tx/s, what a transaction costs the server hardly
+    depends on how much of the machine other tenants take. A backend that appears after the
+    first poll (pgbench's) counts from 0; one already there (the sequencer's) from then. Its
+    last <= `every_s` before it exits is missed, alike in every mode. Yields {"cpu_s": ...}."""
+    first: dict[int, float] = {}
+    last: dict[int, float] = {}
+    stop, polled = threading.Event(), threading.Event()
+
+    def poll() -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            while True:
+                query = "SELECT pid FROM pg_stat_activity WHERE application_name = %s"
+                for (pid,) in conn.execute(query, (APP,)).fetchall():
+                    if (cpu := cpu_s(int(pid))) is not None:
+                        first.setdefault(pid, cpu if not polled.is_set() else 0.0)
+                        last[pid] = cpu
+                polled.set()
+                if stop.wait(every_s):
+                    return
+
+    result: dict[str, float] = {}
+    thread = threading.Thread(target=poll, name="capture-bench-cpu", daemon=True)
+    thread.start()
+    polled.wait(10.0)
+    try:
+        yield result
+    finally:
+        stop.set()
+        thread.join()
+        result["cpu_s"] = sum(last[pid] - first[pid] for pid in last)
 
 
 @contextmanager
@@ -275,28 +328,41 @@ def measure_mode(
 
 def summarize(rounds: list[dict[str, dict[str, Any]]], indexes: list[str]) -> dict[str, Any]:
     """Each mode's ratio to `off` of the same round, its median over rounds (the headline: drift
-    between rounds cancels in a ratio taken within one), min and max; and median tx/s."""
-    per_round = {m: [r[m]["tx_per_s"] / r["off"]["tx_per_s"] for r in rounds] for m in MODES}
-    ratio = {m: round(statistics.median(v), 3) for m, v in per_round.items()}
+    between rounds cancels in a ratio taken within one), min and max; and median tx/s. The same
+    for server CPU per transaction (`off`'s over the mode's: the share of the server's capacity
+    left to the application), the steadier figure on a shared machine."""
+    tps = {m: [r[m]["tx_per_s"] / r["off"]["tx_per_s"] for r in rounds] for m in MODES}
+    cpu = {m: [_cpu_ratio(r["off"], r[m]) for r in rounds] for m in MODES}
+    ratio = {m: round(statistics.median(v), 3) for m, v in tps.items()}
+    cpu_ratio = {m: round(statistics.median(v), 3) for m, v in cpu.items()}
     median = {m: statistics.median(r[m]["tx_per_s"] for r in rounds) for m in MODES}
+    per_tx = {m: statistics.median(r[m]["server_cpu_ms_per_tx"] for r in rounds) for m in MODES}
     return {
         "median_tx_per_s": {m: round(v, 1) for m, v in median.items()},
         "ratio_to_off": ratio,
-        "ratio_to_off_range": {
-            m: [round(min(v), 3), round(max(v), 3)] for m, v in per_round.items()
-        },
-        "capture_seq_ratio_per_round": [round(v, 3) for v in per_round["capture_seq"]],
-        # Where the cost is, as shares of `off`'s tx/s (differences of median ratios).
-        "parts": {
-            "firing_a_row_trigger": round(1 - ratio["noop_trigger"], 3),
-            "trigger_body_and_log_insert": round(ratio["noop_trigger"] - ratio["capture_pk"], 3),
-            "secondary_log_indexes": round(ratio["capture_pk"] - ratio["capture"], 3),
-            "full_lsn_index_over_partial": round(
-                ratio["capture"] - ratio["capture_full_lsn_index"], 3
-            ),
-            "sequencer": round(ratio["capture"] - ratio["capture_seq"], 3),
-        },
+        "ratio_to_off_range": {m: [round(min(v), 3), round(max(v), 3)] for m, v in tps.items()},
+        "capture_seq_ratio_per_round": [round(v, 3) for v in tps["capture_seq"]],
+        "median_server_cpu_ms_per_tx": {m: round(v, 4) for m, v in per_tx.items()},
+        "cpu_ratio_to_off": cpu_ratio,
+        "cpu_ratio_to_off_range": {m: [round(min(v), 3), round(max(v), 3)] for m, v in cpu.items()},
+        # Where the cost is, as shares of `off` (differences of median ratios).
+        "parts": _parts(ratio),
+        "cpu_parts": _parts(cpu_ratio),
         "secondary_log_index_names": indexes,
+    }
+
+
+def _cpu_ratio(off: dict[str, Any], mode: dict[str, Any]) -> float:
+    return float(off["server_cpu_ms_per_tx"]) / max(1e-9, float(mode["server_cpu_ms_per_tx"]))
+
+
+def _parts(ratio: dict[str, float]) -> dict[str, float]:
+    return {
+        "firing_a_row_trigger": round(1 - ratio["noop_trigger"], 3),
+        "trigger_body_and_log_insert": round(ratio["noop_trigger"] - ratio["capture_pk"], 3),
+        "secondary_log_indexes": round(ratio["capture_pk"] - ratio["capture"], 3),
+        "full_lsn_index_over_partial": round(ratio["capture"] - ratio["capture_full_lsn_index"], 3),
+        "sequencer": round(ratio["capture"] - ratio["capture_seq"], 3),
     }
 
 
@@ -326,7 +392,9 @@ def measure(args: argparse.Namespace) -> tuple[list[dict[str, dict[str, Any]]], 
     """Every mode, `args.rounds` times, in a schema of its own."""
     rounds: list[dict[str, dict[str, Any]]] = []
     with bench_schema(args.pg_url) as schema, tempfile.TemporaryDirectory() as tmp:
-        engine = engine_for(f"{args.pg_url}?options=-csearch_path%3D{schema}", writer=True)
+        engine = engine_for(
+            f"{args.pg_url}?options=-csearch_path%3D{schema}&application_name={APP}", writer=True
+        )
         create_demo_table(engine)
         script = Path(tmp) / "update.sql"
         width = args.statement_rows
@@ -359,7 +427,10 @@ def measure(args: argparse.Namespace) -> tuple[list[dict[str, dict[str, Any]]], 
                         mode, conn, engine, run, setup, args.sequencer_interval, width
                     )
                     rate = figures[mode]["tx_per_s"]
-                    print(f"  round {number + 1} {mode:<22} {rate:>9,.0f} tx/s")
+                    cpu = figures[mode]["server_cpu_ms_per_tx"]
+                    print(
+                        f"  round {number + 1} {mode:<22} {rate:>9,.0f} tx/s {cpu:8.3f} ms CPU/tx"
+                    )
                 rounds.append(figures)
         engine.dispose()
         engine_for.cache_clear()
@@ -397,6 +468,8 @@ def main() -> int:
     verdict = "meets" if ratio >= TARGET_RATIO else "MISSES"
     print(f"capture (sequencer running) / off = {ratio} ({verdict} the {TARGET_RATIO} target)")
     print(f"parts (share of off's tx/s): {summary['parts']}")
+    print(f"server CPU per transaction, off's / mode's: {summary['cpu_ratio_to_off']}")
+    print(f"parts (share of off's server CPU capacity): {summary['cpu_parts']}")
     print(f"wrote {path}")
     return 0
 

@@ -4,6 +4,7 @@ ratios taken within a round (drift between rounds must not reach the headline)."
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -33,7 +34,14 @@ def test_ratios_are_taken_within_a_round() -> None:
     bench = _bench()
 
     def round_(off: float, share: float) -> dict[str, dict[str, Any]]:
-        return {m: {"tx_per_s": off if m == "off" else off * share} for m in bench.MODES}
+        # the server's CPU per transaction: 1 ms for `off`, 1 / share ms for every other mode
+        return {
+            m: {
+                "tx_per_s": off if m == "off" else off * share,
+                "server_cpu_ms_per_tx": 1.0 if m == "off" else 1.0 / share,
+            }
+            for m in bench.MODES
+        }
 
     # Capture costs 0.5x, 0.6x, 0.7x of off in three rounds while the machine's speed swings.
     # The median of ratios is 0.6; the ratio of medians (1,400 / 2,000) would say 0.7.
@@ -43,3 +51,12 @@ def test_ratios_are_taken_within_a_round() -> None:
     assert summary["ratio_to_off_range"]["capture_seq"] == [0.5, 0.7]
     assert summary["capture_seq_ratio_per_round"] == [0.5, 0.6, 0.7]
     assert summary["median_tx_per_s"]["off"] == 2000.0
+    assert summary["cpu_ratio_to_off"]["capture_seq"] == 0.6
+    assert summary["cpu_ratio_to_off_range"]["capture_seq"] == [0.5, 0.7]
+
+
+def test_cpu_seconds_of_a_process_come_from_proc() -> None:
+    bench = _bench()
+    spent = bench.cpu_s(os.getpid())
+    assert spent is not None and spent > 0  # importing the bench took CPU
+    assert bench.cpu_s(2**22 + 1) is None  # above pid_max: no such process
