@@ -72,9 +72,9 @@ def test_init_replaces_the_full_lsn_unique_constraint_with_a_partial_index(pg_ur
         with conn.begin():
             usable = {q: _uses_lsn_index(conn, q) for q in _LSN_QUERIES}
         assert usable == dict.fromkeys(_LSN_QUERIES, True)
-    with engine.connect() as conn:
-        with pytest.raises(sa.exc.IntegrityError):  # still unique among numbered rows
-            conn.exec_driver_sql(
-                "INSERT INTO subscription_change_log (lsn, op, subscription_id, schema_version,"
-                " source_table) VALUES (2, 'u', 'z', 1, 'subscriptions')"
-            )
+    # still unique among numbered rows
+    with engine.connect() as conn, pytest.raises(sa.exc.IntegrityError):
+        conn.exec_driver_sql(
+            "INSERT INTO subscription_change_log (lsn, op, subscription_id, schema_version,"
+            " source_table) VALUES (2, 'u', 'z', 1, 'subscriptions')"
+        )
