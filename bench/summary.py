@@ -87,6 +87,9 @@ def capture_row(results: Path) -> Row:
         "ratio": ratio,
         "ratio_per_round": data["capture_seq_ratio_per_round"],
         "parts": data["parts"],
+        # Server CPU per transaction, off's over capture's (absent from older result files).
+        "cpu_ratio": data.get("cpu_ratio_to_off", {}).get("capture_seq"),
+        "synchronous_commit": data.get("params", {}).get("synchronous_commit", "on"),
         "issue_15_before": {"ratio": 0.82, "tx_per_s_off": 6600, "tx_per_s_on": 5400},
         "target": {"ratio": ">= 0.95"},
         "met": ratio >= 0.95,

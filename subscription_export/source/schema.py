@@ -26,6 +26,7 @@ from subscription_export.core.db import is_postgres
 from subscription_export.core.errors import SchemaMissingError, SourceBusyError
 from subscription_export.source.catalog import read_table
 from subscription_export.source.snapshot_log import (
+    LSN_INDEX_PG,
     prepare_snapshot,
     sqlite_log_ddl,
     upgrade_change_log,
@@ -53,7 +54,7 @@ _SQLITE_TABLES = [
 _PG_TABLES = [
     """CREATE TABLE IF NOT EXISTS subscription_change_log (
         id bigserial PRIMARY KEY,
-        lsn bigint UNIQUE,
+        lsn bigint,
         txid xid8 NOT NULL DEFAULT pg_current_xact_id(),
         op char(1) NOT NULL CHECK (op IN ('c', 'u', 'd', 'r')),
         subscription_id text NOT NULL,
@@ -64,6 +65,10 @@ _PG_TABLES = [
         schema_version integer NOT NULL,
         source_table text NOT NULL
     )""",
+    # LSNs are unique among numbered rows; a partial index, so a writer's insert (lsn NULL)
+    # adds no entry to it: only the sequencer's numbering does (docs/architecture.md,
+    # "Capture cost"). Every reader's `lsn BETWEEN`/`=`/`MAX(lsn)` implies `lsn IS NOT NULL`.
+    LSN_INDEX_PG,
     """CREATE INDEX IF NOT EXISTS subscription_change_log_unsequenced
         ON subscription_change_log (id) WHERE lsn IS NULL""",
     """CREATE INDEX IF NOT EXISTS subscription_change_log_by_subscription

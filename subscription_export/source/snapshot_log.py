@@ -59,6 +59,12 @@ _SQLITE_LOG_INDEX = (
 )
 
 
+LSN_INDEX_PG = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS subscription_change_log_lsn"
+    " ON subscription_change_log (lsn) WHERE lsn IS NOT NULL"
+)
+
+
 def sqlite_log_ddl(name: str = "subscription_change_log") -> str:
     return f"""CREATE TABLE IF NOT EXISTS {name} (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -84,6 +90,7 @@ def upgrade_change_log(conn: Connection, legacy_table: str) -> bool:
     if conn.dialect.name == "postgresql":
         added = _add_source_table_pg(conn, "subscription_change_log", legacy_table)
         added |= _add_source_table_pg(conn, "subscription_capture_schema", legacy_table)
+        added |= _drop_lsn_constraint_pg(conn)
         return _upgrade_pg(conn) or added
     if not _has_column(conn, "subscription_capture_schema", SOURCE_TABLE):
         conn.exec_driver_sql(
@@ -120,6 +127,31 @@ def _add_source_table_pg(conn: Connection, table: str, legacy_table: str) -> boo
     )
     conn.exec_driver_sql(f"ALTER TABLE {table} ALTER COLUMN source_table DROP DEFAULT")
     return True
+
+
+def _drop_lsn_constraint_pg(conn: Connection) -> bool:
+    """A log from before the partial LSN index has `lsn bigint UNIQUE`, whose index takes an
+    entry (NULL) for every writer's insert. `init` has just built the partial unique index
+    (LSN_INDEX_PG), so LSNs stay unique throughout; the full one goes."""
+    names = conn.execute(
+        sa.text(
+            "SELECT c.conname FROM pg_constraint c JOIN pg_attribute a"
+            " ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey)"
+            " WHERE c.conrelid = 'subscription_change_log'::regclass AND c.contype = 'u'"
+            " AND a.attname = 'lsn' AND cardinality(c.conkey) = 1"
+        )
+    ).scalars()
+    dropped = False
+    for name in list(names):
+        conn.exec_driver_sql(
+            f"ALTER TABLE subscription_change_log DROP CONSTRAINT {_ident(conn, name)}"
+        )
+        dropped = True
+    return dropped
+
+
+def _ident(conn: Connection, name: str) -> str:
+    return conn.dialect.identifier_preparer.quote_identifier(name)
 
 
 def _upgrade_pg(conn: Connection) -> bool:

@@ -85,3 +85,26 @@ def test_the_capture_row_takes_the_ratio_the_bench_computed_in_its_run(tmp_path:
     row = _summary(tmp_path)["capture_overhead"]
 
     assert (row["ratio"], row["met"], row["tx_per_s_off"]) == (0.97, True, 6600.0)
+
+
+def test_the_capture_row_carries_the_server_cpu_ratio_when_the_bench_measured_it(
+    tmp_path: Path,
+) -> None:
+    _write(
+        tmp_path,
+        "2026-11-30-capture.json",
+        {
+            "date": "2026-11-30T10:00:00+00:00",
+            "params": {"synchronous_commit": "off"},
+            "median_tx_per_s": {"off": 12000.0, "capture_seq": 6000.0},
+            "ratio_to_off": {"capture_seq": 0.5},
+            "cpu_ratio_to_off": {"capture_seq": 0.42},
+            "capture_seq_ratio_per_round": [0.5],
+            "parts": {"sequencer": 0.09},
+        },
+    )
+
+    row = _summary(tmp_path)["capture_overhead"]
+
+    assert (row["ratio"], row["cpu_ratio"], row["synchronous_commit"]) == (0.5, 0.42, "off")
+    assert row["met"] is False
