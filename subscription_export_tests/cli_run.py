@@ -27,6 +27,7 @@ from pathlib import Path
 from subscription_export.core.settings import Settings
 
 CLI = [sys.executable, "-m", "subscription_export.cli"]
+ALWAYS_A_CHILD = os.environ.get("SUBSCRIPTION_EXPORT_TEST_CLI_PROCESS") == "1"
 
 
 def run_cli(
@@ -37,19 +38,22 @@ def run_cli(
     env: dict[str, str] | None = None,
     *,
     in_process: bool = True,
+    inherit_env: bool = True,
     timeout: float = 240,
 ) -> subprocess.CompletedProcess[str]:
     """`subscription-export ARGS` with `settings` and `env` in the environment, DAGSTER_HOME
-    under `tmp_path` and `tmp_path` as the current folder. `check`: exit code 0 asserted."""
-    full_env = {"DAGSTER_HOME": str(tmp_path / "dagster_home"), **(env or {})}
+    under `tmp_path` and `tmp_path` as the current folder. `check`: exit code 0 asserted.
+    `inherit_env=False`: only these variables (and DAGSTER_HOME), as `env=` gives a child."""
+    full_env = {"DAGSTER_HOME": str(tmp_path / "dagster_home")}
     if settings is not None:
         full_env.update(settings.as_env())
-    if in_process:
-        result = run_in_process(args, full_env, tmp_path)
+    full_env.update(env or {})
+    if in_process and not ALWAYS_A_CHILD:
+        result = run_in_process(args, full_env, tmp_path, inherit_env)
     else:
         result = subprocess.run(
             CLI + args,
-            env={**os.environ, **full_env},
+            env={**os.environ, **full_env} if inherit_env else full_env,
             cwd=tmp_path,
             capture_output=True,
             text=True,
@@ -61,14 +65,14 @@ def run_cli(
 
 
 def run_in_process(
-    args: list[str], env: Mapping[str, str], cwd: Path
+    args: list[str], env: Mapping[str, str], cwd: Path, inherit_env: bool = True
 ) -> subprocess.CompletedProcess[str]:
     """`main()` with `args`, `env` added to the environment and `cwd` as the current folder;
     everything it changes in the process is restored afterwards."""
     from subscription_export.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    with _process_state(args, env, cwd), _captured(out, err):
+    with _process_state(args, env, cwd, inherit_env), _captured(out, err):
         code = _exit_code(main, err)
     return subprocess.CompletedProcess(CLI + args, code, out.getvalue(), err.getvalue())
 
@@ -91,12 +95,16 @@ def _exit_code(main, err: io.StringIO) -> int:  # type: ignore[no-untyped-def]
 
 
 @contextmanager
-def _process_state(args: list[str], env: Mapping[str, str], cwd: Path) -> Iterator[None]:
+def _process_state(
+    args: list[str], env: Mapping[str, str], cwd: Path, inherit_env: bool
+) -> Iterator[None]:
     saved_env = dict(os.environ)
     saved_cwd = os.getcwd()
     saved_argv, saved_stdin = sys.argv, sys.stdin
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
+    if not inherit_env:
+        os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
     sys.argv = ["subscription-export", *args]
