@@ -134,6 +134,9 @@ def _captured(out: io.StringIO, err: io.StringIO) -> Iterator[None]:
             with redirect_stdout(out), redirect_stderr(err):
                 yield
         finally:
+            for stream in (sys.__stdout__, sys.__stderr__):  # written past the redirect
+                if stream is not None:
+                    stream.flush()
             for fd, copy in saved.items():
                 os.dup2(copy, fd)
                 os.close(copy)
