@@ -4,15 +4,19 @@ where the process boundary is what a test proves.
 A child process pays Python's, pydantic's and Dagster's imports on every call (3-5 s of CPU
 each); in-process, a worker pays them once. What the child gave for free is undone here after
 each call: the environment, the current folder, `sys.argv`, the root logger's handlers and
-level (`SUBSCRIPTION_EXPORT_LOG_FORMAT=json` replaces them), and `sys.stdin` (empty, as a child
-would read at EOF). Both Python-level (`sys.stdout`/`sys.stderr`) and file-descriptor-level
-output are captured, so a line written below Python (Arrow, a library's own handler) is seen as
-a child's output would be. The exit code is `main()`'s `SystemExit`; an exception escaping
-`main()` (only with `--debug`) prints its traceback and exits 1, as the interpreter does.
+level (`SUBSCRIPTION_EXPORT_LOG_FORMAT=json` replaces them), the CLI consoles' size (read
+from COLUMNS/LINES), and `sys.stdin` (empty, as a child would read at EOF). Both Python-level
+(`sys.stdout`/`sys.stderr`) and file-descriptor-level output are captured, so a line written
+below Python (Arrow, a library's own handler) is seen as a child's output would be. The exit
+code is `main()`'s `SystemExit`; an exception escaping `main()` (only with `--debug`) prints
+its traceback and exits 1, as the interpreter does. SUBSCRIPTION_EXPORT_TEST_CLI_PROCESS=1
+runs every call as a child process again: the check that no test passes only because of
+state an earlier in-process call left.
 """
 
 from __future__ import annotations
 
+import importlib
 import io
 import logging
 import os
@@ -72,7 +76,7 @@ def run_in_process(
     from subscription_export.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    with _process_state(args, env, cwd, inherit_env), _captured(out, err):
+    with _process_state(args, env, cwd, inherit_env), _consoles_as_created(), _captured(out, err):
         code = _exit_code(main, err)
     return subprocess.CompletedProcess(CLI + args, code, out.getvalue(), err.getvalue())
 
@@ -118,6 +122,26 @@ def _process_state(
         os.chdir(saved_cwd)
         os.environ.clear()
         os.environ.update(saved_env)
+
+
+@contextmanager
+def _consoles_as_created() -> Iterator[None]:
+    """The CLI's rich consoles, made at import, fix their size from COLUMNS/LINES then (xdist
+    workers have COLUMNS=80): sized as a child would create them, from this call's environment."""
+    from rich.console import Console
+
+    # the module, not the Typer `app` that `subscription_export.cli` exports under its name
+    app_module = importlib.import_module("subscription_export.cli.app")
+    consoles = (app_module.console, app_module.err_console)
+    saved = [(c._width, c._height) for c in consoles]
+    for console in consoles:
+        fresh = Console(stderr=console.stderr)
+        console._width, console._height = fresh._width, fresh._height
+    try:
+        yield
+    finally:
+        for console, (width, height) in zip(consoles, saved, strict=True):
+            console._width, console._height = width, height
 
 
 @contextmanager
