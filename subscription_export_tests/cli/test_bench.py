@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from subscription_export_tests.cli.test_cli import _run
+from subscription_export_tests.cli_run import run_cli as _run
 
 
 def test_bench_writes_a_comparable_result_file(tmp_path: Path) -> None:

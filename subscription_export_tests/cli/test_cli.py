@@ -1,12 +1,10 @@
-"""The CLI as a user runs it: real processes, real files, one clear line on bad input."""
+"""The CLI as a user runs it (in-process, see cli_run.py): real files, one clear line on bad
+input."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import dagster as dg
@@ -16,27 +14,8 @@ from dagster._core.instance.ref import InstanceRef
 
 from subscription_export.core.settings import Settings
 from subscription_export.source.demo_table import create_demo_table
+from subscription_export_tests.cli_run import run_cli as _run
 from subscription_export_tests.helpers import delete, insert, update, writer
-
-CLI = [sys.executable, "-m", "subscription_export.cli"]
-
-
-def _run(  # type: ignore[no-untyped-def]
-    args: list[str],
-    settings: Settings | None,
-    tmp_path: Path,
-    check: bool = True,
-    env: dict[str, str] | None = None,
-):
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster_home"), **(env or {})}
-    if settings is not None:
-        env.update(settings.as_env())
-    result = subprocess.run(
-        CLI + args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240
-    )
-    if check:
-        assert result.returncode == 0, result.stdout + result.stderr
-    return result
 
 
 def test_run_once_twice_exports_only_new_changes(settings: Settings, tmp_path: Path) -> None:
@@ -110,14 +89,7 @@ def test_export_range_matches_window_file(settings: Settings, tmp_path: Path) ->
 def test_bad_configuration_gives_one_clear_line(
     args: list[str], env: dict[str, str], expected: str, tmp_path: Path
 ) -> None:
-    result = subprocess.run(
-        CLI + args,
-        env={**os.environ, **env},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _run(args, None, tmp_path, check=False, env=env)
     assert result.returncode == 2
     assert expected in result.stderr
     assert "Traceback" not in result.stderr
@@ -207,7 +179,8 @@ def test_usage_errors_show_click_usage_and_exit_2(
 
 
 def test_no_command_shows_help_without_an_error(tmp_path: Path) -> None:
-    result = _run([], None, tmp_path, check=False)
+    # A child process: click names the program from how Python started it (`-m`).
+    result = _run([], None, tmp_path, check=False, in_process=False)
     assert "Usage: python -m subscription_export.cli" in result.stdout
     assert "unexpected error" not in result.stderr
 

@@ -22,7 +22,7 @@ from subscription_export.reconcile.sync_state import add_conflict, init_sync_sta
 from subscription_export.runtime import Project
 from subscription_export.source.schema import init_source
 from subscription_export.state.leases import try_acquire
-from subscription_export_tests.cli.test_cli import _run
+from subscription_export_tests.cli_run import run_cli as _run
 from subscription_export_tests.helpers import insert, update, writer
 
 HOSTILE = "[/red] \x1b[2J boom"

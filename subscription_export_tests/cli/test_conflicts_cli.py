@@ -1,13 +1,12 @@
 """`subscription-export conflicts …` and the conflict count in `status`, as a user runs them:
-real CLI processes against a real SQLite source and state and real sandbox ERP/CRM/accounting
-servers. (Reconcile and resolution run on PostgreSQL too in reconcile/test_reconcile.py.)"""
+the real CLI (in-process, see cli_run.py) against a real SQLite source and state and real
+sandbox ERP/CRM/accounting servers. (Reconcile and resolution run on PostgreSQL too in
+reconcile/test_reconcile.py.)"""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -19,14 +18,13 @@ from subscription_export.core.settings import Settings
 from subscription_export.reconcile import sync_state as st
 from subscription_export.reconcile.outbox import list_pushes
 from subscription_export.source.demo_table import create_demo_table, init_demo_source
+from subscription_export_tests.cli_run import run_cli
 from subscription_export_tests.reconcile.test_reconcile import World, record, seeded, world
-
-CLI = [sys.executable, "-m", "subscription_export.cli"]
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    """SQLite files: each CLI call is a process, so one backend keeps these tests short."""
+    """SQLite files: one backend keeps these tests short."""
     source = f"sqlite:///{tmp_path / 'source.db'}"
     init_demo_source(engine_for(source, writer=True))
     return Settings(
@@ -37,10 +35,8 @@ def settings(tmp_path: Path) -> Settings:
     )
 
 
-def _env(w: World, tmp_path: Path) -> dict[str, str]:
+def _env(tmp_path: Path) -> dict[str, str]:
     return {
-        **os.environ,
-        **w.project.settings.as_env(),
         "SUBSCRIPTION_EXPORT_DESTINATIONS": str(tmp_path / "destinations.toml"),
         "COLUMNS": "200",
     }
@@ -54,29 +50,13 @@ def cli(w: World, tmp_path: Path, *args: str, code: int = 0) -> subprocess.Compl
 def clis(
     w: World, tmp_path: Path, *calls: tuple[tuple[str, ...], int]
 ) -> list[subprocess.CompletedProcess[str]]:
-    """Run CLI processes side by side (each is a fresh interpreter: most of the time is its
-    start-up); check each exit code; results in call order."""
-    env = _env(w, tmp_path)
-    procs = [
-        (
-            args,
-            code,
-            subprocess.Popen(
-                [*CLI, *args],
-                env=env,
-                cwd=tmp_path,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            ),
-        )
-        for args, code in calls
-    ]
+    """Run CLI calls one after another (in-process: each reads the state as it stands, as the
+    side-by-side processes these were did); check each exit code; results in call order."""
     results = []
-    for args, code, proc in procs:
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == code, f"{args}: {out}{err}"
-        results.append(subprocess.CompletedProcess(list(args), proc.returncode, out, err))
+    for args, code in calls:
+        result = run_cli(list(args), w.project.settings, tmp_path, False, _env(tmp_path))
+        assert result.returncode == code, f"{args}: {result.stdout}{result.stderr}"
+        results.append(result)
     return results
 
 
@@ -221,14 +201,9 @@ def test_init_creates_the_sync_tables_and_an_empty_queue_lists_nothing(tmp_path:
         state_url=f"sqlite:///{tmp_path / 'fresh_state.db'}",
         export_dir=tmp_path / "exports",
     )
-    env = {**os.environ, **fresh.as_env()}
 
     def run(*args: str) -> str:
-        result = subprocess.run(
-            [*CLI, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
-        return result.stdout
+        return run_cli(list(args), fresh, tmp_path).stdout
 
     create_demo_table(engine_for(fresh.source_url, writer=True))
     run("init")

@@ -11,7 +11,7 @@ from subscription_export.core.settings import Settings
 from subscription_export.delivery.window import deliver_window
 from subscription_export.sandbox.faults import FaultPlan
 from subscription_export.sandbox.server import SandboxServer
-from subscription_export_tests.cli.test_cli import _run
+from subscription_export_tests.cli_run import run_cli as _run
 from subscription_export_tests.delivery.test_window_delivery import (
     HOLDER,
     LOST_ANSWERS,

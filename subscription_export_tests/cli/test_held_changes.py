@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from subscription_export.core.settings import Settings
 from subscription_export.source.demo_table import init_demo_source
-from subscription_export_tests.cli.test_cli import _run
+from subscription_export_tests.cli_run import run_cli as _run
 from subscription_export_tests.helpers import insert, writer
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ import boto3
 import pytest
 
 from subscription_export.core.settings import Settings
-from subscription_export_tests.cli.test_cli import _run
+from subscription_export_tests.cli_run import run_cli as _run
 from subscription_export_tests.formats.test_object_storage import (
     _bucket_and_key,
     s3_keys,

@@ -27,7 +27,7 @@ from subscription_export.runtime import Project
 from subscription_export.sandbox.server import SandboxServer
 from subscription_export.source.demo_table import init_demo_source
 from subscription_export.state.windows import Window
-from subscription_export_tests.cli.test_cli import _run
+from subscription_export_tests.cli_run import run_cli as _run
 from subscription_export_tests.delivery.test_window_delivery import (
     HOLDER,
     sandbox,  # noqa: F401 - the fixture

@@ -11,7 +11,7 @@ import pytest
 from subscription_export.core.db import engine_for
 from subscription_export.core.settings import Settings
 from subscription_export.source.demo_table import init_demo_source
-from subscription_export_tests.cli.test_cli import _run
+from subscription_export_tests.cli_run import run_cli as _run
 from subscription_export_tests.reconcile.test_pushes import _clobbered_edit
 from subscription_export_tests.reconcile.test_reconcile import record, seeded, world
 

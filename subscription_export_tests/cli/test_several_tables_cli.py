@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from subscription_export.core.settings import Settings
 from subscription_export.source.demo_table import create_demo_table
-from subscription_export_tests.cli.test_cli import _run
+from subscription_export_tests.cli_run import run_cli as _run
 from subscription_export_tests.helpers import insert, writer
 
 PLANS_DDL = "CREATE TABLE plans (code TEXT PRIMARY KEY, title TEXT NOT NULL, seats INTEGER)"

@@ -3,9 +3,7 @@ and URL mistakes that used to pass silently are one-line errors naming the bad p
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,8 +13,8 @@ from subscription_export.core.errors import ConfigError
 from subscription_export.core.secrets import mask_in_text, mask_url
 from subscription_export.source.demo_table import create_demo_table
 from subscription_export.state.watermarks import watermark_store
+from subscription_export_tests.cli_run import run_cli
 
-CLI = [sys.executable, "-m", "subscription_export.cli"]
 SECRET = "hunter2pw"
 
 URL_FORMS = [
@@ -88,14 +86,7 @@ def test_bad_watermark_urls_are_refused_naming_the_bad_part(
 
 
 def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        CLI + args,
-        env={**os.environ, **env},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_cli(args, None, cwd, check=False, env=env)
 
 
 def test_cli_errors_never_print_a_password(tmp_path: Path) -> None:

@@ -5,10 +5,7 @@ errors, not in the dead letters stored in the state database, not in `dead-lette
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,11 +20,11 @@ from subscription_export.delivery.config import ENV_PATH, load_destinations
 from subscription_export.delivery.window import deliver_window
 from subscription_export.runtime import Project
 from subscription_export.source.demo_table import init_demo_source
+from subscription_export_tests.cli_run import run_cli
 from subscription_export_tests.delivery.test_window_delivery import export_all
 from subscription_export_tests.helpers import insert, update, writer
 
 SECRET = "hunter2pw"
-CLI = [sys.executable, "-m", "subscription_export.cli"]
 
 
 class _Answer500(BaseHTTPRequestHandler):
@@ -129,8 +126,7 @@ def test_destination_passwords_are_never_printed_or_stored(
     assert "HTTP 500" in stored and "Connection" in stored  # the errors are kept, masked
     assert SECRET not in stored
 
-    env = {**os.environ, **settings.as_env(), ENV_PATH: str(path)}
-    env["DAGSTER_HOME"] = str(tmp_path / "dagster_home")
+    env = {ENV_PATH: str(path)}
     shown = []
     for args in (
         ["dead-letters", "list"],
@@ -140,9 +136,7 @@ def test_destination_passwords_are_never_printed_or_stored(
         ["status", "--json"],
         ["dashboard", "--out", "dash.html"],
     ):
-        result = subprocess.run(
-            CLI + args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
-        )
+        result = run_cli(args, settings, tmp_path, check=False, env=env)
         assert "Traceback" not in result.stderr, result.stderr
         shown.append(result.stdout + result.stderr)
     shown.append((tmp_path / "dash.html").read_text())

@@ -8,9 +8,6 @@ price changes of those rows book their differences and none becomes a dead lette
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections import defaultdict
 from decimal import Decimal
 from pathlib import Path
@@ -25,6 +22,7 @@ from subscription_export.delivery.window import deliver_window
 from subscription_export.runtime import Project
 from subscription_export.sandbox.server import running_sandbox
 from subscription_export.source.demo_table import demo_table_ddl
+from subscription_export_tests.cli_run import run_cli as _run
 from subscription_export_tests.delivery.test_window_delivery import (
     HOLDER,
     export_all,
@@ -33,8 +31,6 @@ from subscription_export_tests.delivery.test_window_delivery import (
     write_destinations,
 )
 from subscription_export_tests.helpers import insert, update, writer
-
-CLI = [sys.executable, "-m", "subscription_export.cli"]
 
 
 @pytest.fixture
@@ -54,12 +50,7 @@ def uncaptured(source_url: str, tmp_path: Path) -> Settings:
 
 
 def run_cli(args: list[str], settings: Settings, tmp_path: Path) -> str:
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster_home"), **settings.as_env()}
-    done = subprocess.run(
-        CLI + args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
+    return _run(args, settings, tmp_path).stdout
 
 
 def test_rows_that_existed_before_init_reach_every_destination(

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -25,6 +23,7 @@ from subscription_export.formats.writers import write_csv
 from subscription_export.runtime import Project
 from subscription_export.source.sequencer import sequence
 from subscription_export.state.windows import Window, list_windows
+from subscription_export_tests.cli_run import run_cli
 from subscription_export_tests.helpers import insert, writer
 
 FORMULAS = {
@@ -145,14 +144,9 @@ def test_the_setting_reads_from_the_environment(monkeypatch: pytest.MonkeyPatch)
 def test_cli_export_follows_the_setting(written: Settings, tmp_path: Path, flag: str) -> None:
     sequence(writer(written.source_url), wait_s=30.0)  # PostgreSQL: LSNs come after commit
     out = tmp_path / "range.csv"
-    env = {
-        **written.as_env(),
-        "SUBSCRIPTION_EXPORT_CSV_NEUTRALIZE_FORMULAS": flag,
-        "PATH": "/usr/bin:/bin",
-    }
-    command = [sys.executable, "-m", "subscription_export.cli", "export", "--from-lsn", "1"]
-    command += ["--to-lsn", "10", "--format", "csv", "--out", str(out), "--quiet"]
-    subprocess.run(command, env=env, check=True, capture_output=True, timeout=120)
+    env = {"SUBSCRIPTION_EXPORT_CSV_NEUTRALIZE_FORMULAS": flag, "PATH": "/usr/bin:/bin"}
+    command = ["export", "--from-lsn", "1", "--to-lsn", "10", "--format", "csv"]
+    run_cli([*command, "--out", str(out), "--quiet"], written, tmp_path, env=env, inherit_env=False)
     names = set(_csv_column(out, "name"))
     prefix = "'" if flag == "true" else ""
     assert {prefix + raw for raw in FORMULAS.values()} <= names

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import dagster as dg
@@ -19,6 +18,7 @@ from subscription_export.export.flow import export_window_file
 from subscription_export.formats.verify import check_lsn_coverage, check_manifest, check_row_count
 from subscription_export.formats.writers import FORMATS
 from subscription_export.runtime import Project
+from subscription_export_tests.cli_run import run_cli
 from subscription_export_tests.helpers import insert, writer
 
 
@@ -33,13 +33,12 @@ def _export(settings: Settings, n: int) -> str:
 
 def test_verify_cli_reports_drift(settings: Settings, tmp_path: Path) -> None:
     key = _export(settings, 20)
-    env = {**settings.as_env(), "PATH": "/usr/bin:/bin"}
-    cli = [sys.executable, "-m", "subscription_export.cli", "verify"]
-    ok = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=60)
+    env = {"PATH": "/usr/bin:/bin"}
+    ok = run_cli(["verify"], settings, tmp_path, False, env, inherit_env=False)
     assert ok.returncode == 0 and "3/3 file(s) match" in ok.stdout
     csv = settings.export_dir / "subscription_changes_csv" / f"{key}.csv"
     csv.write_bytes(csv.read_bytes().replace(b"Plan", b"PLAN", 1))
-    drift = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=60)
+    drift = run_cli(["verify"], settings, tmp_path, False, env, inherit_env=False)
     assert drift.returncode == 1 and "DRIFT" in drift.stdout and "2/3" in drift.stdout
 
 
@@ -136,9 +135,9 @@ def _export_windows(settings: Settings, n: int) -> list[str]:
 
 
 def _verify(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**settings.as_env(), "PATH": "/usr/bin:/bin", "COLUMNS": "250"}
-    cli = [sys.executable, "-m", "subscription_export.cli", "verify", *args]
-    return subprocess.run(cli, env=env, capture_output=True, text=True, timeout=60)
+    env = {"PATH": "/usr/bin:/bin", "COLUMNS": "250"}
+    folder = Path(str(settings.export_dir)).parent  # the test's tmp_path
+    return run_cli(["verify", *args], settings, folder, False, env, inherit_env=False)
 
 
 def _drift_lines(stdout: str) -> list[str]:

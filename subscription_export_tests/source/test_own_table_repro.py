@@ -12,7 +12,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from subscription_export.core.settings import Settings, replace
-from subscription_export_tests.cli.test_cli import _run
+from subscription_export_tests.cli_run import run_cli as _run
 from subscription_export_tests.helpers import insert, read_exported, update, writer
 
 _PG_KEY = "id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY"

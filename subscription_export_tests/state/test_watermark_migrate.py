@@ -5,22 +5,17 @@ namespace of its own) and a real SQLite state DB, through the CLI as a user runs
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 from subscription_export.core.db import engine_for
 from subscription_export.source.demo_table import create_demo_table
 from subscription_export.state.watermarks import SqlWatermarkStore, watermark_store
-
-CLI = [sys.executable, "-m", "subscription_export.cli"]
+from subscription_export_tests.cli_run import run_cli
 
 
 def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        CLI + args, env={**os.environ, **env}, cwd=cwd, capture_output=True, text=True, timeout=120
-    )
+    return run_cli(args, None, cwd, check=False, env=env)
 
 
 def test_watermarks_migrate_sql_to_redis_and_back(tmp_path: Path, redis_url: str) -> None:

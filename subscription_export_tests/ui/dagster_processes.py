@@ -30,6 +30,7 @@ from subscription_export.runtime import Project
 from subscription_export.sandbox.generator import GenerateResult, generate
 from subscription_export.source.demo_table import create_demo_table
 from subscription_export.state.windows import Window, list_windows
+from subscription_export_tests.cli_run import ALWAYS_A_CHILD, run_in_process
 
 REPO = Path(__file__).resolve().parents[2]
 # Its sitecustomize makes pandas unimportable in child processes, as in a production install.
@@ -125,8 +126,18 @@ class DagsterProject:
         return without_pandas(env)
 
     def cli(self, *args: str, timeout_s: float = 120) -> str:
-        """Run `subscription-export ARGS` as a user would; its output, or an error with it."""
-        return self._run("subscription-export", list(args), timeout_s)
+        """Run `subscription-export ARGS` with this project's environment; its output, or an
+        error with it. In this process (cli_run.py: set-up, not what these tests prove), or the
+        installed script in a child with SUBSCRIPTION_EXPORT_TEST_CLI_PROCESS=1."""
+        if ALWAYS_A_CHILD:
+            return self._run("subscription-export", list(args), timeout_s)
+        done = run_in_process(list(args), self.env(), REPO, inherit_env=False)
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"subscription-export {' '.join(args)} exited {done.returncode}:\n"
+                f"{done.stdout}\n{done.stderr}"
+            )
+        return done.stdout
 
     def dagster(self, *args: str, timeout_s: float = 120) -> str:
         """Run the `dagster` CLI on this project's instance (and `workspace.yaml` for the
