@@ -41,6 +41,7 @@ from subscription_export.source.schema import (
     pg_row_image,
     sqlite_row_image,
 )
+from subscription_export.source.sequencer import number_committed, take_sequencer_lock
 from subscription_export.source.snapshot_log import PROGRESS, now_sql
 
 DEFAULT_CHUNK = 2048
@@ -182,14 +183,22 @@ def _upper_key(conn: Connection, chunking: _Chunking, last: str | None, size: in
 
 
 def _copy_chunk_pg(conn: Connection, chunking: _Chunking, last: str | None, upper: str) -> int:
+    """The chunk's rows with their LSNs already set, so the sequencer never rewrites them (an
+    UPDATE is a second heap tuple and index entries per row). Holding the sequencer's lock,
+    the committed rows still waiting are numbered first, then the chunk takes the next LSNs in
+    key order; why that keeps each key's last row equal to the table: module docstring."""
+    take_sequencer_lock(conn)  # taken last: the lock is held for the numbering and the insert
+    number_committed(conn)
     where, params = chunking.within(last, upper)
     return conn.execute(
         sa.text(
             "INSERT INTO subscription_change_log"
-            " (op, subscription_id, before, after, origin, schema_version, source_table)"
-            f" SELECT 'r', {chunking.key_text}, NULL, {chunking.image}, 'app', :v, :source FROM"
-            f" (SELECT * FROM {chunking.table} AS s{where} ORDER BY {chunking.order}"
-            f" FOR SHARE) AS s ORDER BY {chunking.order}"
+            " (lsn, op, subscription_id, before, after, origin, schema_version, source_table)"
+            f" SELECT top.lsn + row_number() OVER (ORDER BY {chunking.order}), 'r',"
+            f" {chunking.key_text}, NULL, {chunking.image}, 'app', :v, :source"
+            f" FROM {chunking.table} AS s,"
+            " (SELECT COALESCE(MAX(lsn), 0) AS lsn FROM subscription_change_log) AS top"
+            f"{where} ORDER BY {chunking.order}"
         ),
         params | {"v": chunking.version, "source": chunking.name},
     ).rowcount
