@@ -4,18 +4,19 @@ Anchor: Debezium's incremental snapshots and Netflix's DBLog, adapted to a trigg
 log. The table is read in primary-key chunks; each chunk is ONE short transaction that
 
 1. reads the chunk's upper key (the N-th key after the last one done),
-2. copies every row in (last, upper] into the change log as an `r` row (after-image = the row,
-   before = NULL, origin `app`: the row is the application's data), reading them with
-   `FOR SHARE` on PostgreSQL (SQLite: the whole transaction is `BEGIN IMMEDIATE`),
+2. PostgreSQL: takes the sequencer's advisory lock, numbers the committed change-log rows still
+   without an LSN, then copies every row in (last, upper] into the change log as an `r` row
+   with the next LSNs, in key order (after-image = the row, before = NULL, origin `app`);
+   SQLite: the same copy inside `BEGIN IMMEDIATE`, LSNs `MAX(lsn) + row_number()`,
 3. records (last key = upper, rows, chunks) in `subscription_snapshot_progress`.
 
-Why a key's last row in LSN order equals the table, while the application keeps writing
-(full argument: docs/architecture.md, "Online snapshot"): a change-log row is numbered in
-`id` order among committed rows (source/sequencer.py), and `id`s are drawn when the row is
-inserted. A write to a row of the chunk either committed before the chunk read it - then the
-chunk reads its result and draws its `r` ids after the write drew its own - or it comes
-after the chunk locked the row and waits for the chunk's commit, so it draws its id later.
-Either way the `r` row and the change are in commit order. No lock outlives the chunk.
+Why a key's last row in LSN order equals the table while the application keeps writing (full
+argument: docs/architecture.md, "Online snapshot"): every change committed before the chunk's
+numbering gets an LSN below the chunk's rows, every later one (invisible to it) an LSN above
+them, from a sequencer after the commit; the `r` row is the key's state at the INSERT, taken
+after the numbering. So the last row of a key is either its last change or an `r` row holding
+that change's result. No row lock is taken; the table's ACCESS SHARE lock and the advisory
+lock end with the chunk.
 
 A kill at any point loses at most the chunk in flight (rolled back); the next run resumes
 after the last committed chunk because its progress was committed with its rows.
