@@ -49,6 +49,7 @@ bench: $(STAMP)
 	-$(BIN)/python bench/delivery_bench.py  # exits 1 on a missed target: the summary says so
 	$(BIN)/python bench/reconcile_bench.py
 	$(BIN)/python bench/snapshot_bench.py --rows $(BENCH_CHANGES)
+	$(BIN)/python bench/snapshot_load_bench.py --rows 200000
 	$(BIN)/python bench/objstore_bench.py
 	$(BIN)/python bench/workers_bench.py
 	$(BIN)/python bench/capture_bench.py

@@ -20,9 +20,12 @@ from pathlib import Path
 
 import psycopg
 
-from subscription_export.core.db import engine_for
-from subscription_export.source.snapshot import DEFAULT_CHUNK
-from subscription_export_tests.source.snapshot_load import run_under_load
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the shared checker lives in the test package
+
+from subscription_export.core.db import engine_for  # noqa: E402
+from subscription_export.source.snapshot import DEFAULT_CHUNK  # noqa: E402
+from subscription_export_tests.source.snapshot_load import run_under_load  # noqa: E402
 
 PG_DSN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 

@@ -45,7 +45,10 @@ from subscription_export.source.schema import (
 from subscription_export.source.sequencer import number_committed, take_sequencer_lock
 from subscription_export.source.snapshot_log import PROGRESS, now_sql
 
-DEFAULT_CHUNK = 2048
+# 1M rows, shared 2-core machine: 2048-row chunks ran at 0.42x a bare INSERT … SELECT of the
+# whole table, 10000-row chunks at 0.95x (a chunk's fixed cost: progress, catalog, upper key).
+# Writers never wait for a chunk (no row locks); the sequencer waits at most one (~0.1-0.3 s).
+DEFAULT_CHUNK = 10_000
 APPLICATION_NAME = "subscription-export snapshot"  # how the snapshot shows in pg_stat_activity
 _RETRY_SQLSTATES = {"40P01", "40001"}  # deadlock with a writer / serialization: redo the chunk
 _MAX_RETRIES = 20
