@@ -190,33 +190,28 @@ class LockSampler:
             " WHERE a.application_name = :n AND l.granted AND (l.locktype = 'advisory'"
             " OR (l.locktype = 'relation' AND l.relation = CAST('subscriptions' AS regclass)))"
         )
-        # xmin: the transaction that committed the last chunk (it wrote the progress row).
-        chunks = sa.text(
-            "SELECT chunks_done, CAST(xmin AS TEXT) FROM subscription_snapshot_progress"
-        )
+        chunks = sa.text("SELECT chunks_done FROM subscription_snapshot_progress")
         with self.engine.connect() as conn:
             conn.execute(sa.text("SET application_name = 'lock-sampler'"))
             while not self.stop.is_set():
                 # pg_locks is read live, not from the statement's snapshot: read the progress
                 # before and after, and keep the sample only if no chunk committed in between
                 # (else a holder could be paired with its predecessor's count).
-                before = conn.execute(chunks).first()
+                before = conn.execute(chunks).scalar()
                 conn.commit()
                 rows = conn.execute(locks, {"n": APPLICATION_NAME}).all()
                 conn.commit()
-                after = conn.execute(chunks).first()
+                after = conn.execute(chunks).scalar()
                 conn.commit()
                 if before is None or before != after:
                     continue
-                count, committer = int(before[0]), before[1]
-                # A transaction is visible as committed a moment before PostgreSQL releases its
-                # locks: the committer of chunk `count` may still be listed; it ran chunk
-                # `count`, not a later one. Any other holder is running chunk `count + 1`.
-                self.samples += [
-                    (int(p), str(x), count if xid == committer else count + 1)
-                    for p, x, xid, *_ in rows
-                ]
-                self.detail += [(count, committer, *r) for r in rows]
+                # A chunk has its xid from its first statement (the progress row FOR UPDATE)
+                # on, before it takes any of these locks. PostgreSQL clears the xid when the
+                # commit (or abort) becomes visible and releases the locks a moment later, so
+                # a holder without an xid has ended: its count is the one it committed. One
+                # with an xid is running chunk `before + 1`.
+                self.samples += [(int(p), str(x), int(before) + 1) for p, x, xid, *_ in rows if xid]
+                self.detail += [(before, *r) for r in rows]
                 time.sleep(0.002)
 
     def spanning(self) -> tuple[int, dict[tuple[int, str], set[int]]]:
@@ -314,7 +309,7 @@ def run_under_load(
         # No snapshot transaction held a lock while a chunk committed.
         assert not spanning, (
             spanning,
-            [d for d in sampler.detail if (d[2], d[3]) in spanning],
+            sorted({(d[0], d[3], d[4]) for d in sampler.detail if (d[1], d[2]) in spanning}),
         )
         figures |= {"lock_samples": len(sampler.samples), "snapshot_transactions_seen": seen}
     return figures
