@@ -249,7 +249,7 @@ def _kill_at_random(
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     after = snapshot_progress(engine)
-    assert after is not None and not after.finished
+    assert after is not None and not after.finished, (after, goal, proc.returncode)
     # Exactly the committed chunks: their rows and their progress, nothing else.
     assert count_r(engine) == after.rows_done, (count_r(engine), after)
     return after.chunks_done
@@ -262,7 +262,7 @@ def run_under_load(
     engine = app_table(url, rows)
     init_source(engine)
     progress = snapshot_progress(engine)
-    assert progress is not None and not progress.finished and progress.rows_done == 0
+    assert progress is not None and not progress.finished and progress.rows_done == 0, progress
     settings = Settings(
         source_url=url,
         state_url=f"sqlite:///{workdir / 'state.db'}",
