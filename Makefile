@@ -49,6 +49,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/delivery_bench.py || test $$? -eq 3  # 3: a missed target, the summary says so; a crash stops make
 	$(BIN)/python bench/reconcile_bench.py
 	$(BIN)/python bench/snapshot_bench.py --rows $(BENCH_CHANGES)
+	$(BIN)/python bench/snapshot_load_bench.py --rows 200000
+	$(BIN)/python bench/snapshot_load_bench.py --rows 200000
 	$(BIN)/python bench/objstore_bench.py
 	$(BIN)/python bench/workers_bench.py
 	$(BIN)/python bench/capture_bench.py

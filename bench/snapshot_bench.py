@@ -1,6 +1,8 @@
 """Snapshot throughput on PostgreSQL: rows/s of the online snapshot of an N-row `subscriptions`
 table against the same run's `COPY subscriptions TO STDOUT` (the fastest anything can read the
-table), plus this process's peak RSS. Not part of the test suite.
+table) and the same run's bare `INSERT INTO <log copy> SELECT … FROM subscriptions` (the floor of
+any design that writes a change-log row per table row), plus this process's peak RSS. Not part
+of the test suite.
 
     python bench/snapshot_bench.py --rows 1000000 [--chunk-size 2048] [--pg-url URL]
 
@@ -48,6 +50,31 @@ def _copy_seconds(dsn: str, schema: str) -> tuple[float, int]:
         return time.perf_counter() - started, size
 
 
+_FLOOR = """
+INSERT INTO floor_log (lsn, op, subscription_id, before, after, origin, schema_version,
+    source_table)
+SELECT row_number() OVER (ORDER BY s.id), 'r', s.id, NULL, to_jsonb(s), 'app', 1,
+    'subscriptions'
+FROM subscriptions AS s ORDER BY s.id
+"""
+
+
+def _floor_seconds(engine: sa.Engine) -> float:
+    """The design's floor: ONE bare `INSERT INTO log SELECT … FROM table` (same image, same
+    indexes as the change log, LSNs set) - what any snapshot writing a change-log row per
+    table row costs at least, without chunks, progress or concurrency."""
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE floor_log (LIKE subscription_change_log INCLUDING ALL)")
+    try:
+        with engine.begin() as conn:
+            started = time.perf_counter()
+            conn.exec_driver_sql(_FLOOR)
+        return time.perf_counter() - started
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE floor_log")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -76,6 +103,7 @@ def main() -> None:
                 sa.text("SELECT COUNT(*) FROM subscription_change_log WHERE op = 'r'")
             ).scalar_one()
         assert emitted == done.rows_done == args.rows, (emitted, done)
+        floor_s = _floor_seconds(engine)
         result = {
             "rows": args.rows,
             "chunk_size": args.chunk_size,
@@ -87,6 +115,9 @@ def main() -> None:
             "snapshot_rows_per_s": round(args.rows / snapshot_s),
             "snapshot_vs_copy": round(copy_s / snapshot_s, 3),
             "sequence_s": round(sequence_s, 3),
+            "bare_insert_select_s": round(floor_s, 3),
+            "bare_insert_vs_copy": round(copy_s / floor_s, 3),
+            "snapshot_vs_bare_insert": round(floor_s / snapshot_s, 3),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }
     finally:

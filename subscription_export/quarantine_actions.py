@@ -32,6 +32,7 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from subscription_export.core.datasets import TableDataset
 from subscription_export.core.errors import RangeError
 from subscription_export.delivery.config import DestinationsConfig
 from subscription_export.delivery.recovered import RecoveredDelivery, deliver_recovered
@@ -44,6 +45,7 @@ from subscription_export.source.reader import iter_log_tables
 from subscription_export.state.leases import default_holder
 from subscription_export.state.quarantine import (
     Action,
+    entry_datasets,
     held_entries,
     open_entries,
     record_action,
@@ -102,22 +104,41 @@ def _window(project: Project, key: str) -> Window:
     return window
 
 
-def _try_again(project: Project, window: Window, lsns: list[int]) -> list[QuarantinedRow]:
-    """Convert just these changes as a re-export of the window would; the ones still bad."""
-    held = {k: v for k, v in held_entries(project.state, window.key).items() if k not in lsns}
-    plan, version = plan_dataset(project, window.lo, window.hi, held)
-    stream = open_window(
-        project.source, window.lo, window.hi, 1, plan, version, project.primary.table
-    )
+def _try_again(
+    project: Project, window: Window, lsns: list[int], dataset: TableDataset
+) -> list[QuarantinedRow]:
+    """Convert just these changes of `dataset`'s table as a re-export of the window would; the
+    ones still bad."""
+    held = held_entries(project.state, window.key, dataset.name)
+    held = {k: v for k, v in held.items() if k not in lsns}
+    plan, version = plan_dataset(project, window.lo, window.hi, held, dataset)
+    stream = open_window(project.source, window.lo, window.hi, 1, plan, version, dataset.table)
 
     def tables() -> Iterator[Any]:
         for lsn in lsns:
-            yield from iter_log_tables(project.source, lsn, lsn, 1)
+            yield from iter_log_tables(project.source, lsn, lsn, 1, dataset.table)
 
     stream = dataclasses.replace(stream, _tables=tables())
     for _batch in stream.batches():
         pass
     return stream.quarantined
+
+
+def _try_every_table(
+    project: Project, window: Window, lsns: list[int]
+) -> tuple[list[int], list[QuarantinedRow]]:
+    """Try each table's entries with its own plan; the LSNs recovered. An entry of a table no
+    longer captured is not tried: it stays open (neither recovered nor re-reasoned)."""
+    owner = entry_datasets(project.state, window.key, lsns)
+    recovered: list[int] = []
+    still_bad: list[QuarantinedRow] = []
+    for dataset in project.datasets:
+        mine = [lsn for lsn in lsns if owner.get(lsn) == dataset.name]
+        if mine:
+            bad = _try_again(project, window, mine, dataset)
+            still_bad += bad
+            recovered += [lsn for lsn in mine if lsn not in {q.lsn for q in bad}]
+    return sorted(recovered), sorted(still_bad, key=lambda q: q.lsn)
 
 
 def replay(
@@ -147,30 +168,31 @@ def _replay_window(
     result = WindowReplay(key, lsns)
     action_id = None
     if lsns:
-        result.still_bad = _try_again(project, window, lsns)
-        bad = {q.lsn for q in result.still_bad}
-        result.recovered = [lsn for lsn in lsns if lsn not in bad]
+        result.recovered, result.still_bad = _try_every_table(project, window, lsns)
         action = Action("replay", person, key, tuple(lsns), tuple(result.recovered))
         action_id = record_action(project.state, action, result.still_bad)
-    result.revision, recovered = revision_of(project.state, key)
-    if _manifest_revision(project, key) < result.revision:
-        holder = default_holder()
-        for fmt in FORMATS:
-            export_window_file(project, fmt, window, holder=holder)
-        result.reexported = True
+    result.revision, _ = revision_of(project.state, key)
+    recovered: dict[str, tuple[int, ...]] = {}
+    for dataset in project.datasets:  # the revision is the window's: every table's files
+        recovered[dataset.table] = revision_of(project.state, key, dataset.name)[1]
+        if _manifest_revision(project, key, dataset) < result.revision:
+            holder = default_holder()
+            for fmt in FORMATS:
+                export_window_file(project, fmt, window, holder=holder, dataset=dataset)
+            result.reexported = True
     for config in destinations.destinations.values():
+        mine = recovered.get(config.table or project.primary.table, ())
         with config.client() as client:
             result.deliveries += deliver_recovered(
-                project, config, window, recovered, default_holder(), client
+                project, config, window, mine, default_holder(), client
             )
     if action_id is not None:
         update_outcome(project.state, action_id, result.as_json())
     return result
 
 
-def _manifest_revision(project: Project, key: str) -> int:
-    # Replay works on the first captured table's export (its destinations' source).
-    path = manifest_path(project.settings.export_dir, project.primary.asset("parquet"), key)
+def _manifest_revision(project: Project, key: str, dataset: TableDataset) -> int:
+    path = manifest_path(project.settings.export_dir, dataset.asset("parquet"), key)
     try:
         return int(read_manifest(path).get("revision", 1))
     except (OSError, ValueError):

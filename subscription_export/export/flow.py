@@ -126,9 +126,8 @@ def _write(
         neutralize_formulas=project.settings.csv_neutralize_formulas,
     )
     counts = rows_by_op if rows_by_op is not None else {}
-    # `quarantine replay` re-exports the first table's files only.
-    first = dataset == project.primary
-    revision, recovered = revision_of(project.state, window.key) if first else (1, ())
+    # The window's revision (any table's replay raises it) with this table's recovered LSNs.
+    revision, recovered = revision_of(project.state, window.key, dataset.name)
     content = build_content(
         asset=dataset.asset(fmt),
         fmt=fmt,

@@ -27,6 +27,7 @@ from subscription_export.core.errors import SchemaMissingError, SourceBusyError
 from subscription_export.source.catalog import read_table
 from subscription_export.source.snapshot_log import (
     LSN_INDEX_PG,
+    has_column,
     prepare_snapshot,
     sqlite_log_ddl,
     upgrade_change_log,
@@ -405,6 +406,19 @@ def require_source_schema(engine: Engine) -> None:
         raise SchemaMissingError(
             f"the source at {engine.url.render_as_string()} has no change log;"
             " run `subscription-export init` first"
+        )
+    # A log from before several tables: every read filters on `source_table`, so without the
+    # column each would fail with the database's raw error; init adds it (snapshot_log.py).
+    with engine.connect() as conn:
+        missing = [
+            t
+            for t in ("subscription_change_log", "subscription_capture_schema")
+            if not has_column(conn, t, "source_table")
+        ]
+    if missing:
+        raise SchemaMissingError(
+            f"{missing[0]} at {engine.url.render_as_string()} has no source_table column (it"
+            " predates several tables); run `subscription-export init` to upgrade it"
         )
 
 

@@ -68,8 +68,26 @@ def _number_batch(conn: Connection, batch: int, wait_s: float | None) -> int:
     if wait_s is not None:  # 0 would mean "no timeout" to PostgreSQL
         timeout_ms = max(1, round(wait_s * 1000))
         conn.execute(sa.text("SELECT set_config('lock_timeout', :t, true)"), {"t": f"{timeout_ms}"})
-    conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": SEQUENCER_LOCK})
+    take_sequencer_lock(conn)
     return conn.execute(_SEQUENCE_PG, {"batch": batch}).rowcount
+
+
+def take_sequencer_lock(conn: Connection) -> None:
+    """The sequencer's advisory lock, held until `conn`'s transaction ends: whoever holds it is
+    the only one handing out LSNs (PostgreSQL)."""
+    conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": SEQUENCER_LOCK})
+
+
+def number_committed(conn: Connection, batch: int = _BATCH) -> int:
+    """Number every row this transaction sees committed and unnumbered; the caller holds
+    `take_sequencer_lock` (the snapshot numbers the waiting rows before its own, so that its
+    rows can take the next LSNs directly: source/snapshot.py)."""
+    numbered = 0
+    while True:
+        count = conn.execute(_SEQUENCE_PG, {"batch": batch}).rowcount
+        numbered += count
+        if count < batch:
+            return numbered
 
 
 def _is_lock_timeout(exc: sa.exc.OperationalError) -> bool:

@@ -4,18 +4,19 @@ Anchor: Debezium's incremental snapshots and Netflix's DBLog, adapted to a trigg
 log. The table is read in primary-key chunks; each chunk is ONE short transaction that
 
 1. reads the chunk's upper key (the N-th key after the last one done),
-2. copies every row in (last, upper] into the change log as an `r` row (after-image = the row,
-   before = NULL, origin `app`: the row is the application's data), reading them with
-   `FOR SHARE` on PostgreSQL (SQLite: the whole transaction is `BEGIN IMMEDIATE`),
+2. PostgreSQL: takes the sequencer's advisory lock, numbers the committed change-log rows still
+   without an LSN, then copies every row in (last, upper] into the change log as an `r` row
+   with the next LSNs, in key order (after-image = the row, before = NULL, origin `app`);
+   SQLite: the same copy inside `BEGIN IMMEDIATE`, LSNs `MAX(lsn) + row_number()`,
 3. records (last key = upper, rows, chunks) in `subscription_snapshot_progress`.
 
-Why a key's last row in LSN order equals the table, while the application keeps writing
-(full argument: docs/architecture.md, "Online snapshot"): a change-log row is numbered in
-`id` order among committed rows (source/sequencer.py), and `id`s are drawn when the row is
-inserted. A write to a row of the chunk either committed before the chunk read it - then the
-chunk reads its result and draws its `r` ids after the write drew its own - or it comes
-after the chunk locked the row and waits for the chunk's commit, so it draws its id later.
-Either way the `r` row and the change are in commit order. No lock outlives the chunk.
+Why a key's last row in LSN order equals the table while the application keeps writing (full
+argument: docs/architecture.md, "Online snapshot"): every change committed before the chunk's
+numbering gets an LSN below the chunk's rows, every later one (invisible to it) an LSN above
+them, from a sequencer after the commit; the `r` row is the key's state at the INSERT, taken
+after the numbering. So the last row of a key is either its last change or an `r` row holding
+that change's result. No row lock is taken; the table's ACCESS SHARE lock and the advisory
+lock end with the chunk.
 
 A kill at any point loses at most the chunk in flight (rolled back); the next run resumes
 after the last committed chunk because its progress was committed with its rows.
@@ -41,9 +42,13 @@ from subscription_export.source.schema import (
     pg_row_image,
     sqlite_row_image,
 )
+from subscription_export.source.sequencer import number_committed, take_sequencer_lock
 from subscription_export.source.snapshot_log import PROGRESS, now_sql
 
-DEFAULT_CHUNK = 2048
+# 1M rows, shared 2-core machine: 2048-row chunks ran at 0.42x a bare INSERT … SELECT of the
+# whole table, 10000-row chunks at 0.95x (a chunk's fixed cost: progress, catalog, upper key).
+# Writers never wait for a chunk (no row locks); the sequencer waits at most one (~0.1-0.3 s).
+DEFAULT_CHUNK = 10_000
 APPLICATION_NAME = "subscription-export snapshot"  # how the snapshot shows in pg_stat_activity
 _RETRY_SQLSTATES = {"40P01", "40001"}  # deadlock with a writer / serialization: redo the chunk
 _MAX_RETRIES = 20
@@ -182,14 +187,22 @@ def _upper_key(conn: Connection, chunking: _Chunking, last: str | None, size: in
 
 
 def _copy_chunk_pg(conn: Connection, chunking: _Chunking, last: str | None, upper: str) -> int:
+    """The chunk's rows with their LSNs already set, so the sequencer never rewrites them (an
+    UPDATE is a second heap tuple and index entries per row). Holding the sequencer's lock,
+    the committed rows still waiting are numbered first, then the chunk takes the next LSNs in
+    key order; why that keeps each key's last row equal to the table: module docstring."""
+    take_sequencer_lock(conn)  # taken last: the lock is held for the numbering and the insert
+    number_committed(conn)
     where, params = chunking.within(last, upper)
     return conn.execute(
         sa.text(
             "INSERT INTO subscription_change_log"
-            " (op, subscription_id, before, after, origin, schema_version, source_table)"
-            f" SELECT 'r', {chunking.key_text}, NULL, {chunking.image}, 'app', :v, :source FROM"
-            f" (SELECT * FROM {chunking.table} AS s{where} ORDER BY {chunking.order}"
-            f" FOR SHARE) AS s ORDER BY {chunking.order}"
+            " (lsn, op, subscription_id, before, after, origin, schema_version, source_table)"
+            f" SELECT top.lsn + row_number() OVER (ORDER BY {chunking.order}), 'r',"
+            f" {chunking.key_text}, NULL, {chunking.image}, 'app', :v, :source"
+            f" FROM {chunking.table} AS s,"
+            " (SELECT COALESCE(MAX(lsn), 0) AS lsn FROM subscription_change_log) AS top"
+            f"{where} ORDER BY {chunking.order}"
         ),
         params | {"v": chunking.version, "source": chunking.name},
     ).rowcount

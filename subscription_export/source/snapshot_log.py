@@ -92,7 +92,7 @@ def upgrade_change_log(conn: Connection, legacy_table: str) -> bool:
         added |= _add_source_table_pg(conn, "subscription_capture_schema", legacy_table)
         added |= _drop_lsn_constraint_pg(conn)
         return _upgrade_pg(conn) or added
-    if not _has_column(conn, "subscription_capture_schema", SOURCE_TABLE):
+    if not has_column(conn, "subscription_capture_schema", SOURCE_TABLE):
         conn.exec_driver_sql(
             "ALTER TABLE subscription_capture_schema ADD COLUMN source_table TEXT NOT NULL"
             f" DEFAULT {_literal(conn, legacy_table)}"
@@ -106,7 +106,7 @@ def _literal(conn: Connection, text: str) -> str:
     return str(literal(text))
 
 
-def _has_column(conn: Connection, table: str, column: str) -> bool:
+def has_column(conn: Connection, table: str, column: str) -> bool:
     if conn.dialect.name == "postgresql":  # (the inspector warns about xid8)
         query = (
             "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(:t) AND attname = :c"
@@ -117,7 +117,7 @@ def _has_column(conn: Connection, table: str, column: str) -> bool:
 
 
 def _add_source_table_pg(conn: Connection, table: str, legacy_table: str) -> bool:
-    if _has_column(conn, table, SOURCE_TABLE):
+    if has_column(conn, table, SOURCE_TABLE):
         return False
     # A constant default is stored once, not written into every row (PostgreSQL 11+); dropping
     # it then leaves existing rows with it and makes every new row name its table.
@@ -178,7 +178,7 @@ def _upgrade_sqlite(conn: Connection, legacy_table: str) -> bool:
     sql = conn.exec_driver_sql(
         "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'subscription_change_log'"
     ).scalar_one()
-    has_table_column = _has_column(conn, "subscription_change_log", SOURCE_TABLE)
+    has_table_column = has_column(conn, "subscription_change_log", SOURCE_TABLE)
     if "'r'" in sql and has_table_column:
         return False
     # The capture triggers name the log; SQLite checks them when a table is renamed, so drop

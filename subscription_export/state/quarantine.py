@@ -116,9 +116,16 @@ def held_entries(
     return {int(lsn): (field, str(reason)) for lsn, field, reason in rows}
 
 
-def revision_of(engine: Engine, window_key: str) -> tuple[int, tuple[int, ...]]:
+def revision_of(
+    engine: Engine, window_key: str, dataset: str | None = None
+) -> tuple[int, tuple[int, ...]]:
     """(the window's file revision, the LSNs replays recovered into it): 1 + the replays that
-    recovered something. Read from state, so re-exporting gives the same manifest."""
+    recovered something, in any table (the revision counts versions of the window's files);
+    `dataset`: only that table's recovered LSNs. Read from state, so re-exporting gives the
+    same manifest."""
+    recovered_of = quarantine.c.status == "recovered"
+    if dataset is not None:
+        recovered_of &= sa.func.coalesce(quarantine.c.dataset, LEGACY_DATASET) == dataset
     with engine.connect() as conn:
         revision = conn.execute(
             sa.select(sa.func.max(quarantine_actions.c.revision)).where(
@@ -127,10 +134,19 @@ def revision_of(engine: Engine, window_key: str) -> tuple[int, tuple[int, ...]]:
         ).scalar()
         recovered = conn.execute(
             sa.select(quarantine.c.lsn)
-            .where(quarantine.c.window_key == window_key, quarantine.c.status == "recovered")
+            .where(quarantine.c.window_key == window_key, recovered_of)
             .order_by(quarantine.c.lsn)
         ).all()
     return int(revision or 1), tuple(int(r[0]) for r in recovered)
+
+
+def entry_datasets(engine: Engine, window_key: str, lsns: Collection[int]) -> dict[int, str]:
+    """LSN → the dataset (table export) whose entry it is, for these entries of the window."""
+    query = sa.select(
+        quarantine.c.lsn, sa.func.coalesce(quarantine.c.dataset, LEGACY_DATASET)
+    ).where(quarantine.c.window_key == window_key, quarantine.c.lsn.in_(list(lsns)))
+    with engine.connect() as conn:
+        return {int(lsn): str(dataset) for lsn, dataset in conn.execute(query)}
 
 
 def open_entries(

@@ -349,3 +349,37 @@ def test_a_destination_column_the_table_lacks_stops_reconcile_before_the_feed_is
         result.stderr
     )
     assert "table 'subscriptions' has no column 'fee'" in lines[0]
+
+
+def test_run_and_export_on_a_log_init_has_not_upgraded_say_to_run_init(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """A change log from before several tables (no `source_table`): one line naming `init`,
+    not the raw SQL error of the first query that reads the column."""
+    engine = writer(sqlite_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TABLE subscription_change_log (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " lsn INTEGER UNIQUE, op TEXT NOT NULL CHECK (op IN ('c', 'u', 'd')),"
+            " subscription_id TEXT NOT NULL, before TEXT, after TEXT, changed_at TEXT NOT NULL,"
+            " origin TEXT NOT NULL DEFAULT 'app', schema_version INTEGER NOT NULL)"
+        )
+        conn.exec_driver_sql(
+            "CREATE TABLE subscription_capture_schema (version INTEGER PRIMARY KEY,"
+            " columns TEXT NOT NULL, installed_at TEXT NOT NULL DEFAULT '2026-01-01')"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO subscription_change_log (lsn, op, subscription_id, after, changed_at,"
+            " schema_version) VALUES (1, 'c', 's1', '{}', '2026-01-01T00:00:00Z', 1)"
+        )
+    settings = Settings(
+        source_url=sqlite_url,
+        state_url=f"sqlite:///{tmp_path / 'state.db'}",
+        export_dir=tmp_path / "exports",
+    )
+    for args in (["run", "--once"], ["export", "--from-lsn", "1", "--to-lsn", "1", *TO_CSV]):
+        result = _run(args, settings, tmp_path, check=False)
+        assert result.returncode == 2, result.stdout + result.stderr
+        [line] = _stderr_lines(result)
+        assert "no source_table column" in line and "run `subscription-export init`" in line
+        assert "OperationalError" not in line and "SELECT" not in line

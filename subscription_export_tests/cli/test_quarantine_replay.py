@@ -25,7 +25,7 @@ from subscription_export.formats.manifest import manifest_path, read_manifest
 from subscription_export.formats.writers import FORMATS, sha256_of, write_atomically
 from subscription_export.runtime import Project
 from subscription_export.sandbox.server import SandboxServer
-from subscription_export.source.demo_table import init_demo_source
+from subscription_export.source.demo_table import create_demo_table, init_demo_source
 from subscription_export.state.windows import Window
 from subscription_export_tests.cli_run import run_cli as _run
 from subscription_export_tests.delivery.test_window_delivery import (
@@ -208,3 +208,55 @@ def test_discard_is_audited_and_leaves_the_open_list(settings: Settings, tmp_pat
     export_window_file(project, "parquet", window, holder=HOLDER)  # stays out of the files
     assert sha256_of(project.file_path("parquet", window.key)) == before
     assert json.loads(_run(["quarantine", "replay", "--json"], settings, tmp_path).stdout) == []
+
+
+def test_replay_recovers_rows_of_every_captured_table(sqlite_url: str, tmp_path: Path) -> None:
+    """Two tables, each with a change the contract refused: replay recovers both, each into its
+    own table's files (not the first table's), and `verify` agrees with every manifest."""
+    engine = writer(sqlite_url)
+    create_demo_table(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE plans (code TEXT PRIMARY KEY, title TEXT NOT NULL)")
+    settings = Settings(
+        source_url=sqlite_url,
+        state_url=f"sqlite:///{tmp_path / 'state.db'}",
+        export_dir=tmp_path / "out",
+        window_max_age_s=0.0,
+        schema_contract="discard_row",
+        tables="subscriptions,plans",
+    )
+    _run(["init"], settings, tmp_path)
+    with engine.begin() as conn:
+        insert(conn, "a")  # LSN 1
+        conn.exec_driver_sql("INSERT INTO plans VALUES ('p1', 'Basic')")  # LSN 2
+    _export_all(Project(settings))  # registers both dataset schemas the contract holds to
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE subscriptions ADD COLUMN seats integer")
+        conn.exec_driver_sql("ALTER TABLE plans ADD COLUMN tier integer")
+    _run(["init"], settings, tmp_path)
+    with engine.begin() as conn:
+        update(conn, "a", seats=7)  # LSN 3: refused by discard_row
+        conn.exec_driver_sql("UPDATE plans SET tier = 2 WHERE code = 'p1'")  # LSN 4: refused
+    project = Project(settings)
+    window = _export_all(project)
+    assert sorted(q["lsn"] for q in _open(settings, tmp_path)) == [3, 4]
+
+    evolving = replace(settings, schema_contract="evolve")
+    [report] = json.loads(_run(["quarantine", "replay", "--json"], evolving, tmp_path).stdout)
+    assert report["recovered"] == [3, 4] and report["still_quarantined"] == []
+    assert _open(evolving, tmp_path) == []
+    project = Project(evolving)
+    for dataset, lsn in zip(project.datasets, (3, 4), strict=True):
+        path = project.file_path("parquet", window.key, dataset)
+        assert [r["_lsn"] for r in pq.read_table(path).to_pylist()] == [lsn], dataset
+        manifest = read_manifest(manifest_path(evolving.export_dir, dataset.name, window.key))
+        assert (manifest["revision"], manifest["recovered_lsns"]) == (2, [lsn])
+    _run(["verify"], evolving, tmp_path)
+
+
+def _export_all(project: Project) -> Window:
+    [window] = cut_windows(project).new_windows
+    for dataset in project.datasets:
+        for fmt in FORMATS:
+            export_window_file(project, fmt, window, holder=HOLDER, dataset=dataset)
+    return window

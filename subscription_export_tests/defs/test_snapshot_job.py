@@ -12,7 +12,7 @@ from subscription_export.defs.definitions import build_definitions
 from subscription_export.defs.snapshot import SNAPSHOT_JOB
 from subscription_export.source.schema import init_source
 from subscription_export.source.snapshot import snapshot_progress
-from subscription_export_tests.source.test_snapshot import (
+from subscription_export_tests.source.snapshot_load import (
     app_table,
     count_r,
     replayed,
