@@ -21,7 +21,14 @@ from subscription_export.core.db import engine_for
 from subscription_export.core.settings import Settings
 from subscription_export.source.demo_table import init_demo_source
 
-PG_DSN = os.environ.get("SUBSCRIPTION_EXPORT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+BASE_PG_DSN = os.environ.get(
+    "SUBSCRIPTION_EXPORT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test"
+)
+# Each xdist worker gets its own database (`test_gw0`, ...): the sequencer's and init's advisory
+# locks and the `pg_locks` views the product reads are per database, so workers' PostgreSQL
+# tests run side by side without seeing each other. A test still gets a fresh schema.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+PG_DSN = f"{BASE_PG_DSN}_{_WORKER}" if _WORKER else BASE_PG_DSN
 REDIS_URL = os.environ.get("SUBSCRIPTION_EXPORT_TEST_REDIS", "redis://127.0.0.1:6379/0")
 REQUIRE = os.environ.get("SUBSCRIPTION_EXPORT_REQUIRE_SERVICES") == "1"
 
@@ -33,8 +40,22 @@ def _unavailable(what: str, exc: Exception) -> None:
     pytest.skip(message)
 
 
+@pytest.fixture(scope="session")
+def pg_database() -> str:
+    """This worker's database, created on first use (kept for the next run)."""
+    name = PG_DSN.rsplit("/", 1)[1]
+    try:
+        with psycopg.connect(BASE_PG_DSN, autocommit=True, connect_timeout=5) as conn:
+            found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if found.fetchone() is None:
+                conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        _unavailable("PostgreSQL", exc)
+    return PG_DSN
+
+
 @pytest.fixture
-def pg_url() -> Iterator[str]:
+def pg_url(pg_database: str) -> Iterator[str]:
     """A SQLAlchemy URL whose search_path is a brand-new schema, dropped afterwards."""
     schema = f"t_{uuid.uuid4().hex[:12]}"
     try:
@@ -122,17 +143,8 @@ def settings(source_url: str, tmp_path: Path) -> Settings:
     )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """PostgreSQL's read horizon is cluster-wide: one test's open transaction holds back another
-    test's sequencer. Keep PostgreSQL tests on one xdist worker (`--dist loadgroup`)."""
-    for item in items:
-        uses_pg = "pg_url" in getattr(item, "fixturenames", ()) or "postgresql" in item.name
-        if uses_pg:
-            item.add_marker(pytest.mark.xdist_group("postgresql"))
-
-
 @pytest.fixture
-def dagster_db() -> Iterator[str]:
+def dagster_db(pg_database: str) -> Iterator[str]:
     """A brand-new PostgreSQL database for one Dagster instance, as `postgresql://…`."""
     name = f"dagster_{uuid.uuid4().hex[:10]}"
     try:

@@ -44,7 +44,7 @@ def other_database_transaction() -> Iterator[int]:
 
 
 @pytest.fixture
-def same_database_transaction() -> Iterator[int]:
+def same_database_transaction(pg_database: str) -> Iterator[int]:
     yield from _open_write_transaction(PG_DSN)
 
 
