@@ -239,11 +239,14 @@ def _kill_at_random(
 ) -> int:
     """Start the snapshot CLI, SIGKILL it once it has committed 1..`most` more chunks (plus a
     random few ms, so mid-chunk too), check nothing but whole chunks stayed; chunks done."""
-    before = snapshot_progress(engine)
+    # A reader (never BEGIN IMMEDIATE on SQLite): polling must not queue for the write lock
+    # behind the writers and the chunk, or a fast snapshot finishes before the kill lands.
+    reader = engine_for(settings.source_url)
+    before = snapshot_progress(reader)
     assert before is not None
     goal = before.chunks_done + rng.randrange(1, most + 1)
     proc = _snapshot_process(settings, workdir, chunk)
-    while (now := snapshot_progress(engine)) and now.chunks_done < goal:
+    while (now := snapshot_progress(reader)) and now.chunks_done < goal:
         assert proc.poll() is None, proc.communicate()
         time.sleep(rng.random() * 0.01)
     proc.send_signal(signal.SIGKILL)

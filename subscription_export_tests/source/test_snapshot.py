@@ -29,18 +29,22 @@ from subscription_export_tests.source.snapshot_load import (
 
 _INSERT = INSERT
 
-KEYS = 5_000
-CHUNK = 25
 
-
+@pytest.mark.parametrize(
+    ("keys", "chunk"),
+    [
+        pytest.param(5_000, 25, id="5k-small-chunks"),  # many chunks: writers meet each often
+        pytest.param(200_000, 2048, id="200k"),  # the acceptance's size
+    ],
+)
 def test_snapshot_under_load_with_three_kills_replays_to_the_table(
-    source_url: str, tmp_path: Path
+    source_url: str, tmp_path: Path, keys: int, chunk: int
 ) -> None:
-    """The acceptance's scenario at 5k rows (`bench/snapshot_load_bench.py` runs it at 200k):
+    """The acceptance's scenario (`bench/snapshot_load_bench.py` runs the same checker):
     4 random writers, 3 SIGKILLs, replay == table, no snapshot lock outlives a chunk."""
-    figures = run_under_load(source_url, KEYS, CHUNK, tmp_path)
+    figures = run_under_load(source_url, keys, chunk, tmp_path)
     assert figures["writer_changes"] > 200 and figures["replay_mismatches"] == 0
-    assert figures["keys_checked"] > KEYS // 2
+    assert figures["keys_checked"] > keys // 2
 
 
 def test_a_chunk_passes_an_uncommitted_change_which_then_follows_it(pg_url: str) -> None:
