@@ -12,6 +12,7 @@ from collections import Counter
 from decimal import Decimal
 
 import dagster as dg
+from upath import UPath
 
 from subscription_export.defs.resources import ExportSettings
 from subscription_export.reports.daily_activity import (
@@ -88,7 +89,7 @@ def build_daily_activity_asset(
 
 
 def report_metadata(
-    activities: list[DailyActivity], windows_scanned: int, path: os.PathLike[str]
+    activities: list[DailyActivity], windows_scanned: int, path: os.PathLike[str] | UPath
 ) -> dict[str, object]:
     """Totals over the materialized day(s); MRR as exact decimal text (a float would round)."""
     ops: Counter[str] = Counter()
@@ -119,7 +120,7 @@ def report_metadata(
         **{f"status.{status}": n for status, n in sorted(statuses.items())},
         "windows_scanned": windows_scanned,
         "scanned_to_lsn": first.scanned_to_lsn if first.scanned_to_lsn is not None else 0,
-        "path": dg.MetadataValue.path(os.fspath(path)),
+        "path": dg.MetadataValue.path(str(path)),  # s3://… stays a URL
     }
 
 

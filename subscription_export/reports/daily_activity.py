@@ -55,6 +55,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from subscription_export.core.locations import is_local
+
 MONTHLY_FACTOR: dict[str, Fraction] = {
     "daily": Fraction(365, 12),
     "weekly": Fraction(52, 12),
@@ -441,12 +443,15 @@ def iter_window_batches(
 ) -> Iterator[tuple[str, pa.RecordBatch]]:
     """`(window_key, batch)` from each file, reading only the columns the report needs."""
     for path in paths:
-        source = pq.ParquetFile(path)
-        missing = [c for c in REQUIRED_COLUMNS if c not in source.schema_arrow.names]
-        if missing:
-            raise ValueError(f"{path} lacks columns {missing} needed for the daily report")
-        for batch in source.iter_batches(batch_size=batch_size, columns=list(REQUIRED_COLUMNS)):
-            yield path.stem, batch
+        # Opened through the path itself: a local file or an object behind fsspec (s3://…).
+        with path.open("rb") as handle:
+            source = pq.ParquetFile(handle)
+            missing = [c for c in REQUIRED_COLUMNS if c not in source.schema_arrow.names]
+            if missing:
+                raise ValueError(f"{path} lacks columns {missing} needed for the daily report")
+            columns = list(REQUIRED_COLUMNS)
+            for batch in source.iter_batches(batch_size=batch_size, columns=columns):
+                yield path.stem, batch
 
 
 def summarize_days(
@@ -457,11 +462,16 @@ def summarize_days(
 
 
 def write_report(path: Path, activity: DailyActivity) -> Path:
-    """Write the day's JSON atomically (temp beside it, then rename): readers never see half."""
+    """Write the day's JSON atomically (temp beside it, then rename): readers never see half.
+    An object store has no rename, and needs none: one PUT is all or nothing."""
+    text = json.dumps(activity.to_json(), indent=2) + "\n"
+    if not is_local(path):
+        path.write_text(text)
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(activity.to_json(), indent=2) + "\n")
+        tmp.write_text(text)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
