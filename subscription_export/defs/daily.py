@@ -10,11 +10,14 @@ import datetime as dt
 import os
 from collections import Counter
 from decimal import Decimal
+from pathlib import Path
 
 import dagster as dg
 from upath import UPath
 
+from subscription_export.core.errors import UnpublishedFileError
 from subscription_export.defs.resources import ExportSettings
+from subscription_export.formats.verify import published_file
 from subscription_export.reports.daily_activity import (
     DailyActivity,
     summarize_days,
@@ -71,7 +74,7 @@ def build_daily_activity_asset(
         """Changes per local business day: counts by op and status, new subscriptions, churn
         and MRR delta per currency, written to `subscription_activity_daily/{day}.json`."""
         export_dir = settings.settings().export_dir
-        files = window_files(export_dir / SOURCE_DIR)
+        files = _published(context, export_dir, window_files(export_dir / SOURCE_DIR))
         folder = export_dir / REPORT_DIR
         days = [dt.date.fromisoformat(key) for key in context.partition_keys]
         context.log.info(f"scanning {len(files)} windows for {len(days)} day(s) in {tz}")
@@ -86,6 +89,20 @@ def build_daily_activity_asset(
         return dg.MaterializeResult(metadata=report_metadata(activities, len(files), where))
 
     return subscription_activity_daily
+
+
+def _published(
+    context: dg.AssetExecutionContext, export_dir: Path | UPath, files: list[Path]
+) -> list[Path | UPath]:
+    """The window files their manifests vouch for. As every reader, the report ignores a file
+    without one (a write that stopped before it; the window's next run rewrites it), and says so."""
+    published: list[Path | UPath] = []
+    for path in files:
+        try:
+            published.append(published_file(export_dir, "parquet", path.stem))
+        except UnpublishedFileError as exc:
+            context.log.warning(f"not in the report: {exc}")
+    return published
 
 
 def report_metadata(

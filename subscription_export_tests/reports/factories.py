@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from subscription_export.core.columns import BASE_COLUMNS
+from subscription_export.formats.manifest import manifest_path, write_manifest
 from subscription_export.formats.schema import export_schema
 
 SCHEMA = export_schema(BASE_COLUMNS, 1)
@@ -60,10 +62,20 @@ def table(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=SCHEMA)
 
 
-def write_window(folder: Path, rows: list[dict[str, Any]]) -> Path:
-    """A window file named by its LSN range, as the Parquet IO manager names them."""
+def write_window(folder: Path, rows: list[dict[str, Any]], *, published: bool = True) -> Path:
+    """A window file named by its LSN range, as the Parquet IO manager names them, and (unless
+    `published` is False: a write that stopped before it) the manifest that vouches for it."""
     lo, hi = rows[0]["_lsn"], rows[-1]["_lsn"]
     path = folder / f"{lo:020d}-{hi:020d}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table(rows), path)
+    if published:
+        data = path.read_bytes()
+        recorded = {
+            "path": path.relative_to(folder.parent).as_posix(),
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+        manifest = manifest_path(folder.parent, folder.name, path.stem)
+        write_manifest(manifest, {"asset": folder.name, "window": path.stem, "file": recorded})
     return path

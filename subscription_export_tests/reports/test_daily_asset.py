@@ -136,3 +136,29 @@ def test_wires_into_the_project_definitions_with_lineage_to_every_window(tmp_pat
     assert graph.get(KEY).parent_keys == {upstream}
     assert isinstance(asset.get_partition_mapping(upstream), dg.AllPartitionMapping)
     assert graph.get(KEY).group_name == "reports"
+
+
+def test_a_window_file_without_its_manifest_is_not_in_the_report(tmp_path: Path) -> None:
+    """A write that stopped before its manifest: as every reader, the report leaves it out
+    (the window's next run rewrites it) and says so in the run's log."""
+    _windows(tmp_path)
+    folder = tmp_path / "subscription_changes"
+    late = row(5, "d", utc("2026-11-01T12:00:00"), "b", "120", "USD", "yearly")
+    write_window(folder, [late], published=False)
+    asset = build_daily_activity_asset(business_days("2026-10-01", NY))
+
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize(
+        [asset],
+        partition_key="2026-11-01",
+        resources={"settings": _settings(tmp_path)},
+        instance=instance,
+    )
+
+    [event] = result.get_asset_materialization_events()
+    meta = {k: v.value for k, v in event.materialization.metadata.items()}
+    assert (meta["windows_scanned"], meta["deleted"], meta["changes"]) == (2, 0, 2)
+    said = [e.user_message for e in instance.all_logs(result.run_id)]
+    assert any(
+        m.startswith("not in the report:") and "its manifest is missing" in m for m in said
+    ), said
