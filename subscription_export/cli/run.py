@@ -4,7 +4,6 @@ reconcile every system with a change feed), once or repeatedly."""
 from __future__ import annotations
 
 import json
-import time
 from typing import Annotated, Any
 
 import typer
@@ -20,7 +19,7 @@ from subscription_export.cli.reconcile import print_reconciled
 from subscription_export.cli.shown import marked, shown
 from subscription_export.core.errors import RangeError
 from subscription_export.core.settings import Settings
-from subscription_export.core.stopping import Stopped, stop_on_signals
+from subscription_export.core.stopping import Stopped, stop_on_signals, stoppable_sleep
 from subscription_export.defs.runner import WindowRun, materialize_windows, run_cycle
 from subscription_export.runtime import Project
 from subscription_export.state.windows import find_window
@@ -80,7 +79,7 @@ def _run(
         code = _run_one_cycle(settings, as_json, quiet, debug)
         if not watch:
             return code
-        time.sleep(interval)
+        stoppable_sleep(interval)
 
 
 def _print_failures(runs: list[WindowRun], debug: bool) -> None:

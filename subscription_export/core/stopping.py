@@ -11,15 +11,27 @@ interpreter write the number of every signal it receives to a pipe, whoever's ha
 `stop_requested()` reads that pipe; the Dagster steps check it to fail without retry (and to
 not start at all), delivery lanes check it between batches, and the runner checks it after
 each run. Nothing here imports Dagster.
+
+`stoppable_sleep()` is the sleep of every wait on a run's path (retry backoff, the ordering
+poll, the lease wait, `--watch`): a stop wakes it at once, in any thread, and it raises
+`Stopped`. Otherwise a delivery lane backing off for tens of seconds would keep the step (which
+joins its lanes) alive past Kubernetes' 30 s grace, and the pod would be SIGKILLed with its
+leases held. It waits in `poll` on the wakeup pipe - written by the interpreter's C-level
+handler, so even while the main thread is busy - and on a second "latch" pipe that gets one byte
+once a stop is recorded and is never drained: the wakeup pipe is drained by whichever thread
+reads it first, and a sleeper that started its `poll` just after would otherwise sleep on.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import select
 import signal
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from types import FrameType
 
@@ -28,6 +40,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _lock = threading.Lock()
 _received: list[int] = []
 _pipe: list[int] = []  # the read end of the wakeup pipe, while `stop_on_signals` is active
+_latch: list[tuple[int, int]] = []  # (read, write): readable once a stop is recorded
 _deferring = 0  # > 0 inside `deferred()`
 
 
@@ -45,8 +58,41 @@ def stop_requested() -> int | None:
     with _lock:
         for fd in _pipe:
             with suppress(BlockingIOError, OSError):
-                _received.extend(s for s in os.read(fd, 512) if s in STOP_SIGNALS)
+                _record(s for s in os.read(fd, 512) if s in STOP_SIGNALS)
         return _received[0] if _received else None
+
+
+def _record(signums: Iterable[int]) -> None:
+    """Note stop signals (under `_lock`); the first one sets the latch that wakes sleepers."""
+    was_stopped = bool(_received)
+    _received.extend(signums)
+    if _received and not was_stopped:
+        for _, write in _latch:
+            with suppress(BlockingIOError, OSError):
+                os.write(write, b"\0")
+
+
+def stoppable_sleep(seconds: float) -> None:
+    """`time.sleep`, but a stop signal (under `stop_on_signals`) ends it at once by raising
+    `Stopped`, in any thread; also raises if the stop came before. Without `stop_on_signals`
+    (a Dagster daemon's run worker: Dagster owns the signals) a plain sleep."""
+    deadline = time.monotonic() + seconds
+    while True:
+        raise_if_stopped()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        with _lock:  # read afresh each round: `stop_on_signals` may have ended meanwhile
+            fds = [*_pipe, *(read for read, _ in _latch)]
+        if not fds:
+            time.sleep(remaining)
+            return
+        # poll, not select: no FD_SETSIZE limit. A pipe closed under us (`stop_on_signals`
+        # ended) answers POLLNVAL at once and the next round reads the lists afresh.
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        poller.poll(math.ceil(remaining * 1000))
 
 
 def raise_if_stopped() -> None:
@@ -56,7 +102,7 @@ def raise_if_stopped() -> None:
 
 def _raise_stopped(signum: int, _frame: FrameType | None) -> None:
     with _lock:
-        _received.append(signum)
+        _record((signum,))
         if _deferring:
             return  # inside `deferred()`: the caller checks when it is done
     raise Stopped(signum)
@@ -99,11 +145,14 @@ def stop_on_signals() -> Iterator[None]:
     """SIGTERM/SIGINT raise `Stopped` in the main thread and are recorded for `stop_requested`
     while Dagster's handlers are installed. Main thread only."""
     read, write = os.pipe()
-    os.set_blocking(read, False)
-    os.set_blocking(write, False)
+    latch = os.pipe()
+    for fd in (read, write, *latch):
+        os.set_blocking(fd, False)
     previous_fd = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
     previous = {s: signal.signal(s, _raise_stopped) for s in STOP_SIGNALS}
-    _pipe.append(read)
+    with _lock:
+        _pipe.append(read)
+        _latch.append(latch)
     quieted = _output_handlers()
     for handler in quieted:
         handler.addFilter(_quiet_stop)
@@ -117,6 +166,7 @@ def stop_on_signals() -> Iterator[None]:
         signal.set_wakeup_fd(previous_fd)
         with _lock:
             _pipe.remove(read)
+            _latch.remove(latch)
             _received.clear()
-        os.close(read)
-        os.close(write)
+        for fd in (read, write, *latch):
+            os.close(fd)

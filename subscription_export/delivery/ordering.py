@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
+from subscription_export.core.stopping import stoppable_sleep
 from subscription_export.delivery.clients import DeliveryClient
 from subscription_export.delivery.columns import destination_table
 from subscription_export.delivery.config import DestinationConfig
@@ -98,7 +99,7 @@ def _deliver_in_order(
                     f"{name}: window {first.key} must be delivered before {before.key} but has"
                     f" not been exported yet (waited {wait_s:g}s); it is delivered when it is"
                 )
-            time.sleep(poll_s)
+            stoppable_sleep(poll_s)
             continue
         outcome = deliver_one(project, destination, first, holder, policy, client)
         outcomes.append(outcome)

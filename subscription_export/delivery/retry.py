@@ -32,6 +32,7 @@ import tenacity
 
 from subscription_export.core.causes import errno_phrase, os_error_in
 from subscription_export.core.secrets import mask_in_text, mask_url
+from subscription_export.core.stopping import stoppable_sleep
 
 T = TypeVar("T")
 
@@ -144,7 +145,7 @@ class RetryPolicy:
     base_delay_s: float = 0.25
     max_delay_s: float = 30.0
     budget_s: float = 120.0
-    sleep: Callable[[float], None] = time.sleep
+    sleep: Callable[[float], None] = stoppable_sleep  # a stop signal cuts the backoff short
     clock: Callable[[], float] = time.monotonic
     rng: random.Random = field(default_factory=random.Random)
 

@@ -35,7 +35,7 @@ from sqlalchemy.engine import Engine
 from subscription_export.core import processes
 from subscription_export.core.errors import SubscriptionExportError
 from subscription_export.core.processes import ProcessId
-from subscription_export.core.stopping import deferred
+from subscription_export.core.stopping import deferred, stoppable_sleep
 from subscription_export.state.tables import leases
 
 log = logging.getLogger(__name__)
@@ -269,7 +269,7 @@ def _wait_for(
         elif time.monotonic() - last_said >= PROGRESS_EVERY_S:
             log.warning("still waiting for %s (%.0f s of %.0f s)", name, waited, wait_s)
             last_said = time.monotonic()
-        time.sleep(poll_s)
+        stoppable_sleep(poll_s)  # a stop signal ends the wait at once
 
 
 @contextmanager

@@ -57,9 +57,14 @@ def _three_windows(settings: Settings) -> tuple[Project, list[Window]]:
     return project, cut_windows(project).new_windows
 
 
-def _env(project: Project, tmp_path: Path, erp: SandboxServer) -> dict[str, str]:
+def _env(
+    project: Project,
+    tmp_path: Path,
+    erp: SandboxServer,
+    retry: dict[str, float] | None = None,
+) -> dict[str, str]:
     destinations = tmp_path / "destinations.toml"
-    write_destinations(destinations, {"erp": erp}, read_s=30.0)
+    write_destinations(destinations, {"erp": erp}, read_s=30.0, retry=retry)
     return {
         **os.environ,
         **project.settings.as_env(),
@@ -157,6 +162,62 @@ def test_run_stops_promptly_on_a_signal_and_releases_its_leases(
     assert "Exception ignored" not in err and "stopping.Stopped" not in err, err
     with project.state.connect() as conn:
         assert conn.execute(sa.select(leases)).all() == []
+
+    erp.system.set_faults(FaultPlan())
+    done = _run_once(env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    _assert_exact(project, erp)
+
+
+# A backoff no run could sit out within the test's bound: full jitter draws the first sleep from
+# [0, 3600 s) (below 10 s once in 360 runs, and then the run stops between batches anyway).
+LONG_BACKOFF = {"max_attempts": 8, "base_delay_s": 3600, "max_delay_s": 3600, "total_s": 86400}
+
+
+def _wait_for_failures(erp: SandboxServer, proc: subprocess.Popen) -> None:
+    """Until the ERP has refused a request: the run's lanes are now in their backoff sleep."""
+    deadline = time.monotonic() + 60
+    while not erp.system.faults_injected.get("error"):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the run never reached the ERP"
+        time.sleep(0.05)
+
+
+def test_a_stop_cuts_the_retry_backoff_short(
+    settings: Settings, erp: SandboxServer, tmp_path: Path
+) -> None:
+    """SIGTERM while every lane sleeps in a long backoff after 503s: the run exits 143 at once
+    (Kubernetes kills a pod 30 s after SIGTERM), its leases released, nothing recorded; the next
+    run delivers every window exactly once."""
+    project, _windows = _three_windows(settings)
+    env = _env(project, tmp_path, erp, retry=LONG_BACKOFF)
+    erp.system.set_faults(FaultPlan(default=FaultSpec(error=1.0, error_statuses=(503,))))
+    proc = subprocess.Popen(
+        [*CLI, "--once"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for_failures(erp, proc)
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:  # before the fix the lanes slept out their backoff (up to an hour here)
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("run --once still sleeping in its retry backoff 30 s after SIGTERM")
+        took = time.monotonic() - signalled
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 143, err
+    assert took < 10, f"stopped {took:.1f} s after SIGTERM"
+    assert err.strip().splitlines()[-1].startswith("stopped by SIGTERM"), err
+    with project.state.connect() as conn:
+        assert conn.execute(sa.select(leases)).all() == []
+    assert project.watermarks.get("erp") == 0  # nothing recorded as delivered
 
     erp.system.set_faults(FaultPlan())
     done = _run_once(env, tmp_path)
