@@ -52,6 +52,21 @@ _FIELD_TYPES: dict[str, tuple[str, ...]] = {
     "updated_at": ("timestamp",),
 }
 _TEXT = ("text", "uuid")
+ID_MAX_LENGTH = 200  # the state tables' `subscription_id` (String(200)) holds no longer id
+_INT64 = (-(2**63), 2**63 - 1)  # SQLite's INTEGER and PostgreSQL's bigint
+
+
+def shown_id(ident: str, limit: int = 60) -> str:
+    """A remote's id for a message: quoted with control characters escaped (`repr`), cut at
+    `limit` characters (a hostile id may be long)."""
+    cut = ident[:limit]
+    return repr(cut) + (f"... ({len(ident)} characters)" if len(ident) > limit else "")
+
+
+def audit_id(ident: str) -> str:
+    """The id an audit entry of a remote's record is filed under: the id itself, or its
+    first characters and a marker when it is longer than the state tables hold."""
+    return ident if len(ident) <= ID_MAX_LENGTH else ident[: ID_MAX_LENGTH - 1] + "\u2026"
 
 
 @dataclass(frozen=True)
@@ -109,6 +124,30 @@ class ColumnMap:
         except ValueError:
             raise MappingError(f"{self.key}: {ident!r} is not a valid {logical} key") from None
         return ident
+
+    def key_error(self, ident: str) -> str | None:
+        """Why a remote's record id cannot name a row of this table (None: it can). It must
+        be a key's canonical text form (what we delivered: `42`, a lower-case uuid), so that
+        it names the row the change log knows it by; a spelling that converts to another
+        key (` 42`, `4_2`, an upper-case uuid) would name a record the remote never had."""
+        logical = self.types[self.key]
+        where = f"column {self.key!r} ({logical} key): id {shown_id(ident)}"
+        if not ident:
+            return f"{where} is empty"
+        if len(ident) > ID_MAX_LENGTH:
+            return f"{where} is longer than {ID_MAX_LENGTH} characters"
+        if "\x00" in ident:  # PostgreSQL text cannot hold NUL
+            return f"{where} contains a NUL character"
+        try:
+            value = self.key_value(ident)
+        except MappingError:
+            return f"{where} is not a valid {logical} key"
+        if logical == "integer" and not _INT64[0] <= value <= _INT64[1]:
+            return f"{where} is out of the 64-bit integer range"
+        canonical = self.key_text(value)
+        if canonical != ident:
+            return f"{where} is not in canonical form ({canonical!r})"
+        return None
 
     def to_fields(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """A change row (or image) of the table as a row of fields; `_` metadata kept."""
