@@ -12,9 +12,15 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from subscription_export.core.settings import Settings
-from subscription_export.delivery.columns import audit_id, shown_id
+from subscription_export.delivery.columns import (
+    audit_id,
+    identity_map,
+    read_table_columns,
+    shown_id,
+)
 from subscription_export.reconcile import flow as rc
 from subscription_export.reconcile import sync_state as st
 from subscription_export.reconcile.audit_log import history
@@ -25,6 +31,7 @@ from subscription_export.reconcile.strategies import ConflictPolicy
 from subscription_export.reconcile.three_way import decide
 from subscription_export.runtime import Project
 from subscription_export.sandbox.server import SandboxServer
+from subscription_export.source.schema import init_source
 from subscription_export_tests.helpers import writer
 from subscription_export_tests.reconcile import test_any_table_end_to_end as any_table
 from subscription_export_tests.reconcile.test_any_table_end_to_end import (
@@ -147,3 +154,32 @@ def test_the_per_record_snapshot_of_a_bad_id_is_invalid(
             )
             assert snap.error is not None and decide(snap, POLICY).outcome == "invalid"
             assert repr(change.id[:40])[1:-1] in snap.error
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("declared", "fits", "too_big"),
+    [
+        ("integer", "2147483647", "2147483648"),  # int4: an int64 id past it fails the INSERT
+        ("smallint", "-32768", "40000"),
+        ("varchar(12)", "a" * 12, "a" * 13),
+    ],
+)
+def test_a_narrow_postgresql_key_column_bounds_the_ids(
+    pg_url: str, declared: str, fits: str, too_big: str
+) -> None:
+    """The logical type says `integer`/`text`; the catalog says how much the column holds."""
+    engine = writer(pg_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE TABLE narrow (k {declared} PRIMARY KEY, v text)")
+    init_source(engine, "narrow")
+    columns = identity_map(read_table_columns(engine, "narrow"))
+    assert columns.key_error(fits) is None
+    error = columns.key_error(too_big)
+    assert error is not None and ("range" in error or "longer than the key column" in error)
+    with pytest.raises(sa.exc.DataError), engine.begin() as conn:  # what the check spares
+        conn.execute(sa.text("INSERT INTO narrow (k) VALUES (:k)"), {"k": _bound(too_big)})
+
+
+def _bound(ident: str) -> object:
+    return int(ident) if ident.lstrip("-").isdigit() else ident
