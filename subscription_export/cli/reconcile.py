@@ -58,11 +58,21 @@ def print_reconciled(runs: Sequence[SystemRun]) -> None:
         s = run.report.summary()
         console.print(
             f"{run.system}: {s['changes']} change(s), {s['applied']} applied,"
-            f" {s['conflicts_queued']} conflict(s) queued; pushes {s['pushes_sent']} sent,"
+            f" {s['conflicts_queued']} conflict(s) queued, {s['invalid']} invalid;"
+            f" pushes {s['pushes_sent']} sent,"
             f" {s['pushes_waiting']} waiting for the delivery, {s['pushes_failed']} failed,"
             f" {s['pushes_dead_lettered']} dead-lettered",
             highlight=False,
             markup=False,
         )
+        for bad in s["invalid_changes"]:  # remote data: every value escaped
+            err_console.print(
+                marked(
+                    "  [yellow]invalid change[/yellow] at cursor {cursor}: {reason}",
+                    cursor=bad["cursor"],
+                    reason=bad["reason"],
+                ),
+                highlight=False,
+            )
         for error in run.report.pushes.errors:
             err_console.print(marked("  [red]push refused[/red]: {e}", e=error), highlight=False)

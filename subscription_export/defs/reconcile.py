@@ -163,6 +163,10 @@ def apply_resolutions(
         f" planned): {dict(report.outcomes)}; {report.written_back} write-back(s),"
         f" {report.pushes_planned} push(es) queued"
     )
+    for bad in report.invalid:  # set aside, audited; the reason quotes the id escaped
+        context.log.warning(
+            f"{system.name}: invalid change at cursor {bad['cursor']}: {bad['reason']}"
+        )
     return dg.Output(report, metadata=report.metadata())
 
 

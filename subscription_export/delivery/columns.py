@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from sqlalchemy.engine import Engine
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
 
 from subscription_export.core.columns import LogicalType, decimal_params
 from subscription_export.delivery.config import DestinationConfig, DestinationConfigError
@@ -52,6 +53,26 @@ _FIELD_TYPES: dict[str, tuple[str, ...]] = {
     "updated_at": ("timestamp",),
 }
 _TEXT = ("text", "uuid")
+ID_MAX_LENGTH = 200  # the state tables' `subscription_id` (String(200)) holds no longer id
+_INT64 = (-(2**63), 2**63 - 1)  # SQLite's INTEGER and PostgreSQL's bigint
+_PG_INT_MAX = {"int2": 2**15 - 1, "int4": 2**31 - 1}
+_PG_KEY_TYPE = (
+    "SELECT t.typname, a.atttypmod FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
+    " WHERE a.attrelid = to_regclass(:name) AND a.attname = :column"
+)
+
+
+def shown_id(ident: str, limit: int = 60) -> str:
+    """A remote's id for a message: quoted with control characters escaped (`repr`), cut at
+    `limit` characters (a hostile id may be long)."""
+    cut = ident[:limit]
+    return repr(cut) + (f"... ({len(ident)} characters)" if len(ident) > limit else "")
+
+
+def audit_id(ident: str) -> str:
+    """The id an audit entry of a remote's record is filed under: the id itself, or its
+    first characters and a marker when it is longer than the state tables hold."""
+    return ident if len(ident) <= ID_MAX_LENGTH else ident[: ID_MAX_LENGTH - 1] + "\u2026"
 
 
 @dataclass(frozen=True)
@@ -61,6 +82,7 @@ class TableColumns:
     name: str
     key: tuple[str, ...]
     types: Mapping[str, LogicalType]
+    key_limit: int | None = None  # see `ColumnMap.key_limit`
 
 
 @dataclass(frozen=True)
@@ -72,6 +94,10 @@ class ColumnMap:
     types: Mapping[str, LogicalType]  # the table's columns
     fields: Mapping[str, str]  # field -> column, `id` included
     left_out: frozenset[str] = frozenset()  # columns named like a field another column feeds
+    # what the key column holds beyond its logical type (PostgreSQL catalog): the largest
+    # integer of an int2/int4 key, the characters of a varchar(n)/char(n) key; None: no limit
+    # but the logical type's own (int64, `ID_MAX_LENGTH`)
+    key_limit: int | None = None
 
     # cached: asked for every row and field (frozen: computed once from fields that never change)
     @cached_property
@@ -110,6 +136,33 @@ class ColumnMap:
             raise MappingError(f"{self.key}: {ident!r} is not a valid {logical} key") from None
         return ident
 
+    def key_error(self, ident: str) -> str | None:
+        """Why a remote's record id cannot name a row of this table (None: it can). It must
+        be a key's canonical text form (what we delivered: `42`, a lower-case uuid), so that
+        it names the row the change log knows it by; a spelling that converts to another
+        key (` 42`, `4_2`, an upper-case uuid) would name a record the remote never had."""
+        logical = self.types[self.key]
+        where = f"column {self.key!r} ({logical} key): id {shown_id(ident)}"
+        largest = self.key_limit if logical == "integer" and self.key_limit else _INT64[1]
+        if not ident:
+            return f"{where} is empty"
+        if len(ident) > ID_MAX_LENGTH:
+            return f"{where} is longer than {ID_MAX_LENGTH} characters"
+        if "\x00" in ident:  # PostgreSQL text cannot hold NUL
+            return f"{where} contains a NUL character"
+        try:
+            value = self.key_value(ident)
+        except MappingError:
+            return f"{where} is not a valid {logical} key"
+        if logical == "integer" and not -largest - 1 <= value <= largest:
+            return f"{where} is out of the key column's range ({-largest - 1}..{largest})"
+        if logical == "text" and self.key_limit is not None and len(ident) > self.key_limit:
+            return f"{where} is longer than the key column ({self.key_limit} characters)"
+        canonical = self.key_text(value)
+        if canonical != ident:
+            return f"{where} is not in canonical form ({canonical!r})"
+        return None
+
     def to_fields(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """A change row (or image) of the table as a row of fields; `_` metadata kept."""
         if self.identity:
@@ -140,7 +193,7 @@ def identity_map(table: TableColumns) -> ColumnMap:
     """Every column feeds the field of its name (what `columns` defaults to on the demo)."""
     fields = {name: name for name in table.types}
     fields["id"] = table.key[0]
-    return ColumnMap(table.name, table.key[0], dict(table.types), fields)
+    return ColumnMap(table.name, table.key[0], dict(table.types), fields, key_limit=table.key_limit)
 
 
 def read_table_columns(source: Engine, table: str) -> TableColumns:
@@ -149,8 +202,24 @@ def read_table_columns(source: Engine, table: str) -> TableColumns:
         latest = latest_capture_schema(conn, table)
         previous = {c.name: c.type for c in latest.columns} if latest else {}
         shape = read_table(conn, table, previous)
+        limit = _key_limit(conn, table, shape.key[0]) if len(shape.key) == 1 else None
     types = previous or {c.name: c.type for c in shape.columns}
-    return TableColumns(table, shape.key, types)
+    return TableColumns(table, shape.key, types, limit)
+
+
+def _key_limit(conn: Connection, table: str, column: str) -> int | None:
+    """PostgreSQL: the largest value of an int2/int4 key, the length of a varchar(n)/char(n)
+    key (the logical types do not carry them; an id past them would fail the write-back)."""
+    if conn.dialect.name != "postgresql":
+        return None
+    quoted = conn.dialect.identifier_preparer.quote_identifier(table)
+    found = conn.execute(sa.text(_PG_KEY_TYPE), {"name": quoted, "column": column}).first()
+    if found is None:
+        return None
+    typname, typmod = found
+    if typname in ("varchar", "bpchar") and typmod > 4:
+        return int(typmod) - 4  # atttypmod of a character type is n + 4
+    return _PG_INT_MAX.get(typname)
 
 
 def bind_columns(config: DestinationConfig, table: TableColumns) -> ColumnMap:
@@ -182,7 +251,7 @@ def bind_columns(config: DestinationConfig, table: TableColumns) -> ColumnMap:
         )
     fed = set(fields.values())
     left_out = frozenset(c for c in table.types if c in FIELDS_OF_KIND[config.kind]) - fed
-    return ColumnMap(table.name, table.key[0], dict(table.types), fields, left_out)
+    return ColumnMap(table.name, table.key[0], dict(table.types), fields, left_out, table.key_limit)
 
 
 def _check_column(where: str, table: TableColumns, field: str, column: str, named: bool) -> None:

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from subscription_export.core.db import sqlite_kept_open
 from subscription_export.delivery.clients import RemoteChange
+from subscription_export.delivery.columns import shown_id
 from subscription_export.delivery.config import DestinationConfig
 from subscription_export.reconcile.feeds import FeedBatch
 from subscription_export.reconcile.push_letters import settle_dead_lettered
@@ -64,6 +65,8 @@ class ApplyReport:
     outcomes: Counter[str] = field(default_factory=Counter)
     written_back: int = 0
     pushes_planned: int = 0
+    # the changes set aside as `invalid` (a bad value, an id that is no key): cursor, id, why
+    invalid: list[dict[str, int | str]] = field(default_factory=list)
 
     def metadata(self) -> dict[str, int | str]:
         return {
@@ -188,8 +191,10 @@ def apply_batch(
         types = types if types is not None else destination_types(project, config)
         for changes in rounds(batch.changes):
             held.stop_if_lost()  # another run took the system over: apply nothing more
-            for verdict in apply_round(project, config, changes, policy, types=types):
+            for snap, verdict in apply_round(project, config, changes, policy, types=types):
                 report.outcomes[verdict.outcome] += 1
+                if verdict.outcome == "invalid":
+                    report.invalid.append(_invalid(snap))
                 report.written_back += int(verdict.applies and verdict.write_local)
                 report.pushes_planned += int(verdict.applies and verdict.push)
     return report
@@ -202,9 +207,10 @@ def apply_round(
     policy: ConflictPolicy,
     *,
     types: Types,
-) -> list[Verdict]:
+) -> list[tuple[Snapshot, Verdict]]:
     """Decide and apply changes of distinct subscriptions together, retrying lost races (the
-    whole round again: its transaction rolled back, or its write-backs are found done)."""
+    whole round again: its transaction rolled back, or its write-backs are found done);
+    each change's snapshot and verdict, in feed order."""
     for attempt in range(3):
         try:
             return _apply_round_once(project, config, changes, policy, types=types)
@@ -221,7 +227,7 @@ def _apply_round_once(
     policy: ConflictPolicy,
     *,
     types: Types,
-) -> list[Verdict]:
+) -> list[tuple[Snapshot, Verdict]]:
     """Load the round set-based under the rows' locks, decide each change (pure), write the
     write-backs in a few statements, then record every decision (`record_batch`)."""
     idents = [change.id for change in changes]
@@ -242,7 +248,12 @@ def _apply_round_once(
         ]
         if decided:
             tx.record(lambda conn: record_decisions(conn, config.name, decided))
-    return verdicts
+    return list(zip(snaps, verdicts, strict=True))
+
+
+def _invalid(snap: Snapshot) -> dict[str, int | str]:
+    """An `invalid` change as the run reports it (the id escaped and cut: remote data)."""
+    return {"cursor": snap.cursor, "id": shown_id(snap.subscription_id), "reason": snap.error or ""}
 
 
 def write_backs(

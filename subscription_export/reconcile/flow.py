@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 from subscription_export.core.db import sqlite_kept_open
 from subscription_export.core.errors import SubscriptionExportError
@@ -109,13 +110,16 @@ class ReconcileReport:
         """A push was refused this run (kept for the next, or now a dead letter)."""
         return bool(self.pushes.failed or self.pushes.dead_lettered)
 
-    def summary(self) -> dict[str, int | str]:
-        """What `subscription-export reconcile` prints per system."""
+    def summary(self) -> dict[str, Any]:
+        """What `subscription-export reconcile` prints per system (`invalid_changes`: the
+        changes set aside as `invalid`, each its cursor, escaped id and reason)."""
         return {
             "system": self.applied.system,
             "changes": sum(self.applied.outcomes.values()),
             "applied": self.applied.written_back,
             "conflicts_queued": self.applied.outcomes.get("queued", 0),
+            "invalid": self.applied.outcomes.get("invalid", 0),
+            "invalid_changes": self.applied.invalid,
             "pushes_sent": self.pushes.pushed,
             "pushes_waiting": self.pushes.deferred,
             "pushes_failed": self.pushes.failed,
@@ -166,7 +170,7 @@ class SystemRun:
     def failed(self) -> bool:
         return self.report is None or self.report.failed
 
-    def summary(self) -> dict[str, int | str | None]:
+    def summary(self) -> dict[str, Any]:
         if self.report is None:
             return {"system": self.system, "error": self.error}
         return {**self.report.summary(), "errors": "; ".join(self.report.pushes.errors) or None}

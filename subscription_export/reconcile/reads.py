@@ -123,12 +123,14 @@ class BatchReads:
         lock: bool,
     ) -> BatchReads:
         """Source: lock (if asked), history, rows; state: bases, provenance, open conflicts.
-        Seven statements at most, whatever the number of subscriptions."""
-        ids = sorted(set(idents))
+        Seven statements at most, whatever the number of subscriptions. An id that is no key
+        of the table is left out (its snapshot reads nothing: `snapshot.bad_key_snapshot`)."""
+        columns = columns_of(types)
+        ids = sorted({ident for ident in idents if columns.key_error(ident) is None})
         if lock:
             lock_subscriptions(conn, ids)
         rows = read_rows(conn, ids, types, lock=lock)  # locked before their history is read
-        histories = read_histories(conn, ids, columns_of(types).table)
+        histories = read_histories(conn, ids, columns.table)
         return cls(
             rows=RowReads(conn, state, system, types, lock),
             locals=locals_of(ids, rows, histories, types),

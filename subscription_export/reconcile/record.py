@@ -14,6 +14,7 @@ from sqlalchemy.engine import Connection
 
 from subscription_export.core.codec import dumps, loads, to_jsonable
 from subscription_export.delivery.clients import idempotency_key
+from subscription_export.delivery.columns import audit_id
 from subscription_export.reconcile.audit_log import add_audit
 from subscription_export.reconcile.conflicts import RECORD, detect
 from subscription_export.reconcile.outbox import add_push, supersede_pushes
@@ -49,6 +50,9 @@ def record_decision(
 ) -> int | None:
     """Sync base, provenance, pending push, conflict and audit entry of one decision; returns
     the conflict it opened or updated (or `entry.conflict_id`)."""
+    if snap.bad_key:  # an id no row can have: its audit entry alone
+        add_audit(conn, **audit_entry(snap, verdict, entry, None))
+        return None
     current = get_base(conn, snap.destination, snap.subscription_id)
     writes = state_writes(snap, verdict, plan_log_id, entry, current)
     put_base(conn, snap.destination, snap.subscription_id, **writes.base)
@@ -213,7 +217,7 @@ def audit_entry(
     """The `add_audit` keywords of one decision."""
     return dict(
         destination=snap.destination,
-        subscription_id=snap.subscription_id,
+        subscription_id=audit_id(snap.subscription_id),  # the state tables' length at most
         ref=entry.ref,
         strategy=verdict.strategy,
         outcome=verdict.outcome,

@@ -43,15 +43,31 @@ class Decided:
 def record_decisions(conn: Connection, system: str, decided: Sequence[Decided]) -> None:
     """Record every decision (distinct subscriptions of `system`): the current bases read in one
     query, then bases, provenance, superseded and new pushes, queued conflicts, audit entries."""
-    idents = [d.snap.subscription_id for d in decided]
-    if len(set(idents)) != len(idents):
+    if len({d.snap.subscription_id for d in decided}) != len(decided):
         raise ValueError("record_decisions takes at most one decision per subscription")
+    render = Renderer()  # records go into the base and the audit rows alike: render each once
+    _record_state(conn, system, [d for d in decided if not d.snap.bad_key], render)
+    audits = []
+    for d in decided:
+        conflict_id = d.entry.conflict_id
+        if d.verdict.outcome == "queued" and conflict_id is None:
+            conflict_id = queue_conflict(conn, d.snap, d.verdict)
+        entry = audit_entry(d.snap, d.verdict, d.entry, conflict_id)
+        audits.append(audit_row(**entry, render=render))
+    add_audits(conn, audits)
+
+
+def _record_state(
+    conn: Connection, system: str, decided: Sequence[Decided], render: Renderer
+) -> None:
+    """Bases, provenance, superseded and new pushes of decisions about real keys (a change
+    whose id is no key leaves its audit entry alone: no base under an id no row can have)."""
+    idents = [d.snap.subscription_id for d in decided]
     current = get_bases(conn, system, idents)
     writes = [
         state_writes(d.snap, d.verdict, d.plan_log_id, d.entry, current.get(ident))
         for d, ident in zip(decided, idents, strict=True)
     ]
-    render = Renderer()  # records go into the base and the audit rows alike: render each once
     put_bases(
         conn,
         [
@@ -73,11 +89,3 @@ def record_decisions(conn: Connection, system: str, decided: Sequence[Decided]) 
         [(system, ident, None) for ident, w in zip(idents, writes, strict=True) if w.supersede],
     )
     add_pushes(conn, [push_row(**w.push) for w in writes if w.push is not None])
-    audits = []
-    for d in decided:
-        conflict_id = d.entry.conflict_id
-        if d.verdict.outcome == "queued" and conflict_id is None:
-            conflict_id = queue_conflict(conn, d.snap, d.verdict)
-        entry = audit_entry(d.snap, d.verdict, d.entry, conflict_id)
-        audits.append(audit_row(**entry, render=render))
-    add_audits(conn, audits)

@@ -22,6 +22,7 @@ from subscription_export.reconcile.reads import BatchReads, Reads, RowReads
 from subscription_export.reconcile.source_side import (
     Types,
     changed_after,
+    columns_of,
     destination_types,
     normalize,
     read_local,
@@ -33,6 +34,7 @@ from subscription_export.reconcile.sync_bases import (
 )
 from subscription_export.reconcile.sync_state import Conflict, init_sync_state, now
 from subscription_export.reconcile.three_way import (
+    APP_ORIGIN,
     EPOCH,
     LocalState,
     Origin,
@@ -94,6 +96,9 @@ def snapshot_from(
 ) -> Snapshot:
     """The snapshot of one feed change, from per-record or batch-loaded reads."""
     system, ident, types = config.name, change.id, reads.types
+    key_error = columns_of(types).key_error(ident)
+    if key_error is not None:  # read nothing: the id cannot be bound to the key column
+        return bad_key_snapshot(config, change, key_error)
     local = reads.local(ident)
     remote, remote_version, error = _remote_side(config, change, types)
     base_row = reads.base(ident)
@@ -124,6 +129,27 @@ def snapshot_from(
         open_conflict_id=conflict.id if conflict else None,
         error=error,
         unseen=_unseen(reads, ident, base, diff, local),
+    )
+
+
+def bad_key_snapshot(config: DestinationConfig, change: RemoteChange, error: str) -> Snapshot:
+    """The snapshot of a change whose id is no key of the table: decided `invalid`."""
+    return Snapshot(
+        destination=config.name,
+        subscription_id=change.id,
+        cursor=change.cursor,
+        base=None,
+        base_log_id=0,
+        local=LocalState(None, EPOCH, 0, 0, APP_ORIGIN),
+        remote=SideState(config.name, change.updated_at, None),
+        remote_version=None,
+        remote_now=None,
+        remote_now_version=None,
+        remote_now_log_id=0,
+        field_origins={},
+        record_origin=Origin(SOURCE, EPOCH),
+        error=error,
+        bad_key=True,
     )
 
 

@@ -111,6 +111,9 @@ class Snapshot:
     already_applied: bool = False
     open_conflict_id: int | None = None
     error: str | None = None  # the feed record could not be read
+    # its id is no key of the source table (`ColumnMap.key_error`): nothing was read for it
+    # and only its audit entry is recorded (no sync base under an id no row can have)
+    bad_key: bool = False
     # Fields only the remote changed whose local value another system asserted after the
     # remote's base (the remote never saw it): decided like conflicts (docs/conflicts.md).
     unseen: Mapping[str, Origin] = field(default_factory=dict)

@@ -58,3 +58,35 @@ def test_reconcile_exits_1_when_a_push_is_refused(
         assert result.returncode == 1, result.stdout + result.stderr
         assert "1 failed, 0 dead-lettered" in result.stdout
         assert "push refused" in result.stderr and "erp:reconcile:s1:1" in result.stderr
+
+
+def test_reconcile_reports_a_remote_id_that_is_no_key_as_invalid_and_exits_0(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ERP record whose id no row can have (longer than the state tables hold) is counted
+    `invalid` and named with its cursor and reason, escaped (remote data: rich markup and
+    control characters shown as text); the real edit next to it applies; exit status 0, as
+    for an `invalid` field value."""
+    with world(settings, tmp_path, {"strategy": "last_writer_wins"}, ("erp",)) as w:
+        monkeypatch.setenv("SUBSCRIPTION_EXPORT_DESTINATIONS", str(tmp_path / "destinations.toml"))
+        seeded(w)
+        erp = w.system("erp")
+        for n, ident in enumerate(("[red]x" + "y" * 250, "[bold]\x1b[2J" + "z" * 250)):
+            with erp._lock:
+                erp._records[ident] = {**erp._records["s1"], "id": ident}
+            w.remote_edit("erp", ident, 1 + n, name="hostile")
+            w.remote_edit("erp", "s1", 1 + n, status=("past_due", "paused")[n])
+            if n == 0:
+                out = _run(["reconcile", "--system", "erp", "--json"], settings, tmp_path)
+                (shown,) = json.loads(out.stdout)
+                assert (shown["changes"], shown["applied"], shown["invalid"]) == (2, 1, 1)
+                (bad,) = shown["invalid_changes"]
+                assert bad["cursor"] == 1 and "longer than 200 characters" in bad["reason"]
+                assert w.source_record("s1") == record(status="past_due")
+        result = _run(["reconcile", "--system", "erp"], settings, tmp_path)
+        assert "2 change(s), 1 applied, 0 conflict(s) queued, 1 invalid;" in result.stdout
+        assert "invalid change at cursor 3: column 'id' (text key): id '[bold]\\x1b[2J" in (
+            " ".join(result.stderr.split())
+        )
+        assert "\x1b[2J" not in result.stderr
+        assert w.source_record("s1") == record(status="paused")
