@@ -24,8 +24,8 @@ import pstats
 import statistics
 import sys
 import tempfile
-import warnings
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +105,9 @@ def measure(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         }
         if profiles:
             ranked = sorted(range(len(seconds)), key=seconds.__getitem__)
-            report["profile_text"] = _profile_text(profiles[ranked[len(ranked) // 2]])
+            median_profile = profiles[ranked[len(ranked) // 2]]
+            median_profile.dump_stats(str(Path(tempfile.gettempdir()) / "cycle_bench.prof"))
+            report["profile_text"] = _profile_text(median_profile)
         return report
     finally:
         engine_for.cache_clear()
