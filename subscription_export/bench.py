@@ -38,7 +38,7 @@ SELECT g,
        CASE WHEN g % 50 = 0 OR g > :subs THEN img ELSE NULL END,
        CASE WHEN g % 50 = 0 THEN NULL ELSE img END,
        ts, 'app', 1, 'subscriptions'
-FROM generate_series(:lo, :hi) AS g,
+FROM generate_series(CAST(:lo AS integer), CAST(:hi AS integer)) AS g,
 LATERAL (SELECT timestamptz '2026-01-01' + g * interval '1 second' AS ts) t,
 LATERAL (SELECT jsonb_build_object(
     'id', 'sub_' || lpad(((g - 1) % :subs)::text, 7, '0'),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -18,6 +19,9 @@ from subscription_export.core.errors import ConfigError, SourceUnavailableError
 from subscription_export.core.secrets import mask_in_text, mask_url
 
 _SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Idle SQLite connections kept per engine: a cycle runs ~60 short state transactions, each of
+# which used to open a file, run four PRAGMAs and close it again (issue 15).
+_SQLITE_POOL_SIZE = 4
 
 
 def normalize_url(url: str) -> sa.URL:
@@ -93,6 +97,26 @@ def _configure_sqlite(engine: Engine, immediate: bool) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+def _discard_in_forked_children(engine: Engine) -> None:
+    """A forked child (multiprocessing, Dagster's executor) inherits the parent's pooled SQLite
+    connections: using one from two processes corrupts SQLite's locking. The child drops what
+    it inherited without closing it (closing would touch the parent's locks) and opens its own;
+    this is SQLAlchemy's documented recipe for pools across `fork`."""
+    owner = os.getpid()
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(_dbapi_conn, record):  # type: ignore[no-untyped-def]
+        record.info["pid"] = os.getpid()
+
+    @sa.event.listens_for(engine, "checkout")
+    def _on_checkout(_dbapi_conn, record, proxy):  # type: ignore[no-untyped-def]
+        if record.info.get("pid", owner) != os.getpid():
+            record.dbapi_connection = proxy.dbapi_connection = None
+            raise sa.exc.DisconnectionError(
+                f"SQLite connection opened by process {record.info['pid']}, not this one"
+            )
+
+
 @lru_cache(maxsize=32)
 def engine_for(url: str, *, writer: bool = False) -> Engine:
     """One engine per URL per process (engines own connection pools).
@@ -102,8 +126,17 @@ def engine_for(url: str, *, writer: bool = False) -> Engine:
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)  # type: ignore[arg-type]
-        engine = sa.create_engine(parsed, poolclass=sa.pool.NullPool)
+        engine = sa.create_engine(
+            parsed,
+            poolclass=sa.pool.QueuePool,
+            pool_size=_SQLITE_POOL_SIZE,
+            max_overflow=-1,  # never wait for a connection: SQLite's own locks serialize
+            # A pooled connection may be checked out by another thread than the one that
+            # opened it; each is used by one thread at a time, which sqlite3 supports.
+            connect_args={"check_same_thread": False},
+        )
         _configure_sqlite(engine, immediate=writer)
+        _discard_in_forked_children(engine)
         return engine
     return sa.create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=10)
 

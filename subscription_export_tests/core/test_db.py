@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -31,24 +33,65 @@ def test_connecting_to_a_new_sqlite_file_waits_for_another_process(tmp_path: Pat
         holder.close()
 
 
-def test_sqlite_kept_open_spares_the_checkpoint_at_each_close(tmp_path: Path) -> None:
-    """Engines use no pool: the close of the last connection to a WAL file checkpoints it and
-    deletes the WAL (an fsync per closed write transaction). Inside `sqlite_kept_open` a close
-    leaves the WAL where it is; the writes are still visible to every new connection, and the
-    last close after the block checkpoints as before."""
+def test_sqlite_engines_reuse_their_connections(tmp_path: Path) -> None:
+    """A cycle runs ~60 short state transactions (issue 15): each used to open the file, run
+    four PRAGMAs, close it and, as the last connection to the WAL file, checkpoint and fsync.
+    The engine pools them: ten transactions open one connection, the WAL stays between
+    commits, every write is visible to a new reader, and disposing the engine (the last close)
+    checkpoints as before."""
     path = tmp_path / "kept.db"
     wal = tmp_path / "kept.db-wal"
     engine = engine_for(f"sqlite:///{path}", writer=True)
+    opened = _count_connects(engine)
     with engine.begin() as conn:
         conn.execute(sa.text("CREATE TABLE t (x INTEGER)"))
-    assert not wal.exists()  # the control: the last close checkpointed and removed it
-    with sqlite_kept_open(engine, engine):
-        for x in range(3):
-            with engine.begin() as conn:
-                conn.execute(sa.text("INSERT INTO t VALUES (:x)"), {"x": x})
-            assert wal.exists()  # closed, not checkpointed
-        with engine_for(f"sqlite:///{path}").connect() as reader:
-            assert reader.execute(sa.text("SELECT COUNT(*) FROM t")).scalar() == 3
+    for x in range(10):
+        with engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO t VALUES (:x)"), {"x": x})
+        assert wal.exists()  # closed, not checkpointed
+    assert opened == [1]
+    # sqlite_kept_open still works beside the pool (and now costs nothing)
+    with sqlite_kept_open(engine, engine), engine_for(f"sqlite:///{path}").connect() as reader:
+        assert reader.execute(sa.text("SELECT COUNT(*) FROM t")).scalar() == 10
+    engine_for(f"sqlite:///{path}").dispose()
+    engine.dispose()
     assert not wal.exists()
     with sqlite3.connect(path) as plain:
-        assert plain.execute("SELECT COUNT(*) FROM t").fetchone() == (3,)
+        assert plain.execute("SELECT COUNT(*) FROM t").fetchone() == (10,)
+
+
+def _count_connects(engine: sa.Engine) -> list[int]:
+    opened = [0]
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(_dbapi, _record):  # type: ignore[no-untyped-def]
+        opened[0] += 1
+
+    return opened
+
+
+def _insert_in_child(engine: sa.Engine, opened: list[int], out: Any) -> None:
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO t VALUES (2)"))
+    out.put(opened[0])
+
+
+def test_a_forked_child_opens_its_own_sqlite_connections(tmp_path: Path) -> None:
+    """A pooled SQLite connection used from two processes breaks SQLite's locking: a forked
+    child (multiprocessing, Dagster's executors) inherits the parent's pool and must open its
+    own connection instead of checking out the parent's."""
+    engine = engine_for(f"sqlite:///{tmp_path / 'fork.db'}", writer=True)
+    opened = _count_connects(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE t (x INTEGER)"))
+        conn.execute(sa.text("INSERT INTO t VALUES (1)"))
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    child = context.Process(target=_insert_in_child, args=(engine, opened, out))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    assert out.get(timeout=5) == 2  # the parent's one, then the child's own
+    with engine.begin() as conn:  # the parent's pooled connection still works
+        assert conn.execute(sa.text("SELECT SUM(x) FROM t")).scalar() == 3
+    assert opened == [1]

@@ -145,3 +145,17 @@ def test_the_resource_reports_a_bad_value_like_the_environment_does() -> None:
     with pytest.raises(ConfigError, match="SUBSCRIPTION_EXPORT_READ_BATCH_SIZE must be positive"):
         resource.settings()
     assert isinstance(ExportSettings.from_settings(Settings()), dg.ConfigurableResource)
+
+
+def test_the_resource_validates_the_same_values_once() -> None:
+    """Every resource and asset of a run asks for the settings (~10 times a run, ~2 ms each
+    through pydantic-settings, issue 15): the same values give the same validated object;
+    other values give their own."""
+    resource = ExportSettings.from_settings(Settings(read_batch_size=3))
+    assert resource.settings() is resource.settings()
+    assert (
+        ExportSettings.from_settings(Settings(read_batch_size=3)).settings() is resource.settings()
+    )
+    other = resource.model_copy(update={"read_batch_size": 4}).settings()
+    assert other.read_batch_size == 4
+    assert resource.settings().read_batch_size == 3
