@@ -298,6 +298,6 @@ def lease(
         # A stop signal arriving now is raised once the lease is released, not half-way.
         with deferred():
             stop.set()
-            if beat is not None:
+            if beat is not None and beat.ident is not None:  # a stop may land inside start()
                 beat.join()
             release(engine, name, holder, claim.token)

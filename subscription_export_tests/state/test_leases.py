@@ -176,3 +176,23 @@ def test_a_stop_signal_during_release_still_releases(state, monkeypatch) -> None
         pass
     with state.connect() as conn:
         assert conn.execute(sa.select(leases)).all() == []
+
+
+def test_a_stop_signal_while_the_heartbeat_starts_still_releases(state, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """SIGTERM landing inside `Thread.start()` of the heartbeat (CI: `run` exited 1 with
+    "cannot join thread before it is started" instead of 143): the stop is what surfaces, and
+    the lease row is released."""
+    import threading
+
+    from subscription_export.core.stopping import Stopped
+    from subscription_export.state import leases as module
+
+    class InterruptedStart(threading.Thread):
+        def start(self) -> None:
+            raise Stopped(15)  # the handler ran before the thread began
+
+    monkeypatch.setattr(module.threading, "Thread", InterruptedStart)
+    with pytest.raises(Stopped), lease(state, "cycle:w", "me", wait_s=0):
+        pass
+    with state.connect() as conn:
+        assert conn.execute(sa.select(leases)).all() == []
