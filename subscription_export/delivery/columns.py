@@ -21,9 +21,10 @@ itself, unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -89,7 +90,7 @@ class TableColumns:
     key: tuple[str, ...]
     types: Mapping[str, LogicalType]
     key_limit: int | None = None  # see `ColumnMap.key_limit`
-    limits: Limits = field(default_factory=dict)  # see `ColumnMap.limits`
+    limits: Limits = dataclasses.field(default_factory=dict)  # see `ColumnMap.limits`
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ class ColumnMap:
     key_limit: int | None = None
     # what every column holds beyond its logical type (`Limits`), read with the key's: a remote
     # value past it would fail the write-back with a `DataError` (`value_error`)
-    limits: Limits = field(default_factory=dict)
+    limits: Limits = dataclasses.field(default_factory=dict)
 
     # cached: asked for every row and field (frozen: computed once from fields that never change)
     @cached_property
@@ -188,9 +189,9 @@ class ColumnMap:
             where = f"field {name!r} (column {column!r}, {declared}): value {shown_id(str(value))}"
             if isinstance(value, str) and len(value) > most:
                 return f"{where} is longer than {most} characters"
-            if isinstance(value, int) and not isinstance(value, bool):
-                if not -most - 1 <= value <= most:
-                    return f"{where} is out of the column's range ({-most - 1}..{most})"
+            number = isinstance(value, int) and not isinstance(value, bool)
+            if number and not -most - 1 <= value <= most:
+                return f"{where} is out of the column's range ({-most - 1}..{most})"
         return None
 
     def to_fields(self, row: Mapping[str, Any]) -> dict[str, Any]:
