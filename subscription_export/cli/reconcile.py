@@ -74,5 +74,12 @@ def print_reconciled(runs: Sequence[SystemRun]) -> None:
                 ),
                 highlight=False,
             )
+        left_off = s["invalid"] - len(s["invalid_changes"])
+        if left_off > 0:  # the summary lists the first ones only (`apply.INVALID_SHOWN`)
+            err_console.print(
+                f"  ... and {left_off} more invalid change(s) (each in the audit log)",
+                highlight=False,
+                markup=False,
+            )
         for error in run.report.pushes.errors:
             err_console.print(marked("  [red]push refused[/red]: {e}", e=error), highlight=False)

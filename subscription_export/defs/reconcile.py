@@ -167,6 +167,9 @@ def apply_resolutions(
         context.log.warning(
             f"{system.name}: invalid change at cursor {bad['cursor']}: {bad['reason']}"
         )
+    left_off = report.outcomes.get("invalid", 0) - len(report.invalid)
+    if left_off > 0:  # the report lists the first ones only (`apply.INVALID_SHOWN`)
+        context.log.warning(f"{system.name}: {left_off} more invalid change(s), in the audit log")
     return dg.Output(report, metadata=report.metadata())
 
 

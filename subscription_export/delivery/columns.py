@@ -21,6 +21,7 @@ itself, unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -56,10 +57,16 @@ _TEXT = ("text", "uuid")
 ID_MAX_LENGTH = 200  # the state tables' `subscription_id` (String(200)) holds no longer id
 _INT64 = (-(2**63), 2**63 - 1)  # SQLite's INTEGER and PostgreSQL's bigint
 _PG_INT_MAX = {"int2": 2**15 - 1, "int4": 2**31 - 1}
-_PG_KEY_TYPE = (
-    "SELECT t.typname, a.atttypmod FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
-    " WHERE a.attrelid = to_regclass(:name) AND a.attname = :column"
+_PG_INT_NAME = {"int2": "smallint", "int4": "integer"}
+_PG_CHAR_NAME = {"varchar": "varchar", "bpchar": "char"}
+_PG_COLUMN_TYPES = (
+    "SELECT a.attname, t.typname, a.atttypmod FROM pg_attribute a"
+    " JOIN pg_type t ON t.oid = a.atttypid"
+    " WHERE a.attrelid = to_regclass(:name) AND a.attnum > 0 AND NOT a.attisdropped"
 )
+# column -> (its declared type as a message names it, the limit): the characters of a
+# varchar(n)/char(n) column, the largest value of an int2/int4 one (PostgreSQL catalog)
+Limits = Mapping[str, tuple[str, int]]
 
 
 def shown_id(ident: str, limit: int = 60) -> str:
@@ -83,6 +90,7 @@ class TableColumns:
     key: tuple[str, ...]
     types: Mapping[str, LogicalType]
     key_limit: int | None = None  # see `ColumnMap.key_limit`
+    limits: Limits = dataclasses.field(default_factory=dict)  # see `ColumnMap.limits`
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,9 @@ class ColumnMap:
     # integer of an int2/int4 key, the characters of a varchar(n)/char(n) key; None: no limit
     # but the logical type's own (int64, `ID_MAX_LENGTH`)
     key_limit: int | None = None
+    # what every column holds beyond its logical type (`Limits`), read with the key's: a remote
+    # value past it would fail the write-back with a `DataError` (`value_error`)
+    limits: Limits = dataclasses.field(default_factory=dict)
 
     # cached: asked for every row and field (frozen: computed once from fields that never change)
     @cached_property
@@ -163,6 +174,26 @@ class ColumnMap:
             return f"{where} is not in canonical form ({canonical!r})"
         return None
 
+    def value_error(self, record: Mapping[str, Any]) -> str | None:
+        """Why a remote's record (fields, converted to their logical types) cannot be written
+        to the table's columns (None: it can): a text past its varchar(n)/char(n) column, an
+        integer past its int2/int4 column. Checked before any write, so the change is
+        `invalid` instead of a `DataError` that fails the whole round."""
+        column_of, field_types = self.fields, self.field_types
+        for name, value in record.items():
+            column = column_of.get(name, name if name in field_types else None)
+            limit = self.limits.get(column) if column and column != self.key else None
+            if limit is None or value is None:
+                continue
+            declared, most = limit
+            where = f"field {name!r} (column {column!r}, {declared}): value {shown_id(str(value))}"
+            if isinstance(value, str) and len(value) > most:
+                return f"{where} is longer than {most} characters"
+            number = isinstance(value, int) and not isinstance(value, bool)
+            if number and not -most - 1 <= value <= most:
+                return f"{where} is out of the column's range ({-most - 1}..{most})"
+        return None
+
     def to_fields(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """A change row (or image) of the table as a row of fields; `_` metadata kept."""
         if self.identity:
@@ -193,7 +224,14 @@ def identity_map(table: TableColumns) -> ColumnMap:
     """Every column feeds the field of its name (what `columns` defaults to on the demo)."""
     fields = {name: name for name in table.types}
     fields["id"] = table.key[0]
-    return ColumnMap(table.name, table.key[0], dict(table.types), fields, key_limit=table.key_limit)
+    return ColumnMap(
+        table.name,
+        table.key[0],
+        dict(table.types),
+        fields,
+        key_limit=table.key_limit,
+        limits=table.limits,
+    )
 
 
 def read_table_columns(source: Engine, table: str) -> TableColumns:
@@ -202,24 +240,27 @@ def read_table_columns(source: Engine, table: str) -> TableColumns:
         latest = latest_capture_schema(conn, table)
         previous = {c.name: c.type for c in latest.columns} if latest else {}
         shape = read_table(conn, table, previous)
-        limit = _key_limit(conn, table, shape.key[0]) if len(shape.key) == 1 else None
+        limits = _column_limits(conn, table)
     types = previous or {c.name: c.type for c in shape.columns}
-    return TableColumns(table, shape.key, types, limit)
+    key = limits.get(shape.key[0]) if len(shape.key) == 1 else None
+    return TableColumns(table, shape.key, types, key[1] if key else None, limits)
 
 
-def _key_limit(conn: Connection, table: str, column: str) -> int | None:
-    """PostgreSQL: the largest value of an int2/int4 key, the length of a varchar(n)/char(n)
-    key (the logical types do not carry them; an id past them would fail the write-back)."""
+def _column_limits(conn: Connection, table: str) -> dict[str, tuple[str, int]]:
+    """PostgreSQL: the largest value of each int2/int4 column, the length of each
+    varchar(n)/char(n) one (`Limits`; the logical types do not carry them, and a value past
+    them fails the write-back). One catalog read when the table is bound; SQLite: none."""
     if conn.dialect.name != "postgresql":
-        return None
+        return {}
     quoted = conn.dialect.identifier_preparer.quote_identifier(table)
-    found = conn.execute(sa.text(_PG_KEY_TYPE), {"name": quoted, "column": column}).first()
-    if found is None:
-        return None
-    typname, typmod = found
-    if typname in ("varchar", "bpchar") and typmod > 4:
-        return int(typmod) - 4  # atttypmod of a character type is n + 4
-    return _PG_INT_MAX.get(typname)
+    limits: dict[str, tuple[str, int]] = {}
+    for column, typname, typmod in conn.execute(sa.text(_PG_COLUMN_TYPES), {"name": quoted}):
+        if typname in _PG_CHAR_NAME and typmod > 4:
+            length = int(typmod) - 4  # atttypmod of a character type is n + 4
+            limits[column] = (f"{_PG_CHAR_NAME[typname]}({length})", length)
+        elif typname in _PG_INT_MAX:
+            limits[column] = (_PG_INT_NAME[typname], _PG_INT_MAX[typname])
+    return limits
 
 
 def bind_columns(config: DestinationConfig, table: TableColumns) -> ColumnMap:
@@ -251,7 +292,9 @@ def bind_columns(config: DestinationConfig, table: TableColumns) -> ColumnMap:
         )
     fed = set(fields.values())
     left_out = frozenset(c for c in table.types if c in FIELDS_OF_KIND[config.kind]) - fed
-    return ColumnMap(table.name, table.key[0], dict(table.types), fields, left_out, table.key_limit)
+    return ColumnMap(
+        table.name, table.key[0], dict(table.types), fields, left_out, table.key_limit, table.limits
+    )
 
 
 def _check_column(where: str, table: TableColumns, field: str, column: str, named: bool) -> None:

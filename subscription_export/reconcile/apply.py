@@ -55,6 +55,11 @@ def crash_point(name: str) -> None:
         os._exit(CRASH_EXIT)
 
 
+# how many `invalid` changes a report lists (their count is in `outcomes`): ten thousand
+# mistaken records must not make a ten-thousand-line summary
+INVALID_SHOWN = 50
+
+
 @dataclass
 class ApplyReport:
     """Counts of one applied batch; `metadata()` is what the Dagster op reports."""
@@ -65,7 +70,8 @@ class ApplyReport:
     outcomes: Counter[str] = field(default_factory=Counter)
     written_back: int = 0
     pushes_planned: int = 0
-    # the changes set aside as `invalid` (a bad value, an id that is no key): cursor, id, why
+    # the first `INVALID_SHOWN` changes set aside as `invalid` (a bad value, an id that is no
+    # key): cursor, id, why; all of them are counted in `outcomes` and audited
     invalid: list[dict[str, int | str]] = field(default_factory=list)
 
     def metadata(self) -> dict[str, int | str]:
@@ -193,7 +199,7 @@ def apply_batch(
             held.stop_if_lost()  # another run took the system over: apply nothing more
             for snap, verdict in apply_round(project, config, changes, policy, types=types):
                 report.outcomes[verdict.outcome] += 1
-                if verdict.outcome == "invalid":
+                if verdict.outcome == "invalid" and len(report.invalid) < INVALID_SHOWN:
                     report.invalid.append(_invalid(snap))
                 report.written_back += int(verdict.applies and verdict.write_local)
                 report.pushes_planned += int(verdict.applies and verdict.push)

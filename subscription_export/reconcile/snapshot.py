@@ -208,6 +208,11 @@ def _remote_side(
         fields = normalize(remote_fields(config, change), types, strict=True) or {}
     except MappingError as exc:
         return SideState(config.name, change.updated_at, None), None, str(exc)
+    # a value its column cannot hold (varchar(n), int4): invalid now, not a DataError that
+    # fails the whole round at the write-back (a delete writes no value)
+    too_big = None if change.op == "delete" else columns_of(types).value_error(fields)
+    if too_big is not None:
+        return SideState(config.name, change.updated_at, None), None, too_big
     version = version_of(fields)
     record = None if change.op == "delete" else fields
     return SideState(config.name, change.updated_at, record), version, None

@@ -107,9 +107,15 @@ def normalize(
             out[name] = convert(value, logical)
         except BadValue as exc:
             if strict:
-                raise MappingError(f"field {name!r}: {exc}") from None
+                raise MappingError(f"{_field_named(name, types)}: {exc}") from None
             out[name] = value
     return out
+
+
+def _field_named(name: str, types: Types) -> str:
+    """A field in a message, with the column it is written to when that is another name."""
+    column = columns_of(types).fields.get(name, name)
+    return f"field {name!r}" + (f" (column {column!r})" if column != name else "")
 
 
 # -- the source side ---------------------------------------------------------------------------

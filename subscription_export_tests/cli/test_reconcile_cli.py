@@ -10,6 +10,7 @@ import pytest
 
 from subscription_export.core.db import engine_for
 from subscription_export.core.settings import Settings
+from subscription_export.reconcile.apply import INVALID_SHOWN
 from subscription_export.source.demo_table import init_demo_source
 from subscription_export_tests.cli_run import run_cli as _run
 from subscription_export_tests.reconcile.test_pushes import _clobbered_edit
@@ -90,3 +91,20 @@ def test_reconcile_reports_a_remote_id_that_is_no_key_as_invalid_and_exits_0(
         )
         assert "\x1b[2J" not in result.stderr
         assert w.source_record("s1") == record(status="paused")
+
+
+def test_reconcile_lists_the_first_invalid_changes_and_counts_the_rest(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More `invalid` changes than a summary lists: the first are printed, the rest counted
+    (every one is in the audit log); exit status 0."""
+    with world(settings, tmp_path, {"strategy": "last_writer_wins"}, ("erp",)) as w:
+        monkeypatch.setenv("SUBSCRIPTION_EXPORT_DESTINATIONS", str(tmp_path / "destinations.toml"))
+        seeded(w)
+        for n in range(INVALID_SHOWN + 3):
+            w.remote_edit("erp", "s1", 1, name=f"nul\x00{n}")  # PostgreSQL text holds no NUL
+        result = _run(["reconcile", "--system", "erp"], settings, tmp_path)
+        assert f"{INVALID_SHOWN + 3} invalid;" in result.stdout
+        listed = result.stderr.count("invalid change at cursor")
+        assert listed == INVALID_SHOWN, result.stderr
+        assert "3 more invalid change(s)" in " ".join(result.stderr.split())
