@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -24,6 +23,7 @@ from subscription_export.core.columns import SourceColumn
 from subscription_export.core.datasets import DEFAULT_TABLE
 from subscription_export.core.db import is_postgres
 from subscription_export.core.errors import SchemaMissingError, SourceBusyError
+from subscription_export.core.stopping import stoppable_sleep
 from subscription_export.source.catalog import read_table
 from subscription_export.source.snapshot_log import (
     LSN_INDEX_PG,
@@ -318,7 +318,8 @@ def init_tables(engine: Engine, tables: Sequence[str]) -> list[CaptureSchema]:
         except sa.exc.OperationalError as exc:
             if getattr(exc.orig, "sqlstate", None) not in _LOCK_BUSY:
                 raise
-        time.sleep(min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0))  # jitter: no lockstep
+        pause = min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)  # jitter: no lockstep
+        stoppable_sleep(pause)  # `init` under a stop signal ends now, not after its backoff
     raise SourceBusyError(
         f"init could not lock {', '.join(tables)} and the change log in {_INIT_ATTEMPTS} tries:"
         " other transactions keep them locked (long transactions or DDL); run init again"

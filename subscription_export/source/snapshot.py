@@ -25,7 +25,6 @@ after the last committed chunk because its progress was committed with its rows.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -35,6 +34,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from subscription_export.core.db import is_postgres
 from subscription_export.core.errors import SchemaMissingError
+from subscription_export.core.stopping import stoppable_sleep
 from subscription_export.source.catalog import read_table
 from subscription_export.source.schema import (
     CaptureSql,
@@ -268,7 +268,7 @@ def _chunk_with_retry(engine: Engine, table: str, size: int) -> SnapshotProgress
             state = getattr(exc.orig, "sqlstate", None)
             if state not in _RETRY_SQLSTATES or attempt == _MAX_RETRIES - 1:
                 raise
-            time.sleep(0.01 * (attempt + 1))  # a writer held a row of the chunk: redo it
+            stoppable_sleep(0.01 * (attempt + 1))  # a writer held a row of the chunk: redo it
     return None  # unreachable
 
 
