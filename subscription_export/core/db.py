@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,8 @@ from subscription_export.core.secrets import mask_in_text, mask_url
 
 _SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Idle SQLite connections kept per engine: a cycle runs ~60 short state transactions, each of
-# which used to open a file, run four PRAGMAs and close it again (issue 15).
+# which used to open a file, run four PRAGMAs and close it again - and closing the last
+# connection of a WAL file checkpoints and fsyncs it, ~10 ms a commit (issue 15).
 _SQLITE_POOL_SIZE = 4
 
 
@@ -139,22 +139,6 @@ def engine_for(url: str, *, writer: bool = False) -> Engine:
         _discard_in_forked_children(engine)
         return engine
     return sa.create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=10)
-
-
-@contextmanager
-def sqlite_kept_open(*engines: Engine) -> Iterator[None]:
-    """Hold one idle connection to each SQLite engine's file for the block.
-
-    The engines use no pool, so each transaction opens and closes its own connection; closing
-    the *last* connection of a WAL database checkpoints it, fsyncs and deletes the WAL: ~10 ms
-    of wall time a commit, more than a whole round of reconcile work (issue 15). With a
-    connection held open, a close is just a close. The held one never begins a transaction
-    (SQLAlchemy begins on first use), so it holds no lock and blocks no writer or checkpoint.
-    Other servers pool their connections already: nothing is held for them."""
-    with ExitStack() as stack:
-        for engine in {id(e): e for e in engines if e.dialect.name == "sqlite"}.values():
-            stack.enter_context(engine.connect())
-        yield
 
 
 def is_postgres(engine: Engine) -> bool:

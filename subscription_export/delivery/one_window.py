@@ -17,7 +17,6 @@ from typing import Any
 
 from upath import UPath
 
-from subscription_export.core.db import sqlite_kept_open
 from subscription_export.core.errors import UnpublishedFileError
 from subscription_export.delivery.clients import DeliveryClient, DeliveryResult
 from subscription_export.delivery.columns import ColumnMap, destination_table, project_columns
@@ -237,12 +236,9 @@ def deliver_one(
     """Deliver `window` alone under its lease; see the module docstring for the steps."""
     name, state = destination.name, project.state
     settings = project.settings
-    with (
-        sqlite_kept_open(state),  # ~10 bookkeeping transactions: no checkpoint at each close
-        lease(
-            state, f"{name}:{window.key}", holder, settings.lease_wait_s, settings.lease_ttl_s
-        ) as held,
-    ):
+    with lease(
+        state, f"{name}:{window.key}", holder, settings.lease_wait_s, settings.lease_ttl_s
+    ) as held:
         if window.key in completed_keys(state, name, window.lo - 1):
             watermark = advance(project.watermarks, state, name)
             return WindowDeliveryOutcome(name, window, "already_delivered", watermark)

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from subscription_export.core.db import sqlite_kept_open
 from subscription_export.delivery.clients import RemoteChange
 from subscription_export.delivery.columns import shown_id
 from subscription_export.delivery.config import DestinationConfig
@@ -182,16 +181,13 @@ def apply_batch(
     report = ApplyReport(config.name, batch.after, batch.until)
     who = holder or default_holder()
     settings = project.settings
-    with (
-        sqlite_kept_open(project.source, project.state),  # a transaction a round: see there
-        lease(
-            project.state,
-            f"reconcile:{config.name}",
-            who,
-            settings.lease_wait_s,
-            settings.lease_ttl_s,
-        ) as held,
-    ):
+    with lease(
+        project.state,
+        f"reconcile:{config.name}",
+        who,
+        settings.lease_wait_s,
+        settings.lease_ttl_s,
+    ) as held:
         # a replayed push's record is what the remote holds: the base of its next edit
         settle_dead_lettered(project.state, config.name)
         types = types if types is not None else destination_types(project, config)

@@ -59,7 +59,6 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from subscription_export.core.db import sqlite_kept_open
 from subscription_export.core.errors import SubscriptionExportError
 from subscription_export.delivery.clients import DeliveryClient
 from subscription_export.delivery.config import DestinationConfig, DestinationsConfig
@@ -144,18 +143,16 @@ def reconcile_system(
     types = destination_types(project, config)  # table and columns fit, before any feed read
     own = client is None
     active = client or config.client()
-    # a dozen short transactions follow: none of their closes may checkpoint a SQLite file
-    with sqlite_kept_open(project.source, project.state):
-        try:
-            batch = fetch_changes(
-                project, config, until, client=active, page_size=page_size, max_changes=max_changes
-            )
-            applied = apply_batch(project, config, batch, policy, holder=holder, types=types)
-            pushes = push_pending(project, config, client=active)
-        finally:
-            if own:
-                active.close()
-        return advance(project, applied, pushes)
+    try:
+        batch = fetch_changes(
+            project, config, until, client=active, page_size=page_size, max_changes=max_changes
+        )
+        applied = apply_batch(project, config, batch, policy, holder=holder, types=types)
+        pushes = push_pending(project, config, client=active)
+    finally:
+        if own:
+            active.close()
+    return advance(project, applied, pushes)
 
 
 @dataclass(frozen=True)

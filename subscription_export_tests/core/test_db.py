@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from subscription_export.core.db import engine_for, sqlite_kept_open
+from subscription_export.core.db import engine_for
 
 
 def test_connecting_to_a_new_sqlite_file_waits_for_another_process(tmp_path: Path) -> None:
@@ -50,8 +50,7 @@ def test_sqlite_engines_reuse_their_connections(tmp_path: Path) -> None:
             conn.execute(sa.text("INSERT INTO t VALUES (:x)"), {"x": x})
         assert wal.exists()  # closed, not checkpointed
     assert opened == [1]
-    # sqlite_kept_open still works beside the pool (and now costs nothing)
-    with sqlite_kept_open(engine, engine), engine_for(f"sqlite:///{path}").connect() as reader:
+    with engine_for(f"sqlite:///{path}").connect() as reader:
         assert reader.execute(sa.text("SELECT COUNT(*) FROM t")).scalar() == 10
     engine_for(f"sqlite:///{path}").dispose()
     engine.dispose()
