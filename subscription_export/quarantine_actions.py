@@ -127,8 +127,8 @@ def _try_again(
 def _try_every_table(
     project: Project, window: Window, lsns: list[int]
 ) -> tuple[list[int], list[QuarantinedRow]]:
-    """Try each table's entries with its own plan; the LSNs recovered. An entry of a table no
-    longer captured is not tried: it stays open (neither recovered nor re-reasoned)."""
+    """Try each table's entries with its own plan; the LSNs recovered and the entries still
+    bad. An entry of a table no longer captured cannot be tried: it is still bad, and says why."""
     owner = entry_datasets(project.state, window.key, lsns)
     recovered: list[int] = []
     still_bad: list[QuarantinedRow] = []
@@ -138,6 +138,16 @@ def _try_every_table(
             bad = _try_again(project, window, mine, dataset)
             still_bad += bad
             recovered += [lsn for lsn in mine if lsn not in {q.lsn for q in bad}]
+    captured = {dataset.name for dataset in project.datasets}
+    for lsn in lsns:
+        name = owner.get(lsn)
+        if name not in captured:
+            field_name = held_entries(project.state, window.key, name).get(lsn, (None, ""))[0]
+            why = (
+                f"its export {name!r} is of a table that is not captured any more"
+                " (SUBSCRIPTION_EXPORT_TABLES): add the table back to replay it, or discard it"
+            )
+            still_bad.append(QuarantinedRow(lsn, field_name, why, ""))
     return sorted(recovered), sorted(still_bad, key=lambda q: q.lsn)
 
 

@@ -210,9 +210,9 @@ def test_discard_is_audited_and_leaves_the_open_list(settings: Settings, tmp_pat
     assert json.loads(_run(["quarantine", "replay", "--json"], settings, tmp_path).stdout) == []
 
 
-def test_replay_recovers_rows_of_every_captured_table(sqlite_url: str, tmp_path: Path) -> None:
-    """Two tables, each with a change the contract refused: replay recovers both, each into its
-    own table's files (not the first table's), and `verify` agrees with every manifest."""
+def _two_tables_refused(sqlite_url: str, tmp_path: Path) -> tuple[Settings, Window]:
+    """Two captured tables, each with a change the contract refused: LSN 3 (subscriptions)
+    and LSN 4 (plans) open in the window."""
     engine = writer(sqlite_url)
     create_demo_table(engine)
     with engine.begin() as conn:
@@ -237,9 +237,15 @@ def test_replay_recovers_rows_of_every_captured_table(sqlite_url: str, tmp_path:
     with engine.begin() as conn:
         update(conn, "a", seats=7)  # LSN 3: refused by discard_row
         conn.exec_driver_sql("UPDATE plans SET tier = 2 WHERE code = 'p1'")  # LSN 4: refused
-    project = Project(settings)
-    window = _export_all(project)
+    window = _export_all(Project(settings))
     assert sorted(q["lsn"] for q in _open(settings, tmp_path)) == [3, 4]
+    return settings, window
+
+
+def test_replay_recovers_rows_of_every_captured_table(sqlite_url: str, tmp_path: Path) -> None:
+    """Two tables, each with a change the contract refused: replay recovers both, each into its
+    own table's files (not the first table's), and `verify` agrees with every manifest."""
+    settings, window = _two_tables_refused(sqlite_url, tmp_path)
 
     evolving = replace(settings, schema_contract="evolve")
     [report] = json.loads(_run(["quarantine", "replay", "--json"], evolving, tmp_path).stdout)
@@ -260,3 +266,18 @@ def _export_all(project: Project) -> Window:
         for fmt in FORMATS:
             export_window_file(project, fmt, window, holder=HOLDER, dataset=dataset)
     return window
+
+
+def test_an_entry_of_a_table_no_longer_captured_is_reported_still_quarantined(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """`plans` left the tables setting: its entry cannot be tried, and replay says so (still
+    quarantined, the reason naming the table) instead of passing over it in silence."""
+    settings, _window = _two_tables_refused(sqlite_url, tmp_path)
+    narrowed = replace(settings, schema_contract="evolve", tables="subscriptions")
+    [report] = json.loads(_run(["quarantine", "replay", "--json"], narrowed, tmp_path).stdout)
+    assert report["recovered"] == [3]
+    [left] = report["still_quarantined"]
+    assert (
+        left["lsn"] == 4 and "'plans_changes' is of a table that is not captured" in left["reason"]
+    )
