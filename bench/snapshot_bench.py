@@ -1,8 +1,10 @@
 """Snapshot throughput on PostgreSQL: rows/s of the online snapshot of an N-row `subscriptions`
 table against the same run's `COPY subscriptions TO STDOUT` (the fastest anything can read the
 table) and the same run's bare `INSERT INTO <log copy> SELECT … FROM subscriptions` (the floor of
-any design that writes a change-log row per table row), plus this process's peak RSS. Not part
-of the test suite.
+any design that writes a change-log row per table row), plus this process's peak RSS. Two
+ceilings of any design at all: the server building the triggers' images alone (`to_jsonb`,
+nothing written) and the cheapest durable copy of the rows (`COPY TO` streamed into `COPY FROM`
+of an index-less table). Not part of the test suite.
 
     python bench/snapshot_bench.py --rows 1000000 [--chunk-size 2048] [--pg-url URL]
 
@@ -75,6 +77,43 @@ def _floor_seconds(engine: sa.Engine) -> float:
             conn.exec_driver_sql("DROP TABLE floor_log")
 
 
+_IMAGES_ONLY = "SELECT sum(length(to_jsonb(s)::text)) FROM subscriptions AS s"
+
+
+def _images_only_seconds(dsn: str, schema: str) -> float:
+    """The server building every row's image as the triggers do (`to_jsonb`), writing nothing:
+    a ceiling for any snapshot that stores the trigger's image."""
+    with psycopg.connect(dsn, options=f"-csearch_path={schema}") as conn:
+        started = time.perf_counter()
+        conn.execute(_IMAGES_ONLY).fetchone()
+        return time.perf_counter() - started
+
+
+def _copy_roundtrip_seconds(dsn: str, schema: str) -> float:
+    """`COPY subscriptions TO STDOUT` streamed into `COPY … FROM STDIN` of an index-less copy of
+    the table, committed: the cheapest durable copy of the rows there is (no image, no index, no
+    LSN) - a ceiling for any snapshot that stores the rows at all."""
+    options = f"-csearch_path={schema}"
+    with (
+        psycopg.connect(dsn, options=options) as source,
+        psycopg.connect(dsn, options=options) as sink,
+    ):
+        sink.execute("CREATE TABLE roundtrip (LIKE subscriptions)")
+        sink.commit()
+        started = time.perf_counter()
+        with (
+            source.cursor().copy("COPY subscriptions TO STDOUT") as out,
+            sink.cursor().copy("COPY roundtrip FROM STDIN") as into,
+        ):
+            for block in out:
+                into.write(block)
+        sink.commit()
+        seconds = time.perf_counter() - started
+        sink.execute("DROP TABLE roundtrip")
+        sink.commit()
+        return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -104,6 +143,8 @@ def main() -> None:
             ).scalar_one()
         assert emitted == done.rows_done == args.rows, (emitted, done)
         floor_s = _floor_seconds(engine)
+        images_s = _images_only_seconds(args.pg_url, schema)
+        roundtrip_s = _copy_roundtrip_seconds(args.pg_url, schema)
         result = {
             "rows": args.rows,
             "chunk_size": args.chunk_size,
@@ -118,6 +159,12 @@ def main() -> None:
             "bare_insert_select_s": round(floor_s, 3),
             "bare_insert_vs_copy": round(copy_s / floor_s, 3),
             "snapshot_vs_bare_insert": round(floor_s / snapshot_s, 3),
+            # Ceilings of any design, whatever it stores: building the images alone, and the
+            # cheapest durable copy of the rows (COPY out -> COPY in, no index, no image).
+            "images_only_s": round(images_s, 3),
+            "images_only_vs_copy": round(copy_s / images_s, 3),
+            "copy_roundtrip_s": round(roundtrip_s, 3),
+            "copy_roundtrip_vs_copy": round(copy_s / roundtrip_s, 3),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }
     finally:
