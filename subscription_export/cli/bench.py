@@ -73,6 +73,7 @@ def _print_bench(report: dict[str, Any], changes: int, source: str) -> None:
     console.print(
         f"peak RSS {report['peak_rss_mb']} MB; baselines: {baselines};"
         f" parquet/COPY {report['parquet_vs_copy']};"
-        f" incremental 10k {report['incremental_10k_s']} s"
+        f" incremental 10k {report['incremental_10k_s']} s (median of"
+        f" {len(report['incremental_10k_runs_s'])} cycles)"
     )
     console.print(f"written to {report['written_to']}", markup=False)
