@@ -5,7 +5,9 @@ transaction when the state lives in the source database, else right after it com
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -212,14 +214,57 @@ def apply_round(
 ) -> list[tuple[Snapshot, Verdict]]:
     """Decide and apply changes of distinct subscriptions together, retrying lost races (the
     whole round again: its transaction rolled back, or its write-backs are found done);
-    each change's snapshot and verdict, in feed order."""
+    each change's snapshot and verdict, in feed order.
+
+    A write-back the source refuses (`WriteBackRefused`: a CHECK, an enum type, a NOT NULL, a
+    foreign key) rolls the round back; the round is then redone change by change, and a change
+    still refused on its own is `invalid` with the database's reason, so one such record never
+    stops the system's reconcile."""
     for attempt in range(3):
         try:
             return _apply_round_once(project, config, changes, policy, types=types)
+        except WriteBackRefused as exc:
+            if len(changes) > 1:
+                return [
+                    pair
+                    for change in changes
+                    for pair in apply_round(project, config, [change], policy, types=types)
+                ]
+            if attempt == 2:  # not a lost race: refused every time
+                return _apply_round_once(
+                    project, config, changes, policy, types=types, refused=exc.reason
+                )
         except (sa.exc.IntegrityError, sa.exc.OperationalError):  # lost a race: decide again
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")
+
+
+class WriteBackRefused(Exception):
+    """The source refused a round's write-back (`DataError`/`IntegrityError` of its own
+    rules); `reason` says why in the database's words, escaped."""
+
+    def __init__(self, exc: sa.exc.DBAPIError) -> None:
+        super().__init__(str(exc.orig))
+        self.reason = refusal_reason(exc)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_REASON_MAX = 300
+
+
+def refusal_reason(exc: sa.exc.DBAPIError) -> str:
+    """The database's own message (PostgreSQL: its primary message and SQLSTATE; no SQL and
+    no parameters, which hold the whole round's values), control characters escaped and cut:
+    it quotes the remote's value."""
+    orig = exc.orig
+    diag = getattr(orig, "diag", None)
+    message = getattr(diag, "message_primary", None) or str(orig).splitlines()[0]
+    code = getattr(orig, "sqlstate", None)
+    text = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), message)
+    if len(text) > _REASON_MAX:
+        text = text[:_REASON_MAX] + "..."
+    return f"the source refused the write-back{f' ({code})' if code else ''}: {text}"
 
 
 def _apply_round_once(
@@ -229,19 +274,26 @@ def _apply_round_once(
     policy: ConflictPolicy,
     *,
     types: Types,
+    refused: str | None = None,
 ) -> list[tuple[Snapshot, Verdict]]:
     """Load the round set-based under the rows' locks, decide each change (pure), write the
-    write-backs in a few statements, then record every decision (`record_batch`)."""
+    write-backs in a few statements, then record every decision (`record_batch`). `refused`:
+    the source refused this round's write-back before; each change is `invalid` for it."""
     idents = [change.id for change in changes]
     with write_back_transaction(project) as tx:
         with tx.reading_state() as state:
             reads = BatchReads.load(tx.conn, state, config.name, idents, types, lock=True)
             snaps = [snapshot_from(reads, config, c, ignored=policy.ignored) for c in changes]
+        if refused is not None:
+            snaps = [s if s.error else dataclasses.replace(s, error=refused) for s in snaps]
         verdicts = [decide(snap, policy) for snap in snaps]
         todo = [
             (s, v) for s, v in zip(snaps, verdicts, strict=True) if v.outcome != "already_applied"
         ]
-        log_ids = write_backs(tx.conn, todo, types, config.name)
+        try:
+            log_ids = write_backs(tx.conn, todo, types, config.name)
+        except (sa.exc.DataError, sa.exc.IntegrityError) as exc:
+            raise WriteBackRefused(exc) from exc
         decided = [
             Decided(
                 snap, verdict, log_ids[snap.subscription_id], _feed_entry(snap, verdict, policy)

@@ -10,13 +10,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from subscription_export.core.codec import dumps, loads, to_jsonable
 from subscription_export.core.values import BadValue, convert
 from subscription_export.delivery.clients import DeliveryClient
 from subscription_export.delivery.config import DestinationsConfig
-from subscription_export.reconcile.apply import write_back, write_back_transaction
+from subscription_export.reconcile.apply import (
+    refusal_reason,
+    write_back,
+    write_back_transaction,
+)
 from subscription_export.reconcile.audit_log import history as audit_history
 from subscription_export.reconcile.errors import ReconcileError
 from subscription_export.reconcile.feeds import feed_system
@@ -88,7 +93,13 @@ def resolve_conflict(
         overrides = parse_sets(sets, types)
         snap = conflict_snapshot(tx.conn, config.name, conflict, types)
         verdict = settle_by_hand(snap, conflict.id, conflict.fields, take, overrides, now())
-        plan_log_id = write_back(tx.conn, snap, verdict, types, config.name)
+        try:
+            plan_log_id = write_back(tx.conn, snap, verdict, types, config.name)
+        except (sa.exc.DataError, sa.exc.IntegrityError) as exc:  # the table's own rules
+            raise ReconcileError(
+                f"conflict {conflict_id} is still open: {refusal_reason(exc)}; take the other"
+                " side or --set a value the table accepts"
+            ) from None
         entry = Entry(
             ref=f"conflict:{conflict_id}",
             window_key=f"resolve:{conflict.subscription_id}",

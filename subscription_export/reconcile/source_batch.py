@@ -32,7 +32,7 @@ from subscription_export.reconcile.three_way import (
     as_time,
     version_of,
 )
-from subscription_export.source.schema import clear_origin, set_origin
+from subscription_export.source.schema import origin_tagged
 
 HISTORY_DEPTH = 64
 """Change-log rows loaded per subscription (newest first). Deciding an edit almost always needs
@@ -215,8 +215,7 @@ def write_locals(
         return {}
     postgres = conn.dialect.name == "postgresql"
     columns = columns_of(types)
-    set_origin(conn, origin)
-    try:
+    with origin_tagged(conn, origin):
         deleted = [w.subscription_id for w in writes if w.target is None]
         if deleted:
             table = sa.table(columns.table, sa.column(columns.key))
@@ -224,8 +223,6 @@ def write_locals(
             conn.execute(delete, [{"ident": k} for k in _keys(columns, deleted, postgres)])
         for (names, exists), rows in _by_shape(writes, types, postgres).items():
             _write_rows(conn, columns, names, exists, rows)
-    finally:
-        clear_origin(conn)  # SQLite: the origin row must not outlive this transaction
     newest = sa.text(
         "SELECT subscription_id, MAX(id) AS newest FROM subscription_change_log"
         " WHERE subscription_id IN :ids AND source_table = :t GROUP BY subscription_id"

@@ -35,7 +35,7 @@ from subscription_export.reconcile.three_way import (
     version_of,
 )
 from subscription_export.runtime import Project
-from subscription_export.source.schema import clear_origin, latest_capture_schema, set_origin
+from subscription_export.source.schema import latest_capture_schema, origin_tagged
 
 # -- values ------------------------------------------------------------------------------------
 
@@ -317,8 +317,7 @@ def write_local(
     columns = columns_of(types)
     # the key's own type: an integer key as an int, a uuid as a UUID (text on SQLite)
     key = db_value(columns.key_value(subscription_id), postgres)
-    set_origin(conn, origin)
-    try:
+    with origin_tagged(conn, origin):
         fields = {n: db_value(target[n], postgres) for n in types if n in (target or {})}
         values = columns.to_columns({n: v for n, v in fields.items() if n != "id"})
         # Column names come from the catalog: SQLAlchemy quotes them, never string-built.
@@ -330,8 +329,6 @@ def write_local(
             conn.execute(sa.update(table).where(where).values(values))
         else:
             conn.execute(sa.insert(table).values({columns.key: key, **values}))
-    finally:
-        clear_origin(conn)  # SQLite: the origin row must not outlive this transaction
     newest = conn.execute(
         sa.text(
             "SELECT MAX(id) FROM subscription_change_log"

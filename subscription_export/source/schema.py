@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import sqlalchemy as sa
@@ -437,6 +438,17 @@ def set_origin(conn: Connection, origin: str) -> None:
             ),
             {"o": origin},
         )
+
+
+@contextmanager
+def origin_tagged(conn: Connection, origin: str) -> Iterator[None]:
+    """The block's changes tagged with `origin`. The tag is cleared when the block succeeds,
+    not when it raises: the failed statement's transaction rolls back (tag included), and
+    PostgreSQL runs nothing more in it - a clearing statement would replace the real error
+    with `InFailedSqlTransaction`."""
+    set_origin(conn, origin)
+    yield
+    clear_origin(conn)
 
 
 def clear_origin(conn: Connection) -> None:
