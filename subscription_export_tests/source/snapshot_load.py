@@ -187,7 +187,11 @@ class LockSampler:
             "SELECT a.pid, CAST(a.xact_start AS TEXT), CAST(a.backend_xid AS TEXT),"
             " l.locktype, l.mode"
             " FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid"
-            " WHERE a.application_name = :n AND l.granted AND (l.locktype = 'advisory'"
+            # pg_locks and pg_stat_activity list the whole cluster: another database's
+            # snapshot (a parallel test worker's, a second checkout's) is not this one's.
+            " WHERE a.application_name = :n AND a.datname = current_database()"
+            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            " AND l.granted AND (l.locktype = 'advisory'"
             " OR (l.locktype = 'relation' AND l.relation = CAST('subscriptions' AS regclass)))"
         )
         chunks = sa.text("SELECT chunks_done FROM subscription_snapshot_progress")
