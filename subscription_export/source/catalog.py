@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from subscription_export.core.columns import (
+    METADATA_COLUMNS,
     LogicalType,
     SourceColumn,
     decimal_type,
@@ -63,6 +64,10 @@ class NoPrimaryKeyError(SchemaMissingError):
     """The table has no primary key, so changes cannot be told apart per row."""
 
 
+class ReservedColumnError(SchemaMissingError):
+    """A column is named like one of the export's metadata columns (`METADATA_COLUMNS`)."""
+
+
 @dataclass(frozen=True)
 class TableShape:
     name: str
@@ -102,6 +107,16 @@ def read_table(
         raise NoPrimaryKeyError(
             f"table {table!r} has no primary key: changes could not be matched to rows;"
             " add one (ALTER TABLE … ADD PRIMARY KEY) and run `init` again"
+        )
+    reserved = [name for name, *_ in found if name in METADATA_COLUMNS]
+    if reserved:
+        # Two columns of one name in every file: JSON Lines readers keep the last key (the
+        # table's `_deleted` over the change's), Parquet readers refuse the file or pick one.
+        raise ReservedColumnError(
+            f"table {table!r} has column(s) {', '.join(map(repr, reserved))} named like the"
+            f" export's metadata columns ({', '.join(METADATA_COLUMNS)}): every exported row"
+            " would carry two columns of that name; rename them (ALTER TABLE … RENAME COLUMN)"
+            " and run `init` again"
         )
     warnings = tuple(
         f"column {name!r} ({declared}) has no export type: exported as text"

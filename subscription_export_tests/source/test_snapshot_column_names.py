@@ -9,12 +9,16 @@ import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 import sqlalchemy as sa
 
+from subscription_export.core.columns import METADATA_COLUMNS
 from subscription_export.core.settings import Settings
 from subscription_export.export.cut import cut_windows
 from subscription_export.export.flow import export_window_file
+from subscription_export.formats.schema import METADATA_FIELDS
 from subscription_export.runtime import Project
+from subscription_export.source.catalog import ReservedColumnError
 from subscription_export.source.schema import init_source
 from subscription_export.source.snapshot import run_snapshot
 from subscription_export.state.quarantine import list_quarantine
@@ -65,3 +69,19 @@ def test_a_column_named_s_does_not_replace_the_snapshot_row(
     assert [None if r["s"] is None else json.loads(r["s"]) for r in exported] == [
         row["s"] for row in ROWS
     ]
+
+
+def test_a_column_named_like_an_export_metadata_column_is_refused_at_init(
+    source_url: str,
+) -> None:
+    """A soft-delete flag `_deleted` (or `_op`, `_lsn`...) would be a second column of that
+    name in every file: JSON Lines readers keep the last key (the table's `_deleted` over the
+    change's), Parquet readers refuse the file or pick either. Refused on one line instead."""
+    engine = writer(source_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TABLE accounts (id integer PRIMARY KEY, _deleted boolean, name text)"
+        )
+    with pytest.raises(ReservedColumnError, match=r"'_deleted'.*RENAME COLUMN"):
+        init_source(engine, "accounts")
+    assert tuple(f.name for f in METADATA_FIELDS) == METADATA_COLUMNS  # the names refused
