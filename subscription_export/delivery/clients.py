@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote
 
 import requests
@@ -96,13 +96,13 @@ class ChangeFeedMixin:
             return response
 
         response, _ = self.retry.call(attempt)
-        payload = response.json()
         try:
+            payload = response.json()  # a 2xx whose body is no JSON is a malformed page too
             changes = [
                 RemoteChange(
                     cursor=int(c["cursor"]),
                     id=str(c["id"]),
-                    op=c["op"],
+                    op=_feed_op(c["op"]),
                     record=dict(c["record"]),
                     remote_version=int(c["remote_version"]),
                     updated_at=dt.datetime.fromisoformat(c["updated_at"]).astimezone(dt.UTC),
@@ -112,6 +112,16 @@ class ChangeFeedMixin:
             return ChangePage(changes, int(payload["next_cursor"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise PermanentDeliveryError(f"malformed change feed page: {exc!r}") from None
+
+
+def _feed_op(op: object) -> Literal["upsert", "delete"]:
+    """The feed's op, or ValueError: read as an upsert, an unknown op (`deleted`, `remove`),
+    which carries the record's last state, would write that state back instead of deleting."""
+    if op == "upsert":
+        return "upsert"
+    if op == "delete":
+        return "delete"
+    raise ValueError(f"op {op!r} is neither 'upsert' nor 'delete'")
 
 
 class ErpClient(ChangeFeedMixin, BatchClient):
