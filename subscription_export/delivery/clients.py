@@ -50,6 +50,7 @@ from subscription_export.delivery.retry import (
     DeliveryError,
     PermanentDeliveryError,
     RetryPolicy,
+    error_code,
     raise_for_delivery,
     send,
 )
@@ -165,13 +166,12 @@ class ErpClient(ChangeFeedMixin, BatchClient):
         }
 
     def _item_ok(self, unit: Unit, answer: dict[str, Any]) -> bool:
-        gone = answer.get("code") == 404 and unit.body["method"] == "DELETE"
-        return gone or super()._item_ok(unit, answer)
+        gone = (answer.get("code"), answer.get("error")) == (404, NOT_FOUND)
+        return (gone and unit.body["method"] == "DELETE") or super()._item_ok(unit, answer)
 
     def _send_one(self, item: OutboundItem) -> DeliveryResult:
         (unit,) = item.units
         method, url, body = unit.body["method"], self._url(unit.body["path"]), unit.body["body"]
-        ok_statuses = frozenset({404}) if method == "DELETE" else frozenset()
 
         def attempt() -> None:
             response = send(
@@ -183,13 +183,25 @@ class ErpClient(ChangeFeedMixin, BatchClient):
                     timeout=self.timeout,
                 )
             )
-            raise_for_delivery(response, ok_statuses=ok_statuses)
+            if method == "DELETE" and _already_deleted(response):
+                return
+            raise_for_delivery(response)
 
         try:
             _, attempts = self.retry.call(attempt)
         except DeliveryError as exc:
             return item.result("dead_letter", exc.attempts, str(exc))
         return item.result("delivered", attempts)
+
+
+NOT_FOUND = "not_found"  # the ERP's error code for a record it does not have
+
+
+def _already_deleted(response: requests.Response) -> bool:
+    """A DELETE answered 404 `not_found`: the record is gone already. Any other 404 (a
+    `base_url` with a wrong path answers every request 404) is no deletion, and counting it
+    as one would report each DELETE delivered while the ERP still holds the record."""
+    return response.status_code == 404 and error_code(response) == NOT_FOUND
 
 
 def _erp_body(row: ChangeRow) -> dict[str, Any]:

@@ -87,7 +87,8 @@ def is_retryable(status: int, error_code: str | None = None) -> bool:
     return status in RETRYABLE_STATUSES or (status == 409 and error_code == IN_FLIGHT_ERROR)
 
 
-def _error_code(response: requests.Response) -> str | None:
+def error_code(response: requests.Response) -> str | None:
+    """The `error` of a JSON error answer, if it has one."""
     try:
         payload = response.json()
     except ValueError:
@@ -102,7 +103,7 @@ def raise_for_delivery(
     status = response.status_code
     if 200 <= status < 300 or status in ok_statuses:
         return
-    code = _error_code(response)
+    code = error_code(response)
     message = (
         f"HTTP {status}"
         + (f" {code}" if code else "")
