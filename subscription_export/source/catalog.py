@@ -128,6 +128,9 @@ def read_table(
     return TableShape(table, key, columns, warnings, as_text)
 
 
+MAX_DECIMAL_PRECISION = 38  # Arrow's (and Parquet's) decimal128
+
+
 def _pg_logical(
     typname: str, typtype: str, element: str | None, element_type: str | None, typmod: int
 ) -> tuple[LogicalType, str]:
@@ -141,6 +144,8 @@ def _pg_logical(
         if typmod < 4:  # numeric without (p, s): no exact fixed-point type fits every value
             return "text", "numeric without precision"
         precision, scale = ((typmod - 4) >> 16) & 0xFFFF, (typmod - 4) & 0xFFFF
+        if precision > MAX_DECIMAL_PRECISION:  # no decimal128 holds it: every window failed
+            return "text", f"numeric({precision},{scale}), wider than decimal128's 38 digits"
         return decimal_type(precision, scale), ""
     logical = _PG_TYPES.get(typname)
     return (logical, "") if logical else ("text", typname)
