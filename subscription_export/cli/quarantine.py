@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from subscription_export.cli.app import DB_INT_MAX, console, settings_of
-from subscription_export.cli.shown import DataTable
+from subscription_export.cli.app import DB_INT_MAX, console, err_console, settings_of
+from subscription_export.cli.shown import DataTable, marked
 from subscription_export.delivery.config import load_destinations
 from subscription_export.quarantine_actions import discard, replay
 from subscription_export.runtime import Project
@@ -90,20 +90,35 @@ def quarantine_replay(
     results = replay(project, load_destinations(), window_key=window, lsns=lsn or ())
     if as_json:
         console.print_json(json.dumps([r.as_json() for r in results], default=str))
-        return
-    table = DataTable("window", "recovered", "still quarantined", "revision", "deliveries")
-    for r in results:
-        outcomes = ", ".join(f"{d.destination} {d.lsn} {d.outcome}" for d in r.deliveries)
-        table.add_row(
-            r.window_key,
-            ",".join(map(str, r.recovered)),
-            ",".join(str(q.lsn) for q in r.still_bad),
-            str(r.revision),
-            outcomes,
-        )
-    console.print(table)
-    recovered = sum(len(r.recovered) for r in results)
-    console.print(f"{recovered} change(s) recovered in {len(results)} window(s)")
+    else:
+        table = DataTable("window", "recovered", "still quarantined", "revision", "deliveries")
+        for r in results:
+            outcomes = ", ".join(f"{d.destination} {d.lsn} {d.outcome}" for d in r.deliveries)
+            table.add_row(
+                r.window_key,
+                ",".join(map(str, r.recovered)),
+                ",".join(str(q.lsn) for q in r.still_bad),
+                str(r.revision),
+                outcomes,
+            )
+        console.print(table)
+        recovered = sum(len(r.recovered) for r in results)
+        console.print(f"{recovered} change(s) recovered in {len(results)} window(s)")
+    refused = [d for r in results for d in r.deliveries if d.outcome == "dead_letter"]
+    if refused:
+        # Recovered into the files but not delivered: the destination lacks the change until
+        # its dead letter is replayed, which is no success (as `dead-letters replay` exits 1).
+        for d in refused:
+            err_console.print(
+                marked(
+                    "[red]{name}: LSN {lsn} not delivered[/red], now a dead letter: {detail}",
+                    name=d.destination,
+                    lsn=d.lsn,
+                    detail=d.detail,
+                ),
+                highlight=False,
+            )
+        raise typer.Exit(1)
 
 
 @app.command("discard")

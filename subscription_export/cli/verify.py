@@ -9,7 +9,13 @@ from rich.text import Text
 
 from subscription_export.cli.app import console, settings_of
 from subscription_export.cli.shown import shown
+from subscription_export.core.db import require_existing
+from subscription_export.core.errors import ConfigError
+from subscription_export.core.settings import Settings
 from subscription_export.formats.verify import verify_exports
+from subscription_export.formats.writers import FORMATS
+from subscription_export.runtime import Project
+from subscription_export.state.progress import completed_keys
 
 app = typer.Typer(add_completion=False)
 
@@ -21,10 +27,27 @@ def verify(
 ) -> None:
     """Re-hash every exported file against its manifest; exit 1 on any drift."""
     settings = settings_of(ctx)
-    report = verify_exports(settings.export_dir, window, settings.datasets)
+    recorded = _recorded_exports(settings)
+    report = verify_exports(settings.export_dir, window, settings.datasets, recorded)
     for outcome in report.outcomes:
         mark = "[green]ok[/green]" if outcome.passed else "[red]DRIFT[/red]"
         console.print(Text.from_markup(mark), shown(outcome.description), highlight=False)
     console.print(shown(report.summary), highlight=False)
     if not report.passed:
         raise typer.Exit(1)
+
+
+def _recorded_exports(settings: Settings) -> list[tuple[str, str]]:
+    """(asset, window key) of every file the state records as exported; none when there is no
+    state database here (files copied elsewhere are still verified against their manifests)."""
+    try:
+        require_existing(settings.state_url, "state")
+    except ConfigError:
+        return []
+    project = Project(settings, create=False)
+    return [
+        (dataset.asset(fmt), key)
+        for dataset in project.datasets
+        for fmt in FORMATS
+        for key in completed_keys(project.state, dataset.consumer(fmt))
+    ]

@@ -29,6 +29,11 @@ BaseLogicalType = Literal[
 LogicalType = str
 
 
+# The metadata columns every exported row starts with (formats/schema.py `METADATA_FIELDS`);
+# a captured table's column may not share a name with one of them.
+METADATA_COLUMNS = ("_lsn", "_op", "_changed_at", "_origin", "_deleted", "_schema_version")
+
+
 @dataclass(frozen=True)
 class SourceColumn:
     name: str

@@ -203,6 +203,20 @@ def advance_feed_cursor(
         context.run_id,
         {f"reconcile/{key}": str(value) for key, value in summary.items() if key != "system"},
     )
+    if pushes.dead_lettered:
+        # Failed only now, with the cursor advanced (the edits are applied): a run ending
+        # SUCCESS would hide that the merged record will not reach the system until someone
+        # replays or discards the dead letter (the CLI's `reconcile` exits 1 for it). A push
+        # refused but kept for the next run stays a warning: the sensor retries it.
+        raise dg.Failure(
+            description=(
+                f"{applied.system}: {pushes.dead_lettered} push(es) refused for the last time,"
+                " now dead letters (dead-letters list --destination"
+                f" {applied.system}; replay or discard): {'; '.join(pushes.errors)}"
+            ),
+            metadata=summary,
+            allow_retries=False,
+        )
     return dg.Output(report.cursor, metadata=summary)
 
 

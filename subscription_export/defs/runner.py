@@ -23,6 +23,7 @@ from subscription_export.defs.partitions import cdc_windows
 from subscription_export.defs.reconcile import ConflictPoliciesResource
 from subscription_export.delivery.window import lagging_window
 from subscription_export.export.cut import CutResult, cut_windows, incomplete_windows
+from subscription_export.reconcile.feeds import feed_systems
 from subscription_export.reconcile.flow import SystemRun, reconcile_all
 from subscription_export.runtime import Project
 from subscription_export.state.leases import LeaseBusy, default_holder, lease
@@ -205,13 +206,18 @@ def run_cycle(
 
 def reconcile_systems(project: Project, destinations: Path | None = None) -> list[SystemRun]:
     """The cycle's reconcile step (every system with a feed); nothing without a destinations
-    file, or with one that does not load (the sync steps report that)."""
+    file. A destinations file or conflict policy that does not load is a failed reconcile,
+    not a warning: a cycle without a new window (no sync step to fail on it) would otherwise
+    exit 0 while no system's edits come back."""
     try:
         config = DestinationsResource.at(destinations).load()
+    except ConfigError as exc:
+        return [SystemRun("destinations", None, f"{type(exc).__name__}: {exc}")]
+    try:
         policies = ConflictPoliciesResource.from_env().load()
     except ConfigError as exc:
-        log.warning("systems not reconciled: %s", exc)
-        return []
+        error = f"{type(exc).__name__}: {exc}"
+        return [SystemRun(system.name, None, error) for system in feed_systems(config)]
     return reconcile_all(project, config, policies)
 
 

@@ -115,6 +115,7 @@ def _session_with_environment(base_url: str) -> requests.Session:
     settings = session.merge_environment_settings(base_url, {}, None, None, None)
     netrc = requests.utils.get_netrc_auth(base_url)
     session.trust_env = False
+    session.max_redirects = 0  # a redirect is refused, never followed (`retry.redirect_refused`)
     session.proxies.update(settings["proxies"])
     session.verify = settings["verify"]
     if netrc:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote
 
 import requests
@@ -50,6 +50,7 @@ from subscription_export.delivery.retry import (
     DeliveryError,
     PermanentDeliveryError,
     RetryPolicy,
+    error_code,
     raise_for_delivery,
     send,
 )
@@ -96,13 +97,13 @@ class ChangeFeedMixin:
             return response
 
         response, _ = self.retry.call(attempt)
-        payload = response.json()
         try:
+            payload = response.json()  # a 2xx whose body is no JSON is a malformed page too
             changes = [
                 RemoteChange(
                     cursor=int(c["cursor"]),
                     id=str(c["id"]),
-                    op=c["op"],
+                    op=_feed_op(c["op"]),
                     record=dict(c["record"]),
                     remote_version=int(c["remote_version"]),
                     updated_at=dt.datetime.fromisoformat(c["updated_at"]).astimezone(dt.UTC),
@@ -112,6 +113,16 @@ class ChangeFeedMixin:
             return ChangePage(changes, int(payload["next_cursor"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise PermanentDeliveryError(f"malformed change feed page: {exc!r}") from None
+
+
+def _feed_op(op: object) -> Literal["upsert", "delete"]:
+    """The feed's op, or ValueError: read as an upsert, an unknown op (`deleted`, `remove`),
+    which carries the record's last state, would write that state back instead of deleting."""
+    if op == "upsert":
+        return "upsert"
+    if op == "delete":
+        return "delete"
+    raise ValueError(f"op {op!r} is neither 'upsert' nor 'delete'")
 
 
 class ErpClient(ChangeFeedMixin, BatchClient):
@@ -155,13 +166,12 @@ class ErpClient(ChangeFeedMixin, BatchClient):
         }
 
     def _item_ok(self, unit: Unit, answer: dict[str, Any]) -> bool:
-        gone = answer.get("code") == 404 and unit.body["method"] == "DELETE"
-        return gone or super()._item_ok(unit, answer)
+        gone = (answer.get("code"), answer.get("error")) == (404, NOT_FOUND)
+        return (gone and unit.body["method"] == "DELETE") or super()._item_ok(unit, answer)
 
     def _send_one(self, item: OutboundItem) -> DeliveryResult:
         (unit,) = item.units
         method, url, body = unit.body["method"], self._url(unit.body["path"]), unit.body["body"]
-        ok_statuses = frozenset({404}) if method == "DELETE" else frozenset()
 
         def attempt() -> None:
             response = send(
@@ -173,13 +183,25 @@ class ErpClient(ChangeFeedMixin, BatchClient):
                     timeout=self.timeout,
                 )
             )
-            raise_for_delivery(response, ok_statuses=ok_statuses)
+            if method == "DELETE" and _already_deleted(response):
+                return
+            raise_for_delivery(response)
 
         try:
             _, attempts = self.retry.call(attempt)
         except DeliveryError as exc:
             return item.result("dead_letter", exc.attempts, str(exc))
         return item.result("delivered", attempts)
+
+
+NOT_FOUND = "not_found"  # the ERP's error code for a record it does not have
+
+
+def _already_deleted(response: requests.Response) -> bool:
+    """A DELETE answered 404 `not_found`: the record is gone already. Any other 404 (a
+    `base_url` with a wrong path answers every request 404) is no deletion, and counting it
+    as one would report each DELETE delivered while the ERP still holds the record."""
+    return response.status_code == 404 and error_code(response) == NOT_FOUND
 
 
 def _erp_body(row: ChangeRow) -> dict[str, Any]:

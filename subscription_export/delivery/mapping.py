@@ -44,7 +44,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import quote
 
-from subscription_export.core.columns import BASE_TYPES
+from subscription_export.core.columns import BASE_TYPES, STATUSES
 
 ChangeRow = Mapping[str, Any]
 
@@ -238,8 +238,21 @@ def crm_item(row: ChangeRow) -> dict[str, Any]:
 
 
 def recognized_price(image: Mapping[str, Any] | None) -> tuple[str, Decimal] | None:
-    """`(currency, amount)` of a billable image, None for a non-billable or absent one."""
-    if image is None or image.get("status") not in BILLABLE_STATUSES:
+    """`(currency, amount)` of a billable image, None for a non-billable or absent one.
+
+    A status that is none of `STATUSES` (a table of one's own: `ACTIVE`, `trialing`, null) is
+    a mapping error, not "not billable": that guess booked nothing for every change of such a
+    table and reported each as skipped."""
+    if image is None:
+        return None
+    status = image.get("status")
+    if status not in STATUSES:
+        raise MappingError(
+            f"{image.get('id')}: status {status!r} is none of {', '.join(STATUSES)}: the ledger"
+            " cannot tell whether it is billable; map a column holding these values"
+            " (columns.status) or fix the value"
+        )
+    if status not in BILLABLE_STATUSES:
         return None
     amount = image.get("amount")
     if isinstance(amount, bool) or not isinstance(amount, Decimal | int):

@@ -87,7 +87,8 @@ def is_retryable(status: int, error_code: str | None = None) -> bool:
     return status in RETRYABLE_STATUSES or (status == 409 and error_code == IN_FLIGHT_ERROR)
 
 
-def _error_code(response: requests.Response) -> str | None:
+def error_code(response: requests.Response) -> str | None:
+    """The `error` of a JSON error answer, if it has one."""
     try:
         payload = response.json()
     except ValueError:
@@ -102,7 +103,7 @@ def raise_for_delivery(
     status = response.status_code
     if 200 <= status < 300 or status in ok_statuses:
         return
-    code = _error_code(response)
+    code = error_code(response)
     message = (
         f"HTTP {status}"
         + (f" {code}" if code else "")
@@ -123,6 +124,24 @@ def send(call: Callable[[], requests.Response]) -> requests.Response:
         raise RetryableDeliveryError(transport_failure(exc)) from exc
     except requests.exceptions.ChunkedEncodingError as exc:
         raise RetryableDeliveryError(f"truncated answer: {exc}") from exc
+    except requests.TooManyRedirects as exc:
+        raise PermanentDeliveryError(redirect_refused(exc)) from None
+
+
+def redirect_refused(exc: requests.TooManyRedirects) -> str:
+    """Delivery sessions follow no redirect (`max_redirects = 0`): requests would re-send a
+    PUT, POST or DELETE answered 301/302/303 as a GET, and that GET's 200 (an auth proxy's
+    login page) or 404 would pass for a change the system never received."""
+    response = exc.response
+    if response is None:
+        return f"redirect not followed: {exc}"
+    request = response.request
+    location = response.headers.get("Location", "?")
+    return (
+        f"HTTP {response.status_code} redirect to {location} from {request.method}"
+        f" {response.url}: not followed (the change would not reach the system);"
+        " set the destination's base_url to the address that answers"
+    )
 
 
 def transport_failure(exc: requests.RequestException) -> str:

@@ -38,10 +38,11 @@ re-running a window after a kill at any point re-sends the same keys with the sa
 the remote applies each once. The lease of a killed holder expires after its TTL; a re-run with
 the same holder name takes it over at once.
 
-Deletes: the ERP answers 404 for a record it does not have, which the client counts as
-delivered (already deleted); the CRM answers `ok` with `absent`; accounting books the refund of
-the deleted subscription's recognized price whatever the remote holds (it is a ledger). No
-Dagster import here: the assets in `defs/destinations.py` and the CLI call these functions.
+Deletes: the ERP answers 404 `not_found` for a record it does not have, which the client
+counts as delivered (already deleted; another 404 is a dead letter); the CRM answers `ok`
+with `absent`; accounting books the refund of the deleted subscription's recognized price
+whatever the remote holds (it is a ledger). No Dagster import here: the assets in
+`defs/destinations.py` and the CLI call these functions.
 
 Where each part lives: ordering and catch-up in `ordering`, one window's pass in `one_window`
 (its accounting prior images in `prior_state`), outcomes and errors in `outcome`, replay in

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,18 +113,28 @@ def verify_exports(
     export_dir: Path | UPath,
     window_key: str | None = None,
     datasets: tuple[TableDataset, ...] = (DEFAULT_DATASET,),
+    recorded: Collection[tuple[str, str]] = (),
 ) -> VerifyReport:
     """Re-hash every exported file against its manifest. Files and manifests are paired by
     the layout, so a file whose manifest was deleted, a manifest whose file was deleted and an
     unusable manifest are each reported for their window, and the check goes on. Every
     manifest is checked; `datasets` (the captured tables) name the folders searched for data
-    files without one."""
+    files without one. `recorded`: (asset, window key) the state records as exported; one with
+    neither file nor manifest left is drift too (nothing else would find it)."""
     found = _files_and_manifests(export_dir, window_key, datasets)
-    if not found:
+    wanted = {(a, k) for a, k in recorded if window_key is None or k == window_key}
+    if not found and not wanted:
         raise RangeError(
             f"no manifests under {export_dir}" + (f" for window {window_key}" if window_key else "")
         )
-    return VerifyReport(tuple(_check_window_file(export_dir, a, k, datasets) for a, k in found))
+    outcomes = {(a, k): _check_window_file(export_dir, a, k, datasets) for a, k in found}
+    for asset, key in wanted - set(found):
+        outcomes[(asset, key)] = CheckOutcome(
+            False,
+            f"{asset}/{key}: recorded as exported, but its file and manifest are missing",
+            {"window": key},
+        )
+    return VerifyReport(tuple(outcomes[pair] for pair in sorted(outcomes)))
 
 
 def _files_and_manifests(

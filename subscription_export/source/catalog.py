@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from subscription_export.core.columns import (
+    METADATA_COLUMNS,
     LogicalType,
     SourceColumn,
     decimal_type,
@@ -63,6 +64,10 @@ class NoPrimaryKeyError(SchemaMissingError):
     """The table has no primary key, so changes cannot be told apart per row."""
 
 
+class ReservedColumnError(SchemaMissingError):
+    """A column is named like one of the export's metadata columns (`METADATA_COLUMNS`)."""
+
+
 @dataclass(frozen=True)
 class TableShape:
     name: str
@@ -103,6 +108,16 @@ def read_table(
             f"table {table!r} has no primary key: changes could not be matched to rows;"
             " add one (ALTER TABLE … ADD PRIMARY KEY) and run `init` again"
         )
+    reserved = [name for name, *_ in found if name in METADATA_COLUMNS]
+    if reserved:
+        # Two columns of one name in every file: JSON Lines readers keep the last key (the
+        # table's `_deleted` over the change's), Parquet readers refuse the file or pick one.
+        raise ReservedColumnError(
+            f"table {table!r} has column(s) {', '.join(map(repr, reserved))} named like the"
+            f" export's metadata columns ({', '.join(METADATA_COLUMNS)}): every exported row"
+            " would carry two columns of that name; rename them (ALTER TABLE … RENAME COLUMN)"
+            " and run `init` again"
+        )
     warnings = tuple(
         f"column {name!r} ({declared}) has no export type: exported as text"
         for name, _logical, declared, _pos in found
@@ -111,6 +126,9 @@ def read_table(
     columns = tuple(SourceColumn(name, logical) for name, logical, _d, _p in found)
     as_text = tuple(name for name, logical, declared, _p in found if declared or logical == "json")
     return TableShape(table, key, columns, warnings, as_text)
+
+
+MAX_DECIMAL_PRECISION = 38  # Arrow's (and Parquet's) decimal128
 
 
 def _pg_logical(
@@ -126,6 +144,8 @@ def _pg_logical(
         if typmod < 4:  # numeric without (p, s): no exact fixed-point type fits every value
             return "text", "numeric without precision"
         precision, scale = ((typmod - 4) >> 16) & 0xFFFF, (typmod - 4) & 0xFFFF
+        if precision > MAX_DECIMAL_PRECISION:  # no decimal128 holds it: every window failed
+            return "text", f"numeric({precision},{scale}), wider than decimal128's 38 digits"
         return decimal_type(precision, scale), ""
     logical = _PG_TYPES.get(typname)
     return (logical, "") if logical else ("text", typname)

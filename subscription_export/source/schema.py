@@ -139,12 +139,19 @@ def trigger_names(table: str) -> tuple[str, str]:
     return f"subscription_capture_{table}", f"{table}_capture"
 
 
-def pg_row_image(as_text: tuple[str, ...], row: str, sql: CaptureSql) -> str:
-    """A row as the PostgreSQL image: `to_jsonb`, with the `as_text` columns as their text."""
+def pg_row_image(
+    as_text: tuple[str, ...], row: str, sql: CaptureSql, *, alias: bool = False
+) -> str:
+    """A row as the PostgreSQL image: `to_jsonb`, with the `as_text` columns as their text.
+
+    `alias`: `row` is a table alias in a query (the snapshot's), not the trigger's NEW/OLD.
+    There the whole row must be written `s.*`: a bare `s` means the table's column `s` when it
+    has one (PostgreSQL prefers the column), and the image would be that column's value."""
+    whole = f"{row}.*" if alias else row
     if not as_text:
-        return f"to_jsonb({row})"
+        return f"to_jsonb({whole})"
     pairs = ", ".join(f"{sql.literal(n)}, {row}.{sql.ident(n)}::text" for n in as_text)
-    return f"(to_jsonb({row}) || jsonb_build_object({pairs}))"
+    return f"(to_jsonb({whole}) || jsonb_build_object({pairs}))"
 
 
 def sqlite_row_image(columns: tuple[SourceColumn, ...], row: str, sql: CaptureSql) -> str:

@@ -136,7 +136,7 @@ class _Chunking:
         sql = CaptureSql(conn.dialect)
         postgres = conn.dialect.name == "postgresql"
         image = (
-            pg_row_image(shape.as_text, "s", sql)
+            pg_row_image(shape.as_text, "s", sql, alias=True)
             if postgres
             else sqlite_row_image(latest.columns, "s", sql)
         )
