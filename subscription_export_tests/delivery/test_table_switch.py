@@ -26,6 +26,7 @@ from subscription_export.source.demo_table import create_demo_table, demo_table_
 from subscription_export.source.schema import init_tables
 from subscription_export.state.progress import completed_keys
 from subscription_export.state.windows import list_windows
+from subscription_export_tests.cli_run import run_cli
 from subscription_export_tests.delivery.test_window_delivery import FAST_RETRY
 from subscription_export_tests.helpers import insert, writer
 from subscription_export_tests.reconcile.test_reconcile import Clock, sandbox
@@ -130,3 +131,20 @@ def test_an_explicit_table_change_is_delivered_and_logged(
         "crm" in r.getMessage() and OTHER in r.getMessage() and "subscriptions" in r.getMessage()
         for r in caplog.records
     ), [r.getMessage() for r in caplog.records]
+
+
+def test_run_once_refuses_the_switch_on_one_line_with_exit_2(
+    two_tables: Settings, crm: SandboxServer, tmp_path: Path
+) -> None:
+    """The same through `run --once` (Dagster runs, then the catch-up asks the table too)."""
+    env = {"SUBSCRIPTION_EXPORT_DESTINATIONS": str(_destinations(tmp_path / "d.toml", crm))}
+    with writer(two_tables.source_url).begin() as conn:
+        insert(conn, "s1")
+    run_cli(["run", "--once"], two_tables, tmp_path, env=env)
+    _add_trial(two_tables, "t1")
+    reordered = two_tables.model_copy(update={"tables": f"{OTHER},subscriptions"})
+    result = run_cli(["run", "--once"], reordered, tmp_path, check=False, env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert 'set table = "subscriptions" under [destinations.crm]' in line, line
+    assert sorted(crm.system.records) == ["s1"]  # type: ignore[attr-defined]
