@@ -9,6 +9,7 @@ import datetime as dt
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from subscription_export.core.db import insert_ignore
 from subscription_export.state.tables import destination_tables
 
 
@@ -34,13 +35,15 @@ def record_table(engine: Engine, destination: str, table: str) -> str | None:
         if before == table:
             return None
         if before is None:
-            conn.execute(
-                sa.insert(t).values(destination=destination, table_name=table, updated_at=now)
+            # Another worker's first delivery of this destination (another window) may
+            # record it at the same moment: the destination's windows share one table.
+            insert_ignore(
+                conn, t, {"destination": destination, "table_name": table, "updated_at": now}
             )
-        else:
-            conn.execute(
-                sa.update(t)
-                .where(t.c.destination == destination)
-                .values(table_name=table, updated_at=now)
-            )
+            return None
+        conn.execute(
+            sa.update(t)
+            .where(t.c.destination == destination)
+            .values(table_name=table, updated_at=now)
+        )
     return before
