@@ -4,6 +4,10 @@ cycle while the ERP lacked the records. Real sandbox ERP over HTTP, real source 
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,3 +56,46 @@ def test_a_cycle_without_a_new_window_exits_3_while_dead_letters_hold_a_destinat
         assert line.startswith("erp: ") and f"{len(letters)} open dead letter(s)" in line, line
         assert f"{records} record(s)" in line, line
         assert "dead-letters replay --destination erp" in line, line
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("source_url", ["sqlite"], indirect=True)  # a subprocess: slow
+def test_run_watch_says_it_every_cycle_and_keeps_running(
+    settings: Settings,
+    sandbox: dict[str, SandboxServer],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    project, _first, _second = _two_windows(settings)
+    erp = sandbox["erp"]
+    path = tmp_path / "destinations.toml"
+    write_destinations(path, {"erp": erp}, retry={"max_attempts": 1})
+    env = {"SUBSCRIPTION_EXPORT_DESTINATIONS": str(path)}
+    erp.system.set_faults(LOST_ANSWERS)
+    run_cli(["run", "--once"], project.settings, tmp_path, check=False, env=env)
+    erp.system.set_faults(FaultPlan())
+
+    child_env = {
+        **os.environ,
+        **project.settings.as_env(),
+        **env,
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+        "COLUMNS": "400",
+    }
+    cli = [sys.executable, "-m", "subscription_export.cli", "run", "--watch", "--quiet"]
+    with subprocess.Popen(
+        [*cli, "--interval", "0.2"],
+        env=child_env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as watching:
+        assert watching.stderr is not None
+        said = 0
+        while said < 2:  # two cycles in a row said it (the pytest timeout bounds the wait)
+            line = watching.stderr.readline()
+            assert line, f"run --watch ended (exit {watching.wait()})"
+            said += line.startswith("erp: 10 open dead letter(s), 10 record(s) waiting")
+        assert watching.poll() is None  # still running: --watch does not exit on it
+        watching.send_signal(signal.SIGTERM)
+        watching.communicate(timeout=60)
