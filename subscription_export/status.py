@@ -9,7 +9,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from subscription_export.core.db import redact
-from subscription_export.delivery.dead_letters import dead_letters, open_windows
+from subscription_export.delivery.dead_letters import (
+    dead_letters,
+    held_subscriptions,
+    open_windows,
+)
 from subscription_export.export.cut import export_consumers
 from subscription_export.formats.writers import FORMATS
 from subscription_export.reconcile.outbox import pending_counts
@@ -71,10 +75,22 @@ def _blocked_by(project: Project, consumer: str) -> str | None:
     """Why a destination is not advancing, when the state says so (open dead letters)."""
     if consumer in export_consumers(project):
         return None
-    letters = sum(open_windows(project.state, consumer).values())
+    return dead_letter_hold(project, consumer)
+
+
+def dead_letter_hold(project: Project, destination: str) -> str | None:
+    """How far open dead letters hold `destination` back (None: they do not), for `status`
+    and every `run` cycle: under `block` its later windows wait, under `skip` the records'
+    later changes wait behind them; either way it lacks those records' latest state."""
+    letters = sum(open_windows(project.state, destination).values())
     if not letters:
         return None
-    return f"{letters} open dead letter(s): dead-letters list --destination {consumer}"
+    records = len(held_subscriptions(project.state, destination))
+    return (
+        f"{letters} open dead letter(s), {records} record(s) waiting behind them:"
+        f" dead-letters list --destination {destination}, then"
+        f" dead-letters replay --destination {destination} (or discard)"
+    )
 
 
 def snapshot_states(project: Project) -> dict[str, dict[str, Any]]:

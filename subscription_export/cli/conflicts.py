@@ -176,7 +176,10 @@ def conflicts_resolve(
         console.print_json(json.dumps(_resolve_json(report)))
     else:
         _print_resolved(report)
+    dead = report.pushes.dead_letter_errors
     for error in report.pushes.errors:
+        if error in dead:
+            continue
         err_console.print(
             marked(
                 "[yellow]push not accepted yet[/yellow] (the next reconcile run re-sends it): {e}",
@@ -184,6 +187,22 @@ def conflicts_resolve(
             ),
             highlight=False,
         )
+    for error in dead:
+        # Runs never re-send a dead letter: the resolved record stays off the system until
+        # someone replays it, so this is no success (`reconcile` exits 1 for the same).
+        err_console.print(
+            marked(
+                "[red]push refused for the last time, now a dead letter[/red] (the resolution is"
+                " in the source, not in {system}; replay with `subscription-export dead-letters"
+                " replay --destination {system}`): {e}",
+                system=report.destination,
+                e=error,
+            ),
+            highlight=False,
+            soft_wrap=True,
+        )
+    if dead:
+        raise typer.Exit(1)
 
 
 def _resolve_json(report: ResolveReport) -> dict[str, Any]:

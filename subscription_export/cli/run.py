@@ -141,6 +141,7 @@ def _run_one_cycle(settings: Settings, as_json: bool, quiet: bool, debug: bool) 
             "reconciled": [r.summary() for r in result.reconciled],
             "quarantined": sum(q.count for q in quarantined),
             "quarantined_by_window": {q.window.key: q.count for q in quarantined},
+            "held_back": result.held_back,
         }
         console.print_json(json.dumps(summary))
     elif not quiet:
@@ -156,6 +157,9 @@ def _run_one_cycle(settings: Settings, as_json: bool, quiet: bool, debug: bool) 
         _print_failures(result.runs, debug)  # with --quiet too: a failure is not progress
     for q in quarantined:
         err_console.print(q.line(), highlight=False, markup=False)
+    for name, why in result.held_back.items():
+        # every cycle (and each of `--watch`, which goes on): the destination lacks records
+        err_console.print(f"{name}: {why}", highlight=False, markup=False, soft_wrap=True)
     code = result.exit_code
     if any(q.everything for q in quarantined):
         # Every change of a window quarantined: nothing of it was exported; a person must act.

@@ -21,6 +21,7 @@ from subscription_export.defs.instance import ensure_dagster_home
 from subscription_export.defs.jobs import EXPORT_WINDOW_JOB
 from subscription_export.defs.partitions import cdc_windows
 from subscription_export.defs.reconcile import ConflictPoliciesResource
+from subscription_export.delivery.outcome import DestinationBlocked
 from subscription_export.delivery.window import lagging_window
 from subscription_export.export.cut import CutResult, cut_windows, incomplete_windows
 from subscription_export.reconcile.feeds import feed_systems
@@ -28,6 +29,7 @@ from subscription_export.reconcile.flow import SystemRun, reconcile_all
 from subscription_export.runtime import Project
 from subscription_export.state.leases import LeaseBusy, default_holder, lease
 from subscription_export.state.windows import Window
+from subscription_export.status import dead_letter_hold
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,9 @@ class CycleResult:
     cut: CutResult
     runs: list[WindowRun]
     reconciled: list[SystemRun] = field(default_factory=list)
+    # destination -> how open dead letters hold it back (`dead_letter_hold`): checked every
+    # cycle, since one with no new window has no delivery step to fail on the block
+    held_back: dict[str, str] = field(default_factory=dict)
 
     @property
     def failed(self) -> list[WindowRun]:
@@ -62,6 +67,7 @@ class CycleResult:
     def exit_code(self) -> int:
         """0, else the most demanding failure's code (3: an operator must act; 1: failed)."""
         codes = [r.exit_code for r in self.failed] + [RUN_FAILED for _ in self.reconcile_failed]
+        codes += [DestinationBlocked.exit_code for _ in self.held_back]  # an operator must act
         return max(codes, default=0)
 
     @property
@@ -201,7 +207,19 @@ def run_cycle(
             trigger="cli-catch-up",
             destinations=destinations,
         )
-    return CycleResult(cut, runs, reconcile_systems(project, destinations))
+    reconciled = reconcile_systems(project, destinations)
+    return CycleResult(cut, runs, reconciled, held_back(project, destinations))
+
+
+def held_back(project: Project, destinations: Path | None = None) -> dict[str, str]:
+    """Configured destinations that open dead letters hold back, with why (an unloadable
+    destinations file is reported by the reconcile step)."""
+    try:
+        config = DestinationsResource.at(destinations).load()
+    except ConfigError:
+        return {}
+    holds = {name: dead_letter_hold(project, name) for name in config.destinations}
+    return {name: why for name, why in holds.items() if why is not None}
 
 
 def reconcile_systems(project: Project, destinations: Path | None = None) -> list[SystemRun]:

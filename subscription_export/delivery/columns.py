@@ -22,6 +22,7 @@ itself, unchanged.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,9 @@ from subscription_export.delivery.mapping import (
 from subscription_export.runtime import Project
 from subscription_export.source.catalog import read_table
 from subscription_export.source.schema import latest_capture_schema
+from subscription_export.state.destination_tables import last_table, record_table
+
+log = logging.getLogger(__name__)
 
 KEY_TYPES = ("text", "integer", "uuid")
 # The logical types a field accepts (a column of another type would make every payload fail).
@@ -320,14 +324,48 @@ def captured_tables(project: Project) -> tuple[str, ...]:
     return project.settings.captured_tables
 
 
+class ImpliedTableChanged(DestinationConfigError):
+    """A destination without `table` would switch tables because the captured tables were
+    reordered: its rows would come from another table without anyone deciding it."""
+
+
 def destination_table(project: Project, config: DestinationConfig) -> str:
-    """The table whose export feeds the destination (unbound: no catalog read)."""
-    return config.table or captured_tables(project)[0]
+    """The table whose export feeds the destination (unbound: no catalog read). Without a
+    `table` key that is the first captured table, refused when it is not the one the
+    destination was last delivered from (`ImpliedTableChanged`)."""
+    if config.table:
+        return config.table
+    implied = captured_tables(project)[0]
+    before = last_table(project.state, config.name)
+    if before is not None and before != implied:
+        raise ImpliedTableChanged(
+            f"{config.file or 'destinations file'}: destination {config.name!r} has no key"
+            f" 'table' and was last delivered from table {before!r}, but the first of"
+            f" SUBSCRIPTION_EXPORT_TABLES is now {implied!r}; nothing is delivered: set"
+            f' table = "{before}" under [destinations.{config.name}] (or table = "{implied}"'
+            " to switch it on purpose)"
+        )
+    return implied
+
+
+def remember_table(project: Project, config: DestinationConfig) -> None:
+    """Record the table the destination is being delivered from (before anything is sent);
+    an explicit `table` that changed is the user's decision, logged."""
+    table = destination_table(project, config)
+    before = record_table(project.state, config.name, table)
+    if before is not None:
+        log.warning(
+            "%s: now delivered from table %r (was %r): the destinations file's table says so",
+            config.name,
+            table,
+            before,
+        )
 
 
 def project_columns(project: Project, config: DestinationConfig) -> ColumnMap:
     """The destination's table and columns in this project, bound (the one place delivery and
     reconcile get them from)."""
+    destination_table(project, config)  # refuses an implied table that changed
     return destination_columns(project.source, config, captured_tables(project))
 
 

@@ -19,7 +19,12 @@ from upath import UPath
 
 from subscription_export.core.errors import UnpublishedFileError
 from subscription_export.delivery.clients import DeliveryClient, DeliveryResult
-from subscription_export.delivery.columns import ColumnMap, destination_table, project_columns
+from subscription_export.delivery.columns import (
+    ColumnMap,
+    destination_table,
+    project_columns,
+    remember_table,
+)
 from subscription_export.delivery.config import DestinationConfig
 from subscription_export.delivery.dead_letters import (
     NewDeadLetter,
@@ -242,6 +247,7 @@ def deliver_one(
         if window.key in completed_keys(state, name, window.lo - 1):
             watermark = advance(project.watermarks, state, name)
             return WindowDeliveryOutcome(name, window, "already_delivered", watermark)
+        remember_table(project, destination)  # refuses a table switch nobody asked for
         started = time.monotonic()
         parquet = window_parquet(project, window.key, destination)
         totals = _send_batches(project, destination, window, client, parquet)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 from upath import UPath
 
-from subscription_export.core.columns import SourceColumn
+from subscription_export.core.columns import METADATA_COLUMNS, SourceColumn
 from subscription_export.core.datasets import DEFAULT_DATASET, TableDataset
 from subscription_export.core.errors import ExportVerificationError
 from subscription_export.export.adoption import newest_version
@@ -40,6 +40,7 @@ from subscription_export.metrics.store import (
     record_export_metrics,
 )
 from subscription_export.runtime import Project
+from subscription_export.source.catalog import ReservedColumnError, reserved_column_message
 from subscription_export.source.reader import range_stats
 from subscription_export.source.schema import logs_only
 from subscription_export.state.leases import Held, default_holder, lease
@@ -176,7 +177,13 @@ def plan_dataset(
     dataset = dataset or project.primary
     capture, present = capture_columns(project.source, lo, hi, dataset.table)
     if not present:
-        return _plan_without_changes(project, dataset, lo, hi, capture)
+        plan, version = _plan_without_changes(project, dataset, lo, hi, capture)
+        _refuse_reserved(dataset.table, plan.columns)
+        return plan, version
+    _refuse_reserved(dataset.table, [c for v in present for c in capture[v]])
+    # No change of the window carries one, so the column a rename retired (capture versions
+    # before the rename and `init`) is left out rather than kept as a dropped column would be.
+    capture = {v: _without_reserved(columns) for v, columns in capture.items()}
     mode = parse_mode(project.settings.schema_contract)
     reference = latest_schema(project.state, dataset.name)
     first = present[max(present)]
@@ -187,8 +194,21 @@ def plan_dataset(
         plan = evolve(capture, newest)
     else:
         plan = restrict(reference.columns, capture, present, mode)
+    _refuse_reserved(dataset.table, plan.columns)  # `freeze` & co. keep a registered one
     version = register_schema(project.state, plan.columns, first_lsn=first, dataset=dataset.name)
     return plan, version
+
+
+def _refuse_reserved(table: str, columns: Iterable[SourceColumn]) -> None:
+    """A table registered before `init` refused metadata-named columns (`_deleted`, ...)
+    would get files with two columns of one name: fail the window as `init` fails the table."""
+    reserved = list(dict.fromkeys(c.name for c in columns if c.name in METADATA_COLUMNS))
+    if reserved:
+        raise ReservedColumnError(reserved_column_message(table, reserved))
+
+
+def _without_reserved(columns: tuple[SourceColumn, ...]) -> tuple[SourceColumn, ...]:
+    return tuple(c for c in columns if c.name not in METADATA_COLUMNS)
 
 
 def _plan_without_changes(

@@ -39,6 +39,9 @@ class PushReport:
     failed: int = 0  # kept pending for the next run
     dead_lettered: int = 0  # out of attempts: now a dead letter of the destination
     errors: list[str] = field(default_factory=list)
+    # the subset of `errors` whose push is now a dead letter: runs no longer re-send those,
+    # only `dead-letters replay` does, so callers must not call them "kept for the next run"
+    dead_letter_errors: list[str] = field(default_factory=list)
 
     def metadata(self) -> dict[str, int | str]:
         return {
@@ -158,9 +161,11 @@ def _send(
         if result.status != "dead_letter":
             sent.append(push)
             continue
-        report.errors.append(f"{push.idempotency_key}: {result.error}")
+        error = f"{push.idempotency_key}: {result.error}"
+        report.errors.append(error)
         if push.attempts + 1 >= project.settings.push_max_attempts:
             refused.append((push, item, row, result))
+            report.dead_letter_errors.append(error)
         else:  # kept pending: the next run re-sends it under the same key
             kept.append((push.id, "pending", result.error))
     with project.state.begin() as s:

@@ -8,6 +8,7 @@ generated columns included). A type we do not map is exported as text, with a wa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -68,6 +69,17 @@ class ReservedColumnError(SchemaMissingError):
     """A column is named like one of the export's metadata columns (`METADATA_COLUMNS`)."""
 
 
+def reserved_column_message(table: str, reserved: Sequence[str]) -> str:
+    """Why a table with columns named like the metadata columns is refused (`init`, and the
+    export of a table registered before `init` refused it), and what to do."""
+    return (
+        f"table {table!r} has column(s) {', '.join(map(repr, reserved))} named like the"
+        f" export's metadata columns ({', '.join(METADATA_COLUMNS)}): every exported row"
+        " would carry two columns of that name; rename them (ALTER TABLE … RENAME COLUMN)"
+        " and run `init` again"
+    )
+
+
 @dataclass(frozen=True)
 class TableShape:
     name: str
@@ -112,12 +124,7 @@ def read_table(
     if reserved:
         # Two columns of one name in every file: JSON Lines readers keep the last key (the
         # table's `_deleted` over the change's), Parquet readers refuse the file or pick one.
-        raise ReservedColumnError(
-            f"table {table!r} has column(s) {', '.join(map(repr, reserved))} named like the"
-            f" export's metadata columns ({', '.join(METADATA_COLUMNS)}): every exported row"
-            " would carry two columns of that name; rename them (ALTER TABLE … RENAME COLUMN)"
-            " and run `init` again"
-        )
+        raise ReservedColumnError(reserved_column_message(table, reserved))
     warnings = tuple(
         f"column {name!r} ({declared}) has no export type: exported as text"
         for name, _logical, declared, _pos in found

@@ -213,6 +213,18 @@ dead_letters = sa.Table(
 )
 
 
+# The table each destination was last delivered from (state/destination_tables.py): a
+# destination without a `table` key follows the first captured table, so reordering
+# SUBSCRIPTION_EXPORT_TABLES would otherwise switch it to another table's rows silently.
+destination_tables = sa.Table(
+    "destination_tables",
+    metadata,
+    sa.Column("destination", sa.String(100), primary_key=True),
+    sa.Column("table_name", sa.String(200), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
 # -- bidirectional sync (reconcile/sync_state.py explains each table) ------------------------
 
 sync_base = sa.Table(

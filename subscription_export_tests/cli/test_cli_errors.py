@@ -200,8 +200,10 @@ def test_run_with_destination_down_names_the_cause(settings: Settings, tmp_path:
     env = _destinations(tmp_path / "d.toml", f"http://bob:s3cret@127.0.0.1:{_closed_port()}")
     result = _run(["run", "--once"], settings, tmp_path, check=False, env=env)
     assert result.returncode == 3, result.stderr  # open dead letters block: replay or discard
-    [line] = _stderr_lines(result)
+    # the failed window's cause, then the destination the dead letters hold back (every cycle)
+    line, held = _stderr_lines(result)
     assert "connection refused" in line and "bob:***@127.0.0.1" in line
+    assert held.startswith("accounting: 1 open dead letter(s), 1 record(s) waiting"), held
     assert "s3cret" not in result.stdout + result.stderr
     letters = _run(["dead-letters", "list", "--json"], settings, tmp_path, env=env).stdout
     assert "connection refused" in letters and "s3cret" not in letters

@@ -15,10 +15,13 @@ import sqlalchemy as sa
 
 from subscription_export.core.db import engine_for
 from subscription_export.core.settings import Settings
+from subscription_export.delivery.dead_letters import list_dead_letters
 from subscription_export.reconcile import sync_state as st
 from subscription_export.reconcile.outbox import list_pushes
 from subscription_export.source.demo_table import create_demo_table, init_demo_source
 from subscription_export_tests.cli_run import run_cli
+from subscription_export_tests.delivery.test_window_delivery import write_destinations
+from subscription_export_tests.reconcile.test_pushes import ERP_DOWN
 from subscription_export_tests.reconcile.test_reconcile import World, record, seeded, world
 
 
@@ -210,3 +213,26 @@ def test_init_creates_the_sync_tables_and_an_empty_queue_lists_nothing(tmp_path:
     tables = set(sa.inspect(engine_for(fresh.state_url)).get_table_names())
     assert {"sync_base", "sync_conflicts", "sync_audit", "sync_pushes"} <= tables
     assert json.loads(run("conflicts", "list", "--json")) == []
+
+
+def test_a_resolution_whose_push_becomes_a_dead_letter_exits_1_and_says_how_to_replay(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The ERP refuses the resolution's push for the last time (one attempt allowed): the
+    merged record will not reach the ERP until someone replays the dead letter, so the command
+    must not exit 0 nor say the next run re-sends it (runs do not re-send dead letters)."""
+    one_attempt = settings.model_copy(update={"push_max_attempts": 1})
+    with world(one_attempt, tmp_path, {"strategy": "manual"}) as w:
+        conflict_id = queue_a_conflict(w)
+        write_destinations(
+            tmp_path / "destinations.toml", w.servers, read_s=5.0, retry={"max_attempts": 1}
+        )
+        w.system("erp").set_faults(ERP_DOWN)
+        result = cli(
+            w, tmp_path, "conflicts", "resolve", str(conflict_id), "--take", "local", code=1
+        )
+        (letter,) = list_dead_letters(w.project.state, "erp")
+        assert letter.idempotency_key == f"erp:resolve:s1:{conflict_id}"
+        assert "re-sends" not in result.stderr
+        assert "dead letter" in result.stderr
+        assert "dead-letters replay --destination erp" in result.stderr
