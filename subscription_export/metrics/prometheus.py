@@ -21,7 +21,7 @@ from subscription_export.metrics.records import DashboardData
 
 PREFIX = "subscription_export"
 _CONSUMER_TOTALS = {  # metric suffix -> (ConsumerStatus attribute, help)
-    "records": ("records", "Records exported or delivered (created + updated + deleted)."),
+    "records": ("records", "Records exported or delivered (created, updated, deleted, snapshot)."),
     "errors": ("errors", "Records that failed (dead-lettered, quarantined or refused)."),
     "retries": ("retries", "Delivery attempts retried after a transient failure."),
     "dead_letters": ("dead_letters", "Records that became dead letters."),

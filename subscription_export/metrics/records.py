@@ -3,8 +3,9 @@ sample and per reconcile, plus what the dashboard shows of them (`store.py` keep
 
 Definitions (each is what the dashboard plots, so they are fixed here, not in the charts):
 
-- records (`records_created/updated/deleted`): rows the consumer received - written to its file
-  or accepted by the destination. Rows that failed are never records; they are errors.
+- records (`records_created/updated/deleted`, plus the snapshot's op 'r' rows): rows the consumer
+  received - written to its file or accepted by the destination. Rows that failed are never
+  records; they are errors.
 - errors: rows of the window that did not reach the consumer = dead letters + quarantined rows.
   Retries are not errors: a row that succeeded on its third attempt is a record.
 - error rate: `errors / (records + errors)`, the share of the window's rows that failed
@@ -72,6 +73,9 @@ class ExportMetrics:
     quarantined: int = 0
     conflicts: Mapping[str, int] = field(default_factory=dict)
     schema_version: int | None = None
+    # Rows of the table's snapshot (op 'r': rows that existed before `init`): records like the
+    # others, or a window of them would read as nothing received.
+    snapshot: int = 0
 
     def __post_init__(self) -> None:
         if not self.consumer or len(self.consumer) > 100:
@@ -82,6 +86,7 @@ class ExportMetrics:
             "created": self.created,
             "updated": self.updated,
             "deleted": self.deleted,
+            "snapshot": self.snapshot,
             "bytes": self.bytes,
             "retries": self.retries,
             "dead_letters": self.dead_letters,
@@ -104,7 +109,7 @@ class ExportMetrics:
 
     @property
     def records(self) -> int:
-        return self.created + self.updated + self.deleted
+        return self.created + self.updated + self.deleted + self.snapshot
 
     @property
     def errors(self) -> int:
@@ -130,6 +135,7 @@ class ExportMetrics:
             "created": self.created,
             "updated": self.updated,
             "deleted": self.deleted,
+            "snapshot": self.snapshot,
             "bytes": self.bytes,
             "duration_s": self.duration_s,
             "rows_per_s": self.rows_per_s,

@@ -239,6 +239,11 @@ def _export_from_row(row: sa.Row[Any]) -> ExportMetrics:
         created=int(row.records_created),
         updated=int(row.records_updated),
         deleted=int(row.records_deleted),
+        # No column of its own: `records` holds every op, so the snapshot's rows are the rest.
+        snapshot=int(row.records)
+        - int(row.records_created)
+        - int(row.records_updated)
+        - int(row.records_deleted),
         bytes=int(row.bytes),
         duration_s=float(row.duration_s),
         finished_at=to_utc(row.finished_at),
