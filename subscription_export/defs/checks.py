@@ -13,9 +13,10 @@ from subscription_export.formats.verify import (
     check_lsn_coverage,
     check_manifest,
     check_row_count,
+    check_something_exported,
 )
 from subscription_export.source.reader import range_stats
-from subscription_export.state.quarantine import quarantined_lsns
+from subscription_export.state.quarantine import open_count, quarantined_lsns
 from subscription_export.state.windows import parse_window_key
 
 # Partitioned asset checks are a Dagster preview feature; we rely on it deliberately.
@@ -83,7 +84,28 @@ def _checks(dataset: TableDataset) -> list[dg.AssetChecksDefinition]:
         manifest = manifest_path(export_dir, dataset.asset("parquet"), context.partition_key)
         return _result(check_manifest(export_dir, manifest))
 
-    return [row_count_matches_change_log, lsns_contiguous, manifest_hash_matches]
+    # Not blocking: the empty files are still written and the watermarks move, as `run` does
+    # (it exits 3 for such a window); but the window must not show green in the UI.
+    @dg.asset_check(asset=asset, blocking=False, partitions_def=cdc_windows)
+    def changes_not_all_quarantined(
+        context: dg.AssetCheckExecutionContext, settings: ExportSettings
+    ) -> dg.AssetCheckResult:
+        """Some change of the table in the window was exported, unless it had none: a window
+        whose every change is (still) quarantined exported nothing."""
+        project = settings.project()
+        key = context.partition_key
+        lo, hi = parse_window_key(key)
+        expected, _, _ = range_stats(project.source, lo, hi, dataset.table)
+        parquet = project.file_path("parquet", key, dataset)
+        held = open_count(project.state, key, dataset.name)
+        return _result(check_something_exported(parquet, expected, held))
+
+    return [
+        row_count_matches_change_log,
+        lsns_contiguous,
+        manifest_hash_matches,
+        changes_not_all_quarantined,
+    ]
 
 
 def window_checks_of(datasets: tuple[TableDataset, ...]) -> list[dg.AssetChecksDefinition]:
