@@ -365,12 +365,15 @@ def load_dashboard_data(
     open_conflicts: int,
     since: dt.datetime | None = None,
     pending_pushes: Mapping[str, int] | None = None,
+    capture_now: CaptureSample | None = None,
 ) -> DashboardData:
     """The dashboard's numbers: metrics from the store, positions and open items from the caller.
 
     Watermarks, the log's last LSN, open dead letters/conflicts and pending pushes per system live
     elsewhere (watermark store, source, sync tables); taking them as arguments keeps this module
-    independent of them.
+    independent of them. `capture_now`: a sample taken for this page or scrape, shown as the
+    newest (not stored): the stored ones are taken by sensor ticks and cycles, so with those
+    stopped the last one would show a stale "0 waiting" as the current state.
     """
     exports = load_exports(engine, since)
     return DashboardData(
@@ -380,7 +383,7 @@ def load_dashboard_data(
         open_conflicts=open_conflicts,
         consumers=consumer_status(consumer_totals(engine, since), watermarks, last_lsn),
         exports=exports,
-        capture=load_capture_samples(engine, since),
+        capture=[*load_capture_samples(engine, since), *([capture_now] if capture_now else [])],
         since=since,
         reconcile=reconcile_outcomes(engine, since),
         pending_pushes=dict(sorted((pending_pushes or {}).items())),

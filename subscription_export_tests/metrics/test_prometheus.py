@@ -130,3 +130,38 @@ def test_counters_cover_every_window_past_the_pages_per_consumer_cap(
     assert samples[("subscription_export_bytes_written_total", parquet)] == 1_000 + 100 * (
         windows - 1
     )
+
+
+@pytest.mark.integration
+def test_capture_gauges_are_read_at_scrape_time_not_left_at_the_last_tick(
+    pg_url: str, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """On PostgreSQL only the sensor tick (or a CLI cycle) sequences changes and records a
+    capture sample. With the daemon down, changes pile up unsequenced: a scrape that shows the
+    last tick's sample reports 0 changes waiting (and the watermarks' lag, over the sequenced
+    log, stays 0 too): all fresh, while nothing is exported."""
+    from subscription_export.cli.dashboard import dashboard_data
+    from subscription_export.core.db import engine_for
+    from subscription_export.core.settings import Settings
+    from subscription_export.export.cut import cut_windows
+    from subscription_export.metrics.prometheus import exposition
+    from subscription_export.runtime import Project
+    from subscription_export.source.demo_table import init_demo_source
+    from subscription_export_tests.helpers import insert, writer
+
+    init_demo_source(engine_for(pg_url, writer=True))
+    settings = Settings(
+        source_url=pg_url, state_url=f"sqlite:///{tmp_path / 'state.db'}", export_dir=tmp_path
+    )
+    project = Project(settings)
+    with writer(pg_url).begin() as conn:
+        insert(conn, "seen")
+    cut_windows(project)  # the last sensor tick: sequences, samples capture (0 waiting)
+    with writer(pg_url).begin() as conn:  # then the daemon stops; the application goes on
+        for i in range(4):
+            insert(conn, f"unseen{i}")
+
+    _content_type, body = exposition(lambda: dashboard_data(project, None))
+
+    samples = _samples(body.decode())
+    assert samples[("subscription_export_capture_waiting", ())] == 4
