@@ -302,7 +302,7 @@ def consumer_status(
     totals: Mapping[str, ConsumerTotals], watermarks: Mapping[str, int], last_lsn: int
 ) -> list[ConsumerStatus]:
     """Per consumer: watermark and lag, plus its totals; watermark consumers first."""
-    names = [*watermarks, *(name for name in totals if name not in watermarks)]
+    names = [*watermarks, *sorted(name for name in totals if name not in watermarks)]
     statuses = []
     for name in names:
         sums = totals.get(name, ConsumerTotals())
