@@ -228,3 +228,31 @@ def test_a_window_whose_every_change_was_quarantined_fails_a_check(
     failed = [c for c in checks if not c.passed]  # type: ignore[union-attr]
     assert failed, [(c.check_name, c.description) for c in checks]  # type: ignore[union-attr]
     assert any("quarantined" in (c.description or "") for c in failed)  # type: ignore[union-attr]
+
+
+def test_the_sensor_names_a_window_behind_its_cursor_whose_run_failed(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The sensor requests a window once; its cursor then moves past it. When that run fails
+    for good (retries spent: the export folder was unusable, the source down too long), no
+    later tick requests the window again, and each tick said only "no new window": green
+    ticks while the window stays unexported. The skip reason must name it."""
+    from subscription_export.defs.runner import materialize_windows
+    from subscription_export.state.windows import Window
+
+    instance = dg.DagsterInstance.ephemeral()
+    _write(settings, 3)
+    first = _sensor(settings, instance, None)
+    assert isinstance(first, dg.SensorResult)
+    [request] = first.run_requests
+    instance.add_dynamic_partitions("cdc_windows", [request.partition_key])
+    (tmp_path / "a_file").write_text("")
+    broken = replace(settings, export_dir=tmp_path / "a_file" / "exports")
+    lo, hi = (int(x) for x in request.partition_key.split("-"))
+    [run] = materialize_windows(broken, [Window(lo, hi)], instance=instance)
+    assert not run.success
+
+    later = _sensor(settings, instance, first.cursor)
+
+    assert isinstance(later, dg.SkipReason)
+    assert request.partition_key in (later.skip_message or ""), later.skip_message
