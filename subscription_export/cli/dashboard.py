@@ -10,13 +10,33 @@ import typer
 
 from subscription_export.cli.app import console, settings_of
 from subscription_export.metrics.dashboard import render_dashboard, serve_dashboard
-from subscription_export.metrics.store import DashboardData, load_dashboard_data
+from subscription_export.metrics.store import (
+    DashboardData,
+    load_dashboard_data,
+    sample_capture,
+)
 from subscription_export.reconcile.outbox import pending_counts
 from subscription_export.runtime import Project
 from subscription_export.source.sequencer import last_lsn
 from subscription_export.status import open_problem_counts
 
 app = typer.Typer(add_completion=False)
+
+
+def dashboard_data(project: Project, since: dt.datetime | None) -> DashboardData:
+    """What one page or scrape shows: the metrics store plus the positions read now."""
+    dead, conflicts = open_problem_counts(project)
+    return load_dashboard_data(
+        project.state,
+        project.watermarks.all(),
+        last_lsn(project.source),
+        open_dead_letters=dead,
+        open_conflicts=conflicts,
+        since=since,
+        pending_pushes=pending_counts(project.state),
+        # Read now: the stored samples stop when the sensor (or `run --watch`) does.
+        capture_now=sample_capture(project.source),
+    )
 
 
 @app.command()
@@ -43,16 +63,7 @@ def dashboard(
     )
 
     def load(since: dt.datetime | None = since) -> DashboardData:
-        dead, conflicts = open_problem_counts(project)
-        return load_dashboard_data(
-            project.state,
-            project.watermarks.all(),
-            last_lsn(project.source),
-            open_dead_letters=dead,
-            open_conflicts=conflicts,
-            since=since,
-            pending_pushes=pending_counts(project.state),
-        )
+        return dashboard_data(project, since)
 
     if out is not None:
         out.write_text(render_dashboard(load()), encoding="utf-8")

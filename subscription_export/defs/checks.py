@@ -1,6 +1,7 @@
 """Blocking checks on each window: formats and destinations never run on a bad window."""
 
 import warnings
+from collections.abc import Iterator
 
 import dagster as dg
 
@@ -13,17 +14,25 @@ from subscription_export.formats.verify import (
     check_lsn_coverage,
     check_manifest,
     check_row_count,
+    check_something_exported,
 )
 from subscription_export.source.reader import range_stats
-from subscription_export.state.quarantine import quarantined_lsns
+from subscription_export.state.quarantine import open_count, quarantined_lsns
 from subscription_export.state.windows import parse_window_key
+
+ROW_COUNT = "row_count_matches_change_log"
+NOT_ALL_QUARANTINED = "changes_not_all_quarantined"
 
 # Partitioned asset checks are a Dagster preview feature; we rely on it deliberately.
 warnings.filterwarnings("ignore", category=dg.PreviewWarning, module="dagster")
 
 
-def _result(outcome: CheckOutcome) -> dg.AssetCheckResult:
+def _result(
+    outcome: CheckOutcome, check: str | None = None, asset: dg.AssetKey | None = None
+) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
+        check_name=check,
+        asset_key=asset,
         passed=outcome.passed,
         description=outcome.description,
         metadata=outcome.metadata,  # type: ignore[arg-type]
@@ -44,19 +53,45 @@ def table_checks(dataset: TableDataset) -> list[dg.AssetChecksDefinition]:
 def _checks(dataset: TableDataset) -> list[dg.AssetChecksDefinition]:
     asset = dg.AssetKey(dataset.asset("parquet"))
 
-    @dg.asset_check(asset=asset, blocking=True, partitions_def=cdc_windows)
-    def row_count_matches_change_log(
+    # One step for both counts (they read the same change-log count and file): a step of its
+    # own per check costs every window's run its Dagster events. The second is not blocking:
+    # a window whose every change is quarantined still gets its empty files and its watermarks
+    # move, as with `run` (which exits 3 for it), but it must not show green in the UI.
+    @dg.multi_asset_check(
+        name=f"{dataset.name}_row_counts",
+        specs=[
+            dg.AssetCheckSpec(
+                ROW_COUNT,
+                asset=asset,
+                blocking=True,
+                partitions_def=cdc_windows,
+                description="Exported rows plus quarantined rows equal the table's rows of the"
+                " change log in the window.",
+            ),
+            dg.AssetCheckSpec(
+                NOT_ALL_QUARANTINED,
+                asset=asset,
+                blocking=False,
+                partitions_def=cdc_windows,
+                description="Some change of the table in the window was exported, unless it"
+                " had none: a window whose every change is (still) quarantined exported nothing.",
+            ),
+        ],
+    )
+    def row_counts(
         context: dg.AssetCheckExecutionContext, settings: ExportSettings
-    ) -> dg.AssetCheckResult:
-        """Exported rows plus quarantined rows equal the table's rows of the change log in the
-        window."""
+    ) -> Iterator[dg.AssetCheckResult]:
         project = settings.project()
         key = context.partition_key
         lo, hi = parse_window_key(key)
         count, _, _ = range_stats(project.source, lo, hi, dataset.table)
         parquet = project.file_path("parquet", key, dataset)
         held = len(quarantined_lsns(project.state, key, dataset.name))
-        return _result(check_row_count(parquet, count, held))
+        yield _result(check_row_count(parquet, count, held), ROW_COUNT, asset)
+        still_open = open_count(project.state, key, dataset.name)
+        yield _result(
+            check_something_exported(parquet, count, still_open), NOT_ALL_QUARANTINED, asset
+        )
 
     @dg.asset_check(asset=asset, blocking=True, partitions_def=cdc_windows)
     def lsns_contiguous(
@@ -83,7 +118,7 @@ def _checks(dataset: TableDataset) -> list[dg.AssetChecksDefinition]:
         manifest = manifest_path(export_dir, dataset.asset("parquet"), context.partition_key)
         return _result(check_manifest(export_dir, manifest))
 
-    return [row_count_matches_change_log, lsns_contiguous, manifest_hash_matches]
+    return [row_counts, lsns_contiguous, manifest_hash_matches]
 
 
 def window_checks_of(datasets: tuple[TableDataset, ...]) -> list[dg.AssetChecksDefinition]:

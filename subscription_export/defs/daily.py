@@ -25,6 +25,7 @@ from subscription_export.reports.daily_activity import (
     write_report,
     zone,
 )
+from subscription_export.state.windows import list_windows, parse_window_key
 
 TIMEZONE_ENV = "SUBSCRIPTION_EXPORT_BUSINESS_TIMEZONE"
 START_DATE_ENV = "SUBSCRIPTION_EXPORT_DAILY_START_DATE"
@@ -75,6 +76,7 @@ def build_daily_activity_asset(
         and MRR delta per currency, written to `subscription_activity_daily/{day}.json`."""
         export_dir = settings.settings().export_dir
         files = _published(context, export_dir, window_files(export_dir / SOURCE_DIR))
+        _require_no_gap(settings, files)
         folder = export_dir / REPORT_DIR
         days = [dt.date.fromisoformat(key) for key in context.partition_keys]
         context.log.info(f"scanning {len(files)} windows for {len(days)} day(s) in {tz}")
@@ -103,6 +105,31 @@ def _published(
         except UnpublishedFileError as exc:
             context.log.warning(f"not in the report: {exc}")
     return published
+
+
+def _require_no_gap(settings: ExportSettings, files: list[Path | UPath]) -> None:
+    """Fail when a window cut before the last published one is not published (its run failed,
+    or its files were lost): the report would leave out its changes, and the MRR history they
+    carry, while `scanned_to_lsn` claims the log was read up to the last window. Windows past
+    the last published one are simply not read yet, as `scanned_to_lsn` says."""
+    if not files:
+        return
+    read_to = max(parse_window_key(path.stem)[1] for path in files)
+    published = {path.stem for path in files}
+    missing = [
+        w.key
+        for w in list_windows(settings.project().state)
+        if w.hi <= read_to and w.key not in published
+    ]
+    if missing:
+        shown = ", ".join(missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
+        raise dg.Failure(
+            f"{len(missing)} window(s) before LSN {read_to} are not exported ({shown}): the"
+            f" report would miss their changes; materialize {SOURCE_DIR} for them first",
+            allow_retries=False,
+        )
 
 
 def report_metadata(

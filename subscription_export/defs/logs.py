@@ -13,10 +13,19 @@ Configured in the instance's dagster.yaml (see `deploy/dagster.postgres.yaml`):
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
-from typing import Any
+from functools import lru_cache
+from typing import Any, get_args
 
+from subscription_export.core.datasets import (
+    DEFAULT_TABLE,
+    DatasetFormat,
+    TableDataset,
+    parse_tables,
+)
 from subscription_export.core.logs import JsonLogFormatter
+from subscription_export.core.settings import env_variable
 
 PARTITION_TAG = "dagster/partition"
 _FORMAT_ASSETS = {  # window asset -> the consumer (watermark name) it advances
@@ -26,12 +35,29 @@ _FORMAT_ASSETS = {  # window asset -> the consumer (watermark name) it advances
 }
 
 
+@lru_cache(maxsize=8)
+def _consumers_of_assets(tables: str | None, table: str | None) -> dict[str, str]:
+    """Window asset -> consumer for the captured tables: an asset name replaces characters
+    such as `-` or `.` by `_`, the consumer keeps the table's name (`plan-items.csv`)."""
+    try:
+        names = parse_tables(tables) if tables else (table or DEFAULT_TABLE,)
+    except ValueError:
+        return {}  # a bad setting: the run fails on it; the log line keeps the fallback below
+    datasets = [TableDataset(name) for name in names]
+    return {d.asset(fmt): d.consumer(fmt) for d in datasets for fmt in get_args(DatasetFormat)}
+
+
 def consumer_of_step(step_key: str | None) -> str | None:
     """The consumer a step works for: a format asset's format, `<destination>_sync`'s name."""
     if not step_key:
         return None
     if step_key in _FORMAT_ASSETS:
         return _FORMAT_ASSETS[step_key]
+    configured = _consumers_of_assets(
+        os.environ.get(env_variable("tables")), os.environ.get(env_variable("table"))
+    )
+    if step_key in configured:
+        return configured[step_key]
     for suffix, fmt in (
         ("_changes", "parquet"),
         ("_changes_csv", "csv"),

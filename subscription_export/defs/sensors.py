@@ -4,6 +4,11 @@ A run the sensor created but could not launch (the instance's storage or run coo
 failed at submit) stays NOT_STARTED, and its window is behind the sensor's cursor: it would
 never be requested again. Each evaluation therefore requests those runs' keys once more; the
 sensor daemon finds the existing NOT_STARTED run by its run key and submits it again.
+
+A window whose run failed for good (step and run retries spent) is behind the cursor too, and
+the sensor does not request it again (a deterministic failure would loop). Each tick names
+such windows instead - in its skip reason, else in a warning - so the sensor page does not
+say "no new window" while a window stays unexported.
 """
 
 import dagster as dg
@@ -11,11 +16,21 @@ import dagster as dg
 from subscription_export.defs.jobs import export_window_job
 from subscription_export.defs.partitions import cdc_windows
 from subscription_export.defs.resources import ExportSettings
-from subscription_export.export.cut import cut_windows, windows_to_run
+from subscription_export.export.cut import cut_windows, incomplete_windows, windows_to_run
+from subscription_export.runtime import Project
 
 SENSOR_NAME = "change_log_sensor"
 DEFAULT_INTERVAL_S = 30
 PARTITION_TAG = "dagster/partition"
+WILL_RETRY_TAG = "dagster/will_retry"  # set by Dagster on a failed run when run retries are on
+_IN_FLIGHT = [
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+SHOWN_STRANDED = 5
 
 
 def unlaunched_runs(instance: dg.DagsterInstance) -> list[dg.RunRequest]:
@@ -32,6 +47,34 @@ def unlaunched_runs(instance: dg.DagsterInstance) -> list[dg.RunRequest]:
         for run in sorted(runs, key=lambda r: r.tags.get(PARTITION_TAG, ""))
         if "dagster/run_key" in run.tags and PARTITION_TAG in run.tags
     ]
+
+
+def stranded_windows(project: Project, instance: dg.DagsterInstance, cursor: int) -> list[str]:
+    """Windows behind the cursor (requested once, never again) that some table's format has
+    not finished, with no run working on them or about to be retried by Dagster."""
+    behind = [w.key for w in incomplete_windows(project) if w.hi <= cursor]
+    if not behind:
+        return []
+    # Any job: a backfill from an asset's page runs the implicit asset job, not export_window.
+    busy = {
+        run.tags.get(PARTITION_TAG)
+        for run in instance.get_runs(filters=dg.RunsFilter(statuses=_IN_FLIGHT))
+    }
+    retried = instance.get_runs(
+        filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE], tags={WILL_RETRY_TAG: "true"})
+    )
+    busy |= {r.tags.get(PARTITION_TAG) for r in retried if r.is_complete_and_waiting_to_retry}
+    return [key for key in behind if key not in busy]
+
+
+def stranded_text(keys: list[str]) -> str:
+    shown = ", ".join(keys[:SHOWN_STRANDED])
+    more = f" and {len(keys) - SHOWN_STRANDED} more" if len(keys) > SHOWN_STRANDED else ""
+    return (
+        f"{len(keys)} window(s) behind the cursor not fully exported and no run is working on"
+        f" them ({shown}{more}); the sensor does not request them again: backfill them"
+        " (export_window → Partitions → Failed or Missing) or run `subscription-export run --once`"
+    )
 
 
 def build_change_log_sensor(interval_s: float = DEFAULT_INTERVAL_S) -> dg.SensorDefinition:
@@ -51,6 +94,7 @@ def build_change_log_sensor(interval_s: float = DEFAULT_INTERVAL_S) -> dg.Sensor
         cut = cut_windows(project)
         due = windows_to_run(project, after_hi=cursor)
         relaunch = unlaunched_runs(context.instance)
+        stranded = stranded_windows(project, context.instance, cursor)
         for request in relaunch:
             context.log.warning(
                 f"window {request.partition_key}: its run was created but never launched;"
@@ -61,7 +105,10 @@ def build_change_log_sensor(interval_s: float = DEFAULT_INTERVAL_S) -> dg.Sensor
             return dg.SkipReason(
                 f"no new window: {cut.pending} sequenced change(s) wait for a window to close,"
                 f" {cut.sequenced.waiting} committed but not yet sequenced{held}"
+                + (f"; {stranded_text(stranded)}" if stranded else "")
             )
+        if stranded:
+            context.log.warning(stranded_text(stranded))
         known = set(context.instance.get_dynamic_partitions(cdc_windows.name))
         new_keys = [w.key for w in due if w.key not in known]
         return dg.SensorResult(

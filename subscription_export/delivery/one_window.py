@@ -290,6 +290,7 @@ def _record_metrics(
             created=totals.delivered_by_op.get("c", 0),
             updated=totals.delivered_by_op.get("u", 0),
             deleted=totals.delivered_by_op.get("d", 0),
+            snapshot=totals.delivered_by_op.get("r", 0),
             bytes=0,  # not measured for HTTP deliveries
             duration_s=seconds,
             finished_at=finished,

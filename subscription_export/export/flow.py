@@ -464,6 +464,7 @@ def export_metrics_of(project: Project, outcome: ExportOutcome) -> ExportMetrics
         created=outcome.rows_by_op.get("c", 0),
         updated=outcome.rows_by_op.get("u", 0),
         deleted=outcome.rows_by_op.get("d", 0),
+        snapshot=outcome.rows_by_op.get("r", 0),
         bytes=outcome.bytes,
         duration_s=outcome.seconds,
         finished_at=finished,

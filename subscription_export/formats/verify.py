@@ -227,6 +227,24 @@ def check_row_count(parquet: Path | UPath, source_count: int, quarantined: int) 
     )
 
 
+def check_something_exported(
+    parquet: Path | UPath, expected: int, open_quarantined: int
+) -> CheckOutcome:
+    """Fails when the table had changes in the window and every one is in the quarantine,
+    still open: the window "succeeded" with empty files (`run` exits 3 for it). Entries an
+    operator discarded are a decision, not a failure."""
+    rows = parquet_rows(parquet)
+    nothing = expected > 0 and rows == 0 and open_quarantined >= expected
+    return CheckOutcome(
+        not nothing,
+        f"all {expected} change(s) quarantined, nothing exported; see"
+        " `subscription-export quarantine list`"
+        if nothing
+        else f"{rows} of {expected} change(s) exported",
+        {"rows": rows, "open_quarantined": open_quarantined, "change_log_rows": expected},
+    )
+
+
 def published_file(
     export_dir: Path | UPath,
     fmt: Format,

@@ -8,7 +8,6 @@ the page, never /metrics.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry
@@ -22,7 +21,7 @@ from subscription_export.metrics.records import DashboardData
 
 PREFIX = "subscription_export"
 _CONSUMER_TOTALS = {  # metric suffix -> (ConsumerStatus attribute, help)
-    "records": ("records", "Records exported or delivered (created + updated + deleted)."),
+    "records": ("records", "Records exported or delivered (created, updated, deleted, snapshot)."),
     "errors": ("errors", "Records that failed (dead-lettered, quarantined or refused)."),
     "retries": ("retries", "Delivery attempts retried after a transient failure."),
     "dead_letters": ("dead_letters", "Records that became dead letters."),
@@ -46,11 +45,10 @@ class DashboardCollector(Collector):
         volume = CounterMetricFamily(
             f"{PREFIX}_bytes_written", "Bytes of export files written.", labels=["consumer"]
         )
-        written: dict[str, int] = defaultdict(int)
-        for export in data.exports:
-            written[export.consumer] += export.bytes
-        for consumer, total in sorted(written.items()):
-            volume.add_metric([consumer], total)
+        # Every recorded export's bytes (summed by the store), not only the exports loaded.
+        for status in sorted(data.consumers, key=lambda s: s.consumer):
+            if status.windows:
+                volume.add_metric([status.consumer], status.bytes)
         yield volume
         pushes = GaugeMetricFamily(
             f"{PREFIX}_pending_pushes", "Reconcile pushes waiting to be sent.", labels=["system"]

@@ -3,8 +3,9 @@ sample and per reconcile, plus what the dashboard shows of them (`store.py` keep
 
 Definitions (each is what the dashboard plots, so they are fixed here, not in the charts):
 
-- records (`records_created/updated/deleted`): rows the consumer received - written to its file
-  or accepted by the destination. Rows that failed are never records; they are errors.
+- records (`records_created/updated/deleted`, plus the snapshot's op 'r' rows): rows the consumer
+  received - written to its file or accepted by the destination. Rows that failed are never
+  records; they are errors.
 - errors: rows of the window that did not reach the consumer = dead letters + quarantined rows.
   Retries are not errors: a row that succeeded on its third attempt is a record.
 - error rate: `errors / (records + errors)`, the share of the window's rows that failed
@@ -20,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +73,9 @@ class ExportMetrics:
     quarantined: int = 0
     conflicts: Mapping[str, int] = field(default_factory=dict)
     schema_version: int | None = None
+    # Rows of the table's snapshot (op 'r': rows that existed before `init`): records like the
+    # others, or a window of them would read as nothing received.
+    snapshot: int = 0
 
     def __post_init__(self) -> None:
         if not self.consumer or len(self.consumer) > 100:
@@ -82,6 +86,7 @@ class ExportMetrics:
             "created": self.created,
             "updated": self.updated,
             "deleted": self.deleted,
+            "snapshot": self.snapshot,
             "bytes": self.bytes,
             "retries": self.retries,
             "dead_letters": self.dead_letters,
@@ -104,7 +109,7 @@ class ExportMetrics:
 
     @property
     def records(self) -> int:
-        return self.created + self.updated + self.deleted
+        return self.created + self.updated + self.deleted + self.snapshot
 
     @property
     def errors(self) -> int:
@@ -130,6 +135,7 @@ class ExportMetrics:
             "created": self.created,
             "updated": self.updated,
             "deleted": self.deleted,
+            "snapshot": self.snapshot,
             "bytes": self.bytes,
             "duration_s": self.duration_s,
             "rows_per_s": self.rows_per_s,
@@ -216,6 +222,7 @@ class ConsumerStatus:
     quarantined: int
     last_finished_at: dt.datetime | None
     last_latency_p95_s: float | None  # of the newest export that had rows to measure
+    bytes: int = 0  # written to files (formats); deliveries over HTTP record none
 
     @property
     def error_rate(self) -> float:
@@ -236,6 +243,7 @@ class ConsumerStatus:
             "quarantined": self.quarantined,
             "last_finished_at": _iso(self.last_finished_at),
             "last_latency_p95_s": self.last_latency_p95_s,
+            "bytes": self.bytes,
         }
 
 
@@ -273,32 +281,46 @@ class DashboardData:
         return json.dumps(self.as_dict(), allow_nan=False, separators=(",", ":"))
 
 
+@dataclass(frozen=True)
+class ConsumerTotals:
+    """One consumer's sums over every recorded export of a period: the store adds them up in
+    SQL, so they cover every window, not only those the page loads (`load_exports` keeps the
+    newest per consumer)."""
+
+    windows: int = 0
+    records: int = 0
+    errors: int = 0
+    retries: int = 0
+    dead_letters: int = 0
+    quarantined: int = 0
+    bytes: int = 0
+    last_finished_at: dt.datetime | None = None
+    last_latency_p95_s: float | None = None  # of the newest export that had rows to measure
+
+
 def consumer_status(
-    exports: Iterable[ExportMetrics], watermarks: Mapping[str, int], last_lsn: int
+    totals: Mapping[str, ConsumerTotals], watermarks: Mapping[str, int], last_lsn: int
 ) -> list[ConsumerStatus]:
-    """Per consumer: watermark and lag, plus totals of its exports; watermark consumers first."""
-    by_consumer: dict[str, list[ExportMetrics]] = {name: [] for name in watermarks}
-    for export in exports:
-        by_consumer.setdefault(export.consumer, []).append(export)
+    """Per consumer: watermark and lag, plus its totals; watermark consumers first."""
+    names = [*watermarks, *sorted(name for name in totals if name not in watermarks)]
     statuses = []
-    for name, rows in by_consumer.items():
-        last = max(rows, key=lambda e: e.finished_at, default=None)
-        measured = [e for e in rows if e.latency_p95_s is not None]
-        last_measured = max(measured, key=lambda e: e.finished_at, default=None)
+    for name in names:
+        sums = totals.get(name, ConsumerTotals())
         mark = watermarks.get(name)
         statuses.append(
             ConsumerStatus(
                 consumer=name,
                 watermark=mark,
                 lag=None if mark is None else last_lsn - mark,
-                windows=len(rows),
-                records=sum(e.records for e in rows),
-                errors=sum(e.errors for e in rows),
-                retries=sum(e.retries for e in rows),
-                dead_letters=sum(e.dead_letters for e in rows),
-                quarantined=sum(e.quarantined for e in rows),
-                last_finished_at=None if last is None else last.finished_at,
-                last_latency_p95_s=None if last_measured is None else last_measured.latency_p95_s,
+                windows=sums.windows,
+                records=sums.records,
+                errors=sums.errors,
+                retries=sums.retries,
+                dead_letters=sums.dead_letters,
+                quarantined=sums.quarantined,
+                last_finished_at=sums.last_finished_at,
+                last_latency_p95_s=sums.last_latency_p95_s,
+                bytes=sums.bytes,
             )
         )
     return statuses

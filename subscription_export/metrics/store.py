@@ -27,6 +27,7 @@ from subscription_export.core.values import to_utc
 from subscription_export.metrics.records import (
     CaptureSample,
     ConsumerStatus,
+    ConsumerTotals,
     DashboardData,
     ExportMetrics,
     ReconcileMetrics,
@@ -42,11 +43,13 @@ __all__ = [
     "CAPTURE_SAMPLE_RETENTION",
     "CaptureSample",
     "ConsumerStatus",
+    "ConsumerTotals",
     "DashboardData",
     "ExportMetrics",
     "ReconcileMetrics",
     "capture_lag",
     "consumer_status",
+    "consumer_totals",
     "error_rate",
     "export_metrics",
     "latency_percentiles",
@@ -236,6 +239,11 @@ def _export_from_row(row: sa.Row[Any]) -> ExportMetrics:
         created=int(row.records_created),
         updated=int(row.records_updated),
         deleted=int(row.records_deleted),
+        # No column of its own: `records` holds every op, so the snapshot's rows are the rest.
+        snapshot=int(row.records)
+        - int(row.records_created)
+        - int(row.records_updated)
+        - int(row.records_deleted),
         bytes=int(row.bytes),
         duration_s=float(row.duration_s),
         finished_at=to_utc(row.finished_at),
@@ -281,6 +289,60 @@ def load_exports(
         return [_export_from_row(row) for row in conn.execute(query)]
 
 
+def consumer_totals(engine: Engine, since: dt.datetime | None = None) -> dict[str, ConsumerTotals]:
+    """Per consumer, the sums of every export finished at or after `since`, added up by the
+    database: the page loads only the newest exports of each consumer, and totals taken from
+    those would stop growing (windows) or shrink (records, bytes) on a long-running system,
+    which Prometheus reads as a counter reset."""
+    upgrade(engine)  # the tables exist (one query the first time per engine)
+    t = export_metrics
+    period = sa.true()
+    if since is not None:
+        require_aware("since", since)
+        period = t.c.finished_at >= since.astimezone(UTC)
+    sums = (
+        sa.select(
+            t.c.consumer,
+            sa.func.count().label("windows"),
+            *(
+                sa.func.coalesce(sa.func.sum(column), 0).label(column.name)
+                for column in (t.c.records, t.c.errors, t.c.retries, t.c.dead_letters)
+            ),
+            sa.func.coalesce(sa.func.sum(t.c.quarantined), 0).label("quarantined"),
+            sa.func.coalesce(sa.func.sum(t.c.bytes), 0).label("bytes"),
+            sa.func.max(t.c.finished_at).label("last_finished_at"),
+        )
+        .where(period)
+        .group_by(t.c.consumer)
+    )
+    newest = sa.func.row_number().over(partition_by=t.c.consumer, order_by=t.c.finished_at.desc())
+    measured = (
+        sa.select(t.c.consumer, t.c.latency_p95_s, newest.label("rank"))
+        .where(period, t.c.latency_p95_s.is_not(None))
+        .subquery()
+    )
+    with engine.connect() as conn:
+        p95 = dict(
+            conn.execute(
+                sa.select(measured.c.consumer, measured.c.latency_p95_s).where(measured.c.rank == 1)
+            ).all()
+        )
+        return {
+            row.consumer: ConsumerTotals(
+                windows=int(row.windows),
+                records=int(row.records),
+                errors=int(row.errors),
+                retries=int(row.retries),
+                dead_letters=int(row.dead_letters),
+                quarantined=int(row.quarantined),
+                bytes=int(row.bytes),
+                last_finished_at=_utc(row.last_finished_at),
+                last_latency_p95_s=p95.get(row.consumer),
+            )
+            for row in conn.execute(sums)
+        }
+
+
 def load_capture_samples(
     engine: Engine, since: dt.datetime | None = None, limit: int = 1_000
 ) -> list[CaptureSample]:
@@ -303,12 +365,15 @@ def load_dashboard_data(
     open_conflicts: int,
     since: dt.datetime | None = None,
     pending_pushes: Mapping[str, int] | None = None,
+    capture_now: CaptureSample | None = None,
 ) -> DashboardData:
     """The dashboard's numbers: metrics from the store, positions and open items from the caller.
 
     Watermarks, the log's last LSN, open dead letters/conflicts and pending pushes per system live
     elsewhere (watermark store, source, sync tables); taking them as arguments keeps this module
-    independent of them.
+    independent of them. `capture_now`: a sample taken for this page or scrape, shown as the
+    newest (not stored): the stored ones are taken by sensor ticks and cycles, so with those
+    stopped the last one would show a stale "0 waiting" as the current state.
     """
     exports = load_exports(engine, since)
     return DashboardData(
@@ -316,9 +381,9 @@ def load_dashboard_data(
         last_lsn=last_lsn,
         open_dead_letters=open_dead_letters,
         open_conflicts=open_conflicts,
-        consumers=consumer_status(exports, watermarks, last_lsn),
+        consumers=consumer_status(consumer_totals(engine, since), watermarks, last_lsn),
         exports=exports,
-        capture=load_capture_samples(engine, since),
+        capture=[*load_capture_samples(engine, since), *([capture_now] if capture_now else [])],
         since=since,
         reconcile=reconcile_outcomes(engine, since),
         pending_pushes=dict(sorted((pending_pushes or {}).items())),

@@ -40,9 +40,6 @@ def table(headers: list[str], rows: list[list[str]], cls: str, empty: str) -> st
 def consumers_table(data: DashboardData) -> str:
     """One row per consumer. Bytes are summed for formats only: deliveries to destinations go
     over HTTP and record `bytes=0` (not measured), which would read as "nothing sent"."""
-    written: dict[str, int] = {}
-    for e in data.exports:
-        written[e.consumer] = written.get(e.consumer, 0) + e.bytes
     rows = [
         [
             esc(c.consumer),
@@ -51,7 +48,7 @@ def consumers_table(data: DashboardData) -> str:
             num(c.lag),
             num(c.windows),
             num(c.records),
-            num(written.get(c.consumer, 0))
+            num(c.bytes)
             if consumer_kind(c.consumer) == "format"
             else '<span title="not measured for HTTP deliveries">—</span>',
             pct(c.error_rate),

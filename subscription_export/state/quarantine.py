@@ -167,6 +167,21 @@ def open_entries(
     return found
 
 
+def open_count(engine: Engine, window_key: str, dataset: str) -> int:
+    """The window's open entries of one table's export (`dataset`)."""
+    query = (
+        sa.select(sa.func.count())
+        .select_from(quarantine)
+        .where(
+            quarantine.c.window_key == window_key,
+            quarantine.c.status == "open",
+            sa.func.coalesce(quarantine.c.dataset, LEGACY_DATASET) == dataset,
+        )
+    )
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
+
+
 def recovered_windows(
     engine: Engine, window_key: str | None = None, lsns: Collection[int] = ()
 ) -> list[str]:

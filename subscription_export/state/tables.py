@@ -143,7 +143,8 @@ export_metrics = sa.Table(
     sa.Column("window_key", sa.String(41), primary_key=True),
     sa.Column("lsn_from", sa.BigInteger, nullable=False),
     sa.Column("lsn_to", sa.BigInteger, nullable=False),
-    sa.Column("records", sa.BigInteger, nullable=False),  # created + updated + deleted, for SQL
+    # created + updated + deleted + the snapshot's op 'r' rows (which have no column of their own)
+    sa.Column("records", sa.BigInteger, nullable=False),
     sa.Column("records_created", sa.BigInteger, nullable=False),
     sa.Column("records_updated", sa.BigInteger, nullable=False),
     sa.Column("records_deleted", sa.BigInteger, nullable=False),

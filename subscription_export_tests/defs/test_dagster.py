@@ -195,3 +195,64 @@ def test_an_export_dir_that_cannot_exist_fails_the_step_without_retries(
     kinds = [e.dagster_event.event_type_value for e in events if e.dagster_event is not None]
     assert "STEP_FAILURE" in kinds
     assert "STEP_UP_FOR_RETRY" not in kinds, kinds
+
+
+def test_a_window_whose_every_change_was_quarantined_fails_a_check(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """Nothing of the window was exported: `run` exits 3 for it ("needs operator action"),
+    so the Dagster UI must not show the window all green. The run itself still succeeds (the
+    empty files are written and the watermarks move, as for `run`); a check on the window
+    fails and says why."""
+    from subscription_export.defs.runner import run_cycle
+    from subscription_export.source.demo_table import init_demo_source
+
+    init_demo_source(writer(sqlite_url))
+    settings = Settings(
+        source_url=sqlite_url,
+        state_url=f"sqlite:///{tmp_path / 'state.db'}",
+        export_dir=tmp_path / "exports",
+        window_max_age_s=0.0,
+    )
+    with writer(sqlite_url).begin() as conn:
+        insert(conn, "bad", amount="1e30")  # does not fit the amount column: quarantined
+    instance = dg.DagsterInstance.ephemeral()
+    result = run_cycle(settings, instance=instance)
+    assert [r.success for r in result.runs] == [True]
+    checks = [
+        e.dagster_event.event_specific_data
+        for e in instance.all_logs(result.runs[0].run_id)
+        if e.dagster_event is not None
+        and e.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"
+    ]
+    failed = [c for c in checks if not c.passed]  # type: ignore[union-attr]
+    assert failed, [(c.check_name, c.description) for c in checks]  # type: ignore[union-attr]
+    assert any("quarantined" in (c.description or "") for c in failed)  # type: ignore[union-attr]
+
+
+def test_the_sensor_names_a_window_behind_its_cursor_whose_run_failed(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The sensor requests a window once; its cursor then moves past it. When that run fails
+    for good (retries spent: the export folder was unusable, the source down too long), no
+    later tick requests the window again, and each tick said only "no new window": green
+    ticks while the window stays unexported. The skip reason must name it."""
+    from subscription_export.defs.runner import materialize_windows
+    from subscription_export.state.windows import Window
+
+    instance = dg.DagsterInstance.ephemeral()
+    _write(settings, 3)
+    first = _sensor(settings, instance, None)
+    assert isinstance(first, dg.SensorResult)
+    [request] = first.run_requests
+    instance.add_dynamic_partitions("cdc_windows", [request.partition_key])
+    (tmp_path / "a_file").write_text("")
+    broken = replace(settings, export_dir=tmp_path / "a_file" / "exports")
+    lo, hi = (int(x) for x in request.partition_key.split("-"))
+    [run] = materialize_windows(broken, [Window(lo, hi)], instance=instance)
+    assert not run.success
+
+    later = _sensor(settings, instance, first.cursor)
+
+    assert isinstance(later, dg.SkipReason)
+    assert request.partition_key in (later.skip_message or ""), later.skip_message

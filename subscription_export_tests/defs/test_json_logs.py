@@ -80,3 +80,15 @@ def test_formatter_masks_credentials_and_keeps_context() -> None:
 )
 def test_consumer_of_step(step: str | None, consumer: str | None) -> None:
     assert consumer_of_step(step) == consumer
+
+
+def test_consumer_of_a_table_whose_name_is_not_an_asset_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`plan-items` is exported as `plan_items_changes*` but its consumers (watermarks,
+    /metrics labels, `status`) are `plan-items.*`: a log line must carry the same name, or
+    it cannot be matched with the metric that went wrong."""
+    monkeypatch.setenv("SUBSCRIPTION_EXPORT_TABLES", "subscriptions,plan-items")
+    assert consumer_of_step("plan_items_changes") == "plan-items.parquet"
+    assert consumer_of_step("plan_items_changes_csv") == "plan-items.csv"
+    assert consumer_of_step("subscription_changes_jsonl") == "jsonl"

@@ -3,6 +3,7 @@ parsed back with prometheus_client's own parsers."""
 
 from __future__ import annotations
 
+import datetime as dt
 import urllib.request
 from collections.abc import Iterator
 
@@ -91,3 +92,76 @@ def test_openmetrics_when_the_scraper_asks_for_it(base: str) -> None:
     samples = _samples(body, parse_om)
     assert samples[("subscription_export_open_conflicts", ())] == 3
     assert samples[("subscription_export_records_total", (("consumer", "parquet"),))] > 0
+
+
+def test_counters_cover_every_window_past_the_pages_per_consumer_cap(
+    sqlite_metrics: Engine,
+) -> None:
+    """A day of 30 s windows is ~2,900 windows: the page draws the newest 2,000 per consumer,
+    but the `_total` counters must keep counting every one, or they stop growing (windows) or
+    fall when an old, bigger window leaves the page (records, bytes) - a counter reset to
+    Prometheus, and a volume the operator never sees."""
+    from subscription_export.metrics.prometheus import exposition
+
+    windows = 2_001
+    for i in range(windows):
+        lo = 10 * i + 1
+        record_export_metrics(
+            sqlite_metrics,
+            ExportMetrics(
+                "parquet",
+                key(lo, lo + 9),
+                lo,
+                lo + 9,
+                created=10 if i == 0 else 1,  # the oldest window is the biggest
+                updated=0,
+                deleted=0,
+                bytes=1_000 if i == 0 else 100,
+                duration_s=1.0,
+                finished_at=T0 + dt.timedelta(seconds=30 * i),
+            ),
+        )
+    data = load_dashboard_data(sqlite_metrics, {"parquet": 10 * windows}, 10 * windows, 0, 0)
+    _content_type, body = exposition(lambda: data)
+    samples = _samples(body.decode())
+    parquet = (("consumer", "parquet"),)
+    assert samples[("subscription_export_windows_total", parquet)] == windows
+    assert samples[("subscription_export_records_total", parquet)] == 10 + (windows - 1)
+    assert samples[("subscription_export_bytes_written_total", parquet)] == 1_000 + 100 * (
+        windows - 1
+    )
+
+
+@pytest.mark.integration
+def test_capture_gauges_are_read_at_scrape_time_not_left_at_the_last_tick(
+    pg_url: str, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """On PostgreSQL only the sensor tick (or a CLI cycle) sequences changes and records a
+    capture sample. With the daemon down, changes pile up unsequenced: a scrape that shows the
+    last tick's sample reports 0 changes waiting (and the watermarks' lag, over the sequenced
+    log, stays 0 too): all fresh, while nothing is exported."""
+    from subscription_export.cli.dashboard import dashboard_data
+    from subscription_export.core.db import engine_for
+    from subscription_export.core.settings import Settings
+    from subscription_export.export.cut import cut_windows
+    from subscription_export.metrics.prometheus import exposition
+    from subscription_export.runtime import Project
+    from subscription_export.source.demo_table import init_demo_source
+    from subscription_export_tests.helpers import insert, writer
+
+    init_demo_source(engine_for(pg_url, writer=True))
+    settings = Settings(
+        source_url=pg_url, state_url=f"sqlite:///{tmp_path / 'state.db'}", export_dir=tmp_path
+    )
+    project = Project(settings)
+    with writer(pg_url).begin() as conn:
+        insert(conn, "seen")
+    cut_windows(project)  # the last sensor tick: sequences, samples capture (0 waiting)
+    with writer(pg_url).begin() as conn:  # then the daemon stops; the application goes on
+        for i in range(4):
+            insert(conn, f"unseen{i}")
+
+    _content_type, body = exposition(lambda: dashboard_data(project, None))
+
+    samples = _samples(body.decode())
+    assert samples[("subscription_export_capture_waiting", ())] == 4
