@@ -92,6 +92,7 @@ def test_checks_pass_on_a_good_window(settings: Settings) -> None:
         "row_count_matches_change_log": True,
         "lsns_contiguous": True,
         "manifest_hash_matches": True,
+        "snapshot_finished": True,
     }
 
 
