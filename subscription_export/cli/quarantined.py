@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from subscription_export.runtime import Project
-from subscription_export.source.snapshot import snapshot_progress
+from subscription_export.source.snapshot import unfinished
 from subscription_export.state.quarantine import open_entries
 from subscription_export.state.windows import Window
 
@@ -51,19 +51,10 @@ def quarantined_in(project: Project, windows: Sequence[Window]) -> list[Quaranti
 
 
 def unfinished_snapshot(project: Project) -> str | None:
-    """One line when the captured table's snapshot was started but not finished (an `init`
+    """One line when a captured table's snapshot was started but not finished (an `init`
     killed mid-snapshot): the rows it has not reached yet are missing from every export."""
     for table in project.settings.captured_tables:
-        progress = snapshot_progress(project.source, table)
-        if progress is not None and not progress.finished:
-            return unfinished_line(table, progress.rows_done)
+        line = unfinished(project.source, table)
+        if line is not None:
+            return line
     return None
-
-
-def unfinished_line(table: str, rows_done: int) -> str:
-    """What `run` and `status` say about a table whose snapshot is not finished."""
-    return (
-        f"snapshot of {table} unfinished ({rows_done} rows so far): rows that existed"
-        " before `init` are missing from the exports; run"
-        f" `subscription-export snapshot --table {table}`"
-    )

@@ -8,12 +8,12 @@ from typing import Annotated, Any
 import typer
 
 from subscription_export.cli.app import console, err_console, settings_of
-from subscription_export.cli.quarantined import unfinished_line
 from subscription_export.cli.shown import DataTable, marked, shown
 from subscription_export.core.errors import ConfigError
 from subscription_export.delivery.config import load_destinations
 from subscription_export.runtime import Project
 from subscription_export.source.holders import Holder
+from subscription_export.source.snapshot import unfinished_line
 from subscription_export.status import gather_status
 
 app = typer.Typer(add_completion=False)

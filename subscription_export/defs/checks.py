@@ -17,11 +17,13 @@ from subscription_export.formats.verify import (
     check_something_exported,
 )
 from subscription_export.source.reader import range_stats
+from subscription_export.source.snapshot import unfinished
 from subscription_export.state.quarantine import open_count, quarantined_lsns
 from subscription_export.state.windows import parse_window_key
 
 ROW_COUNT = "row_count_matches_change_log"
 NOT_ALL_QUARANTINED = "changes_not_all_quarantined"
+SNAPSHOT_FINISHED = "snapshot_finished"
 
 # Partitioned asset checks are a Dagster preview feature; we rely on it deliberately.
 warnings.filterwarnings("ignore", category=dg.PreviewWarning, module="dagster")
@@ -53,10 +55,11 @@ def table_checks(dataset: TableDataset) -> list[dg.AssetChecksDefinition]:
 def _checks(dataset: TableDataset) -> list[dg.AssetChecksDefinition]:
     asset = dg.AssetKey(dataset.asset("parquet"))
 
-    # One step for both counts (they read the same change-log count and file): a step of its
-    # own per check costs every window's run its Dagster events. The second is not blocking:
-    # a window whose every change is quarantined still gets its empty files and its watermarks
-    # move, as with `run` (which exits 3 for it), but it must not show green in the UI.
+    # One step for the counts and the snapshot's state (a step of its own per check costs
+    # every window's run its Dagster events). Only the row count blocks: a window whose every
+    # change is quarantined, or exported while the table's snapshot is unfinished, still gets
+    # its files and its watermarks move, as with `run` (which exits 3 for both), but it must
+    # not show green in the UI.
     @dg.multi_asset_check(
         name=f"{dataset.name}_row_counts",
         specs=[
@@ -76,6 +79,16 @@ def _checks(dataset: TableDataset) -> list[dg.AssetChecksDefinition]:
                 description="Some change of the table in the window was exported, unless it"
                 " had none: a window whose every change is (still) quarantined exported nothing.",
             ),
+            dg.AssetCheckSpec(
+                SNAPSHOT_FINISHED,
+                asset=asset,
+                blocking=False,
+                partitions_def=cdc_windows,
+                description="Every row the table held before `init` is in the stream: its"
+                " snapshot is not left unfinished (an `init` killed mid-snapshot). The window's"
+                " files are whole for its LSN range; the rows not reached yet come in later"
+                " windows once it finishes.",
+            ),
         ],
     )
     def row_counts(
@@ -91,6 +104,14 @@ def _checks(dataset: TableDataset) -> list[dg.AssetChecksDefinition]:
         still_open = open_count(project.state, key, dataset.name)
         yield _result(
             check_something_exported(parquet, count, still_open), NOT_ALL_QUARANTINED, asset
+        )
+        line = unfinished(project.source, dataset.table)
+        yield dg.AssetCheckResult(
+            check_name=SNAPSHOT_FINISHED,
+            asset_key=asset,
+            passed=line is None,
+            description=line or "the table's snapshot is finished (or was never needed)",
+            severity=dg.AssetCheckSeverity.ERROR,
         )
 
     @dg.asset_check(asset=asset, blocking=True, partitions_def=cdc_windows)

@@ -92,6 +92,25 @@ def snapshot_progress(engine: Engine, table: str = "subscriptions") -> SnapshotP
         return _progress(conn, table)
 
 
+def unfinished_line(table: str, rows_done: int) -> str:
+    """What `run`, `status` and the Dagster check say about a table whose snapshot is not
+    finished."""
+    return (
+        f"snapshot of {table} unfinished ({rows_done} rows so far): rows that existed"
+        " before `init` are missing from the exports; run"
+        f" `subscription-export snapshot --table {table}`"
+    )
+
+
+def unfinished(engine: Engine, table: str) -> str | None:
+    """`unfinished_line` when `table`'s snapshot was started but not finished (an `init`
+    killed mid-snapshot: the rows it has not reached are in no export yet), else None."""
+    progress = snapshot_progress(engine, table)
+    if progress is None or progress.finished:
+        return None
+    return unfinished_line(table, progress.rows_done)
+
+
 def restart_snapshot(engine: Engine, table: str = "subscriptions") -> None:
     """Forget what was done: the next run reads the whole table again (a re-snapshot)."""
     _require_capture(engine)

