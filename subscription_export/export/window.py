@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 from subscription_export.core.columns import SourceColumn
 from subscription_export.core.domains import DOMAINS, check_domain
 from subscription_export.core.errors import RangeError, SchemaMissingError
+from subscription_export.core.prefetch import prefetched
 from subscription_export.core.values import BadValue, convert, to_utc
 from subscription_export.formats.contract import DatasetPlan, VersionMapping
 from subscription_export.formats.schema import UTC_TIMESTAMP, export_schema
@@ -87,14 +88,28 @@ class WindowStream:
         return window_key(self.lo, self.hi)
 
     def batches(self) -> Iterator[pa.RecordBatch]:
-        for table in self._tables:
-            batch = self._convert_fast(table)
-            if batch is None:
-                batch = self._convert_slow(log_rows(table))
-            else:
-                self.rows_by_op.update(_counts(table.column("op")))
-            if batch.num_rows:
-                yield batch
+        """The window's batches in LSN order, converted on a thread of their own.
+
+        Conversion (Arrow's JSON parsing and casts, which release the GIL) then overlaps the
+        caller's writing and the reader's COPY, on as many cores as there are; two converted
+        batches wait at most. The counts are complete once the iteration has ended.
+        """
+        return prefetched(self._converted(), depth=2, name="window-converter")
+
+    def _converted(self) -> Iterator[pa.RecordBatch]:
+        try:
+            for table in self._tables:
+                batch = self._convert_fast(table)
+                if batch is None:
+                    batch = self._convert_slow(log_rows(table))
+                else:
+                    self.rows_by_op.update(_counts(table.column("op")))
+                if batch.num_rows:
+                    yield batch
+        finally:  # a caller that stopped early stops the reader too
+            close = getattr(self._tables, "close", None)
+            if close is not None:
+                close()
 
     def _convert_fast(self, log: pa.Table) -> pa.RecordBatch | None:
         """All images parsed by Arrow; None if the batch needs the row-by-row path (mixed
@@ -275,14 +290,17 @@ def _json_read_types(
 
 
 def _zero_maybe_misread(images: pa.Array, values: list[pa.Array]) -> bool:
-    """A zero decimal in a batch whose images hold a negative exponent: maybe Arrow's misread
-    (see `_NEGATIVE_EXPONENT`), so the row path decides. Zeros are rare, so is the scan."""
-    zero = any(
-        pc.any(pc.equal(v, pa.scalar(Decimal(0), v.type))).as_py()
-        for v in values
-        if pa.types.is_decimal(v.type)
-    )
-    return zero and bool(pc.any(pc.match_substring_regex(images, _NEGATIVE_EXPONENT)).as_py())
+    """A zero decimal in a row whose image holds a negative exponent: maybe Arrow's misread
+    (see `_NEGATIVE_EXPONENT`), so the row path decides. Zeros are rare, so only their rows'
+    images are scanned (the whole batch's were: ~0.1 s per 1M changes of the bench)."""
+    zero: pa.Array | None = None
+    for v in values:
+        if pa.types.is_decimal(v.type):
+            here = pc.equal(v, pa.scalar(Decimal(0), v.type))
+            zero = here if zero is None else pc.or_kleene(zero, here)
+    if zero is None or not pc.any(zero).as_py():
+        return False
+    return bool(pc.any(pc.match_substring_regex(images.filter(zero), _NEGATIVE_EXPONENT)).as_py())
 
 
 def _clean_text(schema: pa.Schema, values: list[pa.Array], offset: int) -> bool:
