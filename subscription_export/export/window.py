@@ -78,6 +78,9 @@ class WindowStream:
     # replay`; they stay out of the files as they were, so re-exporting a window never lets a
     # change in silently (a rerun `init` or a fix would otherwise change its files unnoticed).
     held: dict[int, tuple[str | None, str]] = field(default_factory=dict)
+    # The table's changes in [lo, hi] as counted when the window was planned (None: not
+    # counted); the export's coverage check compares the file with it.
+    source_changes: int | None = None
 
     @property
     def columns(self) -> tuple[SourceColumn, ...]:
@@ -370,11 +373,11 @@ def check_range(engine: Engine, lo: int, hi: int, count: int) -> None:
 
 def capture_columns(
     engine: Engine, lo: int, hi: int, table: str
-) -> tuple[dict[int, tuple[SourceColumn, ...]], dict[int, int]]:
+) -> tuple[dict[int, tuple[SourceColumn, ...]], dict[int, int], int]:
     """(`table`'s capture schema versions → columns, its versions in [lo, hi] → their first
-    LSN); the second is empty when the table has no change in [lo, hi]. Raises `RangeError`
-    first when [lo, hi] is not wholly in the change log."""
-    count, present = census(engine, lo, hi, table)
+    LSN, its changes in [lo, hi]); the second is empty when the table has no change in
+    [lo, hi]. Raises `RangeError` first when [lo, hi] is not wholly in the change log."""
+    count, present, changes = census(engine, lo, hi, table)
     check_range(engine, lo, hi, count)
     with engine.connect() as conn:
         known = {v: s.columns for v, s in capture_schemas(conn, table).items()}
@@ -388,7 +391,7 @@ def capture_columns(
             f"capture schema versions {missing} of table {table!r} are not registered in the"
             " source; run `subscription-export init`"
         )
-    return known, present
+    return known, present, changes
 
 
 def open_window(
