@@ -25,7 +25,6 @@ from sqlalchemy.engine import Engine
 from subscription_export.core.columns import SourceColumn
 from subscription_export.core.domains import DOMAINS, check_domain
 from subscription_export.core.errors import RangeError, SchemaMissingError
-from subscription_export.core.prefetch import prefetched
 from subscription_export.core.values import BadValue, convert, to_utc
 from subscription_export.formats.contract import DatasetPlan, VersionMapping
 from subscription_export.formats.schema import UTC_TIMESTAMP, export_schema
@@ -91,15 +90,12 @@ class WindowStream:
         return window_key(self.lo, self.hi)
 
     def batches(self) -> Iterator[pa.RecordBatch]:
-        """The window's batches in LSN order, converted on a thread of their own.
+        """The window's batches in LSN order; the counts are complete once it has ended.
 
-        Conversion (Arrow's JSON parsing and casts, which release the GIL) then overlaps the
-        caller's writing and the reader's COPY, on as many cores as there are; two converted
-        batches wait at most. The counts are complete once the iteration has ended.
+        Converted in the caller's thread: a converter thread of its own (two batches ahead of
+        the writer) cost 0.5-1 s more exporter CPU per 1M changes in GIL hand-offs, on two
+        cores the server needs as well (docs/architecture.md, issue 15).
         """
-        return prefetched(self._converted(), depth=2, name="window-converter")
-
-    def _converted(self) -> Iterator[pa.RecordBatch]:
         try:
             for table in self._tables:
                 batch = self._convert_fast(table)
@@ -109,7 +105,7 @@ class WindowStream:
                     self.rows_by_op.update(_counts(table.column("op")))
                 if batch.num_rows:
                     yield batch
-        finally:  # a caller that stopped early stops the reader too
+        finally:  # a caller that stops early stops the reader now, not when collected
             close = getattr(self._tables, "close", None)
             if close is not None:
                 close()
