@@ -76,6 +76,9 @@ class ExportOutcome:
     dropped_values: dict[str, int] = field(default_factory=dict)  # schema contract discard_value
     latency_s: dict[str, float] = field(default_factory=dict)  # commit → exported: p50, p95, max
     dataset: TableDataset = DEFAULT_DATASET  # whose changes
+    # The table's changes in the window counted when it was planned (canonical exports), so
+    # the coverage check needs no second scan of the window (~0.3 s per 1M changes).
+    source_changes: int | None = None
 
     @property
     def consumer(self) -> str:
@@ -174,12 +177,24 @@ def plan_dataset(
     """The window's dataset schema under the schema contract, and its registered version.
     `held`: quarantined LSNs kept out of the files (they do not widen the schema); `dataset`:
     whose changes (None: the first captured table's)."""
+    plan, version, _changes = _planned(project, lo, hi, held, dataset)
+    return plan, version
+
+
+def _planned(
+    project: Project,
+    lo: int,
+    hi: int,
+    held: Collection[int] = (),
+    dataset: TableDataset | None = None,
+) -> tuple[DatasetPlan, int, int]:
+    """`plan_dataset`, and the table's changes in [lo, hi] (counted by the same scan)."""
     dataset = dataset or project.primary
-    capture, present = capture_columns(project.source, lo, hi, dataset.table)
+    capture, present, changes = capture_columns(project.source, lo, hi, dataset.table)
     if not present:
         plan, version = _plan_without_changes(project, dataset, lo, hi, capture)
         _refuse_reserved(dataset.table, plan.columns)
-        return plan, version
+        return plan, version, changes
     _refuse_reserved(dataset.table, [c for v in present for c in capture[v]])
     # No change of the window carries one, so the column a rename retired (capture versions
     # before the rename and `init`) is left out rather than kept as a dropped column would be.
@@ -196,7 +211,7 @@ def plan_dataset(
         plan = restrict(reference.columns, capture, present, mode)
     _refuse_reserved(dataset.table, plan.columns)  # `freeze` & co. keep a registered one
     version = register_schema(project.state, plan.columns, first_lsn=first, dataset=dataset.name)
-    return plan, version
+    return plan, version, changes
 
 
 def _refuse_reserved(table: str, columns: Iterable[SourceColumn]) -> None:
@@ -245,7 +260,7 @@ def stream_window(
         for k, v in held_entries(project.state, window.key, dataset.name).items()
         if k not in release
     }
-    plan, version = plan_dataset(project, window.lo, window.hi, held, dataset)
+    plan, version, changes = _planned(project, window.lo, window.hi, held, dataset)
     # One captured table: read the log unfiltered, as the single-table releases did (measured
     # ~14% faster on a 200k-row PostgreSQL window, docs/architecture.md "Several tables").
     only = logs_only(project.source, dataset.table)
@@ -259,6 +274,7 @@ def stream_window(
         None if only else dataset.table,
     )
     stream.held = held
+    stream.source_changes = changes
     return stream
 
 
@@ -286,7 +302,11 @@ def export_canonical(
         stream.quarantined,
         before_record,
     )
-    outcome = replace(outcome, dropped_values=dict(stream.dropped_values))
+    outcome = replace(
+        outcome,
+        dropped_values=dict(stream.dropped_values),
+        source_changes=stream.source_changes,
+    )
     # Re-exporting replaces the window's quarantine, so a fixed row leaves it.
     record_quarantine(project.state, window.key, stream.quarantined, dataset.name)
     write_quarantine_file(project.settings.export_dir, window.key, stream.quarantined, dataset)
@@ -413,9 +433,11 @@ def _verify_canonical(project: Project, outcome: ExportOutcome) -> None:
     """
     held = {q.lsn for q in outcome.quarantined}
     window = outcome.window
-    expected, _first, _last = range_stats(
-        project.source, window.lo, window.hi, outcome.dataset.table
-    )
+    expected = outcome.source_changes
+    if expected is None:
+        expected, _first, _last = range_stats(
+            project.source, window.lo, window.hi, outcome.dataset.table
+        )
     coverage = check_lsn_coverage(outcome.path, window.lo, window.hi, held, expected)
     if not coverage.passed:
         raise ExportVerificationError(

@@ -77,6 +77,9 @@ class WindowStream:
     # replay`; they stay out of the files as they were, so re-exporting a window never lets a
     # change in silently (a rerun `init` or a fix would otherwise change its files unnoticed).
     held: dict[int, tuple[str | None, str]] = field(default_factory=dict)
+    # The table's changes in [lo, hi] as counted when the window was planned (None: not
+    # counted); the export's coverage check compares the file with it.
+    source_changes: int | None = None
 
     @property
     def columns(self) -> tuple[SourceColumn, ...]:
@@ -87,14 +90,25 @@ class WindowStream:
         return window_key(self.lo, self.hi)
 
     def batches(self) -> Iterator[pa.RecordBatch]:
-        for table in self._tables:
-            batch = self._convert_fast(table)
-            if batch is None:
-                batch = self._convert_slow(log_rows(table))
-            else:
-                self.rows_by_op.update(_counts(table.column("op")))
-            if batch.num_rows:
-                yield batch
+        """The window's batches in LSN order; the counts are complete once it has ended.
+
+        Converted in the caller's thread: a converter thread of its own (two batches ahead of
+        the writer) cost 0.5-1 s more exporter CPU per 1M changes in GIL hand-offs, on two
+        cores the server needs as well (docs/architecture.md, issue 15).
+        """
+        try:
+            for table in self._tables:
+                batch = self._convert_fast(table)
+                if batch is None:
+                    batch = self._convert_slow(log_rows(table))
+                else:
+                    self.rows_by_op.update(_counts(table.column("op")))
+                if batch.num_rows:
+                    yield batch
+        finally:  # a caller that stops early stops the reader now, not when collected
+            close = getattr(self._tables, "close", None)
+            if close is not None:
+                close()
 
     def _convert_fast(self, log: pa.Table) -> pa.RecordBatch | None:
         """All images parsed by Arrow; None if the batch needs the row-by-row path (mixed
@@ -275,14 +289,17 @@ def _json_read_types(
 
 
 def _zero_maybe_misread(images: pa.Array, values: list[pa.Array]) -> bool:
-    """A zero decimal in a batch whose images hold a negative exponent: maybe Arrow's misread
-    (see `_NEGATIVE_EXPONENT`), so the row path decides. Zeros are rare, so is the scan."""
-    zero = any(
-        pc.any(pc.equal(v, pa.scalar(Decimal(0), v.type))).as_py()
-        for v in values
-        if pa.types.is_decimal(v.type)
-    )
-    return zero and bool(pc.any(pc.match_substring_regex(images, _NEGATIVE_EXPONENT)).as_py())
+    """A zero decimal in a row whose image holds a negative exponent: maybe Arrow's misread
+    (see `_NEGATIVE_EXPONENT`), so the row path decides. Zeros are rare, so only their rows'
+    images are scanned (the whole batch's were: ~0.1 s per 1M changes of the bench)."""
+    zero: pa.Array | None = None
+    for v in values:
+        if pa.types.is_decimal(v.type):
+            here = pc.equal(v, pa.scalar(Decimal(0), v.type))
+            zero = here if zero is None else pc.or_kleene(zero, here)
+    if zero is None or not pc.any(zero).as_py():
+        return False
+    return bool(pc.any(pc.match_substring_regex(images.filter(zero), _NEGATIVE_EXPONENT)).as_py())
 
 
 def _clean_text(schema: pa.Schema, values: list[pa.Array], offset: int) -> bool:
@@ -352,11 +369,11 @@ def check_range(engine: Engine, lo: int, hi: int, count: int) -> None:
 
 def capture_columns(
     engine: Engine, lo: int, hi: int, table: str
-) -> tuple[dict[int, tuple[SourceColumn, ...]], dict[int, int]]:
+) -> tuple[dict[int, tuple[SourceColumn, ...]], dict[int, int], int]:
     """(`table`'s capture schema versions → columns, its versions in [lo, hi] → their first
-    LSN); the second is empty when the table has no change in [lo, hi]. Raises `RangeError`
-    first when [lo, hi] is not wholly in the change log."""
-    count, present = census(engine, lo, hi, table)
+    LSN, its changes in [lo, hi]); the second is empty when the table has no change in
+    [lo, hi]. Raises `RangeError` first when [lo, hi] is not wholly in the change log."""
+    count, present, changes = census(engine, lo, hi, table)
     check_range(engine, lo, hi, count)
     with engine.connect() as conn:
         known = {v: s.columns for v, s in capture_schemas(conn, table).items()}
@@ -370,7 +387,7 @@ def capture_columns(
             f"capture schema versions {missing} of table {table!r} are not registered in the"
             " source; run `subscription-export init`"
         )
-    return known, present
+    return known, present, changes
 
 
 def open_window(

@@ -34,13 +34,20 @@ UTC = dt.UTC
 NAMES = [c.name for c in BASE_COLUMNS]
 
 
-def _text(postgres: bool) -> st.SearchStrategy[str]:
-    # jsonb refuses \u0000 and lone surrogates at write time; SQLite keeps them.
+def _text(postgres: bool, max_size: int = 12) -> st.SearchStrategy[str]:
+    # jsonb refuses \u0000 and lone surrogates at write time, in keys as in values; SQLite
+    # keeps them.
     if postgres:
         return st.text(
-            st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=12
+            st.characters(exclude_categories=["Cs"], exclude_characters="\x00"),
+            max_size=max_size,
         )
-    return st.text(st.characters(exclude_categories=[]), max_size=12)  # surrogates included
+    return st.text(st.characters(exclude_categories=[]), max_size=max_size)  # surrogates too
+
+
+def _key(postgres: bool) -> st.SearchStrategy[str]:
+    """A key of a JSON object inside a value: jsonb refuses \u0000 there too."""
+    return _text(postgres, 3) if postgres else st.text(max_size=3)
 
 
 def _good(column: str, postgres: bool) -> st.SearchStrategy[str]:
@@ -81,7 +88,7 @@ def _hostile(postgres: bool) -> st.SearchStrategy[str]:
     values = st.recursive(
         st.one_of(scalars, _text(postgres)),
         lambda inner: (
-            st.lists(inner, max_size=2) | st.dictionaries(st.text(max_size=3), inner, max_size=2)
+            st.lists(inner, max_size=2) | st.dictionaries(_key(postgres), inner, max_size=2)
         ),
         max_leaves=4,
     )
