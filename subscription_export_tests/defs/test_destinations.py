@@ -25,6 +25,7 @@ from subscription_export.defs.partitions import cdc_windows
 from subscription_export.defs.resources import ExportSettings
 from subscription_export.defs.runner import run_cycle
 from subscription_export.delivery.config import load_destinations
+from subscription_export.delivery.dead_letters import discard, list_dead_letters
 from subscription_export.export.cut import cut_windows
 from subscription_export.runtime import Project
 from subscription_export.sandbox.faults import FaultPlan, FaultSpec
@@ -191,7 +192,7 @@ def test_the_export_window_job_exports_checks_and_delivers_each_window(
             done = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
             assert {"subscription_changes", "erp_sync", "crm_sync", "accounting_sync"} <= done
             checks = result.get_asset_check_evaluations()
-            assert len(checks) == 5 and all(c.passed for c in checks)
+            assert len(checks) == 8 and all(c.passed for c in checks)  # 5 + 1 per destination
         assert_in_sync(project, servers)
 
         again = defs.resolve_job_def(SYNC_WINDOW_JOB).execute_in_process(
@@ -265,3 +266,50 @@ def test_a_destination_with_its_own_name_is_delivered_by_run_once(
         last = list_windows(project.state)[-1]
         assert project.watermarks.get("acct") == last.hi
         assert len(servers["accounting"].system.journal) > 0
+
+
+def _held_check(result: dg.ExecuteInProcessResult) -> dg.AssetCheckEvaluation:
+    [check] = [
+        c for c in result.get_asset_check_evaluations() if c.check_name == "no_records_held_back"
+    ]
+    return check
+
+
+def test_under_skip_a_window_that_dead_letters_fails_its_held_back_check(
+    project: Project, tmp_path: Path
+) -> None:
+    """`skip` delivers the rest and carries on - the user's choice - but the destination then
+    lacks records: the run stays green, its `no_records_held_back` check does not (the CLI's
+    `run` exits 3 for the same state)."""
+    instance = dg.DagsterInstance.ephemeral()
+    first, second = _windows(project, instance)[:2]
+    lost = FaultPlan(endpoints={"PUT /subscriptions": FaultSpec(lost_response=1.0)})
+    with running_sandbox(("erp",), faults=lost) as servers:
+        path = tmp_path / "destinations.toml"
+        write_destinations(path, servers, retry={"max_attempts": 1})
+        resource = DestinationsResource(path=str(path), on_dead_letter="skip")
+        result = dg.materialize(
+            [subscription_changes, erp_sync],
+            partition_key=first.key,
+            instance=instance,
+            resources=_resources(project, resource),
+        )
+    assert result.success and _metadata(result, "erp_sync")["dead_lettered"] > 0
+    check = _held_check(result)
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
+    assert "record(s) waiting behind them" in (check.description or "")
+    assert "dead-letters replay --destination erp" in (check.description or "")
+
+    with running_sandbox(("erp",)) as servers:  # the letters given up on: nothing held
+        path = tmp_path / "destinations.toml"
+        write_destinations(path, servers)
+        letters = list_dead_letters(project.state, "erp")
+        discard(project.state, [letter.id for letter in letters])
+        resource = DestinationsResource(path=str(path), on_dead_letter="skip")
+        result = dg.materialize(
+            [subscription_changes, erp_sync],
+            partition_key=second.key,
+            instance=instance,
+            resources=_resources(project, resource),
+        )
+    assert result.success and _held_check(result).passed

@@ -52,7 +52,14 @@ def test_definitions_hold_per_table_assets_in_groups(sqlite_url: str, tmp_path: 
     plans_csv = graph.get(dg.AssetKey("plans_changes_csv"))
     assert plans_csv.parent_keys == {dg.AssetKey("plans_changes")}  # lineage per table
     checks = {key.asset_key.to_user_string() for key in graph.asset_check_keys}
-    assert checks == {"subscription_changes", "plans_changes"}
+    # the window checks on each table's Parquet asset, `no_records_held_back` on each sync asset
+    assert checks == {
+        "subscription_changes",
+        "plans_changes",
+        "erp_sync",
+        "crm_sync",
+        "accounting_sync",
+    }
     partitions = {graph.get(dg.AssetKey(k)).partitions_def for k in groups}
     assert [p.name for p in partitions] == ["cdc_windows"]  # type: ignore[union-attr]
 
@@ -86,4 +93,4 @@ def test_one_partition_run_materializes_both_tables(source_url: str, tmp_path: P
         dg.EventRecordsFilter(dg.DagsterEventType.ASSET_CHECK_EVALUATION)
     )
     evaluations = [c.event_log_entry.dagster_event.event_specific_data for c in checks]  # type: ignore[union-attr]
-    assert len(evaluations) == 10 and all(e.passed for e in evaluations)  # type: ignore[union-attr]
+    assert len(evaluations) == 13 and all(e.passed for e in evaluations)  # type: ignore[union-attr]
