@@ -221,8 +221,22 @@ def _pg_triggers(schema: CaptureSchema, table: str, dialect: Dialect) -> list[st
     )
     origin = f"COALESCE(NULLIF(current_setting('{ORIGIN_SETTING}', true), ''), 'app')"
     v = f"{schema.version}, {sql.literal(table)}"  # the version, then the source table
+    # TRUNCATE fires no row trigger: without this statement-level branch the rows it removes
+    # would leave no trace in the log, and every consumer would keep them forever. Each row
+    # becomes a delete, read before the truncate. The alias is no column's name: a column
+    # named like it would otherwise be taken for the whole row (`to_jsonb(t)`).
+    alias = _free_alias(schema.columns)
+    truncated = (
+        f"{insert.removesuffix(' VALUES')} SELECT 'd', {sql.key_text(schema.key, alias)},"
+        f" {pg_row_image(schema.as_text, alias, sql)}, NULL, {origin}, {v}"
+        f" FROM ONLY {sql.ident(table)} AS {alias} ORDER BY {_key_order(schema.key, alias, sql)}"
+    )
     body = f"""
         BEGIN
+            IF TG_OP = 'TRUNCATE' THEN
+                {truncated};
+                RETURN NULL;
+            END IF;
             IF TG_OP = 'UPDATE' AND ({old_tuple}) IS DISTINCT FROM ({new_tuple}) THEN
                 -- A primary-key update: delete of the old key, then create of the new one.
                 {insert} ('d', {old_key}, {image("OLD")}, NULL, {origin}, {v});
@@ -252,7 +266,30 @@ def _pg_triggers(schema: CaptureSchema, table: str, dialect: Dialect) -> list[st
         f"""CREATE TRIGGER {trigger}
             AFTER INSERT OR UPDATE OR DELETE ON {sql.ident(table)}
             FOR EACH ROW EXECUTE FUNCTION {fn}()""",
+        # Trigger names are per table, so one fixed name cannot collide with another table's
+        # (nor, cut at 63 bytes, with this table's `{table}_capture`).
+        f"DROP TRIGGER IF EXISTS {TRUNCATE_TRIGGER} ON {sql.ident(table)}",
+        f"""CREATE TRIGGER {TRUNCATE_TRIGGER}
+            BEFORE TRUNCATE ON {sql.ident(table)}
+            FOR EACH STATEMENT EXECUTE FUNCTION {fn}()""",
     ]
+
+
+TRUNCATE_TRIGGER = "subscription_capture_truncate"
+
+
+def _free_alias(columns: tuple[SourceColumn, ...]) -> str:
+    """A row alias that is no column's name (lower case and plain: needs no quoting)."""
+    names = {c.name for c in columns}
+    alias = "captured_row"
+    while alias in names:
+        alias += "_"
+    return alias
+
+
+def _key_order(key: tuple[str, ...], row: str, sql: CaptureSql) -> str:
+    # In key order, so the deletes' LSNs follow the key as a snapshot's rows do.
+    return ", ".join(f"{row}.{sql.ident(k)}" for k in key)
 
 
 def latest_capture_schema(conn: Connection, table: str | None = None) -> CaptureSchema | None:
