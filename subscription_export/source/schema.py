@@ -25,6 +25,7 @@ from subscription_export.core.db import is_postgres
 from subscription_export.core.errors import SchemaMissingError, SourceBusyError
 from subscription_export.core.stopping import stoppable_sleep
 from subscription_export.source.catalog import read_table
+from subscription_export.source.installed import TRUNCATE_TRIGGER, capture_installed, trigger_names
 from subscription_export.source.snapshot_log import (
     LSN_INDEX_PG,
     has_column,
@@ -128,14 +129,6 @@ class CaptureSql:
                 return f"{parts[0]}::text"
             return f"jsonb_build_array({', '.join(parts)})::text"
         return f"CAST({parts[0]} AS TEXT)" if len(parts) == 1 else f"json_array({', '.join(parts)})"
-
-
-def trigger_names(table: str) -> tuple[str, str]:
-    """(PostgreSQL function, trigger prefix); the default table keeps the names of releases
-    that captured only `subscriptions`, so re-running `init` replaces them."""
-    if table == DEFAULT_TABLE:
-        return "subscription_capture", "subscriptions_capture"
-    return f"subscription_capture_{table}", f"{table}_capture"
 
 
 def pg_row_image(as_text: tuple[str, ...], row: str, sql: CaptureSql) -> str:
@@ -266,16 +259,11 @@ def _pg_triggers(schema: CaptureSchema, table: str, dialect: Dialect) -> list[st
         f"""CREATE TRIGGER {trigger}
             AFTER INSERT OR UPDATE OR DELETE ON {sql.ident(table)}
             FOR EACH ROW EXECUTE FUNCTION {fn}()""",
-        # Trigger names are per table, so one fixed name cannot collide with another table's
-        # (nor, cut at 63 bytes, with this table's `{table}_capture`).
         f"DROP TRIGGER IF EXISTS {TRUNCATE_TRIGGER} ON {sql.ident(table)}",
         f"""CREATE TRIGGER {TRUNCATE_TRIGGER}
             BEFORE TRUNCATE ON {sql.ident(table)}
             FOR EACH STATEMENT EXECUTE FUNCTION {fn}()""",
     ]
-
-
-TRUNCATE_TRIGGER = "subscription_capture_truncate"
 
 
 def _free_alias(columns: tuple[SourceColumn, ...]) -> str:
@@ -390,14 +378,17 @@ def _lock_for_init(conn: Connection, tables: Sequence[str]) -> None:
 def _init_in(conn: Connection, tables: Sequence[str]) -> list[CaptureSchema]:
     for ddl in _PG_TABLES if conn.dialect.name == "postgresql" else _SQLITE_TABLES:
         conn.exec_driver_sql(ddl)
+    # Before the upgrade below, which drops SQLite's triggers to rebuild the log.
+    installed = {t for t in tables if capture_installed(conn, t)}
     # A log from before snapshots accepts op 'r'; one from before several tables gets
     # `source_table`.
     upgrade_change_log(conn, tables[0])
-    return [_install(conn, table) for table in tables]
+    return [_install(conn, table, table in installed) for table in tables]
 
 
-def _install(conn: Connection, table: str) -> CaptureSchema:
-    """Register `table`'s capture schema and install its triggers, in init's transaction."""
+def _install(conn: Connection, table: str, installed: bool) -> CaptureSchema:
+    """Register `table`'s capture schema and install its triggers, in init's transaction.
+    `installed`: its capture triggers were in place when init began."""
     latest = latest_capture_schema(conn, table)
     previous = {c.name: c.type for c in latest.columns} if latest else {}
     shape = read_table(conn, table, previous)
@@ -408,11 +399,15 @@ def _install(conn: Connection, table: str) -> CaptureSchema:
         if conn.dialect.name == "postgresql"
         else _sqlite_triggers(schema, table, conn.dialect)
     )
+    # Captured before, but its triggers are gone (the table was dropped and created again, or
+    # they were dropped or disabled): changes made meanwhile are in no log, and only reading
+    # the table again brings its rows back into the stream.
+    lost_capture = latest is not None and not installed
     for stmt in triggers:
         conn.exec_driver_sql(stmt)
     # With the triggers in place (and writers locked out on PostgreSQL): does the table hold
     # rows the triggers never saw? Then a snapshot is recorded as pending.
-    prepare_snapshot(conn, table)
+    prepare_snapshot(conn, table, again=lost_capture)
     return schema
 
 

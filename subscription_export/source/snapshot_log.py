@@ -218,10 +218,15 @@ class SnapshotNeed:
     created: bool  # recorded by this init
 
 
-def prepare_snapshot(conn: Connection, table: str = "subscriptions") -> SnapshotNeed:
-    """In init's transaction: create the progress table and record whether `table` needs one."""
+def prepare_snapshot(
+    conn: Connection, table: str = "subscriptions", again: bool = False
+) -> SnapshotNeed:
+    """In init's transaction: create the progress table and record whether `table` needs one.
+    `again`: forget an earlier snapshot (its capture was lost, so the table is read again)."""
     postgres = conn.dialect.name == "postgresql"
     conn.exec_driver_sql(PROGRESS_DDL_PG if postgres else PROGRESS_DDL_SQLITE)
+    if again:
+        conn.execute(sa.text(f"DELETE FROM {PROGRESS} WHERE table_name = :t"), {"t": table})
     row = conn.execute(
         sa.text(f"SELECT finished_at FROM {PROGRESS} WHERE table_name = :t"), {"t": table}
     ).first()

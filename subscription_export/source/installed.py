@@ -1,0 +1,69 @@
+"""The capture triggers' names, and whether a table's capture is in place right now.
+
+A captured table can lose its triggers without anyone touching this product: `DROP TABLE` and
+`CREATE TABLE` again (a migration tool's "recreate"), `DROP TRIGGER`, or on PostgreSQL
+`ALTER TABLE … DISABLE TRIGGER`. Its changes then never reach the change log while every run
+goes on exporting the other tables and reporting success, so `run` and `status` check it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from subscription_export.core.datasets import DEFAULT_TABLE
+
+# Trigger names are per table on PostgreSQL, so one fixed name cannot collide with another
+# table's (nor, cut at 63 bytes, with this table's `{table}_capture`).
+TRUNCATE_TRIGGER = "subscription_capture_truncate"
+SQLITE_TRIGGER_SUFFIXES = ("insert", "update", "rekey", "delete")
+
+# An enabled row trigger of the table that runs the capture function (tgtype bit 0: ROW).
+_PG_INSTALLED = """
+SELECT COUNT(*) FROM pg_trigger
+WHERE tgrelid = to_regclass(:table) AND tgfoid = to_regproc(:function)
+  AND tgenabled <> 'D' AND tgtype & 1 = 1
+"""
+
+
+def trigger_names(table: str) -> tuple[str, str]:
+    """(PostgreSQL function, trigger prefix); the default table keeps the names of releases
+    that captured only `subscriptions`, so re-running `init` replaces them."""
+    if table == DEFAULT_TABLE:
+        return "subscription_capture", "subscriptions_capture"
+    return f"subscription_capture_{table}", f"{table}_capture"
+
+
+def capture_installed(conn: Connection, table: str) -> bool:
+    """Whether `table`'s capture triggers exist (and, on PostgreSQL, are enabled)."""
+    quote = conn.dialect.identifier_preparer.quote_identifier
+    function, prefix = trigger_names(table)
+    if conn.dialect.name == "postgresql":
+        found = conn.execute(
+            sa.text(_PG_INSTALLED), {"table": quote(table), "function": quote(function)}
+        ).scalar_one()
+        return bool(found)
+    rows = conn.execute(
+        sa.text("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = :t"),
+        {"t": table},
+    ).scalars()
+    # SQLite names are case-insensitive: a table recreated as "LEDGER" is still "ledger".
+    names = {name.lower() for name in rows}
+    return all(f"{prefix}_{s}".lower() in names for s in SQLITE_TRIGGER_SUFFIXES)
+
+
+def uncaptured_tables(engine: Engine, tables: Sequence[str]) -> list[str]:
+    """The configured tables whose changes are not being captured now."""
+    with engine.connect() as conn:
+        return [t for t in tables if not capture_installed(conn, t)]
+
+
+def uncaptured_line(table: str) -> str:
+    """What `run` and `status` say about such a table (one line: it names the command)."""
+    return (
+        f"table {table} is not captured: its capture triggers are missing or disabled (was it"
+        " dropped and created again?), so its changes since then are in no export; run"
+        " `subscription-export init`, which reinstalls them and snapshots the table again"
+    )
