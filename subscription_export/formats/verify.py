@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,13 +113,19 @@ def verify_exports(
     export_dir: Path | UPath,
     window_key: str | None = None,
     datasets: tuple[TableDataset, ...] = (DEFAULT_DATASET,),
+    recorded: Collection[tuple[str, str]] = (),
 ) -> VerifyReport:
     """Re-hash every exported file against its manifest. Files and manifests are paired by
     the layout, so a file whose manifest was deleted, a manifest whose file was deleted and an
     unusable manifest are each reported for their window, and the check goes on. Every
     manifest is checked; `datasets` (the captured tables) name the folders searched for data
-    files without one."""
-    found = _files_and_manifests(export_dir, window_key, datasets)
+    files without one. `recorded`: (asset, window key) of every export the state database
+    says was completed; one whose file and manifest are both gone is reported too, since
+    nothing under `export_dir` would otherwise show it ever existed."""
+    found = sorted(
+        set(_files_and_manifests(export_dir, window_key, datasets))
+        | {(a, k) for a, k in recorded if window_key is None or k == window_key}
+    )
     if not found:
         raise RangeError(
             f"no manifests under {export_dir}" + (f" for window {window_key}" if window_key else "")
@@ -150,7 +157,15 @@ def _check_window_file(
         return check_manifest(export_dir, manifest)
     if manifest.exists():
         return check_manifest(export_dir, manifest)
-    data = _shown(export_dir, export_file_path(export_dir, fmt, window_key, dataset))
+    path = export_file_path(export_dir, fmt, window_key, dataset)
+    data = _shown(export_dir, path)
+    if not path.exists():  # only a recorded export is looked for without a file or manifest
+        return CheckOutcome(
+            False,
+            f"{data} and its manifest are missing, but the window was exported (state"
+            f" database); re-export it: subscription-export run --window {window_key}",
+            {"manifest": str(manifest)},
+        )
     return CheckOutcome(
         False,
         f"{data} has no manifest",
