@@ -8,6 +8,7 @@ goes on exporting the other tables and reporting success, so `run` and `status` 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import sqlalchemy as sa
@@ -33,7 +34,25 @@ def trigger_names(table: str) -> tuple[str, str]:
     that captured only `subscriptions`, so re-running `init` replaces them."""
     if table == DEFAULT_TABLE:
         return "subscription_capture", "subscriptions_capture"
-    return f"subscription_capture_{table}", f"{table}_capture"
+    return _pg_function_name(table), f"{table}_capture"
+
+
+_PG_NAME_BYTES = 63  # PostgreSQL cuts longer identifiers to this (NAMEDATALEN - 1)
+
+
+def _pg_function_name(table: str) -> str:
+    """`subscription_capture_{table}`, unique per table within PostgreSQL's 63 bytes.
+
+    Functions share one namespace: cut at 63 bytes, two long table names with a common start
+    got one function, and `init` of the second replaced the first's, so the first table's
+    changes were logged as the second's. A name too long is cut and ends with a hash of the
+    table's name instead (names that fit are as before)."""
+    name = f"subscription_capture_{table}"
+    if len(name.encode()) <= _PG_NAME_BYTES:
+        return name
+    digest = hashlib.sha256(table.encode()).hexdigest()[:12]
+    head = name.encode()[: _PG_NAME_BYTES - len(digest) - 1].decode(errors="ignore")
+    return f"{head}_{digest}"
 
 
 def capture_installed(conn: Connection, table: str) -> bool:
