@@ -35,6 +35,12 @@ class SourceColumn:
     type: LogicalType
 
 
+# The export's metadata columns (formats/schema.py), ahead of the table's own in every file: a
+# table column of one of these names is refused at `init`, since no reader could tell the two
+# apart (a JSON object keeps the last of two equal keys, so JSON Lines would carry the
+# column's value as `_op` or `_lsn`).
+METADATA_NAMES = ("_lsn", "_op", "_changed_at", "_origin", "_deleted", "_schema_version")
+
 # The base shape of `subscriptions`; columns added later are discovered at `init`.
 BASE_COLUMNS: tuple[SourceColumn, ...] = (
     SourceColumn("id", "text"),

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from subscription_export.core.columns import (
+    METADATA_NAMES,
     LogicalType,
     SourceColumn,
     decimal_type,
@@ -63,6 +64,10 @@ class NoPrimaryKeyError(SchemaMissingError):
     """The table has no primary key, so changes cannot be told apart per row."""
 
 
+class MetadataNameError(SchemaMissingError):
+    """A column has the name of an export metadata column (`_lsn`, `_op`, …)."""
+
+
 @dataclass(frozen=True)
 class TableShape:
     name: str
@@ -102,6 +107,13 @@ def read_table(
         raise NoPrimaryKeyError(
             f"table {table!r} has no primary key: changes could not be matched to rows;"
             " add one (ALTER TABLE … ADD PRIMARY KEY) and run `init` again"
+        )
+    clashing = [name for name, *_ in found if name in METADATA_NAMES]
+    if clashing:
+        raise MetadataNameError(
+            f"table {table!r} has a column named {clashing[0]!r}, the name of an export"
+            f" metadata column ({', '.join(METADATA_NAMES)}): the files could not tell the two"
+            " apart; rename the column (ALTER TABLE … RENAME COLUMN) and run `init` again"
         )
     warnings = tuple(
         f"column {name!r} ({declared}) has no export type: exported as text"
