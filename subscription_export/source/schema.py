@@ -25,7 +25,12 @@ from subscription_export.core.db import is_postgres
 from subscription_export.core.errors import SchemaMissingError, SourceBusyError
 from subscription_export.core.stopping import stoppable_sleep
 from subscription_export.source.catalog import read_table
-from subscription_export.source.installed import TRUNCATE_TRIGGER, capture_installed, trigger_names
+from subscription_export.source.installed import (
+    TRUNCATE_TRIGGER,
+    capture_installed,
+    pg_partitions,
+    trigger_names,
+)
 from subscription_export.source.snapshot_log import (
     LSN_INDEX_PG,
     has_column,
@@ -197,7 +202,10 @@ def _sqlite_triggers(schema: CaptureSchema, table: str, dialect: Dialect) -> lis
     return statements
 
 
-def _pg_triggers(schema: CaptureSchema, table: str, dialect: Dialect) -> list[str]:
+def _pg_triggers(
+    schema: CaptureSchema, table: str, dialect: Dialect, partitions: Sequence[str] = ()
+) -> list[str]:
+    """`partitions`: the table's partitions, as `regclass` text (quoted already)."""
     # No LSN here: the sequencer numbers rows once their transaction has committed.
     sql = CaptureSql(dialect)
     fn, prefix = (sql.ident(n) for n in trigger_names(table))
@@ -217,12 +225,17 @@ def _pg_triggers(schema: CaptureSchema, table: str, dialect: Dialect) -> list[st
     # TRUNCATE fires no row trigger: without this statement-level branch the rows it removes
     # would leave no trace in the log, and every consumer would keep them forever. Each row
     # becomes a delete, read before the truncate. The alias is no column's name: a column
-    # named like it would otherwise be taken for the whole row (`to_jsonb(t)`).
+    # named like it would otherwise be taken for the whole row (`to_jsonb(t)`). The trigger
+    # is also on each partition (a partition can be truncated alone, and truncating the
+    # parent fires every partition's): each firing logs the rows stored in the relation that
+    # fired it (`tableoid`), so every row is logged once, and a partitioned parent, which
+    # stores none, logs nothing itself.
     alias = _free_alias(schema.columns)
     truncated = (
         f"{insert.removesuffix(' VALUES')} SELECT 'd', {sql.key_text(schema.key, alias)},"
         f" {pg_row_image(schema.as_text, alias, sql)}, NULL, {origin}, {v}"
-        f" FROM ONLY {sql.ident(table)} AS {alias} ORDER BY {_key_order(schema.key, alias, sql)}"
+        f" FROM {sql.ident(table)} AS {alias} WHERE {alias}.tableoid = TG_RELID"
+        f" ORDER BY {_key_order(schema.key, alias, sql)}"
     )
     body = f"""
         BEGIN
@@ -259,10 +272,16 @@ def _pg_triggers(schema: CaptureSchema, table: str, dialect: Dialect) -> list[st
         f"""CREATE TRIGGER {trigger}
             AFTER INSERT OR UPDATE OR DELETE ON {sql.ident(table)}
             FOR EACH ROW EXECUTE FUNCTION {fn}()""",
-        f"DROP TRIGGER IF EXISTS {TRUNCATE_TRIGGER} ON {sql.ident(table)}",
-        f"""CREATE TRIGGER {TRUNCATE_TRIGGER}
-            BEFORE TRUNCATE ON {sql.ident(table)}
-            FOR EACH STATEMENT EXECUTE FUNCTION {fn}()""",
+        *(
+            statement
+            for relation in (sql.ident(table), *partitions)
+            for statement in (
+                f"DROP TRIGGER IF EXISTS {TRUNCATE_TRIGGER} ON {relation}",
+                f"""CREATE TRIGGER {TRUNCATE_TRIGGER}
+                    BEFORE TRUNCATE ON {relation}
+                    FOR EACH STATEMENT EXECUTE FUNCTION {fn}()""",
+            )
+        ),
     ]
 
 
@@ -395,7 +414,7 @@ def _install(conn: Connection, table: str, installed: bool) -> CaptureSchema:
     schema = _register(conn, latest, shape.columns, table)
     schema = replace(schema, key=shape.key, warnings=shape.warnings, as_text=shape.as_text)
     triggers = (
-        _pg_triggers(schema, table, conn.dialect)
+        _pg_triggers(schema, table, conn.dialect, pg_partitions(conn, table))
         if conn.dialect.name == "postgresql"
         else _sqlite_triggers(schema, table, conn.dialect)
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
+import pytest
 import sqlalchemy as sa
 
 from subscription_export.core.settings import Settings
@@ -18,6 +19,7 @@ from subscription_export.export.flow import export_window_file
 from subscription_export.runtime import Project
 from subscription_export.source.schema import init_source
 from subscription_export.state.quarantine import list_quarantine
+from subscription_export_tests.cli_run import run_cli
 from subscription_export_tests.helpers import writer
 
 # A composite key, a JSON column (captured as its text) and a column named like the alias a
@@ -86,3 +88,64 @@ def test_truncate_exports_a_delete_of_every_row(source_url: str, tmp_path: Path)
             replayed[key] = {k: v for k, v in row.items() if not k.startswith("_")}
     assert list(replayed) == [("eu", 2)] and replayed[("eu", 2)]["captured_row"] == "again"
     assert json.loads(replayed[("eu", 2)]["doc"] or "null") is None
+
+
+@pytest.mark.integration
+def test_truncating_a_partition_or_the_partitioned_table_exports_each_row_once(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Row triggers reach every partition, but a TRUNCATE of one partition fires only that
+    partition's statement triggers (and one of the parent fires all of them)."""
+    engine = writer(pg_url)
+    _run(
+        engine,
+        """CREATE TABLE "Ledger" (region text, n integer, captured_row text, doc jsonb,
+            PRIMARY KEY (region, n)) PARTITION BY LIST (region)""",
+        """CREATE TABLE ledger_eu PARTITION OF "Ledger" FOR VALUES IN ('eu')""",
+        """CREATE TABLE ledger_us PARTITION OF "Ledger" FOR VALUES IN ('us')
+            PARTITION BY LIST (n)""",  # a partition partitioned again: triggers at every level
+        "CREATE TABLE ledger_us_1 PARTITION OF ledger_us FOR VALUES IN (1)",
+        "CREATE TABLE ledger_us_2 PARTITION OF ledger_us FOR VALUES IN (2)",
+    )
+    settings = Settings(
+        source_url=pg_url,
+        state_url=f"sqlite:///{tmp_path / 'state.db'}",
+        export_dir=tmp_path / "exports",
+        window_max_age_s=0.0,
+        table="Ledger",
+    )
+    run_cli(["init"], settings, tmp_path)
+    _run(
+        engine,
+        """INSERT INTO "Ledger" VALUES ('eu', 1, 'a', NULL), ('us', 1, 'b', NULL),
+            ('us', 2, 'c', NULL)""",
+        "TRUNCATE ledger_us_1",
+        'TRUNCATE "Ledger"',
+    )
+    # A partition created after init: its rows are captured (row triggers are cloned to it),
+    # its TRUNCATE is not until init installs the statement trigger on it.
+    _run(engine, """CREATE TABLE ledger_ap PARTITION OF "Ledger" FOR VALUES IN ('ap')""")
+    gap = run_cli(["run", "--once"], settings, tmp_path, check=False)
+    assert gap.returncode == 3, gap.stdout + gap.stderr
+    assert "TRUNCATE of partition(s) ledger_ap is not captured" in " ".join(gap.stderr.split())
+    run_cli(["init"], settings, tmp_path)
+    _run(engine, """INSERT INTO "Ledger" VALUES ('ap', 7, 'd', NULL)""", "TRUNCATE ledger_ap")
+    done = run_cli(["run", "--once"], settings, tmp_path, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    rows = [
+        r
+        for f in sorted((tmp_path / "exports" / "Ledger_changes").glob("*.parquet"))
+        for r in pq.read_table(f).to_pylist()
+    ]
+    changes = [(r["_op"], r["region"], r["n"]) for r in sorted(rows, key=lambda r: r["_lsn"])]
+    assert changes == [
+        ("c", "eu", 1),
+        ("c", "us", 1),
+        ("c", "us", 2),
+        ("d", "us", 1),  # TRUNCATE ledger_us_1
+        ("d", "eu", 1),  # TRUNCATE "Ledger": each remaining row once
+        ("d", "us", 2),
+        ("c", "ap", 7),
+        ("d", "ap", 7),
+    ]
