@@ -280,6 +280,12 @@ def _pg_triggers(
                 f"""CREATE TRIGGER {TRUNCATE_TRIGGER}
                     BEFORE TRUNCATE ON {relation}
                     FOR EACH STATEMENT EXECUTE FUNCTION {fn}()""",
+                # ALWAYS: a session with session_replication_role = replica (logical
+                # replication's apply, bulk loaders skipping foreign keys) fires only these,
+                # and its changes would otherwise be written to the table but not the log.
+                # Partitions hold clones of the row trigger, enabled one by one.
+                f"ALTER TABLE {relation} ENABLE ALWAYS TRIGGER {trigger}",
+                f"ALTER TABLE {relation} ENABLE ALWAYS TRIGGER {TRUNCATE_TRIGGER}",
             )
         ),
     ]
