@@ -34,6 +34,7 @@ from subscription_export.source.installed import (
 from subscription_export.source.snapshot_log import (
     LSN_INDEX_PG,
     has_column,
+    holds_unsent_values,
     prepare_snapshot,
     sqlite_log_ddl,
     upgrade_change_log,
@@ -431,8 +432,12 @@ def _install(conn: Connection, table: str, installed: bool) -> CaptureSchema:
     for stmt in triggers:
         conn.exec_driver_sql(stmt)
     # With the triggers in place (and writers locked out on PostgreSQL): does the table hold
-    # rows the triggers never saw? Then a snapshot is recorded as pending.
-    prepare_snapshot(conn, table, again=lost_capture)
+    # rows the triggers never saw? Then a snapshot is recorded as pending. So it does when a
+    # new or retyped column holds values in rows no change has carried since (ADD COLUMN …
+    # DEFAULT, a generated column, RENAME, ALTER TYPE … USING rewrite rows without a
+    # trigger): consumers would hold null there for good, so the table is read again.
+    refill = latest is not None and holds_unsent_values(conn, table, latest.columns, schema.columns)
+    prepare_snapshot(conn, table, again=lost_capture or refill)
     return schema
 
 
