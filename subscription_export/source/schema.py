@@ -39,6 +39,7 @@ from subscription_export.source.snapshot_log import (
     sqlite_log_ddl,
     upgrade_change_log,
 )
+from subscription_export.source.vanished import log_vanished_rows
 
 ORIGIN_SETTING = "subscription_export.origin"
 
@@ -429,6 +430,9 @@ def _install(conn: Connection, table: str, installed: bool) -> CaptureSchema:
     # they were dropped or disabled): changes made meanwhile are in no log, and only reading
     # the table again brings its rows back into the stream.
     lost_capture = latest is not None and not installed
+    if lost_capture:  # rows that went meanwhile (a dropped table's) leave as deletes
+        alias = _free_alias(shape.columns)
+        log_vanished_rows(conn, table, alias, CaptureSql(conn.dialect).key_text(shape.key, alias))
     for stmt in triggers:
         conn.exec_driver_sql(stmt)
     # With the triggers in place (and writers locked out on PostgreSQL): does the table hold
