@@ -95,10 +95,12 @@ LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid AND con.contype IN ('
 WHERE i.indrelid = 'subscription_change_log'::regclass AND NOT i.indisprimary
 ORDER BY c.relname
 """
-# The capture trigger on the table (found by its function, whatever `init` named it).
+# The capture's row trigger on the table (found by its function, whatever `init` named it;
+# `tgtype & 1`: a row trigger, not the statement-level one that captures TRUNCATE).
 _CAPTURE_TRIGGER = """
 SELECT tgname FROM pg_trigger
 WHERE tgrelid = 'subscriptions'::regclass AND tgfoid = 'subscription_capture'::regproc
+  AND tgtype & 1 = 1
 """
 
 _FILL = """

@@ -20,6 +20,7 @@ from subscription_export.reconcile.outbox import pending_counts
 from subscription_export.reconcile.sync_state import all_cursors, conflicts
 from subscription_export.runtime import Project
 from subscription_export.source.holders import change_log_holders
+from subscription_export.source.installed import capture_gaps, uncaptured_tables
 from subscription_export.source.sequencer import last_lsn
 from subscription_export.source.snapshot import snapshot_progress
 from subscription_export.state.quarantine import open_entries
@@ -150,4 +151,6 @@ def gather_status(
         "feed_cursors": feeds,
         "pending_pushes": pending_counts(project.state),
         "snapshots": snapshot_states(project),
+        "uncaptured_tables": uncaptured_tables(project.source, settings.captured_tables),
+        "truncate_uncaptured_partitions": capture_gaps(project.source, settings.captured_tables),
     }

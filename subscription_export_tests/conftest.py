@@ -17,7 +17,7 @@ import psycopg
 import pytest
 import redis
 
-from subscription_export.core.db import engine_for
+from subscription_export.core.db import dispose_engines, engine_for
 from subscription_export.core.settings import Settings
 from subscription_export.source.demo_table import init_demo_source
 
@@ -64,7 +64,7 @@ def pg_url(pg_database: str) -> Iterator[str]:
     except psycopg.OperationalError as exc:
         _unavailable("PostgreSQL", exc)
     yield f"{PG_DSN}?options=-csearch_path%3D{schema}"
-    engine_for.cache_clear()
+    dispose_engines()
     with psycopg.connect(PG_DSN, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 

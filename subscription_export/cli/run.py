@@ -22,6 +22,12 @@ from subscription_export.core.settings import Settings
 from subscription_export.core.stopping import Stopped, stop_on_signals, stoppable_sleep
 from subscription_export.defs.runner import WindowRun, materialize_windows, run_cycle
 from subscription_export.runtime import Project
+from subscription_export.source.installed import (
+    capture_gaps,
+    truncate_gap_line,
+    uncaptured_line,
+    uncaptured_tables,
+)
 from subscription_export.state.windows import find_window
 
 app = typer.Typer(add_completion=False)
@@ -129,6 +135,8 @@ def _run_one_cycle(settings: Settings, as_json: bool, quiet: bool, debug: bool) 
         result = run_cycle(settings, on_done=lambda _run: progress.advance(task))
     done = [r.window for r in result.runs if r.success]
     quarantined = quarantined_in(Project(settings), done)
+    uncaptured = uncaptured_tables(Project(settings).source, settings.captured_tables)
+    gaps = capture_gaps(Project(settings).source, settings.captured_tables)
     if as_json:
         summary = {
             "sequenced": result.cut.sequenced.numbered,
@@ -142,6 +150,8 @@ def _run_one_cycle(settings: Settings, as_json: bool, quiet: bool, debug: bool) 
             "quarantined": sum(q.count for q in quarantined),
             "quarantined_by_window": {q.window.key: q.count for q in quarantined},
             "held_back": result.held_back,
+            "uncaptured_tables": uncaptured,
+            "truncate_uncaptured_partitions": gaps,
         }
         console.print_json(json.dumps(summary))
     elif not quiet:
@@ -168,5 +178,12 @@ def _run_one_cycle(settings: Settings, as_json: bool, quiet: bool, debug: bool) 
     if unfinished is not None:
         # Rows that existed before `init` are not in the stream yet: the exports are partial.
         err_console.print(unfinished, highlight=False, markup=False)
+        code = max(code, NEEDS_OPERATOR)
+    for table in uncaptured:
+        # Its changes reach no log: every export of it is short, however green the windows.
+        err_console.print(uncaptured_line(table), highlight=False, markup=False)
+        code = max(code, NEEDS_OPERATOR)
+    for table, partitions in gaps.items():
+        err_console.print(truncate_gap_line(table, partitions), highlight=False, markup=False)
         code = max(code, NEEDS_OPERATOR)
     return code

@@ -13,6 +13,7 @@ from subscription_export.core.errors import ConfigError
 from subscription_export.delivery.config import load_destinations
 from subscription_export.runtime import Project
 from subscription_export.source.holders import Holder
+from subscription_export.source.installed import truncate_gap_line, uncaptured_line
 from subscription_export.source.snapshot import unfinished_line
 from subscription_export.status import gather_status
 
@@ -61,6 +62,10 @@ def status(
 
 
 def _print_problems(report: dict[str, Any]) -> None:
+    for table in report["uncaptured_tables"]:
+        console.print(shown(uncaptured_line(table)), highlight=False, soft_wrap=True)
+    for table, partitions in report["truncate_uncaptured_partitions"].items():
+        console.print(shown(truncate_gap_line(table, partitions)), highlight=False, soft_wrap=True)
     for table, progress in report["snapshots"].items():
         if not progress["finished"]:  # one line, unwrapped: it names the command to run
             line = unfinished_line(table, progress["rows_done"])

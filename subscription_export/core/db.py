@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import weakref
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -137,8 +138,24 @@ def engine_for(url: str, *, writer: bool = False) -> Engine:
         )
         _configure_sqlite(engine, immediate=writer)
         _discard_in_forked_children(engine)
+        _made.add(engine)
         return engine
-    return sa.create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    engine = sa.create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    _made.add(engine)
+    return engine
+
+
+_made: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def dispose_engines() -> None:
+    """Close the pooled connections of every engine `engine_for` made and forget them.
+    Clearing the cache alone leaves each pool's connections open until the garbage collector
+    finds the engine: a test suite making a schema per test ran the server out of connections
+    ("too many clients") when two runs shared it."""
+    engine_for.cache_clear()
+    for engine in list(_made):
+        engine.dispose()
 
 
 def is_postgres(engine: Engine) -> bool:

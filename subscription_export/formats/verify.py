@@ -161,7 +161,15 @@ def _check_window_file(
         return check_manifest(export_dir, manifest)
     if manifest.exists():
         return check_manifest(export_dir, manifest)
-    data = _shown(export_dir, export_file_path(export_dir, fmt, window_key, dataset))
+    path = export_file_path(export_dir, fmt, window_key, dataset)
+    data = _shown(export_dir, path)
+    if not path.exists():  # only a recorded export is looked for without a file or manifest
+        return CheckOutcome(
+            False,
+            f"{data} and its manifest are missing, but the window was exported (state"
+            f" database); re-export it: subscription-export run --window {window_key}",
+            {"manifest": str(manifest)},
+        )
     return CheckOutcome(
         False,
         f"{data} has no manifest",

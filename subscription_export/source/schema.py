@@ -26,13 +26,21 @@ from subscription_export.core.db import is_postgres
 from subscription_export.core.errors import SchemaMissingError, SourceBusyError
 from subscription_export.core.stopping import stoppable_sleep
 from subscription_export.source.catalog import read_table
+from subscription_export.source.installed import (
+    TRUNCATE_TRIGGER,
+    capture_installed,
+    pg_partitions,
+    trigger_names,
+)
 from subscription_export.source.snapshot_log import (
     LSN_INDEX_PG,
     has_column,
+    holds_unsent_values,
     prepare_snapshot,
     sqlite_log_ddl,
     upgrade_change_log,
 )
+from subscription_export.source.vanished import log_vanished_rows
 
 ORIGIN_SETTING = "subscription_export.origin"
 
@@ -131,14 +139,6 @@ class CaptureSql:
         return f"CAST({parts[0]} AS TEXT)" if len(parts) == 1 else f"json_array({', '.join(parts)})"
 
 
-def trigger_names(table: str) -> tuple[str, str]:
-    """(PostgreSQL function, trigger prefix); the default table keeps the names of releases
-    that captured only `subscriptions`, so re-running `init` replaces them."""
-    if table == DEFAULT_TABLE:
-        return "subscription_capture", "subscriptions_capture"
-    return f"subscription_capture_{table}", f"{table}_capture"
-
-
 def pg_row_image(
     as_text: tuple[str, ...], row: str, sql: CaptureSql, *, alias: bool = False
 ) -> str:
@@ -212,7 +212,10 @@ def _sqlite_triggers(schema: CaptureSchema, table: str, dialect: Dialect) -> lis
     return statements
 
 
-def _pg_triggers(schema: CaptureSchema, table: str, dialect: Dialect) -> list[str]:
+def _pg_triggers(
+    schema: CaptureSchema, table: str, dialect: Dialect, partitions: Sequence[str] = ()
+) -> list[str]:
+    """`partitions`: the table's partitions, as `regclass` text (quoted already)."""
     # No LSN here: the sequencer numbers rows once their transaction has committed.
     sql = CaptureSql(dialect)
     fn, prefix = (sql.ident(n) for n in trigger_names(table))
@@ -229,8 +232,27 @@ def _pg_triggers(schema: CaptureSchema, table: str, dialect: Dialect) -> list[st
     )
     origin = f"COALESCE(NULLIF(current_setting('{ORIGIN_SETTING}', true), ''), 'app')"
     v = f"{schema.version}, {sql.literal(table)}"  # the version, then the source table
+    # TRUNCATE fires no row trigger: without this statement-level branch the rows it removes
+    # would leave no trace in the log, and every consumer would keep them forever. Each row
+    # becomes a delete, read before the truncate. The alias is no column's name: a column
+    # named like it would otherwise be taken for the whole row (`to_jsonb(t)`). The trigger
+    # is also on each partition (a partition can be truncated alone, and truncating the
+    # parent fires every partition's): each firing logs the rows stored in the relation that
+    # fired it (`tableoid`), so every row is logged once, and a partitioned parent, which
+    # stores none, logs nothing itself.
+    alias = _free_alias(schema.columns)
+    truncated = (
+        f"{insert.removesuffix(' VALUES')} SELECT 'd', {sql.key_text(schema.key, alias)},"
+        f" {pg_row_image(schema.as_text, alias, sql)}, NULL, {origin}, {v}"
+        f" FROM {sql.ident(table)} AS {alias} WHERE {alias}.tableoid = TG_RELID"
+        f" ORDER BY {_key_order(schema.key, alias, sql)}"
+    )
     body = f"""
         BEGIN
+            IF TG_OP = 'TRUNCATE' THEN
+                {truncated};
+                RETURN NULL;
+            END IF;
             IF TG_OP = 'UPDATE' AND ({old_tuple}) IS DISTINCT FROM ({new_tuple}) THEN
                 -- A primary-key update: delete of the old key, then create of the new one.
                 {insert} ('d', {old_key}, {image("OLD")}, NULL, {origin}, {v});
@@ -260,7 +282,37 @@ def _pg_triggers(schema: CaptureSchema, table: str, dialect: Dialect) -> list[st
         f"""CREATE TRIGGER {trigger}
             AFTER INSERT OR UPDATE OR DELETE ON {sql.ident(table)}
             FOR EACH ROW EXECUTE FUNCTION {fn}()""",
+        *(
+            statement
+            for relation in (sql.ident(table), *partitions)
+            for statement in (
+                f"DROP TRIGGER IF EXISTS {TRUNCATE_TRIGGER} ON {relation}",
+                f"""CREATE TRIGGER {TRUNCATE_TRIGGER}
+                    BEFORE TRUNCATE ON {relation}
+                    FOR EACH STATEMENT EXECUTE FUNCTION {fn}()""",
+                # ALWAYS: a session with session_replication_role = replica (logical
+                # replication's apply, bulk loaders skipping foreign keys) fires only these,
+                # and its changes would otherwise be written to the table but not the log.
+                # Partitions hold clones of the row trigger, enabled one by one.
+                f"ALTER TABLE {relation} ENABLE ALWAYS TRIGGER {trigger}",
+                f"ALTER TABLE {relation} ENABLE ALWAYS TRIGGER {TRUNCATE_TRIGGER}",
+            )
+        ),
     ]
+
+
+def _free_alias(columns: tuple[SourceColumn, ...]) -> str:
+    """A row alias that is no column's name (lower case and plain: needs no quoting)."""
+    names = {c.name for c in columns}
+    alias = "captured_row"
+    while alias in names:
+        alias += "_"
+    return alias
+
+
+def _key_order(key: tuple[str, ...], row: str, sql: CaptureSql) -> str:
+    # In key order, so the deletes' LSNs follow the key as a snapshot's rows do.
+    return ", ".join(f"{row}.{sql.ident(k)}" for k in key)
 
 
 def latest_capture_schema(conn: Connection, table: str | None = None) -> CaptureSchema | None:
@@ -361,29 +413,43 @@ def _lock_for_init(conn: Connection, tables: Sequence[str]) -> None:
 def _init_in(conn: Connection, tables: Sequence[str]) -> list[CaptureSchema]:
     for ddl in _PG_TABLES if conn.dialect.name == "postgresql" else _SQLITE_TABLES:
         conn.exec_driver_sql(ddl)
+    # Before the upgrade below, which drops SQLite's triggers to rebuild the log.
+    installed = {t for t in tables if capture_installed(conn, t)}
     # A log from before snapshots accepts op 'r'; one from before several tables gets
     # `source_table`.
     upgrade_change_log(conn, tables[0])
-    return [_install(conn, table) for table in tables]
+    return [_install(conn, table, table in installed) for table in tables]
 
 
-def _install(conn: Connection, table: str) -> CaptureSchema:
-    """Register `table`'s capture schema and install its triggers, in init's transaction."""
+def _install(conn: Connection, table: str, installed: bool) -> CaptureSchema:
+    """Register `table`'s capture schema and install its triggers, in init's transaction.
+    `installed`: its capture triggers were in place when init began."""
     latest = latest_capture_schema(conn, table)
     previous = {c.name: c.type for c in latest.columns} if latest else {}
     shape = read_table(conn, table, previous)
     schema = _register(conn, latest, shape.columns, table)
     schema = replace(schema, key=shape.key, warnings=shape.warnings, as_text=shape.as_text)
     triggers = (
-        _pg_triggers(schema, table, conn.dialect)
+        _pg_triggers(schema, table, conn.dialect, pg_partitions(conn, table))
         if conn.dialect.name == "postgresql"
         else _sqlite_triggers(schema, table, conn.dialect)
     )
+    # Captured before, but its triggers are gone (the table was dropped and created again, or
+    # they were dropped or disabled): changes made meanwhile are in no log, and only reading
+    # the table again brings its rows back into the stream.
+    lost_capture = latest is not None and not installed
+    if lost_capture:  # rows that went meanwhile (a dropped table's) leave as deletes
+        alias = _free_alias(shape.columns)
+        log_vanished_rows(conn, table, alias, CaptureSql(conn.dialect).key_text(shape.key, alias))
     for stmt in triggers:
         conn.exec_driver_sql(stmt)
     # With the triggers in place (and writers locked out on PostgreSQL): does the table hold
-    # rows the triggers never saw? Then a snapshot is recorded as pending.
-    prepare_snapshot(conn, table)
+    # rows the triggers never saw? Then a snapshot is recorded as pending. So it does when a
+    # new or retyped column holds values in rows no change has carried since (ADD COLUMN …
+    # DEFAULT, a generated column, RENAME, ALTER TYPE … USING rewrite rows without a
+    # trigger): consumers would hold null there for good, so the table is read again.
+    refill = latest is not None and holds_unsent_values(conn, table, latest.columns, schema.columns)
+    prepare_snapshot(conn, table, again=lost_capture or refill)
     return schema
 
 

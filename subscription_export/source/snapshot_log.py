@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from subscription_export.core.columns import SourceColumn
+
 PROGRESS = "subscription_snapshot_progress"
 LOG_OPS = ("c", "u", "d", "r")
 OP_CHECK = "op IN ('c', 'u', 'd', 'r')"
@@ -218,10 +220,15 @@ class SnapshotNeed:
     created: bool  # recorded by this init
 
 
-def prepare_snapshot(conn: Connection, table: str = "subscriptions") -> SnapshotNeed:
-    """In init's transaction: create the progress table and record whether `table` needs one."""
+def prepare_snapshot(
+    conn: Connection, table: str = "subscriptions", again: bool = False
+) -> SnapshotNeed:
+    """In init's transaction: create the progress table and record whether `table` needs one.
+    `again`: forget an earlier snapshot (its capture was lost, so the table is read again)."""
     postgres = conn.dialect.name == "postgresql"
     conn.exec_driver_sql(PROGRESS_DDL_PG if postgres else PROGRESS_DDL_SQLITE)
+    if again:
+        conn.execute(sa.text(f"DELETE FROM {PROGRESS} WHERE table_name = :t"), {"t": table})
     row = conn.execute(
         sa.text(f"SELECT finished_at FROM {PROGRESS} WHERE table_name = :t"), {"t": table}
     ).first()
@@ -238,3 +245,21 @@ def prepare_snapshot(conn: Connection, table: str = "subscriptions") -> Snapshot
         {"t": table},
     )
     return SnapshotNeed(table, "finished" if empty else "pending", True)
+
+
+def holds_unsent_values(
+    conn: Connection,
+    table: str,
+    before: tuple[SourceColumn, ...],
+    after: tuple[SourceColumn, ...],
+) -> bool:
+    """Whether a column new in `after` (or of another type than in `before`) is not null in
+    some row of `table`: values that no change carried, which only a snapshot can send."""
+    old = set(before)
+    changed = [c.name for c in after if c not in old]
+    if not changed:
+        return False
+    quote = conn.dialect.identifier_preparer.quote_identifier
+    held = " OR ".join(f"{quote(name)} IS NOT NULL" for name in changed)
+    found = conn.exec_driver_sql(f"SELECT 1 FROM {quote(table)} WHERE {held} LIMIT 1").first()
+    return found is not None

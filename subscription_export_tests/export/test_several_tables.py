@@ -344,6 +344,8 @@ def test_postgres_triggers_have_the_documented_names(pg_url: str) -> None:
     engine = _source(pg_url)
     assert _pg_triggers(engine) == [
         ("plans", "plans_capture"),
+        ("plans", "subscription_capture_truncate"),
+        ("subscriptions", "subscription_capture_truncate"),
         ("subscriptions", "subscriptions_capture"),
     ]
     with engine.begin() as conn:  # as the previous release installed it
@@ -351,6 +353,8 @@ def test_postgres_triggers_have_the_documented_names(pg_url: str) -> None:
     init_tables(engine, TABLES)
     assert _pg_triggers(engine) == [
         ("plans", "plans_capture"),
+        ("plans", "subscription_capture_truncate"),
+        ("subscriptions", "subscription_capture_truncate"),
         ("subscriptions", "subscriptions_capture"),
     ]
     with engine.begin() as conn:

@@ -148,6 +148,35 @@ def test_verify_on_s3_finds_a_changed_object(s3_settings: Settings, s3_url: str)
     assert failed == [f"subscription_changes_csv/{windows[0].key}.csv differs from its manifest"]
 
 
+def test_verify_on_s3_reports_a_window_whose_objects_all_expired(
+    s3_settings: Settings, s3_url: str, tmp_path: Path
+) -> None:
+    """A lifecycle rule (or a deleted prefix) removes a window's files and manifests alike:
+    nothing under the export dir shows the window ever existed, but the state database
+    recorded its export, so `verify` must not print "4/4 match" and exit 0."""
+    from subscription_export_tests.cli_run import run_cli
+
+    windows = export_everything(Project(s3_settings))
+    assert len(windows) == 2
+    gone = windows[0].key
+    bucket, prefix = _bucket_and_key(s3_url)
+    s3 = boto3.client("s3")
+    for key in s3_keys(s3_url):
+        if gone in key:
+            s3.delete_object(Bucket=bucket, Key=f"{prefix}/{key}")
+    result = run_cli(["verify"], s3_settings, tmp_path, check=False)
+    assert result.returncode == 1, result.stdout
+    text = " ".join(result.stdout.split())
+    assert "3/6 file(s) match their manifests" in text
+    for path in (
+        f"subscription_changes/{gone}.parquet",
+        f"subscription_changes_csv/{gone}.csv",
+        f"subscription_changes_jsonl/{gone}.jsonl",
+    ):
+        assert f"{path} and its manifest are missing" in text
+    assert f"run --window {gone}" in text
+
+
 class Crash(Exception):
     """Stands for the process dying at this point."""
 
