@@ -32,6 +32,7 @@ from subscription_export.source.installed import (
     pg_partitions,
     trigger_names,
 )
+from subscription_export.source.pg_image import pg_row_image, pg_trigger_images
 from subscription_export.source.snapshot_log import (
     LSN_INDEX_PG,
     has_column,
@@ -139,21 +140,6 @@ class CaptureSql:
         return f"CAST({parts[0]} AS TEXT)" if len(parts) == 1 else f"json_array({', '.join(parts)})"
 
 
-def pg_row_image(
-    as_text: tuple[str, ...], row: str, sql: CaptureSql, *, alias: bool = False
-) -> str:
-    """A row as the PostgreSQL image: `to_jsonb`, with the `as_text` columns as their text.
-
-    `alias`: `row` is a table alias in a query (the snapshot's), not the trigger's NEW/OLD.
-    There the whole row must be written `s.*`: a bare `s` means the table's column `s` when it
-    has one (PostgreSQL prefers the column), and the image would be that column's value."""
-    whole = f"{row}.*" if alias else row
-    if not as_text:
-        return f"to_jsonb({whole})"
-    pairs = ", ".join(f"{sql.literal(n)}, {row}.{sql.ident(n)}::text" for n in as_text)
-    return f"(to_jsonb({whole}) || jsonb_build_object({pairs}))"
-
-
 def sqlite_row_image(columns: tuple[SourceColumn, ...], row: str, sql: CaptureSql) -> str:
     """`json_object('name', NEW."name", …)`; bytes as `\\x` + hex (JSON cannot hold a BLOB)."""
     pairs = []
@@ -221,7 +207,7 @@ def _pg_triggers(
     fn, prefix = (sql.ident(n) for n in trigger_names(table))
 
     def image(row: str) -> str:
-        return pg_row_image(schema.as_text, row, sql)
+        return f"{row.lower()}_image" if schema.as_text else pg_row_image((), row, sql)
 
     new_key, old_key = sql.key_text(schema.key, "NEW"), sql.key_text(schema.key, "OLD")
     old_tuple = ", ".join(f"OLD.{sql.ident(k)}" for k in schema.key)
@@ -241,18 +227,17 @@ def _pg_triggers(
     # fired it (`tableoid`), so every row is logged once, and a partitioned parent, which
     # stores none, logs nothing itself.
     alias = _free_alias(schema.columns)
-    truncated = (
-        f"{insert.removesuffix(' VALUES')} SELECT 'd', {sql.key_text(schema.key, alias)},"
-        f" {pg_row_image(schema.as_text, alias, sql)}, NULL, {origin}, {v}"
-        f" FROM {sql.ident(table)} AS {alias} WHERE {alias}.tableoid = TG_RELID"
-        f" ORDER BY {_key_order(schema.key, alias, sql)}"
-    )
+
+    def truncated(image_sql: str, relid: str) -> str:
+        return (
+            f"{insert.removesuffix(' VALUES')} SELECT 'd', {sql.key_text(schema.key, alias)},"
+            f" {image_sql}, NULL, {origin}, {v}"
+            f" FROM {sql.ident(table)} AS {alias} WHERE {alias}.tableoid = {relid}"
+            f" ORDER BY {_key_order(schema.key, alias, sql)}"
+        )
+
     body = f"""
-        BEGIN
-            IF TG_OP = 'TRUNCATE' THEN
-                {truncated};
-                RETURN NULL;
-            END IF;
+        {pg_trigger_images(schema.as_text, sql, alias, truncated)}
             IF TG_OP = 'UPDATE' AND ({old_tuple}) IS DISTINCT FROM ({new_tuple}) THEN
                 -- A primary-key update: delete of the old key, then create of the new one.
                 {insert} ('d', {old_key}, {image("OLD")}, NULL, {origin}, {v});

@@ -36,10 +36,10 @@ from subscription_export.core.db import is_postgres
 from subscription_export.core.errors import SchemaMissingError
 from subscription_export.core.stopping import stoppable_sleep
 from subscription_export.source.catalog import read_table
+from subscription_export.source.pg_image import pg_row_image
 from subscription_export.source.schema import (
     CaptureSql,
     latest_capture_schema,
-    pg_row_image,
     sqlite_row_image,
 )
 from subscription_export.source.sequencer import number_committed, take_sequencer_lock
