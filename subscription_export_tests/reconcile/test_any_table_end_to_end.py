@@ -172,6 +172,11 @@ def accounts_settings(source_url: str, tmp_path: Path, keys: Keys) -> Settings:
     engine = writer(source_url)
     create_accounts(engine, keys.kind)
     init_source(engine, TABLE)
+    return settings_for_accounts(source_url, tmp_path)
+
+
+def settings_for_accounts(source_url: str, tmp_path: Path) -> Settings:
+    """The settings every `accounts` test runs with (the table captured already)."""
     return Settings(
         source_url=source_url,
         state_url=f"sqlite:///{tmp_path / 'state.db'}",
