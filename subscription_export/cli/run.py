@@ -134,9 +134,10 @@ def _run_one_cycle(settings: Settings, as_json: bool, quiet: bool, debug: bool) 
         task = progress.add_task("exporting windows", total=None)
         result = run_cycle(settings, on_done=lambda _run: progress.advance(task))
     done = [r.window for r in result.runs if r.success]
-    quarantined = quarantined_in(Project(settings), done)
-    uncaptured = uncaptured_tables(Project(settings).source, settings.captured_tables)
-    gaps = capture_gaps(Project(settings).source, settings.captured_tables)
+    project = Project(settings)
+    quarantined = quarantined_in(project, done)
+    uncaptured = uncaptured_tables(project.source, settings.captured_tables)
+    gaps = capture_gaps(project.source, settings.captured_tables)
     if as_json:
         summary = {
             "sequenced": result.cut.sequenced.numbered,
@@ -174,7 +175,7 @@ def _run_one_cycle(settings: Settings, as_json: bool, quiet: bool, debug: bool) 
     if any(q.everything for q in quarantined):
         # Every change of a window quarantined: nothing of it was exported; a person must act.
         code = max(code, NEEDS_OPERATOR)
-    unfinished = unfinished_snapshot(Project(settings))
+    unfinished = unfinished_snapshot(project)
     if unfinished is not None:
         # Rows that existed before `init` are not in the stream yet: the exports are partial.
         err_console.print(unfinished, highlight=False, markup=False)

@@ -16,6 +16,13 @@ from subscription_export.formats.verify import (
     check_row_count,
     check_something_exported,
 )
+from subscription_export.runtime import Project
+from subscription_export.source.installed import (
+    capture_gaps,
+    truncate_gap_line,
+    uncaptured_line,
+    uncaptured_tables,
+)
 from subscription_export.source.reader import range_stats
 from subscription_export.source.snapshot import unfinished
 from subscription_export.state.quarantine import open_count, quarantined_lsns
@@ -24,6 +31,7 @@ from subscription_export.state.windows import parse_window_key
 ROW_COUNT = "row_count_matches_change_log"
 NOT_ALL_QUARANTINED = "changes_not_all_quarantined"
 SNAPSHOT_FINISHED = "snapshot_finished"
+CAPTURE_INSTALLED = "capture_installed"
 
 # Partitioned asset checks are a Dagster preview feature; we rely on it deliberately.
 warnings.filterwarnings("ignore", category=dg.PreviewWarning, module="dagster")
@@ -89,6 +97,15 @@ def _checks(dataset: TableDataset) -> list[dg.AssetChecksDefinition]:
                 " files are whole for its LSN range; the rows not reached yet come in later"
                 " windows once it finishes.",
             ),
+            dg.AssetCheckSpec(
+                CAPTURE_INSTALLED,
+                asset=asset,
+                blocking=False,
+                partitions_def=cdc_windows,
+                description="The table's capture triggers are in place and enabled (and each"
+                " partition's TRUNCATE trigger): a table dropped and created again, or its"
+                " triggers disabled, sends its changes to no window.",
+            ),
         ],
     )
     def row_counts(
@@ -113,6 +130,7 @@ def _checks(dataset: TableDataset) -> list[dg.AssetChecksDefinition]:
             description=line or "the table's snapshot is finished (or was never needed)",
             severity=dg.AssetCheckSeverity.ERROR,
         )
+        yield _capture_installed(project, dataset.table, asset)
 
     @dg.asset_check(asset=asset, blocking=True, partitions_def=cdc_windows)
     def lsns_contiguous(
@@ -140,6 +158,19 @@ def _checks(dataset: TableDataset) -> list[dg.AssetChecksDefinition]:
         return _result(check_manifest(export_dir, manifest))
 
     return [row_counts, lsns_contiguous, manifest_hash_matches]
+
+
+def _capture_installed(project: Project, table: str, asset: dg.AssetKey) -> dg.AssetCheckResult:
+    """What `run` exits 3 for: the table's changes reach no log (or a partition's TRUNCATE)."""
+    lines = [uncaptured_line(t) for t in uncaptured_tables(project.source, (table,))]
+    lines += [truncate_gap_line(t, p) for t, p in capture_gaps(project.source, (table,)).items()]
+    return dg.AssetCheckResult(
+        check_name=CAPTURE_INSTALLED,
+        asset_key=asset,
+        passed=not lines,
+        description="; ".join(lines) or f"{table}'s capture triggers are installed and enabled",
+        severity=dg.AssetCheckSeverity.ERROR,
+    )
 
 
 def window_checks_of(datasets: tuple[TableDataset, ...]) -> list[dg.AssetChecksDefinition]:

@@ -192,7 +192,7 @@ def test_the_export_window_job_exports_checks_and_delivers_each_window(
             done = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
             assert {"subscription_changes", "erp_sync", "crm_sync", "accounting_sync"} <= done
             checks = result.get_asset_check_evaluations()
-            assert len(checks) == 8 and all(c.passed for c in checks)  # 5 + 1 per destination
+            assert len(checks) == 9 and all(c.passed for c in checks)  # 6 + 1 per destination
         assert_in_sync(project, servers)
 
         again = defs.resolve_job_def(SYNC_WINDOW_JOB).execute_in_process(

@@ -63,7 +63,7 @@ def test_a_backfill_of_windows_exports_checks_and_delivers_from_s3(
         for r in runs
         for e in instance.all_logs(r.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
     ]
-    assert len(checks) == 24  # on each of the three windows: five, and one per destination
+    assert len(checks) == 27  # on each of the three windows: six, and one per destination
     assert all(e.dagster_event.event_specific_data.passed for e in checks)  # type: ignore[union-attr]
     for name in ("parquet", "csv", "jsonl", "erp", "crm", "accounting"):
         assert s3_project.watermarks.get(name) == windows[-1].hi

@@ -93,4 +93,4 @@ def test_one_partition_run_materializes_both_tables(source_url: str, tmp_path: P
         dg.EventRecordsFilter(dg.DagsterEventType.ASSET_CHECK_EVALUATION)
     )
     evaluations = [c.event_log_entry.dagster_event.event_specific_data for c in checks]  # type: ignore[union-attr]
-    assert len(evaluations) == 13 and all(e.passed for e in evaluations)  # type: ignore[union-attr]
+    assert len(evaluations) == 15 and all(e.passed for e in evaluations)  # type: ignore[union-attr]

@@ -94,6 +94,7 @@ def test_checks_pass_on_a_good_window(settings: Settings) -> None:
         "manifest_hash_matches": True,
         "changes_not_all_quarantined": True,
         "snapshot_finished": True,
+        "capture_installed": True,
         "no_records_held_back": True,  # on each destination's sync asset
     }
 
